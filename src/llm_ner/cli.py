@@ -1,0 +1,242 @@
+"""`llm-ner` command line: thin — parses arguments and calls the modules. Errors in user input print one line
+(`error: file:line: ...`) and exit with status 2, never a stack trace."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Turn a decoder LLM into a named-entity recogniser: train, evaluate, predict.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+Opt = typer.Option
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("llm_ner").setLevel(logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _user_errors():
+    from .backbones import BackboneError
+    from .config import ConfigError
+    from .data import DataError
+    from .model import ModelLoadError
+    from .train import TrainError
+
+    return (DataError, ConfigError, ModelLoadError, BackboneError, TrainError, FileNotFoundError)
+
+
+def bundled_config(name: str) -> Path | None:
+    ref = resources.files("llm_ner") / "configs" / f"{name}.yaml"
+    return Path(str(ref)) if ref.is_file() else None
+
+
+def _resolve_config(config: str | None) -> str | None:
+    if config and not Path(config).exists() and bundled_config(config):
+        return str(bundled_config(config))
+    return config
+
+
+@app.command()
+def train(
+    config: Annotated[str | None, Opt(help="YAML config file, or a bundled name (quickstart, conll2003)")] = None,
+    model: Annotated[str | None, Opt(help="backbone: alias, hub id, dir or .gguf (model.backbone)")] = None,
+    train_data: Annotated[str | None, Opt("--train", help="training data (file or conll2003:train)")] = None,
+    dev: Annotated[str | None, Opt(help="dev data for model selection")] = None,
+    test: Annotated[str | None, Opt(help="test data, evaluated at the end")] = None,
+    output: Annotated[str | None, Opt(help="run directory")] = None,
+    mode: Annotated[str | None, Opt(help="lora | full | frozen")] = None,
+    max_steps: Annotated[int | None, Opt(help="stop after N optimizer steps (overrides epochs)")] = None,
+    epochs: Annotated[float | None, Opt(help="training epochs")] = None,
+    lr: Annotated[float | None, Opt(help="backbone learning rate")] = None,
+    seed: Annotated[int | None, Opt(help="random seed")] = None,
+    max_train_sentences: Annotated[int | None, Opt(help="use the first N training sentences")] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="override any config key: --set loss.label_smoothing=0.1")] = None,
+    resume: Annotated[bool, Opt(help="continue from the last checkpoint in OUTPUT/checkpoints")] = False,
+    progress: Annotated[bool, Opt(help="progress bars")] = True,
+    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+) -> None:
+    """Train a model from a config (+ overrides), keep the best on dev, evaluate on test."""
+    _setup_logging(verbose)
+    from .config import load_config, parse_set
+
+    try:
+        overrides = {
+            "model.backbone": model, "data.train": train_data, "data.dev": dev, "data.test": test, "output": output,
+            "training.mode": mode, "training.max_steps": max_steps, "training.epochs": epochs,
+            "training.learning_rate": lr, "training.seed": seed, "data.max_train_sentences": max_train_sentences,
+            **parse_set(set_),
+        }
+        cfg = load_config(_resolve_config(config), overrides)
+        from .train import train as run_train
+
+        run_train(cfg, resume=resume, progress=progress)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command()
+def quickstart(
+    output: Annotated[str, Opt(help="run directory")] = "runs/quickstart",
+    resume: Annotated[bool, Opt(help="continue an interrupted quickstart")] = False,
+    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+) -> None:
+    """Train -> evaluate on the offline default model (SmolLM2-135M) and bundled CoNLL-2003 subset (~10 min on CPU)."""
+    _setup_logging(verbose)
+    from .config import load_config
+
+    try:
+        cfg = load_config(bundled_config("quickstart"), {"output": output})
+        typer.echo(f"llm-ner quickstart: {cfg.model.backbone}, {cfg.training.mode} fine-tuning on the first "
+                   f"{cfg.data.max_train_sentences} sentences of {cfg.data.train}, test on {cfg.data.test}")
+        from .train import train as run_train
+
+        run_train(cfg, resume=resume, progress=True)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, Opt(help="saved model dir")],
+    data: Annotated[str, Opt(help="labelled data: file or bundled name (conll2003:test)")],
+    output: Annotated[str | None, Opt(help="write metrics JSON (and predictions .conll beside it)")] = None,
+    limit: Annotated[int | None, Opt(help="first N sentences only")] = None,
+    batch_size: Annotated[int, Opt()] = 32,
+    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+) -> None:
+    """Score a saved model on labelled data: token accuracy, entity P/R/F1 (micro, macro, per type)."""
+    _setup_logging(verbose)
+    from .data import load_corpus, write_conll
+    from .evaluate import compute_metrics, format_table
+    from .predict import NERModel
+
+    try:
+        ner = NERModel.from_pretrained(model, batch_size=batch_size)
+        sents = load_corpus(data, limit=limit)
+        types = set(ner.labels.types)
+        unknown = {t[2:] for s in sents for t in s.tags if t != "O" and t[2:] not in types}
+        if unknown:
+            typer.echo(f"warning: types {sorted(unknown)} in {data} are not in the model's labels", err=True)
+        pred = ner.predict_sentences(sents, progress=True)
+        m = compute_metrics([s.tags for s in sents], pred)
+        typer.echo(format_table(m, f"{data}:"))
+        if output:
+            from .data import atomic_write_text
+
+            atomic_write_text(Path(output), json.dumps(m, indent=2) + "\n")
+            write_conll(Path(output).with_suffix(".conll"), sents, pred)
+            typer.echo(f"wrote {output}")
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command()
+def score(
+    gold: Annotated[str, typer.Argument(help="gold CoNLL file (tag in the last column)")],
+    pred: Annotated[str, typer.Argument(help="predicted CoNLL file, same tokens")],
+    output: Annotated[str | None, Opt(help="write metrics JSON here")] = None,
+    as_json: Annotated[bool, Opt("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Score two aligned CoNLL files like conlleval (IOB1 or IOB2)."""
+    from .evaluate import format_table, score_files
+
+    try:
+        m = score_files(gold, pred)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(json.dumps(m, indent=2) if as_json else format_table(m))
+    if output:
+        Path(output).write_text(json.dumps(m, indent=2) + "\n")
+
+
+@app.command()
+def predict(
+    model: Annotated[str, Opt(help="saved model dir")],
+    text: Annotated[list[str] | None, Opt(help="text to tag (repeatable)")] = None,
+    input: Annotated[str | None, Opt(help=".txt (one text per line), .jsonl ({'text': ...}) or CoNLL file")] = None,
+    output: Annotated[str | None, Opt(help="output file (.jsonl of spans, or .conll for CoNLL input)")] = None,
+    batch_size: Annotated[int, Opt()] = 16,
+    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+) -> None:
+    """Entity spans (character offsets, label, text, confidence) for raw text; CoNLL in -> CoNLL out."""
+    _setup_logging(verbose)
+    from .data import DataError, read_conll, write_conll
+    from .predict import NERModel
+
+    if not text and not input:
+        _fail("give --text or --input")
+    try:
+        ner = NERModel.from_pretrained(model, batch_size=batch_size)
+        if text:
+            for t, ents in zip(text, ner.predict(list(text)), strict=True):
+                typer.echo(json.dumps({"text": t, "entities": [e.to_dict() for e in ents]}, ensure_ascii=False))
+        if input:
+            path = Path(input)
+            if path.suffix in (".txt", ".jsonl"):
+                lines = path.read_text(encoding="utf-8").splitlines()
+                if path.suffix == ".jsonl":
+                    texts = []
+                    for i, line in enumerate(lines, 1):
+                        if line.strip():
+                            try:
+                                texts.append(json.loads(line)["text"])
+                            except (json.JSONDecodeError, KeyError, TypeError):
+                                raise DataError(f"{path}:{i}: expected a JSON object with a 'text' field") from None
+                else:
+                    texts = lines
+                res = ner.predict(texts, progress=True)
+                out = "".join(json.dumps({"text": t, "entities": [e.to_dict() for e in ents]}, ensure_ascii=False)
+                              + "\n" for t, ents in zip(texts, res, strict=True))
+                if output:
+                    Path(output).write_text(out, encoding="utf-8")
+                else:
+                    sys.stdout.write(out)
+            else:
+                sents = read_conll(path)
+                pred = ner.predict_sentences(sents, progress=True)
+                write_conll(output or path.with_suffix(".pred.conll"), sents, pred)
+            if output:
+                typer.echo(f"wrote {output}", err=True)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command()
+def stats(
+    data: Annotated[str, typer.Argument(help="file or bundled corpus name")],
+    scheme: Annotated[str, Opt()] = "auto",
+    strict: Annotated[bool, Opt(help="strict IOB2 checking")] = False,
+) -> None:
+    """Read a corpus (validating it) and print its counts."""
+    from .data import load_corpus
+    from .data import stats as corpus_stats
+
+    try:
+        typer.echo(json.dumps(corpus_stats(load_corpus(data, scheme=scheme, strict=strict)), indent=2))
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,429 @@
+"""Corpus readers -> list[Sentence], tag-scheme detection and normalisation to IOB2, label remapping.
+
+Every reader raises `DataError` with `file:line` (or `file:record`) on bad input instead of silently dropping it,
+and logs how much it read. Internally everything is IOB2 (`B-X` starts an entity, `I-X` continues it).
+
+Formats:
+  * CoNLL columns: token ... tag (any number of columns, tag last, space or tab separated, `-DOCSTART-` lines)
+  * two-column `token<TAB>tag` (a special case of the above; a token may then contain spaces)
+  * JSONL tokens: {"tokens": [...], "tags": [...]}           (also "ner_tags" as strings)
+  * JSONL spans:  {"text": "...", "entities": [{"start": 0, "end": 5, "label": "PER"}, ...]}
+  * bundled corpora by name: "conll2003:train", "wnut17:test"; Hugging Face datasets as "hf:NAME:SPLIT" (online only)
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("iob1", "iob2", "bioes")
+BUNDLED = {"conll2003": ("train", "valid", "test"), "wnut17": ("train", "valid", "test")}
+SPLIT_ALIASES = {"dev": "valid", "validation": "valid", "testa": "valid", "testb": "test"}
+_TAG_RE = re.compile(r"^(?:O|([BIESLU])-(.+))$")
+# Word splitter for raw text: words (with inner apostrophes/hyphens/dots-in-emails kept together) or single symbols.
+WORD_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\w+(?:['’.\-]\w+)*|[^\w\s]", re.UNICODE)
+
+
+class DataError(ValueError):
+    """Bad input data. The message always names the file and the line (or record)."""
+
+
+@dataclass
+class Sentence:
+    tokens: list[str]
+    tags: list[str]
+    doc_id: str | None = None
+    # Where it came from, for error messages and the failure analysis ("train.txt:1234").
+    origin: str | None = None
+    # Optional: the raw text and each token's (start, end) in it (span-annotated JSONL keeps the user's text).
+    text: str | None = None
+    offsets: list[tuple[int, int]] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tag schemes
+
+
+def split_tag(tag: str) -> tuple[str, str | None]:
+    """'B-PER' -> ('B', 'PER'); 'O' -> ('O', None). Raises ValueError for anything else."""
+    m = _TAG_RE.match(tag)
+    if not m:
+        raise ValueError(f"invalid tag {tag!r} (expected 'O' or a prefix B/I/E/S followed by '-TYPE')")
+    if tag == "O":
+        return "O", None
+    prefix = {"L": "E", "U": "S"}.get(m.group(1), m.group(1))  # BILOU == BIOES
+    return prefix, m.group(2)
+
+
+def detect_scheme(tag_seqs: Iterable[Sequence[str]]) -> str:
+    """IOB1 if an I-X ever starts an entity (after O or another type), BIOES if E-/S- appear, else IOB2."""
+    iob1 = False
+    for tags in tag_seqs:
+        prev_p, prev_t = "O", None
+        for tag in tags:
+            p, t = split_tag(tag)
+            if p in ("E", "S"):
+                return "bioes"
+            if p == "I" and (prev_p == "O" or prev_t != t):
+                iob1 = True
+            prev_p, prev_t = p, t
+    return "iob1" if iob1 else "iob2"
+
+
+def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
+    """Convert one sentence's tags from `scheme` to IOB2. An I-X that starts an entity becomes B-X (this is exactly
+    how conlleval reads IOB1, and also repairs ill-formed IOB2)."""
+    out: list[str] = []
+    prev_p, prev_t = "O", None
+    for tag in tags:
+        p, t = split_tag(tag)
+        if p == "O":
+            out.append("O")
+        elif p in ("B", "S"):
+            out.append(f"B-{t}")
+        else:  # I or E: continues the previous entity of the same type, else starts a new one
+            out.append(f"I-{t}" if prev_p in ("B", "I") and prev_t == t else f"B-{t}")
+        # After E/S the entity is closed, so a following I must start a new one.
+        prev_p, prev_t = ("O", None) if p in ("E", "S", "O") else (p, t)
+    return out
+
+
+def iob2_to_bioes(tags: Sequence[str]) -> list[str]:
+    out = []
+    for i, tag in enumerate(tags):
+        p, t = split_tag(tag)
+        nxt = tags[i + 1] if i + 1 < len(tags) else "O"
+        continues = nxt == f"I-{t}"
+        if p == "B":
+            out.append(f"B-{t}" if continues else f"S-{t}")
+        elif p == "I":
+            out.append(f"I-{t}" if continues else f"E-{t}")
+        else:
+            out.append("O")
+    return out
+
+
+def check_strict_iob2(tags: Sequence[str], where: Sequence[str]) -> None:
+    """Strict mode: an I-X must follow B-X or I-X. `where[i]` names token i's file:line."""
+    prev = "O"
+    for tag, loc in zip(tags, where, strict=True):
+        p, t = split_tag(tag)
+        if p == "I" and prev not in (f"B-{t}", f"I-{t}"):
+            raise DataError(f"{loc}: tag {tag!r} follows {prev!r}, which IOB2 forbids (strict mode)")
+        prev = tag
+
+
+def normalise(sentences: list[Sentence], scheme: str = "auto", strict: bool = False, name: str = "data") -> str:
+    """Convert all sentences to IOB2 in place; returns the scheme that was found/declared."""
+    if scheme not in ("auto", *SCHEMES, "bio", "bilou"):
+        raise DataError(f"{name}: unknown tag scheme {scheme!r}; use auto, iob1, iob2 (bio) or bioes (bilou)")
+    scheme = {"bio": "iob2", "bilou": "bioes"}.get(scheme, scheme)
+    if scheme == "auto":
+        scheme = detect_scheme(s.tags for s in sentences)
+    for s in sentences:
+        if strict and scheme == "iob2":
+            check_strict_iob2(s.tags, [f"{s.origin or name} token {i + 1}" for i in range(len(s))])
+        s.tags = to_iob2(s.tags, scheme)
+    return scheme
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# readers
+
+
+def _open_text(path: Path) -> list[str]:
+    """Read a (possibly gzipped) UTF-8 file; a decoding error names the line."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
+    return text.splitlines()  # handles \n, \r\n and \r
+
+
+def read_conll(path: str | Path) -> list[Sentence]:
+    """CoNLL-style column file: one token per line, tag in the last column, blank line between sentences."""
+    path = Path(path)
+    lines = _open_text(path)
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    doc, start = 0, 0
+
+    def flush() -> None:
+        if tokens:
+            sentences.append(Sentence(list(tokens), list(tags), f"{path.name}#doc{doc}", f"{path}:{start}"))
+            tokens.clear()
+            tags.clear()
+
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            flush()
+            continue
+        cols = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+        cols = [c.strip() for c in cols]
+        if cols[0] == "-DOCSTART-":
+            flush()
+            doc += 1
+            continue
+        if len(cols) < 2 or not cols[-1]:
+            raise DataError(f"{path}:{lineno}: expected 'token ... tag' (tag in the last column), got {line!r}")
+        try:
+            split_tag(cols[-1])
+        except ValueError as e:
+            raise DataError(f"{path}:{lineno}: {e}") from None
+        if not tokens:
+            start = lineno
+        tokens.append(cols[0])
+        tags.append(cols[-1])
+    flush()
+    if not sentences:
+        raise DataError(f"{path}: no sentences found (empty file?)")
+    return sentences
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    records = []
+    for lineno, line in enumerate(_open_text(path), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        records.append((lineno, rec))
+    if not records:
+        raise DataError(f"{path}: no records found (empty file?)")
+    return records
+
+
+def read_jsonl_tokens(path: str | Path) -> list[Sentence]:
+    """JSONL with {"tokens": [...], "tags": [...]} per line (the key "ner_tags" is accepted for "tags")."""
+    path = Path(path)
+    out = []
+    for lineno, rec in _read_jsonl(path):
+        tokens = rec.get("tokens")
+        tags = rec.get("tags", rec.get("ner_tags"))
+        if not isinstance(tokens, list) or not isinstance(tags, list):
+            raise DataError(f"{path}:{lineno}: record needs lists 'tokens' and 'tags'")
+        if len(tokens) != len(tags):
+            raise DataError(f"{path}:{lineno}: {len(tokens)} tokens but {len(tags)} tags")
+        for i, (tok, tag) in enumerate(zip(tokens, tags, strict=True)):
+            if not isinstance(tok, str) or not tok or any(c.isspace() for c in tok):
+                raise DataError(f"{path}:{lineno}: token {i} {tok!r} must be a non-empty string without spaces")
+            try:
+                split_tag(tag)
+            except (ValueError, TypeError) as e:
+                raise DataError(f"{path}:{lineno}: tags[{i}]: {e}") from None
+        if tokens:
+            out.append(Sentence(tokens, list(tags), rec.get("doc_id"), f"{path}:{lineno}"))
+    return out
+
+
+def split_words(text: str) -> list[tuple[int, int]]:
+    """Raw text -> word (start, end) character offsets. Emails stay whole; punctuation is its own word."""
+    return [m.span() for m in WORD_RE.finditer(text)]
+
+
+def spans_to_sentence(text: str, entities: list[dict], where: str) -> tuple[Sentence, list[dict]]:
+    """Character spans -> tokens + IOB2 tags. Returns the sentence and a report of how each span was tokenised.
+
+    Errors (with `where`): offsets outside the text, overlapping spans, a span that cuts a word in two."""
+    words = split_words(text)
+    tags = ["O"] * len(words)
+    starts = {s: i for i, (s, _) in enumerate(words)}
+    ends = {e: i for i, (_, e) in enumerate(words)}
+    report = []
+    taken: list[tuple[int, int, str]] = []
+    for k, ent in enumerate(sorted(entities, key=lambda e: (e.get("start", 0), e.get("end", 0)))):
+        try:
+            s, e, label = int(ent["start"]), int(ent["end"]), str(ent["label"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{where}: entity {k} needs integer 'start', 'end' and a 'label': {ent!r}") from None
+        if not (0 <= s < e <= len(text)):
+            raise DataError(f"{where}: entity {label} [{s},{e}) lies outside the text (length {len(text)})")
+        for ps, pe, pl in taken:
+            if s < pe and ps < e:
+                raise DataError(f"{where}: entity {label} [{s},{e}) overlaps entity {pl} [{ps},{pe})")
+        taken.append((s, e, label))
+        # Trim whitespace the annotator included, then the span must start and end on word boundaries.
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if s not in starts or e not in ends:
+            inside = [text[a:b] for a, b in words if a < e and s < b]
+            raise DataError(
+                f"{where}: entity {label} [{s},{e}) {text[s:e]!r} cuts a word (words there: {inside}); "
+                "move the offsets to word boundaries"
+            )
+        i, j = starts[s], ends[e]
+        tags[i] = f"B-{label}"
+        for t in range(i + 1, j + 1):
+            tags[t] = f"I-{label}"
+        report.append({"label": label, "text": text[s:e], "tokens": [text[a:b] for a, b in words[i : j + 1]]})
+    sent = Sentence([text[a:b] for a, b in words], tags, None, where, text=text, offsets=words)
+    return sent, report
+
+
+def read_jsonl_spans(path: str | Path, report: list | None = None) -> list[Sentence]:
+    """JSONL with {"text": ..., "entities": [{"start", "end", "label"}]}: char spans -> words -> IOB2."""
+    path = Path(path)
+    out = []
+    for lineno, rec in _read_jsonl(path):
+        text = rec.get("text")
+        ents = rec.get("entities", rec.get("spans", []))
+        where = f"{path}:{lineno} (record {len(out) + 1})"
+        if not isinstance(text, str) or not isinstance(ents, list):
+            raise DataError(f"{where}: record needs a string 'text' and a list 'entities'")
+        sent, rep = spans_to_sentence(text, ents, where)
+        if report is not None:
+            report.append({"record": where, "spans": rep})
+        if sent.tokens:
+            out.append(sent)
+    return out
+
+
+def read_hf(name: str, split: str, tags_field: str = "ner_tags") -> list[Sentence]:  # pragma: no cover - online only
+    """A Hugging Face dataset by name (needs internet and `pip install datasets`)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading 'hf:...' needs `pip install datasets` (and internet access)") from None
+    ds = datasets.load_dataset(name, split=split)
+    feat = ds.features[tags_field].feature
+    names = getattr(feat, "names", None)
+    return [
+        Sentence(list(r["tokens"]), [names[t] if names else t for t in r[tags_field]], None, f"{name}:{split}:{i}")
+        for i, r in enumerate(ds)
+    ]
+
+
+def _bundled(name: str, split: str) -> list[Sentence]:
+    split = SPLIT_ALIASES.get(split, split)
+    if name not in BUNDLED or split not in BUNDLED[name]:
+        raise DataError(f"unknown bundled corpus {name}:{split}; available: {bundled_names()}")
+    ref = resources.files("llm_ner") / "resources" / "data" / name / f"{split}.txt.gz"
+    with resources.as_file(ref) as p:
+        sents = read_conll(p)
+    for s in sents:  # name the corpus, not a temp path
+        s.origin = s.origin.replace(str(p), f"{name}:{split}") if s.origin else None
+    return sents
+
+
+def bundled_names() -> list[str]:
+    return [f"{n}:{s}" for n, splits in BUNDLED.items() for s in splits]
+
+
+def load_corpus(
+    source: str | Path,
+    fmt: str = "auto",
+    scheme: str = "auto",
+    strict: bool = False,
+    limit: int | None = None,
+) -> list[Sentence]:
+    """Read any supported source and normalise it to IOB2. `limit` keeps the first N sentences (a deterministic
+    subset, so runs are comparable)."""
+    src = str(source)
+    if src.startswith("hf:"):
+        _, name, split = src.split(":", 2)
+        sents = read_hf(name, split)
+    elif ":" in src and src.split(":", 1)[0] in BUNDLED and not Path(src).exists():
+        sents = _bundled(*src.split(":", 1))
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (bundled corpora: {', '.join(bundled_names())})")
+        if fmt == "auto":
+            fmt = "conll"
+            if path.suffix in (".jsonl", ".json") or path.name.endswith(".jsonl.gz"):
+                first = _read_jsonl(path)[0][1]
+                fmt = "jsonl-spans" if "text" in first else "jsonl-tokens"
+        readers = {"conll": read_conll, "jsonl-tokens": read_jsonl_tokens, "jsonl-spans": read_jsonl_spans}
+        if fmt not in readers:
+            raise DataError(f"{path}: unknown format {fmt!r}; use one of {sorted(readers)} or auto")
+        sents = readers[fmt](path)
+    if limit is not None:
+        sents = sents[:limit]
+    found = normalise(sents, scheme, strict, src)
+    n_ent = sum(t.startswith("B-") for s in sents for t in s.tags)
+    log.info("read %s: %d sentences, %d tokens, %d entities (scheme %s -> iob2)", src, len(sents),
+             sum(len(s) for s in sents), n_ent, found)
+    return sents
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# label remapping and statistics
+
+
+def remap(
+    sentences: list[Sentence], keep: Sequence[str] | None = None, rename: dict[str, str | None] | None = None
+) -> list[Sentence]:
+    """Rename entity types (`rename`, a type mapped to None or "O" is dropped) and/or keep only the types in `keep`
+    (every other type becomes O: MultiNERD "system B"). Returns new sentences, still valid IOB2."""
+    rename = rename or {}
+    out = []
+    for s in sentences:
+        tags = []
+        for tag in s.tags:
+            p, t = split_tag(tag)
+            if t is not None:
+                t = rename.get(t, t)
+                if t in (None, "O") or (keep is not None and t not in keep):
+                    p, t = "O", None
+            tags.append("O" if t is None else f"{p}-{t}")
+        out.append(Sentence(s.tokens, to_iob2(tags, "iob2"), s.doc_id, s.origin, s.text, s.offsets))
+    return out
+
+
+def entity_types(sentences: Iterable[Sentence]) -> list[str]:
+    return sorted({t for s in sentences for tag in s.tags if (t := split_tag(tag)[1])})
+
+
+def stats(sentences: Sequence[Sentence]) -> dict:
+    ents = Counter(split_tag(t)[1] for s in sentences for t in s.tags if t.startswith("B-"))
+    return {
+        "sentences": len(sentences),
+        "tokens": sum(len(s) for s in sentences),
+        "entities": sum(ents.values()),
+        "per_type": dict(sorted(ents.items())),
+    }
+
+
+def write_conll(path: str | Path, sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]] | None) -> None:
+    """token gold [pred] per line, blank line between sentences; written atomically."""
+    buf = io.StringIO()
+    for i, s in enumerate(sentences):
+        for j, (tok, gold) in enumerate(zip(s.tokens, s.tags, strict=True)):
+            cols = [tok, gold] + ([pred_tags[i][j]] if pred_tags is not None else [])
+            buf.write(" ".join(cols) + "\n")
+        buf.write("\n")
+    atomic_write_text(Path(path), buf.getvalue())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file then rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,89 @@
+"""Metrics with seqeval in its default (conlleval-compatible) mode: entity-level micro P/R/F1 over exact-match spans,
+macro F1 (mean over types), per-type P/R/F1/support, token accuracy. Also `score_files` for two CoNLL files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from seqeval.metrics import accuracy_score, classification_report
+
+from .data import DataError, Sentence, read_conll, to_iob2, write_conll
+
+
+def compute_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict:
+    """gold/pred: tag sequences (IOB1 or IOB2, as conlleval reads them). Percentages are 0-100 like conlleval."""
+    if len(gold) != len(pred) or any(len(g) != len(p) for g, p in zip(gold, pred, strict=True)):
+        raise ValueError("gold and predicted tag sequences differ in shape")
+    gold, pred = [list(g) for g in gold], [list(p) for p in pred]
+    rep = classification_report(gold, pred, output_dict=True, zero_division=0)
+    per_type = {
+        k: {"precision": 100 * v["precision"], "recall": 100 * v["recall"], "f1": 100 * v["f1-score"],
+            "support": int(v["support"])}
+        for k, v in rep.items() if not k.endswith(" avg")
+    }
+    micro = rep.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+    # seqeval's micro avg has no count of predicted spans; count them for the report.
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    n_pred = len(get_entities(pred))
+    n_gold = len(get_entities(gold))
+    return {
+        "accuracy": 100 * accuracy_score(gold, pred) if any(gold) else 0.0,
+        "precision": 100 * micro["precision"],
+        "recall": 100 * micro["recall"],
+        "f1": 100 * micro["f1-score"],
+        "macro_f1": sum(v["f1"] for v in per_type.values()) / len(per_type) if per_type else 0.0,
+        "per_type": per_type,
+        "gold_entities": n_gold,
+        "pred_entities": n_pred,
+        "sentences": len(gold),
+        "tokens": sum(len(g) for g in gold),
+    }
+
+
+def format_table(m: dict, title: str = "") -> str:
+    lines = [title] if title else []
+    lines.append(f"{'type':<14}{'prec':>8}{'rec':>8}{'F1':>8}{'support':>9}")
+    for t, v in sorted(m["per_type"].items()):
+        lines.append(f"{t:<14}{v['precision']:8.2f}{v['recall']:8.2f}{v['f1']:8.2f}{v['support']:9d}")
+    lines.append(f"{'micro':<14}{m['precision']:8.2f}{m['recall']:8.2f}{m['f1']:8.2f}{m['gold_entities']:9d}")
+    lines.append(f"{'macro F1':<14}{'':16}{m['macro_f1']:8.2f}")
+    lines.append(f"token accuracy {m['accuracy']:.2f}%  ({m['sentences']} sentences, {m['tokens']} tokens)")
+    return "\n".join(lines)
+
+
+def evaluate_model(ner, sentences: Sequence[Sentence], out_dir: str | Path | None = None, progress: bool = False,
+                   name: str = "test") -> dict:
+    """Predict `sentences` with an NERModel and score against their tags; optionally write
+    {name}_metrics.json and {name}_predictions.conll into out_dir."""
+    pred = ner.predict_sentences(sentences, progress=progress)
+    gold = [s.tags for s in sentences]
+    metrics = compute_metrics(gold, pred)
+    if out_dir is not None:
+        out = Path(out_dir)
+        from .data import atomic_write_text
+
+        atomic_write_text(out / f"{name}_metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_conll(out / f"{name}_predictions.conll", sentences, pred)
+    return metrics
+
+
+def score_files(gold_path: str | Path, pred_path: str | Path) -> dict:
+    """Score two CoNLL files (tag = last column). Sentences must align token by token; the first mismatch is an
+    error naming the line. Tags are read as conlleval does (IOB1 and IOB2 both work)."""
+    gold, pred = read_conll(gold_path), read_conll(pred_path)
+    if len(gold) != len(pred):
+        raise DataError(f"{gold_path} has {len(gold)} sentences but {pred_path} has {len(pred)}")
+    for g, p in zip(gold, pred, strict=True):
+        if g.tokens != p.tokens:
+            k = next((i for i, (a, b) in enumerate(zip(g.tokens, p.tokens, strict=False)) if a != b),
+                     min(len(g), len(p)))
+            gline = int(g.origin.rsplit(":", 1)[1]) + k
+            pline = int(p.origin.rsplit(":", 1)[1]) + k
+            gt = g.tokens[k] if k < len(g) else "<end of sentence>"
+            pt = p.tokens[k] if k < len(p) else "<end of sentence>"
+            raise DataError(f"token mismatch: {gold_path}:{gline} has {gt!r} but {pred_path}:{pline} has {pt!r}")
+    # conlleval semantics: an I-X after O/other type starts a chunk -> normalise via IOB1 reading, then score.
+    return compute_metrics([to_iob2(s.tags, "iob1") for s in gold], [to_iob2(s.tags, "iob1") for s in pred])

@@ -1,0 +1,107 @@
+"""LabelSet: the ordered IOB2 tag inventory of a model, id <-> tag, and which transitions IOB2 allows (for the CRF).
+
+Tags are ordered O, B-T1, I-T1, B-T2, I-T2, ... with types sorted, so the same types always give the same ids.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    types: tuple[str, ...]
+    # Optional human descriptions per type (a label schema file); travels with the saved model.
+    descriptions: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_types(cls, types: Iterable[str], descriptions: dict[str, str] | None = None) -> LabelSet:
+        types = tuple(sorted(set(types)))
+        for t in types:
+            if not t or t == "O" or any(c.isspace() for c in t):
+                raise ValueError(f"invalid entity type {t!r}")
+        return cls(types, dict(descriptions or {}))
+
+    @property
+    def tags(self) -> list[str]:
+        return ["O"] + [f"{p}-{t}" for t in self.types for p in ("B", "I")]
+
+    @property
+    def id2tag(self) -> dict[int, str]:
+        return dict(enumerate(self.tags))
+
+    @property
+    def tag2id(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tags)}
+
+    def __len__(self) -> int:
+        return 1 + 2 * len(self.types)
+
+    def encode(self, tags: Sequence[str]) -> list[int]:
+        t2i = self.tag2id
+        try:
+            return [t2i[t] for t in tags]
+        except KeyError as e:
+            raise ValueError(f"tag {e.args[0]!r} is not in the label set {self.tags}") from None
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        tags = self.tags
+        return [tags[i] for i in ids]
+
+    def allowed_transitions(self) -> torch.Tensor:
+        """(C, C) bool: allowed[i, j] is True if tag j may follow tag i in IOB2 (I-X only after B-X or I-X)."""
+        tags = self.tags
+        n = len(tags)
+        allowed = torch.ones(n, n, dtype=torch.bool)
+        for j, tj in enumerate(tags):
+            if tj.startswith("I-"):
+                typ = tj[2:]
+                for i, ti in enumerate(tags):
+                    allowed[i, j] = ti in (f"B-{typ}", f"I-{typ}")
+        return allowed
+
+    def allowed_starts(self) -> torch.Tensor:
+        """(C,) bool: a sentence may not start with I-X."""
+        return torch.tensor([not t.startswith("I-") for t in self.tags])
+
+    # -- schema file I/O -----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"types": list(self.types), "tags": self.tags, "scheme": "iob2", "descriptions": self.descriptions}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LabelSet:
+        return cls.from_types(d["types"], d.get("descriptions"))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LabelSet:
+        """A schema file: JSON {"types": [...]} or {"types": [{"name", "description", "examples"}...]}; or YAML."""
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(text)
+        else:
+            d = json.loads(text)
+        raw = d.get("types") if isinstance(d, dict) else None
+        if not isinstance(raw, list) or not raw:
+            raise ValueError(f"{path}: a label schema needs a non-empty list 'types'")
+        names, desc = [], {}
+        for k, t in enumerate(raw):
+            if isinstance(t, str):
+                names.append(t)
+            elif isinstance(t, dict) and isinstance(t.get("name"), str):
+                names.append(t["name"])
+                if t.get("description"):
+                    desc[t["name"]] = str(t["description"])
+            else:
+                raise ValueError(f"{path}: types[{k}] must be a name or {{'name': ..., 'description': ...}}")
+        return cls.from_types(names, desc)

@@ -1,0 +1,341 @@
+"""Turning a decoder LLM into a token classifier — the whole transformation, top to bottom.
+
+    input_ids (B,T) ──> decoder backbone, causal mask swapped for a padding-only mask in chosen layers
+                  ──> hidden states (B,T,H) (last layer, or a learned mix of several)
+                  ──> dropout + linear head ──> token logits (B,T,C)
+                  ──> gather each word's first sub-token ──> word logits (B,W,C)
+                  ──> loss:  ce_weight * CE(label smoothing, class weights) + crf_weight * CRF NLL
+                  ──> decode: constrained Viterbi (CRF) or argmax
+
+B batch, T tokens, W words, H hidden size, C tags (O + B-/I- per type, see labels.py).
+
+1. Unmasking. A decoder's layers see only earlier tokens; for NER the right context matters ("Washington" in
+   "Washington said" vs "Washington state"). transformers builds a causal mask once and hands it to every decoder
+   layer as the `attention_mask` keyword; a forward pre-hook on each chosen layer swaps it for a 4-D additive mask
+   that hides only padding keys. Layers not chosen keep the causal mask, so "upper half only" is possible.
+   (Passing `None` would not work: sdpa then takes `is_causal=True` — hence an all-zero mask, never None.)
+2. Head: dropout + linear on the final hidden state (after the backbone's final norm), fp32.
+3. CRF (crf.py) with transitions that IOB2 forbids fixed at -10_000, so decoding always gives well-formed spans.
+4. Training modes: LoRA (peft adapters on the attention/MLP projections), full fine-tuning, or a frozen backbone
+   (head + CRF only; the backbone then runs under no_grad, which is ~3x cheaper).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.modeling_outputs import TokenClassifierOutput
+
+from . import backbones
+from .crf import CRF
+from .labels import LabelSet
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "llm_ner_config.json"
+HEAD_NAME = "head.safetensors"
+FORMAT_VERSION = 1
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory that cannot be loaded (missing/corrupt files); the message says which file."""
+
+
+@dataclass
+class NERConfig:
+    labels: dict  # LabelSet.to_dict()
+    backbone: str = "smollm2-135m"  # alias, hub id, local dir or .gguf path
+    gguf_file: str | None = None
+    unmask: str | list[int] = "all"  # "all" | "none" | "upper_half" | "lower_half" | "A-B" | [layer indices]
+    head_layers: list[int] = field(default_factory=lambda: [-1])  # hidden states feeding the head (>1: learned mix)
+    head_dropout: float = 0.1
+    use_crf: bool = True
+    ce_weight: float = 1.0
+    crf_weight: float = 1.0
+    label_smoothing: float = 0.0
+    label_all_subtokens: bool = False  # also put loss on non-first sub-tokens (I-X continuation)
+    mode: str = "lora"  # "lora" | "full" | "frozen"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    max_length: int = 256  # tokens per window; longer texts are split into overlapping windows (align.py)
+    stride: int = 32  # tokens of overlap between windows
+    attn_implementation: str = "sdpa"  # "sdpa" | "eager"
+    trust_remote_code: bool = False
+    backbone_saved: str = "none"  # what save_pretrained put in the dir: "full" | "lora" | "none" (frozen)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def label_set(self) -> LabelSet:
+        return LabelSet.from_dict(self.labels)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NERConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ModelLoadError(f"{CONFIG_NAME}: unknown fields {sorted(unknown)} (written by a newer llm-ner?)")
+        return cls(**d)
+
+
+def resolve_layers(spec: str | list[int], n_layers: int) -> list[int]:
+    """Which decoder layers get bidirectional attention."""
+    if isinstance(spec, list):
+        layers = [i % n_layers for i in spec]
+    elif spec == "all":
+        layers = list(range(n_layers))
+    elif spec == "none":
+        layers = []
+    elif spec == "upper_half":
+        layers = list(range(n_layers // 2, n_layers))
+    elif spec == "lower_half":
+        layers = list(range(n_layers // 2))
+    elif isinstance(spec, str) and "-" in spec:
+        a, b = (int(x) for x in spec.split("-"))
+        layers = list(range(a, b + 1))
+    else:
+        raise ValueError(f"unmask: {spec!r} is not 'all', 'none', 'upper_half', 'lower_half', 'A-B' or a list")
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad:
+        raise ValueError(f"unmask: layers {bad} out of range (the backbone has {n_layers} layers)")
+    return sorted(set(layers))
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The stack of transformer blocks: `model.layers` for Llama/Mistral/Qwen/Gemma (found through peft wrappers)."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "layer", "blocks") and len(mod):
+            return mod
+    return None
+
+
+def padding_only_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B,T) 1=token 0=pad -> (B,1,T,T) additive mask: every query sees every non-pad key (0), pads get -inf."""
+    keep = attention_mask[:, None, None, :].bool()  # (B,1,1,T_k)
+    B, T = attention_mask.shape
+    mask = torch.zeros(B, 1, T, T, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def load_backbone(name: str, gguf_file: str | None, attn: str, trust_remote_code: bool, dtype=None) -> nn.Module:
+    """AutoModel (no LM head) from an alias, dir, GGUF or hub id. safetensors only."""
+    from transformers import AutoModel
+
+    path, gguf = backbones.resolve(name, gguf_file)
+    kwargs = dict(attn_implementation=attn, trust_remote_code=trust_remote_code)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    else:
+        kwargs["use_safetensors"] = True
+    return AutoModel.from_pretrained(path, **kwargs)
+
+
+class LLMForTokenClassification(nn.Module):
+    def __init__(self, config: NERConfig, backbone: nn.Module):
+        super().__init__()
+        self.config = config
+        self.labels = config.label_set
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        n_tags = len(self.labels)
+
+        # --- 1. bidirectional attention in the chosen layers ---
+        layers = decoder_layers(backbone)
+        n_layers = backbone.config.num_hidden_layers
+        self.unmasked_layers = resolve_layers(config.unmask, n_layers) if layers is not None else []
+        if layers is None and config.unmask not in ("none", []):
+            raise ValueError("unmask: could not find the backbone's decoder layers; use unmask: none")
+        self._mask: torch.Tensor | None = None  # (B,1,T,T), set at each forward, read by the hooks
+        for i in self.unmasked_layers:
+            layers[i].register_forward_pre_hook(self._swap_mask, with_kwargs=True)
+
+        # --- 2. head ---
+        self.layer_mix = nn.Parameter(torch.zeros(len(config.head_layers))) if len(config.head_layers) > 1 else None
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.classifier = nn.Linear(hidden, n_tags)
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+        # --- 3. CRF with IOB2 constraints ---
+        self.crf = CRF(n_tags, self.labels.allowed_transitions(), self.labels.allowed_starts()) if config.use_crf else None
+        # Per-class weights for the cross-entropy (all 1 unless train.py sets "balanced" weights).
+        self.register_buffer("ce_weights", torch.ones(n_tags))
+
+    def _swap_mask(self, module, args, kwargs):
+        if self._mask is not None:
+            kwargs["attention_mask"] = self._mask
+        return args, kwargs
+
+    # ------------------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B,T)
+        attention_mask: torch.Tensor,  # (B,T) 1 = token, 0 = pad (right padding)
+        word_positions: torch.Tensor,  # (B,W) index of each word's first sub-token
+        word_mask: torch.Tensor,  # (B,W) 1 = real word
+        labels: torch.Tensor | None = None,  # (B,W) tag ids, -100 = ignore
+        token_labels: torch.Tensor | None = None,  # (B,T) tag ids per sub-token (label_all_subtokens), -100 = ignore
+    ) -> TokenClassifierOutput:
+        dtype = self.backbone.get_input_embeddings().weight.dtype
+        self._mask = padding_only_mask(attention_mask, dtype) if self.unmasked_layers else None
+        want_all = self.config.head_layers != [-1]
+        frozen = self.config.mode == "frozen" and not any(p.requires_grad for p in self.backbone.parameters())
+        with torch.no_grad() if frozen else nullcontext():
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_all)
+        if want_all:
+            states = torch.stack([out.hidden_states[i] for i in self.config.head_layers])  # (K,B,T,H)
+            h = (F.softmax(self.layer_mix, 0)[:, None, None, None] * states.float()).sum(0)
+        else:
+            h = out.last_hidden_state.float()  # (B,T,H)
+
+        logits = self.classifier(self.dropout(h))  # (B,T,C)
+        C = logits.size(-1)
+        word_logits = logits.gather(1, word_positions.unsqueeze(-1).expand(-1, -1, C))  # (B,W,C)
+
+        loss = None
+        if labels is not None:
+            loss = self.compute_loss(logits, word_logits, word_mask, labels, token_labels)
+        return TokenClassifierOutput(loss=loss, logits=word_logits)
+
+    def compute_loss(self, logits, word_logits, word_mask, labels, token_labels) -> torch.Tensor:
+        cfg = self.config
+        loss = word_logits.new_zeros(())
+        if cfg.ce_weight:
+            if cfg.label_all_subtokens and token_labels is not None:
+                lg, lb = logits, token_labels
+            else:
+                lg, lb = word_logits, labels
+            ce = F.cross_entropy(lg.reshape(-1, lg.size(-1)), lb.reshape(-1), weight=self.ce_weights,
+                                 ignore_index=-100, label_smoothing=cfg.label_smoothing)
+            loss = loss + cfg.ce_weight * ce
+        if self.crf is not None and cfg.crf_weight:
+            m = word_mask.bool() & (labels >= 0)
+            # NLL per word (not per sentence) so its scale matches the cross-entropy's.
+            nll = -self.crf.log_likelihood(word_logits, labels.clamp(min=0), m).sum() / m.sum().clamp(min=1)
+            loss = loss + cfg.crf_weight * nll
+        return loss
+
+    @torch.no_grad()
+    def decode(self, word_logits: torch.Tensor, word_mask: torch.Tensor) -> tuple[list[list[int]], list[list[float]]]:
+        """Best tag ids per word, and each chosen tag's softmax probability (a confidence)."""
+        probs = F.softmax(word_logits.float(), -1)
+        if self.crf is not None:
+            paths = self.crf.decode(word_logits, word_mask)
+        else:
+            paths = [row[: int(n)].tolist() for row, n in zip(word_logits.argmax(-1), word_mask.sum(1), strict=True)]
+        conf = [[probs[b, i, t].item() for i, t in enumerate(p)] for b, p in enumerate(paths)]
+        return paths, conf
+
+    # ------------------------------------------------------------------------------------------------------------
+    # construction, training modes, save / load
+
+    @classmethod
+    def from_backbone(cls, config: NERConfig, dtype=None) -> LLMForTokenClassification:
+        """A fresh model for training: load the backbone and set it up for config.mode."""
+        backbone = load_backbone(config.backbone, config.gguf_file, config.attn_implementation,
+                                 config.trust_remote_code, dtype)
+        model = cls(config, backbone)
+        model.setup_mode()
+        return model
+
+    def setup_mode(self) -> None:
+        mode = self.config.mode
+        if mode == "full":
+            self.backbone.requires_grad_(True)
+        elif mode == "frozen":
+            self.backbone.requires_grad_(False)
+        elif mode == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            targets = [t for t in self.config.lora_targets
+                       if any(n.endswith(t) for n, _ in self.backbone.named_modules())]
+            if not targets:
+                raise ValueError(f"lora_targets {self.config.lora_targets} match no module of the backbone")
+            lcfg = LoraConfig(r=self.config.lora_r, lora_alpha=self.config.lora_alpha,
+                              lora_dropout=self.config.lora_dropout, target_modules=targets)
+            self.backbone = get_peft_model(self.backbone, lcfg)
+        else:
+            raise ValueError(f"mode must be lora, full or frozen, not {mode!r}")
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {"total": sum(p.numel() for p in self.parameters()),
+                "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad)}
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def save_pretrained(self, path: str | Path, tokenizer=None, merge_lora: bool = False) -> None:
+        """config + head/CRF weights + (full backbone | LoRA adapter | nothing for a frozen backbone), safetensors."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        cfg = copy.deepcopy(self.config)
+        is_peft = hasattr(self.backbone, "peft_config")
+        if cfg.mode == "full" or (is_peft and merge_lora):
+            bb = self.backbone
+            if is_peft:  # merge a copy so the live model keeps its adapters
+                bb = copy.deepcopy(self.backbone).merge_and_unload()
+            bb.save_pretrained(path / "backbone", safe_serialization=True)
+            cfg.backbone_saved = "full"
+        elif is_peft:
+            self.backbone.save_pretrained(path / "adapter", safe_serialization=True)
+            cfg.backbone_saved = "lora"
+        else:
+            cfg.backbone_saved = "none"
+        save_file(self.head_state_dict(), str(path / HEAD_NAME), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+        tmp = path / f".{CONFIG_NAME}.tmp"  # config last and atomically: its presence marks a complete save
+        tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        tmp.replace(path / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None, trust_remote_code: bool = False,
+                        dtype=None) -> LLMForTokenClassification:
+        path = Path(path)
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file():
+            raise ModelLoadError(f"{path}: not an llm-ner model dir ({CONFIG_NAME} missing; was the save completed?)")
+        try:
+            cfg = NERConfig.from_dict(json.loads(cfg_file.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ModelLoadError(f"{cfg_file}: corrupt config ({e})") from None
+        cfg.trust_remote_code = trust_remote_code
+        try:
+            if cfg.backbone_saved == "full":
+                backbone = load_backbone(str(path / "backbone"), None, cfg.attn_implementation, trust_remote_code,
+                                         dtype)
+            else:
+                backbone = load_backbone(cfg.backbone, cfg.gguf_file, cfg.attn_implementation, trust_remote_code,
+                                         dtype)
+            model = cls(cfg, backbone)
+            if cfg.backbone_saved == "lora":
+                from peft import PeftModel
+
+                model.backbone = PeftModel.from_pretrained(backbone, path / "adapter")
+            state = load_file(str(path / HEAD_NAME))
+        except (OSError, ValueError, RuntimeError) as e:
+            if isinstance(e, ModelLoadError | backbones.BackboneError):
+                raise
+            raise ModelLoadError(f"{path}: cannot load model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ModelLoadError(f"{path / HEAD_NAME}: missing {missing}, unexpected {unexpected}")
+        model.eval()
+        if device:
+            model.to(device)
+        return model

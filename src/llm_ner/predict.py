@@ -1,0 +1,130 @@
+"""NERModel: load a saved model dir once, predict entity spans (with character offsets) for raw texts, or tags for
+pre-tokenised sentences. Inputs are windowed (align.py), sorted by length and batched, so padding stays small."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .align import Window, collate, encode_texts, merge_windows, sentence_text, window_feature
+from .data import Sentence, split_tag, split_words
+from .model import LLMForTokenClassification
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Entity:
+    start: int  # character offsets into the text, end exclusive
+    end: int
+    label: str
+    text: str
+    score: float  # mean softmax probability of the entity's word tags
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_tokenizer(path_or_name: str | Path, gguf_file: str | None = None):
+    from transformers import AutoTokenizer
+
+    from . import backbones
+
+    path, gguf = backbones.resolve(str(path_or_name), gguf_file)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    if tok.pad_token_id is None:  # decoders often have none; any id works, padding is masked
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def tags_to_entities(text: str, offsets: Sequence[tuple[int, int]], tags: Sequence[str], conf: Sequence[float]):
+    """IOB2 word tags -> character spans (an I-X without a matching B-X starts an entity, as in conlleval)."""
+    ents: list[Entity] = []
+    cur: list | None = None  # [label, first_word, last_word]
+
+    def close():
+        if cur:
+            label, a, b = cur
+            s, e = offsets[a][0], offsets[b][1]
+            score = sum(conf[a : b + 1]) / (b - a + 1)
+            ents.append(Entity(s, e, label, text[s:e], round(float(score), 4)))
+
+    for i, tag in enumerate(tags):
+        p, t = split_tag(tag)
+        if p == "I" and cur and cur[0] == t:
+            cur[2] = i
+            continue
+        close()
+        cur = [t, i, i] if p != "O" else None
+    close()
+    return ents
+
+
+class NERModel:
+    def __init__(self, model: LLMForTokenClassification, tokenizer, batch_size: int = 16, device: str | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = device or next(model.parameters()).device
+        self.labels = model.labels
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
+                        trust_remote_code: bool = False) -> NERModel:
+        model = LLMForTokenClassification.from_pretrained(path, device=device, trust_remote_code=trust_remote_code)
+        return cls(model, load_tokenizer(path), batch_size, device)
+
+    @torch.no_grad()
+    def _run(self, windows: list[Window], progress: bool = False) -> list[tuple[list[int], list[float]]]:
+        """Forward + decode every window, longest first in batches; results in the windows' order."""
+        order = sorted(range(len(windows)), key=lambda i: -len(windows[i].input_ids))
+        results: list = [None] * len(windows)
+        pad = self.tokenizer.pad_token_id
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for idx in tqdm(batches, desc="predict", disable=not progress, leave=False):
+            batch = collate([window_feature(windows[i]) for i in idx], pad)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self.model(**batch)
+            paths, conf = self.model.decode(out.logits, batch["word_mask"])
+            for j, i in enumerate(idx):
+                results[i] = (paths[j], conf[j])
+        return results
+
+    def predict_words(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]],
+                      progress: bool = False) -> tuple[list[list[str]], list[list[float]]]:
+        """Tags and confidences per word for texts whose word offsets are given."""
+        keep = [i for i, o in enumerate(word_offsets) if len(o) > 0]  # texts with no words predict nothing
+        cfg = self.model.config
+        windows = encode_texts(self.tokenizer, [texts[i] for i in keep], [word_offsets[i] for i in keep],
+                               cfg.max_length, cfg.stride)
+        res = self._run(windows, progress)
+        n_words = [len(word_offsets[i]) for i in keep]
+        merged_tags = merge_windows(windows, n_words, [r[0] for r in res])
+        merged_conf = merge_windows(windows, n_words, [r[1] for r in res])
+        tags: list[list[str]] = [[] for _ in texts]
+        confs: list[list[float]] = [[] for _ in texts]
+        id2tag = self.labels.tags
+        for k, i in enumerate(keep):
+            tags[i] = [id2tag[t] for t in merged_tags[k]]
+            confs[i] = merged_conf[k]
+        return tags, confs
+
+    def predict_sentences(self, sentences: Sequence[Sentence], progress: bool = False) -> list[list[str]]:
+        """IOB2 tags for pre-tokenised sentences (evaluation)."""
+        texts, offs = zip(*(sentence_text(s.tokens) for s in sentences), strict=True) if sentences else ((), ())
+        return self.predict_words(list(texts), list(offs), progress)[0]
+
+    def predict(self, texts: str | Sequence[str], progress: bool = False) -> list[list[Entity]] | list[Entity]:
+        """Raw text(s) -> entity spans with character offsets into each text. A single str gives a single list."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        offsets = [split_words(t) for t in texts]
+        tags, confs = self.predict_words(texts, offsets, progress)
+        ents = [tags_to_entities(t, o, tg, c) for t, o, tg, c in zip(texts, offsets, tags, confs, strict=True)]
+        return ents[0] if single else ents

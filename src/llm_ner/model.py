@@ -327,9 +327,9 @@ class LLMForTokenClassification(nn.Module):
 
                 model.backbone = PeftModel.from_pretrained(backbone, path / "adapter")
             state = load_file(str(path / HEAD_NAME))
-        except (OSError, ValueError, RuntimeError) as e:
-            if isinstance(e, ModelLoadError | backbones.BackboneError):
-                raise
+        except (ModelLoadError, backbones.BackboneError):
+            raise
+        except Exception as e:  # safetensors/json/peft errors have many types; all mean "this dir is broken"
             raise ModelLoadError(f"{path}: cannot load model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]

@@ -1,0 +1,68 @@
+import itertools
+
+import torch
+
+from llm_ner.crf import CRF
+from llm_ner.labels import LabelSet
+
+
+def brute_force(crf, em, n):
+    """All tag paths of length n: log Z and the best path, by enumeration."""
+    trans, start = crf._scores()
+    scores = {}
+    for path in itertools.product(range(crf.num_tags), repeat=n):
+        s = start[path[0]] + em[0, path[0]] + crf.end[path[-1]]
+        for i in range(1, n):
+            s = s + trans[path[i - 1], path[i]] + em[i, path[i]]
+        scores[path] = s
+    log_z = torch.logsumexp(torch.stack(list(scores.values())), 0)
+    return log_z, scores, max(scores, key=lambda p: scores[p].item())
+
+
+def make_crf(seed=0):
+    torch.manual_seed(seed)
+    ls = LabelSet.from_types(["A", "B"])  # 5 tags
+    crf = CRF(len(ls), ls.allowed_transitions(), ls.allowed_starts())
+    with torch.no_grad():
+        crf.transitions.normal_()
+        crf.start.normal_()
+        crf.end.normal_()
+    return crf, ls
+
+
+def test_log_likelihood_and_viterbi_match_brute_force():
+    crf, ls = make_crf()
+    lengths = [4, 2, 1, 3]
+    em = torch.randn(len(lengths), 4, len(ls))
+    mask = torch.tensor([[i < n for i in range(4)] for n in lengths])
+    tags = torch.randint(0, len(ls), (len(lengths), 4))
+    tags[:, 0] = 0  # a start the constraints allow
+    ll = crf.log_likelihood(em, tags, mask)
+    paths = crf.decode(em, mask)
+    for b, n in enumerate(lengths):
+        log_z, scores, best = brute_force(crf, em[b], n)
+        gold = tuple(tags[b, :n].tolist())
+        torch.testing.assert_close(ll[b], scores[gold] - log_z, rtol=1e-4, atol=1e-3)
+        assert tuple(paths[b]) == best
+
+
+def test_decoding_never_breaks_iob2():
+    crf, ls = make_crf(1)
+    em = torch.randn(64, 7, len(ls)) * 5
+    em[..., 2] += 3  # push hard towards I-A everywhere
+    for path in crf.decode(em, torch.ones(64, 7, dtype=torch.bool)):
+        tags = ls.decode(path)
+        assert not tags[0].startswith("I-")
+        for prev, cur in zip(tags, tags[1:], strict=False):
+            if cur.startswith("I-"):
+                assert prev in ("B-" + cur[2:], cur)
+
+
+def test_gradients_flow_and_empty_rows():
+    crf, ls = make_crf()
+    em = torch.randn(2, 3, len(ls), requires_grad=True)
+    mask = torch.tensor([[True, True, True], [False, False, False]])
+    ll = crf.log_likelihood(em, torch.zeros(2, 3, dtype=torch.long), mask)
+    assert ll[1] == 0 and torch.isfinite(ll).all()
+    (-ll.sum()).backward()
+    assert em.grad.abs().sum() > 0 and crf.transitions.grad is not None

@@ -1,0 +1,156 @@
+"""The transformation itself, on a tiny random Llama built in code."""
+
+import pytest
+import torch
+
+from llm_ner.align import collate, encode_sentences, window_feature
+from llm_ner.data import Sentence
+from llm_ner.labels import LabelSet
+from llm_ner.model import LLMForTokenClassification, ModelLoadError, NERConfig, resolve_layers
+
+LABELS = LabelSet.from_types(["PER", "LOC"])
+
+
+def build(tiny_llama, **kw) -> LLMForTokenClassification:
+    torch.manual_seed(0)
+    cfg = NERConfig(labels=LABELS.to_dict(), backbone=str(tiny_llama), mode=kw.pop("mode", "full"), **kw)
+    return LLMForTokenClassification.from_backbone(cfg).eval()
+
+
+def batch_for(tok, sentences, with_labels=False):
+    sents = [Sentence(s.split(), ["O"] * len(s.split())) for s in sentences]
+    wins = encode_sentences(tok, sents, LABELS.encode if with_labels else None, 128, 16)
+    return collate([window_feature(w) for w in wins], tok.pad_token_id)
+
+
+def first_word_hidden(model, batch):
+    """Hidden state of the first word's first token, via a hook on the head input."""
+    seen = {}
+    h = model.dropout.register_forward_hook(lambda m, i, o: seen.setdefault("h", o))
+    with torch.no_grad():
+        model(**batch)
+    h.remove()
+    return seen["h"][:, 0]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_unmasking_lets_later_tokens_change_earlier_states(tiny_llama, tiny_tokenizer, attn):
+    a = batch_for(tiny_tokenizer, ["Peter visited London today ."])
+    b = batch_for(tiny_tokenizer, ["Peter visited London yesterday !"])
+    causal = build(tiny_llama, unmask="none", attn_implementation=attn)
+    assert torch.allclose(first_word_hidden(causal, a), first_word_hidden(causal, b), atol=1e-6)
+    bidir = build(tiny_llama, unmask="all", attn_implementation=attn)
+    assert not torch.allclose(first_word_hidden(bidir, a), first_word_hidden(bidir, b), atol=1e-4)
+
+
+def test_per_layer_unmasking_touches_only_chosen_layers(tiny_llama, tiny_tokenizer):
+    a = batch_for(tiny_tokenizer, ["Peter visited London today ."])
+    b = batch_for(tiny_tokenizer, ["Peter visited London yesterday !"])
+    model = build(tiny_llama, unmask=[3])  # only the top layer of 4 sees the future
+    assert model.unmasked_layers == [3]
+
+    def states(batch):
+        with torch.no_grad():
+            model._mask = None
+            from llm_ner.model import padding_only_mask
+
+            model._mask = padding_only_mask(batch["attention_mask"], torch.float32)
+            out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 output_hidden_states=True)
+        return out.hidden_states
+
+    ha, hb = states(a), states(b)
+    # Outputs of layers 0..2 (hidden_states[1..3]) at position 0 are causal: unchanged by later tokens.
+    for i in (1, 2, 3):
+        assert torch.allclose(ha[i][:, 0], hb[i][:, 0], atol=1e-6), i
+    assert not torch.allclose(ha[4][:, 0], hb[4][:, 0], atol=1e-4)
+
+
+def test_padding_is_still_masked(tiny_llama, tiny_tokenizer):
+    model = build(tiny_llama, unmask="all")
+    alone = batch_for(tiny_tokenizer, ["Peter visited London ."])
+    padded = batch_for(tiny_tokenizer, ["Peter visited London .", "a much longer sentence that forces a lot of padding"])
+    assert padded["attention_mask"][0].sum() < padded["attention_mask"].shape[1]
+    with torch.no_grad():
+        la = model(**alone).logits[0, :4]
+        lp = model(**padded).logits[0, :4]
+    torch.testing.assert_close(la, lp, atol=1e-5, rtol=1e-4)
+
+
+def test_resolve_layers():
+    assert resolve_layers("all", 4) == [0, 1, 2, 3]
+    assert resolve_layers("upper_half", 4) == [2, 3]
+    assert resolve_layers("1-2", 4) == [1, 2]
+    assert resolve_layers([-1], 4) == [3]
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_layers("2-9", 4)
+
+
+def test_compound_loss_components(tiny_llama, tiny_tokenizer):
+    sents = [Sentence(["Peter", "visited", "London"], ["B-PER", "O", "B-LOC"])]
+    feats = [window_feature(w) for w in encode_sentences(tiny_tokenizer, sents, LABELS.encode, 64, 8)]
+    batch = collate(feats, tiny_tokenizer.pad_token_id)
+    losses = {}
+    for name, kw in {"ce": dict(crf_weight=0.0), "crf": dict(ce_weight=0.0), "both": {},
+                     "smooth": dict(crf_weight=0.0, label_smoothing=0.2)}.items():
+        m = build(tiny_llama, **kw)
+        losses[name] = m(**batch).loss.item()
+    assert losses["both"] == pytest.approx(losses["ce"] + losses["crf"], rel=1e-5)
+    assert losses["smooth"] != pytest.approx(losses["ce"])
+    no_crf = build(tiny_llama, use_crf=False)
+    assert no_crf.crf is None and no_crf(**batch).loss.item() == pytest.approx(losses["ce"], rel=1e-5)
+
+
+def test_layer_mix_head(tiny_llama, tiny_tokenizer):
+    m = build(tiny_llama, head_layers=[-1, -2, 2])
+    assert m.layer_mix.shape == (3,)
+    out = m(**batch_for(tiny_tokenizer, ["Peter visited London"], with_labels=False))
+    assert out.logits.shape == (1, 3, len(LABELS))
+
+
+@pytest.mark.parametrize("mode", ["lora", "full", "frozen"])
+def test_modes_and_save_load_roundtrip(tiny_llama, tiny_tokenizer, tmp_path, mode):
+    model = build(tiny_llama, mode=mode, lora_r=4, lora_alpha=8)
+    counts = model.parameter_counts()
+    head = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone."))
+    if mode == "frozen":
+        assert counts["trainable"] == head
+    elif mode == "lora":
+        assert head < counts["trainable"] < counts["total"] / 2
+    else:
+        assert counts["trainable"] == counts["total"]
+    with torch.no_grad():  # move weights away from their initial values so a bad reload would show
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    batch = batch_for(tiny_tokenizer, ["Peter visited London", "EU rejects German call"])
+    with torch.no_grad():
+        before = model(**batch).logits
+    model.save_pretrained(tmp_path / "m", tokenizer=tiny_tokenizer)
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"llm_ner_config.json", "head.safetensors", "tokenizer.json"} <= files
+    assert ("adapter" in files) == (mode == "lora") and ("backbone" in files) == (mode == "full")
+    assert not list((tmp_path / "m").rglob("*.bin")) and not list((tmp_path / "m").rglob("*.pt"))
+    loaded = LLMForTokenClassification.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        after = loaded(**batch).logits
+    torch.testing.assert_close(before, after, atol=1e-5, rtol=1e-4)
+    if mode == "lora":  # merged export gives the same outputs without peft at load time
+        model.save_pretrained(tmp_path / "merged", merge_lora=True)
+        merged = LLMForTokenClassification.from_pretrained(tmp_path / "merged")
+        assert merged.config.backbone_saved == "full"
+        with torch.no_grad():
+            torch.testing.assert_close(before, merged(**batch).logits, atol=1e-4, rtol=1e-3)
+
+
+def test_corrupt_model_dir_is_a_clear_error(tiny_llama, tiny_tokenizer, tmp_path):
+    with pytest.raises(ModelLoadError, match="llm_ner_config.json missing"):
+        LLMForTokenClassification.from_pretrained(tmp_path)
+    m = build(tiny_llama, mode="frozen")
+    m.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "head.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        LLMForTokenClassification.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "llm_ner_config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="corrupt config"):
+        LLMForTokenClassification.from_pretrained(tmp_path / "m")

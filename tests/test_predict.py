@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from llm_ner.align import encode_texts, merge_windows, sentence_text
+from llm_ner.data import split_words
+from llm_ner.labels import LabelSet
+from llm_ner.model import LLMForTokenClassification, NERConfig
+from llm_ner.predict import NERModel, tags_to_entities
+
+LABELS = LabelSet.from_types(["PER", "LOC", "ORG"])
+WORDS = ("Peter visited New York and Washington on Monday . Apple hired John Smith from Google in London . "
+         "The European Commission said on Thursday it disagreed with German advice . ").split()
+
+
+def ner(tiny_llama, tok, **kw) -> NERModel:
+    torch.manual_seed(1)
+    cfg = NERConfig(labels=LABELS.to_dict(), backbone=str(tiny_llama), mode="frozen", **kw)
+    model = LLMForTokenClassification.from_backbone(cfg).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(std=2.0)  # random but decisive head: many entities
+    return NERModel(model, tok, batch_size=4)
+
+
+def test_word_token_alignment_with_leading_spaces(tiny_tokenizer):
+    text, offs = sentence_text(["EU", "rejects", "German", "call"])
+    (w,) = encode_texts(tiny_tokenizer, [text], [offs], 64, 8)
+    assert len(w.word_positions) == 4 and w.word_positions[0] == 0
+    toks = tiny_tokenizer.convert_ids_to_tokens(w.input_ids)
+    # every word's first token is the one that carries the word's first character (with its leading space)
+    for k, p in enumerate(w.word_positions):
+        assert tiny_tokenizer.convert_tokens_to_string([toks[p]]).strip()[0] == text[offs[k][0]]
+
+
+def test_windows_cover_every_word_within_budget(tiny_tokenizer):
+    words = WORDS * 4
+    text, offs = sentence_text(words)
+    wins = encode_texts(tiny_tokenizer, [text], [offs], 24, 8)
+    assert len(wins) > 3 and all(len(w.input_ids) <= 24 for w in wins)
+    covered = set()
+    for w in wins:
+        covered |= set(range(w.first_word, w.first_word + w.n_words))
+    assert covered == set(range(len(words)))
+    for a, b in zip(wins, wins[1:], strict=False):  # consecutive windows overlap
+        assert b.first_word < a.first_word + a.n_words
+
+
+def test_merge_prefers_the_most_central_window():
+    from llm_ner.align import Window
+
+    w1 = Window(0, 0, [], [0] * 6, [])  # words 0..5
+    w2 = Window(0, 3, [], [0] * 6, [])  # words 3..8
+    merged = merge_windows([w1, w2], [9], [["a"] * 6, ["b"] * 6])[0]
+    # word 3: margin 2 in w1 vs 0 in w2 -> a; word 4: 1 vs 1, a tie keeps the first -> a; word 5: 0 vs 2 -> b
+    assert merged == ["a", "a", "a", "a", "a", "b", "b", "b", "b"]
+
+
+def test_long_text_windowed_equals_unwindowed_for_context_free_model(tiny_llama, tiny_tokenizer):
+    """With the head on the embedding layer (hidden_states[0]) and no CRF, each word's tag depends only on its own
+    token, so a correct window split + merge must reproduce the single-pass tags exactly — including entities that
+    straddle window edges."""
+    long = ner(tiny_llama, tiny_tokenizer, head_layers=[0, 0], use_crf=False, max_length=1024)
+    short = ner(tiny_llama, tiny_tokenizer, head_layers=[0, 0], use_crf=False, max_length=20, stride=8)
+    short.model.load_state_dict(long.model.state_dict())
+    text = " ".join(WORDS * 5)
+    e_long, e_short = long.predict(text), short.predict(text)
+    assert len(encode_texts(tiny_tokenizer, [text], [split_words(text)], 20, 8)) > 5
+    assert len(e_long) > 10
+    assert e_long == e_short
+
+
+def test_predict_spans_are_inside_text_and_odd_inputs(tiny_llama, tiny_tokenizer):
+    m = ner(tiny_llama, tiny_tokenizer, max_length=32, stride=8)
+    texts = ["Peter  visited\tNew York.", "", "   ", "😀🎉", "ǅemal Ŋ ש ﺝ\u200d", "x" * 3000, " ".join(WORDS * 3)]
+    out = m.predict(texts)
+    assert len(out) == len(texts) and out[1] == [] and out[2] == []
+    for t, ents in zip(texts, out, strict=True):
+        for e in ents:
+            assert 0 <= e.start < e.end <= len(t) and t[e.start : e.end] == e.text
+            assert e.label in LABELS.types and 0 <= e.score <= 1
+    assert isinstance(m.predict("Peter visited London"), list)
+
+
+def test_tags_to_entities():
+    text = "Peter Smith met Ann in New York"
+    offs = split_words(text)
+    ents = tags_to_entities(text, offs, ["B-PER", "I-PER", "O", "I-PER", "O", "B-LOC", "I-LOC"], [0.5] * 7)
+    assert [(e.text, e.label) for e in ents] == [("Peter Smith", "PER"), ("Ann", "PER"), ("New York", "LOC")]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batching_does_not_change_predictions(tiny_llama, tiny_tokenizer, batch_size):
+    m = ner(tiny_llama, tiny_tokenizer)
+    texts = [" ".join(WORDS[i : i + n]) for i, n in ((0, 5), (3, 17), (10, 2), (0, 30))]
+    ref = [m.predict(t) for t in texts]
+    m.batch_size = batch_size
+    got = m.predict(texts)
+    assert [[(e.start, e.end, e.label) for e in x] for x in got] == [[(e.start, e.end, e.label) for e in x] for x in ref]

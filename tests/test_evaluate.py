@@ -5,7 +5,8 @@ from llm_ner.evaluate import compute_metrics, score_files
 
 
 def test_hand_checked_case():
-    # gold: PER(0-1), LOC(3), ORG(5)   pred: PER(0-1) correct, LOC(3) as ORG (wrong type), ORG(5) missed, MISC(6) spurious
+    # gold: PER(0-1), LOC(3), ORG(5)
+    # pred: PER(0-1) correct, LOC(3) as ORG (wrong type), ORG(5) missed, MISC(6) spurious
     gold = [["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG", "O"]]
     pred = [["B-PER", "I-PER", "O", "B-ORG", "O", "O", "B-MISC"]]
     m = compute_metrics(gold, pred)

@@ -69,7 +69,7 @@ def test_per_layer_unmasking_touches_only_chosen_layers(tiny_llama, tiny_tokeniz
 def test_padding_is_still_masked(tiny_llama, tiny_tokenizer):
     model = build(tiny_llama, unmask="all")
     alone = batch_for(tiny_tokenizer, ["Peter visited London ."])
-    padded = batch_for(tiny_tokenizer, ["Peter visited London .", "a much longer sentence that forces a lot of padding"])
+    padded = batch_for(tiny_tokenizer, ["Peter visited London .", "a much longer sentence that forces lots of padding"])
     assert padded["attention_mask"][0].sum() < padded["attention_mask"].shape[1]
     with torch.no_grad():
         la = model(**alone).logits[0, :4]

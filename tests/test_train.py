@@ -1,0 +1,115 @@
+import json
+
+import pytest
+from transformers import TrainerCallback
+from typer.testing import CliRunner
+
+from llm_ner.cli import app
+from llm_ner.config import ConfigError, load_config
+from llm_ner.train import TrainError, train
+
+runner = CliRunner()
+
+
+def tiny_cfg(tiny_llama, out, **over):
+    base = {"model.backbone": str(tiny_llama), "data.max_train_sentences": 48, "data.max_dev_sentences": 24,
+            "data.max_test_sentences": 24, "training.max_steps": 8, "training.eval_steps": 4,
+            "training.logging_steps": 1, "training.batch_size": 4, "output": str(out)}
+    base.update(over)
+    return load_config(None, base)
+
+
+def test_cli_train_evaluate_predict_end_to_end(tiny_llama, tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--output", str(out), "--max-steps", "6",
+                            "--set", "data.max_train_sentences=32", "--set", "data.max_dev_sentences=16",
+                            "--set", "data.max_test_sentences=20", "--set", "training.eval_steps=3",
+                            "--mode", "lora", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    for f in ("config.yaml", "metrics.jsonl", "test_metrics.json", "test_predictions.conll", "summary.json",
+              "model/llm_ner_config.json", "model/head.safetensors", "model/adapter/adapter_model.safetensors"):
+        assert (out / f).is_file(), f
+    test_m = json.loads((out / "test_metrics.json").read_text())
+    assert {"accuracy", "precision", "recall", "f1", "macro_f1", "per_type"} <= set(test_m)
+    assert set(test_m["per_type"]) == {"PER", "ORG", "LOC", "MISC"}
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_f1" in r for r in recs) and any("loss" in r for r in recs)
+
+    # evaluate on the same data must reproduce the numbers written by the run
+    m_json = tmp_path / "eval.json"
+    r = runner.invoke(app, ["evaluate", "--model", str(out / "model"), "--data", "conll2003:test", "--limit", "20",
+                            "--output", str(m_json)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(m_json.read_text())["f1"] == pytest.approx(test_m["f1"])
+    # and `score` on the written predictions too
+    r = runner.invoke(app, ["score", str(out / "test_predictions.conll"), str(m_json.with_suffix(".conll")),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+
+    r = runner.invoke(app, ["predict", "--model", str(out / "model"), "--text", "Peter visited New York ."])
+    assert r.exit_code == 0 and '"entities"' in r.output
+    inp = tmp_path / "in.txt"
+    inp.write_text("EU rejects German call\n\nPeter Blackburn\n")
+    r = runner.invoke(app, ["predict", "--model", str(out / "model"), "--input", str(inp), "--output",
+                            str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+
+
+class Crash(TrainerCallback):
+    """Simulates a kill after `at` steps (after the checkpoint at step 4 was written)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def losses(run_dir):
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}
+
+
+def test_resume_after_interruption_reproduces_the_same_losses(tiny_llama, tmp_path):
+    ref = tiny_cfg(tiny_llama, tmp_path / "ref", **{"training.mode": "full"})
+    train(ref, progress=False)
+    cfg = tiny_cfg(tiny_llama, tmp_path / "b", **{"training.mode": "full"})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, callbacks=[Crash(6)])
+    assert (tmp_path / "b" / "checkpoints" / "checkpoint-4").is_dir()
+    summary = train(cfg, resume=True, progress=False)
+    assert summary["global_step"] == 8
+    a, b = losses(tmp_path / "ref"), losses(tmp_path / "b")
+    assert set(range(1, 9)) <= set(a)
+    for step in range(5, 9):  # steps after the checkpoint: same data, same RNG, same weights -> same losses
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
+
+
+def test_config_errors_are_clear(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("training:\n  learning_rat: 1e-4\n")
+    with pytest.raises(ConfigError, match="training.learning_rat: unknown key"):
+        load_config(p)
+    r = runner.invoke(app, ["train", "--config", str(p)])
+    assert r.exit_code == 2 and "unknown key" in r.output
+    p.write_text("training:\n  learning_rate: -1\n")
+    with pytest.raises(ConfigError, match="training.learning_rate"):
+        load_config(p)
+
+
+def test_unwritable_output_fails_before_training(tiny_llama, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TrainError, match="not writable"):
+        train(tiny_cfg(tiny_llama, blocker / "run"), progress=False)
+
+
+def test_bad_data_file_is_one_line_cli_error(tiny_llama, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("EU B-ORG\nrejects\n")
+    r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--train", str(bad), "--output",
+                            str(tmp_path / "r")])
+    assert r.exit_code == 2
+    assert "bad.txt:2: expected 'token ... tag'" in r.output and "Traceback" not in r.output

@@ -33,7 +33,7 @@ def test_real_default_model_trains_saves_and_predicts(tmp_path):
     for e in ents:
         assert text[e.start : e.end] == e.text and e.label in ("PER", "ORG", "LOC", "MISC")
     # windowing on the real tokenizer: a text well past max_length still gets every word tagged
-    long = " ".join([text] * 20)
+    long = " ".join([text] * 40)
     words = split_words(long)
     assert len(ner.tokenizer(long)["input_ids"]) > 2 * ner.model.config.max_length
     tags, _ = ner.predict_words([long], [words])

@@ -82,12 +82,12 @@ def train(
     from .config import load_config, parse_set
 
     try:
-        overrides = {
+        flags = {
             "model.backbone": model, "data.train": train_data, "data.dev": dev, "data.test": test, "output": output,
             "training.mode": mode, "training.max_steps": max_steps, "training.epochs": epochs,
             "training.learning_rate": lr, "training.seed": seed, "data.max_train_sentences": max_train_sentences,
-            **parse_set(set_),
         }
+        overrides = {**{k: v for k, v in flags.items() if v is not None}, **parse_set(set_)}
         cfg = load_config(_resolve_config(config), overrides)
         from .train import train as run_train
 

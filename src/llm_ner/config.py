@@ -122,9 +122,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(f"{p}: invalid YAML ({e})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            _set_dotted(raw, k, v)
+    for k, v in (overrides or {}).items():  # None is a value here (--set data.test=null); callers drop unset flags
+        _set_dotted(raw, k, v)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:

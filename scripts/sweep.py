@@ -1,0 +1,50 @@
+"""Sweep one config key and tabulate dev (and test) F1 — used to choose defaults (see docs/results.md).
+
+    python scripts/sweep.py --config quickstart --key training.learning_rate --values 3e-5 1e-4 3e-4 \
+        --set data.max_train_sentences=500 --set data.max_dev_sentences=300 --set data.test=null \
+        --set training.epochs=1 --output runs/sweep_lr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from llm_ner.cli import _resolve_config
+from llm_ner.config import load_config, parse_set
+from llm_ner.train import train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="quickstart")
+    ap.add_argument("--key", required=True, help="dotted config key to vary")
+    ap.add_argument("--values", nargs="+", required=True, help="values (parsed as YAML)")
+    ap.add_argument("--set", action="append", default=[], help="fixed overrides key=value")
+    ap.add_argument("--output", default="runs/sweep")
+    a = ap.parse_args()
+    out = Path(a.output)
+    rows = []
+    for v in a.values:
+        val = yaml.safe_load(v)
+        cfg = load_config(_resolve_config(a.config), {**parse_set(a.set), a.key: val, "output": str(out / f"{v}")})
+        t0 = time.time()
+        s = train(cfg, progress=False)
+        rows.append({"value": v, "best_dev_f1": s["best_dev_f1"], "test_f1": (s.get("test") or {}).get("f1"),
+                     "train_seconds": s["train_seconds"], "total_seconds": round(time.time() - t0, 1)})
+        print(json.dumps(rows[-1]))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"key": a.key, "fixed": a.set, "config": a.config, "rows": rows},
+                                                 indent=2))
+    lines = [f"| {a.key} | best dev F1 | test F1 | train s |", "|---|---|---|---|"]
+    lines += [f"| {r['value']} | {r['best_dev_f1']} | {r['test_f1']} | {r['train_seconds']} |" for r in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

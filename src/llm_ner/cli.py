@@ -224,6 +224,34 @@ def predict(
 
 
 @app.command()
+def analyze(
+    predictions: Annotated[str, typer.Argument(help="'token gold pred' file, e.g. RUN/test_predictions.conll")],
+    train_data: Annotated[str | None, Opt("--train", help="training data, for the seen/unseen split")] = None,
+    output: Annotated[str | None, Opt(help="write the analysis JSON here")] = None,
+    worst: Annotated[int, Opt(help="how many worst sentences to list")] = 10,
+) -> None:
+    """Error taxonomy, type confusion, confused surface forms, worst sentences, F1 by length and seen/unseen."""
+    from .analyze import analyze as run_analysis
+    from .analyze import read_predictions
+    from .data import load_corpus
+
+    try:
+        sents, pred = read_predictions(predictions)
+        a = run_analysis(sents, pred, load_corpus(train_data) if train_data else None, worst)
+    except _user_errors() as e:
+        _fail(str(e))
+    if output:
+        Path(output).write_text(json.dumps(a, indent=2) + "\n")
+    typer.echo("errors by category: " + json.dumps(a["taxonomy_total"]))
+    for t, c in a["taxonomy"].items():
+        typer.echo(f"  {t:<10} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+    typer.echo("most confused: " + "; ".join(f"{f['text']!r} {f['gold']}->{f['pred']} x{f['count']}"
+                                            for f in a["confused_forms"][:8]))
+    if a["seen_unseen"]:
+        typer.echo("seen/unseen F1: " + ", ".join(f"{k} {v['f1']}" for k, v in a["seen_unseen"].items()))
+
+
+@app.command()
 def stats(
     data: Annotated[str, typer.Argument(help="file or bundled corpus name")],
     scheme: Annotated[str, Opt()] = "auto",

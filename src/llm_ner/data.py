@@ -235,8 +235,9 @@ def read_jsonl_tokens(path: str | Path) -> list[Sentence]:
                 split_tag(tag)
             except (ValueError, TypeError) as e:
                 raise DataError(f"{path}:{lineno}: tags[{i}]: {e}") from None
-        if tokens:
-            out.append(Sentence(tokens, list(tags), rec.get("doc_id"), f"{path}:{lineno}"))
+        if not tokens:
+            raise DataError(f"{path}:{lineno}: empty 'tokens' list")
+        out.append(Sentence(tokens, list(tags), rec.get("doc_id"), f"{path}:{lineno}"))
     return out
 
 
@@ -290,6 +291,7 @@ def read_jsonl_spans(path: str | Path, report: list | None = None) -> list[Sente
     """JSONL with {"text": ..., "entities": [{"start", "end", "label"}]}: char spans -> words -> IOB2."""
     path = Path(path)
     out = []
+    empty = 0
     for lineno, rec in _read_jsonl(path):
         text = rec.get("text")
         ents = rec.get("entities", rec.get("spans", []))
@@ -301,6 +303,12 @@ def read_jsonl_spans(path: str | Path, report: list | None = None) -> list[Sente
             report.append({"record": where, "spans": rep})
         if sent.tokens:
             out.append(sent)
+        else:
+            empty += 1
+    if empty:
+        log.warning("%s: %d records have no words (empty text) and carry no labels; skipped", path, empty)
+    if not out:
+        raise DataError(f"{path}: no record has any words")
     return out
 
 

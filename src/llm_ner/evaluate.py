@@ -55,9 +55,9 @@ def format_table(m: dict, title: str = "") -> str:
 
 
 def evaluate_model(ner, sentences: Sequence[Sentence], out_dir: str | Path | None = None, progress: bool = False,
-                   name: str = "test") -> dict:
+                   name: str = "test") -> tuple[dict, list[list[str]]]:
     """Predict `sentences` with an NERModel and score against their tags; optionally write
-    {name}_metrics.json and {name}_predictions.conll into out_dir."""
+    {name}_metrics.json and {name}_predictions.conll into out_dir. Returns (metrics, predicted tags)."""
     pred = ner.predict_sentences(sentences, progress=progress)
     gold = [s.tags for s in sentences]
     metrics = compute_metrics(gold, pred)
@@ -67,7 +67,7 @@ def evaluate_model(ner, sentences: Sequence[Sentence], out_dir: str | Path | Non
 
         atomic_write_text(out / f"{name}_metrics.json", json.dumps(metrics, indent=2) + "\n")
         write_conll(out / f"{name}_predictions.conll", sentences, pred)
-    return metrics
+    return metrics, pred
 
 
 def score_files(gold_path: str | Path, pred_path: str | Path) -> dict:

@@ -77,6 +77,7 @@ class NERModel:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
                         trust_remote_code: bool = False) -> NERModel:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = LLMForTokenClassification.from_pretrained(path, device=device, trust_remote_code=trust_remote_code)
         return cls(model, load_tokenizer(path), batch_size, device)
 

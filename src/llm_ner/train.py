@@ -28,6 +28,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .align import collate, encode_sentences, window_feature
+from .analyze import analyze
 from .config import RunConfig, dump_config
 from .data import DataError, Sentence, atomic_write_text, entity_types, load_corpus, remap, stats
 from .evaluate import compute_metrics, evaluate_model, format_table
@@ -289,11 +290,12 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
         del trainer, model
         ner = NERModel.from_pretrained(run_dir / "model", batch_size=t.eval_batch_size)
         t1 = time.time()
-        m = evaluate_model(ner, test_s, run_dir, progress=progress, name="test")
+        m, pred = evaluate_model(ner, test_s, run_dir, progress=progress, name="test")
+        atomic_write_text(run_dir / "analysis.json", json.dumps(analyze(test_s, pred, train_s), indent=2) + "\n")
         summary["test_seconds"] = round(time.time() - t1, 1)
         summary["test"] = {k: round(float(m[k]), 2) for k in ("f1", "precision", "recall", "macro_f1", "accuracy")}
         print(format_table(m, f"\nTest set ({cfg.data.test}):"))
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"\nOutputs in {run_dir.resolve()}{os.sep}: model/ (best on dev), metrics.jsonl, test_metrics.json, "
-          "test_predictions.conll, summary.json")
+          "test_predictions.conll, analysis.json, summary.json")
     return summary

@@ -1,0 +1,183 @@
+"""Failure analysis from gold + predicted IOB2 tags: what kind of errors, for which types, where.
+
+Error taxonomy (each gold and each predicted entity gets exactly one category, conlleval-style exact spans):
+  correct            same span, same type
+  wrong_type         same span, other type
+  boundary_short     same type, the prediction lies inside the gold span (too short)
+  boundary_long      same type, the prediction contains the gold span (too long)
+  boundary_shift     same type, overlapping but neither contains the other
+  type_and_boundary  overlapping, other type and other span
+  missed             gold entity with no overlapping prediction
+  spurious           predicted entity with no overlapping gold entity
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from .data import Sentence
+
+Span = tuple[str, int, int]  # (type, first token, last token) inclusive
+
+
+def spans(tags: Sequence[str]) -> list[Span]:
+    """IOB2 (or IOB1, read like conlleval) -> entity spans."""
+    out: list[Span] = []
+    cur: list | None = None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        p, t = (tag[0], tag[2:]) if tag != "O" else ("O", None)
+        if p == "I" and cur is not None and cur[0] == t:
+            cur[2] = i
+            continue
+        if cur is not None:
+            out.append(tuple(cur))
+        cur = [t, i, i] if p in ("B", "I") else None
+    return out
+
+
+def classify(gold: Sequence[Span], pred: Sequence[Span]) -> tuple[list[tuple[Span, str, Span | None]], list[Span]]:
+    """For each gold span: (span, category, the prediction it was matched with). Also the spurious predictions."""
+    used: set[int] = set()
+    result = []
+    for g in gold:
+        gt, gs, ge = g
+        best, best_k = None, None
+        for k, p in enumerate(pred):
+            pt, ps, pe = p
+            if ps <= ge and gs <= pe:  # overlap
+                score = (p[1:] == g[1:], pt == gt, min(ge, pe) - max(gs, ps))
+                if best is None or score > best:
+                    best, best_k = score, k
+        if best_k is None:
+            result.append((g, "missed", None))
+            continue
+        p = pred[best_k]
+        used.add(best_k)
+        pt, ps, pe = p
+        if (ps, pe) == (gs, ge):
+            cat = "correct" if pt == gt else "wrong_type"
+        elif pt != gt:
+            cat = "type_and_boundary"
+        elif gs <= ps and pe <= ge:
+            cat = "boundary_short"
+        elif ps <= gs and ge <= pe:
+            cat = "boundary_long"
+        else:
+            cat = "boundary_shift"
+        result.append((g, cat, p))
+    spurious = [p for k, p in enumerate(pred) if k not in used and not any(
+        p[1] <= g[2] and g[1] <= p[2] for g in gold)]
+    return result, spurious
+
+
+def _bucket(n: int, edges: Sequence[int]) -> str:
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        if lo <= n < hi:
+            return f"{lo}-{hi - 1}" if hi - lo > 1 else str(lo)
+    return f"{edges[-1]}+"
+
+
+def _prf(c: Counter) -> dict:
+    p = c["tp"] / c["pred"] if c["pred"] else 0.0
+    r = c["tp"] / c["gold"] if c["gold"] else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": round(100 * p, 2), "recall": round(100 * r, 2), "f1": round(100 * f, 2),
+            "gold": c["gold"], "pred": c["pred"]}
+
+
+def analyze(sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]],
+            train: Sequence[Sentence] | None = None, worst: int = 10) -> dict:
+    """Everything the report shows about errors. `train` enables the seen/unseen split (entity surface form seen
+    with the same type in training)."""
+    seen = set()
+    if train is not None:
+        for s in train:
+            for t, a, b in spans(s.tags):
+                seen.add((" ".join(s.tokens[a : b + 1]), t))
+
+    taxonomy: dict[str, Counter] = defaultdict(Counter)
+    confusion: dict[str, Counter] = defaultdict(Counter)  # gold type (or O) -> predicted type (or O)
+    confused_forms: Counter = Counter()
+    by_len: dict[str, Counter] = defaultdict(Counter)
+    by_sent_len: dict[str, Counter] = defaultdict(Counter)
+    by_seen: dict[str, Counter] = defaultdict(Counter)
+    sentence_errors = []
+    for i, (s, pt) in enumerate(zip(sentences, pred_tags, strict=True)):
+        g_sp, p_sp = spans(s.tags), spans(pt)
+        matched, spurious = classify(g_sp, p_sp)
+        n_err = 0
+        sb = _bucket(len(s), [1, 10, 20, 30, 40])
+        p_set = set(p_sp)
+        for g, cat, p in matched:
+            taxonomy[g[0]][cat] += 1
+            confusion[g[0]][p[0] if p is not None else "O"] += 1
+            surface = " ".join(s.tokens[g[1] : g[2] + 1])
+            if cat != "correct":
+                n_err += 1
+                confused_forms[(surface, g[0], p[0] if p else "O")] += 1
+            tp = int(g in p_set)
+            by_len[_bucket(g[2] - g[1] + 1, [1, 2, 3, 4])].update(gold=1, tp=tp)
+            by_sent_len[sb].update(gold=1, tp=tp)
+            if train is not None:
+                by_seen["seen" if (surface, g[0]) in seen else "unseen"].update(gold=1, tp=tp)
+        for p in p_sp:
+            by_len[_bucket(p[2] - p[1] + 1, [1, 2, 3, 4])].update(pred=1)
+            by_sent_len[sb].update(pred=1)
+            if train is not None:
+                surface = " ".join(s.tokens[p[1] : p[2] + 1])
+                by_seen["seen" if (surface, p[0]) in seen else "unseen"].update(pred=1)
+        for p in spurious:
+            taxonomy[p[0]]["spurious"] += 1
+            confusion["O"][p[0]] += 1
+            n_err += 1
+            confused_forms[(" ".join(s.tokens[p[1] : p[2] + 1]), "O", p[0])] += 1
+        if n_err:
+            sentence_errors.append((n_err, i))
+
+    sentence_errors.sort(key=lambda x: (-x[0], x[1]))
+    worst_list = [{"index": i, "errors": n, "origin": sentences[i].origin, "tokens": sentences[i].tokens,
+                   "gold": sentences[i].tags, "pred": list(pred_tags[i])} for n, i in sentence_errors[:worst]]
+    totals = Counter()
+    for c in taxonomy.values():
+        totals.update(c)
+    return {
+        "taxonomy": {t: dict(c) for t, c in sorted(taxonomy.items())},
+        "taxonomy_total": dict(totals),
+        "confusion": {g: dict(c) for g, c in sorted(confusion.items())},
+        "confused_forms": [{"text": k[0], "gold": k[1], "pred": k[2], "count": v}
+                           for k, v in confused_forms.most_common(25)],
+        "by_entity_length": {k: _prf(v) for k, v in sorted(by_len.items())},
+        "by_sentence_length": {k: _prf(v) for k, v in sorted(by_sent_len.items(), key=lambda kv: int(
+            kv[0].split("-")[0].rstrip("+")))},
+        "seen_unseen": {k: _prf(v) for k, v in sorted(by_seen.items())} if train is not None else None,
+        "worst_sentences": worst_list,
+    }
+
+
+def read_predictions(path) -> tuple[list[Sentence], list[list[str]]]:
+    """A `token gold pred` file (what `train`/`evaluate` write): gold = second-to-last column, pred = last."""
+    from pathlib import Path
+
+    from .data import DataError, to_iob2
+
+    sents, preds, toks, gold, pred = [], [], [], [], []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        cols = line.split()
+        if not cols:
+            if toks:
+                sents.append(Sentence(toks, to_iob2(gold, "iob1"), None, f"{path}:{lineno - len(toks)}"))
+                preds.append(to_iob2(pred, "iob1"))
+                toks, gold, pred = [], [], []
+            continue
+        if len(cols) < 3:
+            raise DataError(f"{path}:{lineno}: expected 'token gold pred', got {line!r}")
+        toks.append(cols[0])
+        gold.append(cols[-2])
+        pred.append(cols[-1])
+    if toks:
+        sents.append(Sentence(toks, to_iob2(gold, "iob1"), None, f"{path}:end"))
+        preds.append(to_iob2(pred, "iob1"))
+    if not sents:
+        raise DataError(f"{path}: no sentences found")
+    return sents, preds

@@ -40,3 +40,15 @@ def make_llama(path: Path, layers: int = 2, seed: int = 0) -> Path:
                       pad_token_id=tok.pad_token_id)
     LlamaModel(cfg).save_pretrained(path)
     return path
+
+
+def make_bert(path: Path, layers: int = 2, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tok = make_tokenizer(path)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                     num_attention_heads=4, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+    BertModel(cfg).save_pretrained(path)
+    return path

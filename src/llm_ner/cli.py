@@ -96,6 +96,40 @@ def train(
         _fail(str(e))
 
 
+baseline_app = typer.Typer(help="Baselines on the same split and scorer as the LLM model.", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("encoder")
+def baseline_encoder(
+    config: Annotated[str | None, Opt(help="run config whose data section to reuse (e.g. quickstart)")] = "quickstart",
+    model: Annotated[str | None, Opt(help="encoder: minilm-l6 (offline) or a hub id such as bert-base-cased")] = None,
+    output: Annotated[str, Opt(help="run directory")] = "runs/encoder",
+    epochs: Annotated[float | None, Opt()] = None,
+    max_steps: Annotated[int | None, Opt()] = None,
+    lr: Annotated[float | None, Opt()] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="override a key: --set data.max_train_sentences=2000")] = None,
+    resume: Annotated[bool, Opt()] = False,
+    progress: Annotated[bool, Opt()] = True,
+    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+) -> None:
+    """Fine-tune a BERT-style encoder token classifier (dropout + linear, cross-entropy) on the same data."""
+    _setup_logging(verbose)
+    from .baselines.encoder import encoder_config
+    from .config import parse_set
+
+    try:
+        flags = {"model.backbone": model, "training.epochs": epochs, "training.max_steps": max_steps,
+                 "training.learning_rate": lr, "output": output}
+        cfg = encoder_config(_resolve_config(config),
+                             {**{k: v for k, v in flags.items() if v is not None}, **parse_set(set_)})
+        from .train import train as run_train
+
+        run_train(cfg, resume=resume, progress=progress)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
 @app.command()
 def quickstart(
     output: Annotated[str, Opt(help="run directory")] = "runs/quickstart",

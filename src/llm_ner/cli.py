@@ -130,6 +130,39 @@ def baseline_encoder(
         _fail(str(e))
 
 
+@baseline_app.command("prompt")
+def baseline_prompt(
+    config: Annotated[str | None, Opt(help="run config whose data section to use")] = "quickstart",
+    provider: Annotated[str, Opt(help="openai | anthropic")] = "openai",
+    model: Annotated[str | None, Opt(help="model id (default: the local server's model)")] = None,
+    base_url: Annotated[str | None, Opt(help="OpenAI-compatible endpoint; none + no key = start a local one")] = None,
+    k_shot: Annotated[int, Opt(help="examples from the training data in the prompt")] = 3,
+    max_sentences: Annotated[int | None, Opt(help="first N test sentences (0 = all)")] = 100,
+    output: Annotated[str, Opt(help="run directory")] = "runs/prompt",
+    set_: Annotated[list[str] | None, Opt("--set", help="prompt settings: --set price_in_per_1m=0.15")] = None,
+    progress: Annotated[bool, Opt()] = True,
+    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+) -> None:
+    """Prompt a chat LLM for the entities of each test sentence (JSON), align, score with the same scorer."""
+    _setup_logging(verbose)
+    from pydantic import ValidationError
+
+    from .baselines import prompt as pb
+    from .config import load_config, parse_set
+
+    try:
+        run_cfg = load_config(_resolve_config(config))
+        opts = {"provider": provider, "base_url": base_url, "k_shot": k_shot, **parse_set(set_)}
+        if model:
+            opts["model"] = model
+        pcfg = pb.PromptConfig(**opts)
+        pb.run(run_cfg, pcfg, output, max_sentences or None, progress)
+    except ValidationError as e:
+        _fail(f"prompt settings: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
+    except (*_user_errors(), ValueError, RuntimeError) as e:
+        _fail(str(e))
+
+
 @app.command()
 def quickstart(
     output: Annotated[str, Opt(help="run directory")] = "runs/quickstart",

@@ -161,7 +161,7 @@ class OpenAIChat:
             raise TransientError("connection_error", str(e)) from None
         except o.APIStatusError as e:  # 4xx other than 429: not worth retrying
             return ChatResult("", error=f"http_{e.status_code}", latency=time.time() - t0)
-        except o.APIError as e:  # e.g. a 200 with a body that is not a completion
+        except (o.APIError, ValueError) as e:  # e.g. a 200 whose body is not JSON / not a completion
             return ChatResult("", error="bad_response", latency=time.time() - t0, stop_reason=str(e)[:200])
         try:
             choice = r.choices[0]
@@ -184,15 +184,21 @@ class AnthropicChat:
             raise ValueError("no API key: set ANTHROPIC_API_KEY (or prompt.api_key_env)")
         self.client = anthropic.Anthropic(api_key=key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=0)
         self.cfg = cfg
+        import inspect
+
+        self._takes_temperature = "temperature" in inspect.signature(self.client.messages.create).parameters
 
     def __call__(self, messages: list[dict]) -> ChatResult:
         a, cfg = self.anthropic, self.cfg
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
         turns = [m for m in messages if m["role"] != "system"]
+        # Newer SDKs dropped `temperature` from messages.create (models choose their own sampling): pass it only
+        # where the installed SDK still takes it.
+        kw = {"temperature": cfg.temperature} if self._takes_temperature else {}
         t0 = time.time()
         try:
             r = self.client.messages.create(model=cfg.model, system=system, messages=turns,
-                                            max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+                                            max_tokens=cfg.max_tokens, **kw)
         except a.RateLimitError as e:
             raise TransientError("rate_limit", str(e)) from None
         except a.APITimeoutError as e:
@@ -205,7 +211,7 @@ class AnthropicChat:
             if e.status_code == 529:  # overloaded
                 raise TransientError("server_error", str(e)) from None
             return ChatResult("", error=f"http_{e.status_code}", latency=time.time() - t0)
-        except a.APIError:
+        except (a.APIError, ValueError):
             return ChatResult("", error="bad_response", latency=time.time() - t0)
         try:
             text = "".join(b.text for b in r.content if getattr(b, "type", "") == "text")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -316,6 +317,45 @@ def analyze(
                                             for f in a["confused_forms"][:8]))
     if a["seen_unseen"]:
         typer.echo("seen/unseen F1: " + ", ".join(f"{k} {v['f1']}" for k, v in a["seen_unseen"].items()))
+
+
+@app.command()
+def compare(
+    config: Annotated[str, Opt(help="run config shared by all systems (data, split)")] = "quickstart",
+    output: Annotated[str, Opt(help="directory for the runs and comparison.{md,json}")] = "runs/compare",
+    prompt_sentences: Annotated[int, Opt(help="test sentences for the prompted baseline (a request each)")] = 100,
+    systems: Annotated[str, Opt(help="comma-separated subset of llm,encoder,prompt")] = "llm,encoder,prompt",
+    llm_run: Annotated[str | None, Opt(help="reuse this finished LLM run dir")] = None,
+    encoder_run: Annotated[str | None, Opt(help="reuse this finished encoder run dir")] = None,
+    prompt_run: Annotated[str | None, Opt(help="reuse this finished prompt run dir")] = None,
+    rerun: Annotated[bool, Opt(help="re-run systems even if their run dir is finished")] = False,
+    progress: Annotated[bool, Opt()] = True,
+) -> None:
+    """Train/evaluate (or reuse) the LLM model, the encoder and the prompted baseline; print one table."""
+    from .compare import compare as run_compare
+
+    try:
+        run_compare(_resolve_config(config), output, prompt_sentences,
+                    [s.strip() for s in systems.split(",") if s.strip()],
+                    {"llm": llm_run, "encoder": encoder_run, "prompt": prompt_run}, rerun, progress)
+    except (*_user_errors(), subprocess.CalledProcessError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def report(
+    runs: Annotated[list[str], typer.Argument(help="run dirs (LLM first), or a compare dir")],
+    output: Annotated[str, Opt(help="report directory (report.md, report.html, plots)")] = "runs/report",
+    ablation: Annotated[str | None, Opt(help="ablation results.json (scripts/ablation.py)")] = None,
+) -> None:
+    """Markdown + self-contained HTML report with plots from finished runs."""
+    from .report import write_report
+
+    try:
+        md, html = write_report(runs, output, ablation)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(f"wrote {md} and {html}")
 
 
 @app.command()

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import resource
 import shutil
 import time
 from collections import Counter
@@ -271,6 +272,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last)
     train_time = time.time() - t0
+    trainer_epochs = trainer.state.epoch or 0.0
     # The last steps may not have been evaluated: do it now so the best model reflects all training.
     if dev_s and trainer.state.global_step % eval_steps != 0:
         trainer.evaluate()
@@ -293,8 +295,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
         m, pred = evaluate_model(ner, test_s, run_dir, progress=progress, name="test")
         atomic_write_text(run_dir / "analysis.json", json.dumps(analyze(test_s, pred, train_s), indent=2) + "\n")
         summary["test_seconds"] = round(time.time() - t1, 1)
+        summary["test_words_per_second"] = round(m["tokens"] / max(summary["test_seconds"], 1e-9), 1)
         summary["test"] = {k: round(float(m[k]), 2) for k in ("f1", "precision", "recall", "macro_f1", "accuracy")}
         print(format_table(m, f"\nTest set ({cfg.data.test}):"))
+    # Peak resident memory of this process (ru_maxrss is KiB on Linux): compare runs each system in its own process.
+    summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    summary["train_words_per_second"] = round(
+        summary["data"]["train"]["tokens"] * trainer_epochs / max(train_time, 1e-9), 1)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"\nOutputs in {run_dir.resolve()}{os.sep}: model/ (best on dev), metrics.jsonl, test_metrics.json, "
           "test_predictions.conll, analysis.json, summary.json")

@@ -1,0 +1,116 @@
+"""Side by side: the transformed LLM, the encoder baseline and the prompted baseline on the same split and scorer.
+
+Each system runs in its own process (`llm-ner train`, `llm-ner baseline encoder|prompt`) so its peak memory is its
+own; a finished run dir is reused unless --rerun. Existing runs can be plugged in with --llm-run/--encoder-run/
+--prompt-run. The prompted baseline is scored on the first N test sentences (it costs a request each): every
+system is also scored on that same subset, so the comparison stays like for like.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .analyze import read_predictions
+from .data import atomic_write_text
+from .evaluate import compute_metrics
+
+SYSTEMS = ("llm", "encoder", "prompt")
+
+
+def run_system(name: str, config: str, run_dir: Path, prompt_sentences: int, progress: bool) -> None:
+    base = [sys.executable, "-m", "llm_ner.cli"]
+    cmd = {
+        "llm": ["train", "--config", config, "--output", str(run_dir)],
+        "encoder": ["baseline", "encoder", "--config", config, "--output", str(run_dir)],
+        "prompt": ["baseline", "prompt", "--config", config, "--output", str(run_dir), "--max-sentences",
+                   str(prompt_sentences)],
+    }[name]
+    if not progress:
+        cmd.append("--no-progress")
+    print(f"[compare] {name}: llm-ner {' '.join(cmd)}", flush=True)
+    subprocess.run(base + cmd, check=True)
+
+
+def is_done(run_dir: Path) -> bool:
+    return (run_dir / "test_metrics.json").is_file() and (
+        (run_dir / "summary.json").is_file() or (run_dir / "prompt_stats.json").is_file())
+
+
+def system_row(name: str, run_dir: Path, subset: int | None) -> dict:
+    m = json.loads((run_dir / "test_metrics.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    pstats = json.loads((run_dir / "prompt_stats.json").read_text()) if name == "prompt" else {}
+    cfg = {}
+    if (run_dir / "model" / "llm_ner_config.json").is_file():
+        cfg = json.loads((run_dir / "model" / "llm_ner_config.json").read_text())
+    row = {
+        "system": name, "run_dir": str(run_dir),
+        "model": cfg.get("backbone") or pstats.get("model"),
+        "test_sentences": m["sentences"],
+        "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+        "macro_f1": m["macro_f1"], "per_type_f1": {t: v["f1"] for t, v in m["per_type"].items()},
+        "train_seconds": summary.get("train_seconds"),
+        "predict_words_per_second": summary.get("test_words_per_second") or pstats.get("tokens_per_second"),
+        "peak_rss_mb": summary.get("peak_rss_mb"),
+        "params_total": (summary.get("parameters") or {}).get("total"),
+        "params_trainable": (summary.get("parameters") or {}).get("trainable"),
+        "cost_per_1k_tokens_usd": pstats.get("cost_per_1k_tokens_usd"),
+        "prompt_failures": pstats.get("counts"),
+        "unmask": cfg.get("unmask"), "crf": cfg.get("use_crf"), "mode": cfg.get("mode"),
+    }
+    if subset and (run_dir / "test_predictions.conll").is_file():
+        sents, pred = read_predictions(run_dir / "test_predictions.conll")
+        sm = compute_metrics([s.tags for s in sents[:subset]], pred[:subset])
+        row["subset_sentences"] = min(subset, len(sents))
+        row["subset_f1"] = sm["f1"]
+    return row
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    if v is None:
+        return "n/a"
+    return format(v, spec) if isinstance(v, int | float) else str(v)
+
+
+def table_markdown(rows: list[dict]) -> str:
+    types = sorted({t for r in rows for t in r["per_type_f1"]})
+    n_sub = max((r.get("subset_sentences") or 0) for r in rows)
+    head = (["system", "model", "test sents", "acc", "P", "R", "F1", "macro F1"] + [f"F1 {t}" for t in types]
+            + [f"F1 first {n_sub}", "train s", "predict words/s", "peak MB", "params (trainable)", "$ / 1k tok"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        params = "n/a"
+        if r["params_total"] is not None:
+            params = f"{r['params_total'] / 1e6:.1f}M ({r['params_trainable'] / 1e6:.2f}M)"
+        cells = [r["system"], str(r["model"]).split("/")[-1], str(r["test_sentences"]), _fmt(r["accuracy"]),
+                 _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), _fmt(r["macro_f1"])]
+        cells += [_fmt(r["per_type_f1"].get(t)) for t in types]
+        cells += [_fmt(r.get("subset_f1")), _fmt(r["train_seconds"], ".0f"),
+                  _fmt(r["predict_words_per_second"], ".1f"), _fmt(r["peak_rss_mb"], ".0f"), params,
+                  _fmt(r["cost_per_1k_tokens_usd"], ".4f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(config: str, output: str | Path, prompt_sentences: int = 100, systems=SYSTEMS,
+            runs: dict[str, str] | None = None, rerun: bool = False, progress: bool = True) -> list[dict]:
+    out = Path(output)
+    run_dirs = {}
+    for name in systems:
+        given = (runs or {}).get(name)
+        d = Path(given) if given else out / name
+        if not given and (rerun or not is_done(d)):
+            run_system(name, config, d, prompt_sentences, progress)
+        if not is_done(d):
+            raise FileNotFoundError(f"{d}: no finished run (test_metrics.json missing)")
+        run_dirs[name] = d
+    subset = prompt_sentences if "prompt" in run_dirs else None
+    rows = [system_row(n, d, subset) for n, d in run_dirs.items()]
+    md = table_markdown(rows)
+    atomic_write_text(out / "comparison.json", json.dumps({"config": config, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(out / "comparison.md", md + "\n")
+    print(md)
+    return rows

@@ -126,9 +126,9 @@ def test_remap_keep_and_rename():
 
 
 def test_split_words_offsets():
-    text = "Dr. O'Neil (NYC) e-mails bob@x.org!"
+    text = "Dr. O'Neil (NYC) e-mails bob@x.org! Smith's"
     words = [text[a:b] for a, b in split_words(text)]
-    assert words == ["Dr", ".", "O'Neil", "(", "NYC", ")", "e-mails", "bob@x.org", "!"]
+    assert words == ["Dr", ".", "O'Neil", "(", "NYC", ")", "e-mails", "bob@x.org", "!", "Smith", "'s"]
 
 
 def test_labelset_order_transitions_and_schema(tmp_path):
@@ -143,3 +143,24 @@ def test_labelset_order_transitions_and_schema(tmp_path):
     p.write_text(json.dumps({"types": [{"name": "EMAIL", "description": "an e-mail address"}, "NAME"]}))
     s = LabelSet.load(p)
     assert s.types == ("EMAIL", "NAME") and s.descriptions["EMAIL"] == "an e-mail address"
+
+
+def test_multinerd_jsonl_fixture(tmp_path):
+    from pathlib import Path
+
+    from llm_ner.data import MULTINERD_TAGS
+
+    fx = Path(__file__).parent / "fixtures" / "multinerd_en_sample.jsonl"
+    sents = load_corpus(fx)  # format detected from the integer tags + lang field
+    assert len(sents) == 4  # the German record is filtered out
+    assert sents[0].tags == ["B-PER", "I-PER", "O", "O", "B-ORG", "O", "B-LOC", "O"]
+    assert sents[1].tags[8:10] == ["B-TIME", "I-TIME"] and sents[1].tags[5] == "B-FOOD"
+    assert sents[3].tags[0] == "B-MYTH" and sents[3].tags[3:5] == ["B-VEHI", "I-VEHI"]
+    assert len(MULTINERD_TAGS) == 31 and MULTINERD_TAGS[13] == "B-DIS" and MULTINERD_TAGS[25] == "B-PLANT"
+    # system B of the assignment: keep PER ORG LOC DIS ANIM
+    b = remap(sents, keep=["PER", "ORG", "LOC", "DIS", "ANIM"])
+    assert b[1].tags[8:10] == ["O", "O"] and b[2].tags[:1] == ["B-DIS"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"tokens": ["a"], "ner_tags": [99], "lang": "en"}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: ner_tags must be integers 0\.\.30"):
+        load_corpus(bad, fmt="multinerd")

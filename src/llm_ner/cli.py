@@ -359,6 +359,57 @@ def report(
 
 
 @app.command()
+def systems(
+    keep: Annotated[str, Opt(help="types system B keeps, comma-separated (e.g. PER,ORG,LOC,DIS,ANIM)")],
+    config: Annotated[str, Opt(help="run config (data, model, training) shared by A and B")] = "quickstart",
+    output: Annotated[str, Opt(help="directory for system_a/, system_b/ and systems_ab.{md,json}")] = "runs/ab",
+    set_: Annotated[list[str] | None, Opt("--set", help="override a config key for both systems")] = None,
+    rerun: Annotated[bool, Opt(help="retrain even if a finished run exists")] = False,
+    progress: Annotated[bool, Opt()] = True,
+) -> None:
+    """System A (all entity types) vs system B (kept subset, others -> O) on the same test set and scorer."""
+    from .config import load_config, parse_set
+    from .systems import run_ab
+
+    try:
+        cfg = load_config(_resolve_config(config), parse_set(set_))
+        run_ab(cfg, [k.strip() for k in keep.split(",") if k.strip()], output, rerun, progress)
+    except (*_user_errors(), ValueError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def validate(
+    data: Annotated[str, typer.Argument(help="span-annotated JSONL ({'text', 'entities'}) or any corpus")],
+    schema: Annotated[str | None, Opt(help="label schema (JSON/YAML): every label must be one of its types")] = None,
+    show: Annotated[int, Opt(help="print how the first N records' spans were tokenised")] = 5,
+) -> None:
+    """Check annotations (offsets, overlaps, spans that cut a word, unknown labels) and show their tokenisation."""
+    from .data import DataError, load_corpus, read_jsonl_spans
+    from .data import stats as corpus_stats
+    from .labels import LabelSet
+
+    try:
+        report: list = []
+        if data.endswith(".jsonl") and '"text"' in Path(data).read_text(encoding="utf-8").split("\n", 1)[0]:
+            sents = read_jsonl_spans(data, report)
+        else:
+            sents = load_corpus(data)
+        if schema:
+            allowed = set(LabelSet.load(schema).types)
+            for s in sents:
+                bad = {t[2:] for t in s.tags if t != "O" and t[2:] not in allowed}
+                if bad:
+                    raise DataError(f"{s.origin}: labels {sorted(bad)} are not in the schema {schema}")
+    except _user_errors() as e:
+        _fail(str(e))
+    for rec in report[:show]:
+        typer.echo(rec["record"] + ": " + "; ".join(f"{sp['label']} {sp['text']!r} -> {sp['tokens']}"
+                                                    for sp in rec["spans"]))
+    typer.echo("ok: " + json.dumps(corpus_stats(sents)))
+
+
+@app.command()
 def stats(
     data: Annotated[str, typer.Argument(help="file or bundled corpus name")],
     scheme: Annotated[str, Opt()] = "auto",

@@ -18,7 +18,7 @@ class DataConfig(_Strict):
     train: str = "conll2003:train"  # file path, bundled name (conll2003:train) or hf:NAME:SPLIT
     dev: str | None = "conll2003:valid"
     test: str | None = "conll2003:test"
-    format: Literal["auto", "conll", "jsonl-tokens", "jsonl-spans"] = "auto"
+    format: Literal["auto", "conll", "jsonl-tokens", "jsonl-spans", "multinerd"] = "auto"
     scheme: Literal["auto", "iob1", "iob2", "bio", "bioes", "bilou"] = "auto"
     strict: bool = False  # strict IOB2: an I-X after O is an error instead of being read as B-X
     max_train_sentences: int | None = None  # first N (deterministic subset)

@@ -101,6 +101,8 @@ class NERModel:
                       progress: bool = False) -> tuple[list[list[str]], list[list[float]]]:
         """Tags and confidences per word for texts whose word offsets are given."""
         keep = [i for i, o in enumerate(word_offsets) if len(o) > 0]  # texts with no words predict nothing
+        if not keep:  # (and the tokenizer must not see an empty batch)
+            return [[] for _ in texts], [[] for _ in texts]
         cfg = self.model.config
         windows = encode_texts(self.tokenizer, [texts[i] for i in keep], [word_offsets[i] for i in keep],
                                cfg.max_length, cfg.stride)

@@ -490,6 +490,9 @@ def run(run_cfg, pcfg: PromptConfig, output: str | Path, max_sentences: int | No
         or (pcfg.base_url is None and not os.environ.get(key_env)))
     if local:
         pcfg.base_url = f"http://127.0.0.1:{pcfg.local_port}/v1"
+        # A local CPU server answers one request at a time: a client that gives up after 60 s and retries only
+        # queues more work behind the abandoned request (seen here under load), so wait longer for it.
+        pcfg.timeout = max(pcfg.timeout, 300.0)
         log.info("no %s: using a local OpenAI-compatible server at %s", key_env, pcfg.base_url)
     server = LocalServer(pcfg, out / "server.log") if local and pcfg.local_server == "auto" else nullcontext()
     t0 = time.time()

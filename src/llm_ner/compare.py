@@ -53,7 +53,8 @@ def system_row(name: str, run_dir: Path, subset: int | None) -> dict:
         "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
         "macro_f1": m["macro_f1"], "per_type_f1": {t: v["f1"] for t, v in m["per_type"].items()},
         "train_seconds": summary.get("train_seconds"),
-        "predict_words_per_second": summary.get("test_words_per_second") or pstats.get("tokens_per_second"),
+        "predict_words_per_second": summary.get("test_words_per_second") or pstats.get("tokens_per_second") or (
+            round(m["tokens"] / summary["test_seconds"], 1) if summary.get("test_seconds") else None),
         "peak_rss_mb": summary.get("peak_rss_mb"),
         "params_total": (summary.get("parameters") or {}).get("total"),
         "params_trainable": (summary.get("parameters") or {}).get("trainable"),

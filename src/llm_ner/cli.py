@@ -410,6 +410,26 @@ def validate(
 
 
 @app.command()
+def serve(
+    model: Annotated[str, Opt(help="saved model dir")],
+    host: Annotated[str, Opt()] = "127.0.0.1",
+    port: Annotated[int, Opt()] = 8000,
+    max_text_chars: Annotated[int, Opt(help="longer texts get 413")] = 100_000,
+    max_batch: Annotated[int, Opt(help="more texts per request get 413")] = 64,
+    batch_wait_ms: Annotated[float, Opt(help="micro-batching window")] = 5.0,
+    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+) -> None:
+    """HTTP service: POST /v1/entities, GET /v1/labels, GET /health, OpenAPI docs at /docs."""
+    _setup_logging(verbose)
+    from .model import LLMForTokenClassification  # noqa: F401  (fail fast on a broken install)
+    from .serve import ServeConfig, run
+
+    if not (Path(model) / "llm_ner_config.json").is_file():
+        _fail(f"{model}: not an llm-ner model dir (llm_ner_config.json missing)")
+    run(ServeConfig(model, max_text_chars, max_batch, batch_wait_ms), host, port)
+
+
+@app.command()
 def stats(
     data: Annotated[str, typer.Argument(help="file or bundled corpus name")],
     scheme: Annotated[str, Opt()] = "auto",

@@ -1,0 +1,186 @@
+"""HTTP service over NERModel (FastAPI + uvicorn).
+
+  POST /v1/entities   {"texts": ["...", ...]} or {"text": "..."} -> {"results": [{"entities": [...]}, ...]}
+  GET  /v1/labels     the model's entity types (with descriptions) and tags
+  GET  /health        {"status": "ok", ...} once the model is loaded
+  GET  /docs          OpenAPI UI (FastAPI)
+
+The model loads once. Concurrent requests are micro-batched: a single worker drains the queue for up to
+`batch_wait_ms`, runs one batched `predict` in a thread, and answers each request with its own slice, so many small
+requests cost about as much as one batch. Limits (text length, texts per request) give 413 with a clear message;
+malformed bodies give 422 (pydantic). Long texts go through the sliding window like everywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    model_dir: str
+    max_text_chars: int = 100_000
+    max_batch: int = 64  # texts per request
+    batch_wait_ms: float = 5.0  # how long the worker waits to gather more requests into one batch
+    max_batch_texts: int = 64  # texts per model call
+    device: str | None = None
+
+
+class EntitiesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(None, description="one text")
+    texts: list[str] | None = Field(None, description="several texts")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> EntitiesRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class EntityOut(BaseModel):
+    start: int
+    end: int
+    label: str
+    text: str
+    score: float
+
+
+class TextResult(BaseModel):
+    entities: list[EntityOut]
+
+
+class EntitiesResponse(BaseModel):
+    results: list[TextResult]
+    model: str
+    latency_ms: float
+
+
+class _Batcher:
+    """Collects (texts, future) pairs and runs them through the model in combined batches."""
+
+    def __init__(self, ner, cfg: ServeConfig):
+        self.ner, self.cfg = ner, cfg
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._worker())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+    async def submit(self, texts: list[str]) -> list:
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, fut))
+        return await fut
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            deadline = loop.time() + self.cfg.batch_wait_ms / 1000
+            n = len(items[0][0])
+            while n < self.cfg.max_batch_texts:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                except TimeoutError:
+                    break
+                items.append(item)
+                n += len(item[0])
+            flat = [t for texts, _ in items for t in texts]
+            try:
+                res = await loop.run_in_executor(None, self.ner.predict, flat)
+            except Exception as e:  # never leave a request hanging
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            k = 0
+            for texts, fut in items:
+                if not fut.done():
+                    fut.set_result(res[k : k + len(texts)])
+                k += len(texts)
+
+
+def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from .predict import NERModel
+
+        t0 = time.time()
+        state["ner"] = ner or NERModel.from_pretrained(cfg.model_dir, device=cfg.device)
+        state["load_seconds"] = round(time.time() - t0, 2)
+        state["batcher"] = _Batcher(state["ner"], cfg)
+        state["batcher"].start()
+        log.info("model %s loaded in %.1f s", cfg.model_dir, state["load_seconds"])
+        yield
+        await state["batcher"].stop()
+
+    app = FastAPI(title="llm-ner", version="1", lifespan=lifespan,
+                  description="Named-entity recognition with a transformed decoder LLM.")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the offending input back; a body with NaN/Infinity (which the JSON parser accepts)
+        # then fails to render and becomes a 500. Report where and what, never the input itself.
+        errs = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type"))}
+                for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": errs})
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": cfg.model_dir, "load_seconds": state.get("load_seconds")}
+
+    @app.get("/v1/labels")
+    async def labels() -> dict:
+        ls = state["ner"].labels
+        return {"types": list(ls.types), "tags": ls.tags, "descriptions": ls.descriptions}
+
+    @app.post("/v1/entities", response_model=EntitiesResponse,
+              responses={413: {"description": "text or batch too large"}, 422: {"description": "bad request"}})
+    async def entities(req: EntitiesRequest) -> EntitiesResponse:
+        texts = req.all_texts()
+        if len(texts) > cfg.max_batch:
+            raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {cfg.max_batch}")
+        for i, t in enumerate(texts):
+            if len(t) > cfg.max_text_chars:
+                raise HTTPException(413, f"texts[{i}] has {len(t)} characters; the limit is {cfg.max_text_chars}")
+        t0 = time.time()
+        res = await state["batcher"].submit(texts) if texts else []
+        return EntitiesResponse(
+            results=[TextResult(entities=[EntityOut(**e.to_dict()) for e in ents]) for ents in res],
+            model=cfg.model_dir, latency_ms=round(1000 * (time.time() - t0), 2))
+
+    return app
+
+
+def run(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, graceful_seconds: int = 30) -> None:
+    import uvicorn
+
+    # On SIGTERM/SIGINT uvicorn stops accepting connections and lets in-flight requests finish (up to the timeout).
+    uvicorn.run(create_app(cfg), host=host, port=port, timeout_graceful_shutdown=graceful_seconds, log_level="info")

@@ -113,3 +113,22 @@ def test_bad_data_file_is_one_line_cli_error(tiny_llama, tmp_path):
                             str(tmp_path / "r")])
     assert r.exit_code == 2
     assert "bad.txt:2: expected 'token ... tag'" in r.output and "Traceback" not in r.output
+
+
+def test_export_merge_lora_and_pipeline_output(tiny_llama, tmp_path):
+    from llm_ner.predict import NERModel
+
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--output", str(out), "--max-steps", "2",
+                            "--mode", "lora", "--set", "data.max_train_sentences=16", "--set", "data.dev=null",
+                            "--set", "data.test=null", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", "--model", str(out / "model"), "--output", str(tmp_path / "merged"),
+                            "--merge-lora"])
+    assert r.exit_code == 0 and "backbone: full" in r.output, r.output
+    assert not (tmp_path / "merged" / "adapter").exists()
+    a, b = NERModel.from_pretrained(out / "model"), NERModel.from_pretrained(tmp_path / "merged")
+    text = "Peter visited New York and Washington on Monday ."
+    assert [(e.start, e.end, e.label) for e in a.predict(text)] == [(e.start, e.end, e.label) for e in b.predict(text)]
+    for d in b(text):
+        assert set(d) == {"entity_group", "score", "word", "start", "end"} and text[d["start"]:d["end"]] == d["word"]

@@ -430,6 +430,25 @@ def serve(
 
 
 @app.command()
+def export(
+    model: Annotated[str, Opt(help="saved model dir")],
+    output: Annotated[str, Opt(help="new model dir")],
+    merge_lora: Annotated[bool, Opt("--merge-lora", help="fold LoRA adapters into the backbone weights")] = False,
+) -> None:
+    """Write a standalone copy of a model dir (safetensors); --merge-lora folds the adapters in (no peft at load)."""
+    from .model import LLMForTokenClassification
+    from .predict import load_tokenizer
+
+    try:
+        m = LLMForTokenClassification.from_pretrained(model)
+        m.save_pretrained(output, tokenizer=load_tokenizer(model), merge_lora=merge_lora)
+    except _user_errors() as e:
+        _fail(str(e))
+    saved = json.loads((Path(output) / "llm_ner_config.json").read_text())["backbone_saved"]
+    typer.echo(f"wrote {output} (backbone: {saved})")
+
+
+@app.command()
 def stats(
     data: Annotated[str, typer.Argument(help="file or bundled corpus name")],
     scheme: Annotated[str, Opt()] = "auto",

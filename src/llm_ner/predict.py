@@ -131,3 +131,12 @@ class NERModel:
         tags, confs = self.predict_words(texts, offsets, progress)
         ents = [tags_to_entities(t, o, tg, c) for t, o, tg, c in zip(texts, offsets, tags, confs, strict=True)]
         return ents[0] if single else ents
+
+    def __call__(self, texts: str | Sequence[str]) -> list[dict] | list[list[dict]]:
+        """Output shaped like transformers' `pipeline("token-classification", aggregation_strategy="simple")`:
+        dicts with entity_group, score, word, start, end — a drop-in for code written against that pipeline."""
+        single = isinstance(texts, str)
+        res = self.predict([texts] if single else list(texts))
+        out = [[{"entity_group": e.label, "score": e.score, "word": e.text, "start": e.start, "end": e.end}
+                for e in ents] for ents in res]
+        return out[0] if single else out

@@ -204,6 +204,12 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
     if resume and last is None:
         log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
+    if last is not None and (run_dir / "metrics.jsonl").is_file():
+        # Steps after the checkpoint are redone: drop their old records so each step is logged once.
+        step = int(Path(last).name.split("-")[-1])
+        keep = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(x + "\n" for x in keep))
     if not resume:  # a fresh run never mixes with an old one's files
         for name in ("metrics.jsonl", "model", "checkpoints"):
             p = run_dir / name

@@ -40,7 +40,8 @@ def test_kill_9_then_resume_has_identical_losses(tiny_llama, tmp_path):
     p.wait()
     killed_at = max(losses(run))
     assert killed_at < 16
-    subprocess.run(cmd(tiny_llama, run, "--resume"), check=True, capture_output=True)
+    r = subprocess.run(cmd(tiny_llama, run, "--resume"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
     a, b = losses(ref), losses(run)
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert steps == list(range(1, 17))  # every step logged exactly once: none lost, none repeated
@@ -48,3 +49,17 @@ def test_kill_9_then_resume_has_identical_losses(tiny_llama, tmp_path):
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
     assert json.loads((run / "summary.json").read_text())["global_step"] == 16
     assert not list(run.rglob("*.tmp"))  # atomic writes leave no temp files behind
+
+
+def test_resume_skips_a_checkpoint_interrupted_while_saving(tiny_llama, tmp_path):
+    """A kill while the Trainer writes a checkpoint leaves it without trainer_state.json (written last): resume
+    must fall back to the previous one (checkpoint-12 here) and still end with every step logged once."""
+    run = tmp_path / "run"
+    subprocess.run(cmd(tiny_llama, run), check=True, capture_output=True)
+    (run / "checkpoints" / "checkpoint-16" / "trainer_state.json").unlink()  # the save of step 16 was cut off
+    r = subprocess.run(cmd(tiny_llama, run, "--resume"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run / "incomplete_checkpoints" / "checkpoint-16").is_dir()
+    assert (run / "checkpoints" / "checkpoint-16" / "trainer_state.json").is_file()  # redone, complete
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert steps == list(range(1, 17))

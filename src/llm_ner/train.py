@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .align import collate, encode_sentences, window_feature
 from .analyze import analyze
@@ -69,6 +68,25 @@ def check_output_dir(path: Path, need_bytes: int) -> None:
     if free < need_bytes:
         raise TrainError(f"output dir {path}: only {free / 2**20:.0f} MiB free, this run needs about "
                          f"{need_bytes / 2**20:.0f} MiB (checkpoints + model)")
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing. It writes trainer_state.json last, so a checkpoint
+    without a readable one was interrupted (e.g. killed mid-save): it is moved aside, never resumed from."""
+    if not ckpt_dir.is_dir():
+        return None
+    cands = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for p in cands:
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+            return str(p)
+        except (OSError, json.JSONDecodeError):
+            log.warning("%s is incomplete (interrupted while saving); moving it aside", p)
+            shutil.rmtree(ckpt_dir.parent / "incomplete_checkpoints" / p.name, ignore_errors=True)
+            (ckpt_dir.parent / "incomplete_checkpoints").mkdir(exist_ok=True)
+            p.rename(ckpt_dir.parent / "incomplete_checkpoints" / p.name)
+    return None
 
 
 def build_model(cfg: RunConfig, labels: LabelSet) -> LLMForTokenClassification:
@@ -132,8 +150,15 @@ class NERTrainer(Trainer):
         else:
             self.bad_evals += 1
         if self.args.should_save:
-            if improved:
-                model.save_pretrained(self.run_dir / "model", tokenizer=self.ner_tokenizer)
+            if improved:  # write aside, then swap: a kill mid-save never leaves a half-written model/
+                tmp, final, old = (self.run_dir / n for n in ("model.tmp", "model", "model.old"))
+                shutil.rmtree(tmp, ignore_errors=True)
+                model.save_pretrained(tmp, tokenizer=self.ner_tokenizer)
+                shutil.rmtree(old, ignore_errors=True)
+                if final.exists():
+                    final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
             atomic_write_text(self.run_dir / "model" / "best.json", json.dumps(
                 {"f1": self.best_f1, "bad_evals": self.bad_evals, "step": self.state.global_step}))
         if self.patience is not None and self.bad_evals >= self.patience:
@@ -201,7 +226,9 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
 
     check_output_dir(run_dir, need_bytes=(1200 if t.mode == "full" else 300) * 2**20)
     ckpt_dir = run_dir / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
+    last = last_complete_checkpoint(ckpt_dir) if resume else None
+    for leftover in ("model.tmp", "model.old"):  # debris of a save that was killed half-way
+        shutil.rmtree(run_dir / leftover, ignore_errors=True)
     if resume and last is None:
         log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
     if last is not None and (run_dir / "metrics.jsonl").is_file():
@@ -211,7 +238,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
                 if ln.strip() and json.loads(ln).get("step", 0) <= step]
         atomic_write_text(run_dir / "metrics.jsonl", "".join(x + "\n" for x in keep))
     if not resume:  # a fresh run never mixes with an old one's files
-        for name in ("metrics.jsonl", "model", "checkpoints"):
+        for name in ("metrics.jsonl", "model", "checkpoints", "incomplete_checkpoints"):
             p = run_dir / name
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))

@@ -1,0 +1,55 @@
+"""Fuzzing prediction and the readers with hypothesis: spans always inside the text and equal to its slice, or a
+clean DataError — never a crash."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llm_ner.data import DataError, load_corpus
+from llm_ner.labels import LabelSet
+from llm_ner.model import LLMForTokenClassification, NERConfig
+from llm_ner.predict import NERModel
+
+SPECIAL = ["\u200d", "\u200b", "\u202e", "\r\n", "\t", "\x00", "\x1b", "ש", "ﺝ", "😀", "👩‍👩‍👧", "e\u0301", " "]
+texts = st.lists(st.one_of(st.text(max_size=12), st.sampled_from(SPECIAL), st.sampled_from(["Peter", "New York",
+                                                                                           "EU", ".", "-"])),
+                 max_size=25).map("".join)
+
+
+@pytest.fixture(scope="module")
+def ner(tiny_llama, tiny_tokenizer):
+    torch.manual_seed(0)
+    m = LLMForTokenClassification.from_backbone(NERConfig(
+        labels=LabelSet.from_types(["PER", "LOC"]).to_dict(), backbone=str(tiny_llama), mode="frozen", max_length=24,
+        stride=8))
+    with torch.no_grad():
+        m.classifier.weight.normal_(std=3.0)
+    return NERModel(m, tiny_tokenizer, batch_size=4)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(texts, min_size=1, max_size=4))
+def test_predict_spans_always_inside_and_aligned(ner, batch):
+    for text, ents in zip(batch, ner.predict(batch), strict=True):
+        for e in ents:
+            assert 0 <= e.start < e.end <= len(text) and text[e.start : e.end] == e.text
+
+
+def test_very_long_document(ner):
+    text = ("Peter visited New York. " * 4200)[:100_000]
+    ents = ner.predict(text)
+    assert all(text[e.start : e.end] == e.text for e in ents)
+
+
+@settings(max_examples=80, deadline=None)
+@given(content=st.text(max_size=200))
+def test_readers_never_crash(tmp_path_factory, content):
+    p = tmp_path_factory.mktemp("fz") / "f.txt"
+    p.write_text(content, encoding="utf-8", newline="")
+    try:
+        sents = load_corpus(p)
+    except DataError:
+        return
+    for s in sents:
+        assert len(s.tokens) == len(s.tags) and all(t.strip() for t in s.tokens)

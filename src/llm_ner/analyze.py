@@ -16,24 +16,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from .data import Sentence
+from .data import Sentence, read_conll, spans, to_iob2
 
 Span = tuple[str, int, int]  # (type, first token, last token) inclusive
-
-
-def spans(tags: Sequence[str]) -> list[Span]:
-    """IOB2 (or IOB1, read like conlleval) -> entity spans."""
-    out: list[Span] = []
-    cur: list | None = None
-    for i, tag in enumerate(list(tags) + ["O"]):
-        p, t = (tag[0], tag[2:]) if tag != "O" else ("O", None)
-        if p == "I" and cur is not None and cur[0] == t:
-            cur[2] = i
-            continue
-        if cur is not None:
-            out.append(tuple(cur))
-        cur = [t, i, i] if p in ("B", "I") else None
-    return out
 
 
 def classify(gold: Sequence[Span], pred: Sequence[Span]) -> tuple[list[tuple[Span, str, Span | None]], list[Span]]:
@@ -156,28 +141,9 @@ def analyze(sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]],
 
 
 def read_predictions(path) -> tuple[list[Sentence], list[list[str]]]:
-    """A `token gold pred` file (what `train`/`evaluate` write): gold = second-to-last column, pred = last."""
-    from pathlib import Path
-
-    from .data import DataError, to_iob2
-
-    sents, preds, toks, gold, pred = [], [], [], [], []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        cols = line.split()
-        if not cols:
-            if toks:
-                sents.append(Sentence(toks, to_iob2(gold, "iob1"), None, f"{path}:{lineno - len(toks)}"))
-                preds.append(to_iob2(pred, "iob1"))
-                toks, gold, pred = [], [], []
-            continue
-        if len(cols) < 3:
-            raise DataError(f"{path}:{lineno}: expected 'token gold pred', got {line!r}")
-        toks.append(cols[0])
-        gold.append(cols[-2])
-        pred.append(cols[-1])
-    if toks:
-        sents.append(Sentence(toks, to_iob2(gold, "iob1"), None, f"{path}:end"))
-        preds.append(to_iob2(pred, "iob1"))
-    if not sents:
-        raise DataError(f"{path}: no sentences found")
-    return sents, preds
+    """A `token gold pred` file (what `train`/`evaluate` write): gold = second-to-last column, pred = last; both read
+    as conlleval does (IOB1 or IOB2)."""
+    gold, pred = read_conll(path, tag_col=-2), read_conll(path)
+    for s in gold:
+        s.tags = to_iob2(s.tags, "iob1")
+    return gold, [to_iob2(p.tags, "iob1") for p in pred]

@@ -93,7 +93,7 @@ def convert_gguf(src_dir: Path, gguf_file: str, out: Path) -> Path:
         del model.config.quantization_config
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    from .data import replace_dir
+
+    replace_dir(tmp, out)
     return out

@@ -391,10 +391,11 @@ def validate(
 
     try:
         report: list = []
-        if data.endswith(".jsonl") and '"text"' in Path(data).read_text(encoding="utf-8").split("\n", 1)[0]:
-            sents = read_jsonl_spans(data, report)
-        else:
-            sents = load_corpus(data)
+        first = ""
+        if data.endswith(".jsonl") and Path(data).is_file():
+            with open(data, encoding="utf-8") as f:
+                first = f.readline()
+        sents = read_jsonl_spans(data, report) if '"text"' in first else load_corpus(data)
         if schema:
             allowed = set(LabelSet.load(schema).types)
             for s in sents:

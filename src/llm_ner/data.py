@@ -103,6 +103,21 @@ def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
     return out
 
 
+def spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """IOB2 (or IOB1, read like conlleval) -> entity spans (type, first, last), last inclusive."""
+    out: list[tuple[str, int, int]] = []
+    cur: list | None = None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        p, t = (tag[0], tag[2:]) if tag != "O" else ("O", None)
+        if p == "I" and cur is not None and cur[0] == t:
+            cur[2] = i
+            continue
+        if cur is not None:
+            out.append(tuple(cur))
+        cur = [t, i, i] if p in ("B", "I") else None
+    return out
+
+
 def iob2_to_bioes(tags: Sequence[str]) -> list[str]:
     out = []
     for i, tag in enumerate(tags):
@@ -161,8 +176,9 @@ def _open_text(path: Path) -> list[str]:
     return text.splitlines()  # handles \n, \r\n and \r
 
 
-def read_conll(path: str | Path) -> list[Sentence]:
-    """CoNLL-style column file: one token per line, tag in the last column, blank line between sentences."""
+def read_conll(path: str | Path, tag_col: int = -1) -> list[Sentence]:
+    """CoNLL-style column file: one token per line, tag in the last column (or column `tag_col`, counted from the
+    end, e.g. -2 for the gold column of a `token gold pred` file), blank line between sentences."""
     path = Path(path)
     lines = _open_text(path)
     sentences: list[Sentence] = []
@@ -186,16 +202,17 @@ def read_conll(path: str | Path) -> list[Sentence]:
             flush()
             doc += 1
             continue
-        if len(cols) < 2 or not cols[-1]:
-            raise DataError(f"{path}:{lineno}: expected 'token ... tag' (tag in the last column), got {line!r}")
+        if len(cols) < 1 - tag_col or not cols[tag_col]:
+            want = "'token ... tag' (tag in the last column)" if tag_col == -1 else f"at least {1 - tag_col} columns"
+            raise DataError(f"{path}:{lineno}: expected {want}, got {line!r}")
         try:
-            split_tag(cols[-1])
+            split_tag(cols[tag_col])
         except ValueError as e:
             raise DataError(f"{path}:{lineno}: {e}") from None
         if not tokens:
             start = lineno
         tokens.append(cols[0])
-        tags.append(cols[-1])
+        tags.append(cols[tag_col])
     flush()
     if not sentences:
         raise DataError(f"{path}: no sentences found (empty file?)")
@@ -477,6 +494,19 @@ def write_conll(path: str | Path, sentences: Sequence[Sentence], pred_tags: Sequ
             buf.write(" ".join(cols) + "\n")
         buf.write("\n")
     atomic_write_text(Path(path), buf.getvalue())
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written directory `tmp` in as `final` (the old one is moved aside first, then removed), so a kill
+    at any point leaves either the old or the new directory, never a half-written one."""
+    import shutil
+
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from seqeval.metrics import accuracy_score, classification_report
 
-from .data import DataError, Sentence, read_conll, to_iob2, write_conll
+from .data import DataError, Sentence, atomic_write_text, read_conll, to_iob2, write_conll
 
 
 def compute_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict:
@@ -63,8 +63,6 @@ def evaluate_model(ner, sentences: Sequence[Sentence], out_dir: str | Path | Non
     metrics = compute_metrics(gold, pred)
     if out_dir is not None:
         out = Path(out_dir)
-        from .data import atomic_write_text
-
         atomic_write_text(out / f"{name}_metrics.json", json.dumps(metrics, indent=2) + "\n")
         write_conll(out / f"{name}_predictions.conll", sentences, pred)
     return metrics, pred

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .align import Window, collate, encode_texts, merge_windows, sentence_text, window_feature
-from .data import Sentence, split_tag, split_words
+from .data import Sentence, spans, split_words
 from .model import LLMForTokenClassification
 
 log = logging.getLogger(__name__)
@@ -45,24 +45,10 @@ def load_tokenizer(path_or_name: str | Path, gguf_file: str | None = None):
 
 def tags_to_entities(text: str, offsets: Sequence[tuple[int, int]], tags: Sequence[str], conf: Sequence[float]):
     """IOB2 word tags -> character spans (an I-X without a matching B-X starts an entity, as in conlleval)."""
-    ents: list[Entity] = []
-    cur: list | None = None  # [label, first_word, last_word]
-
-    def close():
-        if cur:
-            label, a, b = cur
-            s, e = offsets[a][0], offsets[b][1]
-            score = sum(conf[a : b + 1]) / (b - a + 1)
-            ents.append(Entity(s, e, label, text[s:e], round(float(score), 4)))
-
-    for i, tag in enumerate(tags):
-        p, t = split_tag(tag)
-        if p == "I" and cur and cur[0] == t:
-            cur[2] = i
-            continue
-        close()
-        cur = [t, i, i] if p != "O" else None
-    close()
+    ents = []
+    for label, a, b in spans(tags):
+        s, e = offsets[a][0], offsets[b][1]
+        ents.append(Entity(s, e, label, text[s:e], round(float(sum(conf[a : b + 1]) / (b - a + 1)), 4)))
     return ents
 
 

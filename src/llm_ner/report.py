@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from .analyze import analyze, read_predictions
-from .data import DataError, split_tag
+from .data import DataError, spans
 
 CATS = ["correct", "wrong_type", "boundary_short", "boundary_long", "boundary_shift", "type_and_boundary", "missed",
         "spurious"]
@@ -149,19 +149,13 @@ def _plots(runs: list[dict], out: Path, ablation: dict | None) -> dict[str, Path
 
 def _highlight(tokens: list[str], tags: list[str], color: dict[str, str]) -> str:
     parts, i = [], 0
-    while i < len(tokens):
-        p, t = split_tag(tags[i]) if tags[i] != "O" else ("O", None)
-        if t is None:
-            parts.append(html.escape(tokens[i]))
-            i += 1
-            continue
-        j = i + 1
-        while j < len(tokens) and tags[j] == f"I-{t}":
-            j += 1
-        text = html.escape(" ".join(tokens[i:j]))
+    for t, a, b in spans(tags):
+        parts += [html.escape(w) for w in tokens[i:a]]
+        text = html.escape(" ".join(tokens[a : b + 1]))
         parts.append(f'<mark style="background:{color.get(t, "#ddd")};padding:0.1em 0.35em;border-radius:0.3em">'
                      f'{text} <b style="font-size:0.7em">{html.escape(t)}</b></mark>')
-        i = j
+        i = b + 1
+    parts += [html.escape(w) for w in tokens[i:]]
     return " ".join(parts)
 
 

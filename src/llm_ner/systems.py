@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .analyze import read_predictions
 from .config import RunConfig
-from .data import atomic_write_text, remap
+from .data import Sentence, atomic_write_text, remap
 from .evaluate import compute_metrics
 
 
@@ -35,7 +35,7 @@ def run_ab(cfg: RunConfig, keep: list[str], output: str | Path, rerun: bool = Fa
     a_full = compute_metrics([s.tags for s in a_s], a_p)
     # Restrict A to B's types: gold and predictions both lose every other type.
     a_gold_r = [s.tags for s in remap(a_s, keep=keep)]
-    a_pred_r = [s.tags for s in remap([type(s)(s.tokens, p) for s, p in zip(a_s, a_p, strict=True)], keep=keep)]
+    a_pred_r = [s.tags for s in remap([Sentence(s.tokens, p) for s, p in zip(a_s, a_p, strict=True)], keep=keep)]
     a_shared = compute_metrics(a_gold_r, a_pred_r)
     b = compute_metrics([s.tags for s in b_s], b_p)
     result = {"keep": keep, "system_a": a_full, "system_a_shared": a_shared, "system_b": b,

@@ -30,8 +30,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from .align import collate, encode_sentences, window_feature
 from .analyze import analyze
 from .config import RunConfig, dump_config
-from .data import DataError, Sentence, atomic_write_text, entity_types, load_corpus, remap, stats
-from .evaluate import compute_metrics, evaluate_model, format_table
+from .data import DataError, Sentence, atomic_write_text, entity_types, load_corpus, remap, replace_dir, stats
+from .evaluate import evaluate_model, format_table
 from .labels import LabelSet
 from .model import LLMForTokenClassification, NERConfig
 from .predict import NERModel, load_tokenizer
@@ -55,6 +55,21 @@ def load_split(cfg: RunConfig, which: str) -> list[Sentence] | None:
     return sents
 
 
+def label_set(cfg: RunConfig, train_s: list[Sentence]) -> LabelSet:
+    """The model's labels: the schema file's types if one is given (every training type must be in it), else the
+    types found in the training data."""
+    if cfg.data.label_schema:
+        labels = LabelSet.load(cfg.data.label_schema)
+        extra = set(entity_types(train_s)) - set(labels.types)
+        if extra:
+            raise DataError(f"{cfg.data.train}: types {sorted(extra)} are not in the schema {cfg.data.label_schema}")
+    else:
+        labels = LabelSet.from_types(entity_types(train_s))
+    if not labels.types:
+        raise DataError(f"{cfg.data.train}: no entities in the training data")
+    return labels
+
+
 def check_output_dir(path: Path, need_bytes: int) -> None:
     """Fail before training, not after an hour, if the run dir is unwritable or the disk too full."""
     try:
@@ -70,13 +85,17 @@ def check_output_dir(path: Path, need_bytes: int) -> None:
                          f"{need_bytes / 2**20:.0f} MiB (checkpoints + model)")
 
 
+def checkpoint_step(path: str | Path) -> int:
+    return int(Path(path).name.split("-")[-1])  # "checkpoint-250" -> 250
+
+
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     """The newest checkpoint the Trainer finished writing. It writes trainer_state.json last, so a checkpoint
     without a readable one was interrupted (e.g. killed mid-save): it is moved aside, never resumed from."""
     if not ckpt_dir.is_dir():
         return None
     cands = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+                   key=checkpoint_step, reverse=True)
     for p in cands:
         try:
             json.loads((p / "trainer_state.json").read_text())
@@ -137,10 +156,8 @@ class NERTrainer(Trainer):
             return {}
         model = self.model
         t0 = time.time()
-        ner = NERModel(model, self.ner_tokenizer, batch_size=self.eval_batch_size)
-        pred = ner.predict_sentences(self.dev)
+        m, _ = evaluate_model(NERModel(model, self.ner_tokenizer, batch_size=self.eval_batch_size), self.dev)
         model.train()
-        m = compute_metrics([s.tags for s in self.dev], pred)
         metrics = {f"{metric_key_prefix}_{k}": round(m[k], 4) for k in ("f1", "precision", "recall", "macro_f1",
                                                                           "accuracy")}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - t0, 2)
@@ -151,14 +168,10 @@ class NERTrainer(Trainer):
             self.bad_evals += 1
         if self.args.should_save:
             if improved:  # write aside, then swap: a kill mid-save never leaves a half-written model/
-                tmp, final, old = (self.run_dir / n for n in ("model.tmp", "model", "model.old"))
+                tmp = self.run_dir / "model.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
                 model.save_pretrained(tmp, tokenizer=self.ner_tokenizer)
-                shutil.rmtree(old, ignore_errors=True)
-                if final.exists():
-                    final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
+                replace_dir(tmp, self.run_dir / "model")
             atomic_write_text(self.run_dir / "model" / "best.json", json.dumps(
                 {"f1": self.best_f1, "bad_evals": self.bad_evals, "step": self.state.global_step}))
         if self.patience is not None and self.bad_evals >= self.patience:
@@ -213,15 +226,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
     train_s = load_split(cfg, "train")
     dev_s = load_split(cfg, "dev")
     test_s = load_split(cfg, "test")
-    if cfg.data.label_schema:
-        labels = LabelSet.load(cfg.data.label_schema)
-        extra = set(entity_types(train_s)) - set(labels.types)
-        if extra:
-            raise DataError(f"{cfg.data.train}: types {sorted(extra)} are not in the schema {cfg.data.label_schema}")
-    else:
-        labels = LabelSet.from_types(entity_types(train_s))
-    if not labels.types:
-        raise DataError(f"{cfg.data.train}: no entities in the training data")
+    labels = label_set(cfg, train_s)
     log.info("labels: %s", labels.tags)
 
     check_output_dir(run_dir, need_bytes=(1200 if t.mode == "full" else 300) * 2**20)
@@ -233,7 +238,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
         log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
     if last is not None and (run_dir / "metrics.jsonl").is_file():
         # Steps after the checkpoint are redone: drop their old records so each step is logged once.
-        step = int(Path(last).name.split("-")[-1])
+        step = checkpoint_step(last)
         keep = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
                 if ln.strip() and json.loads(ln).get("step", 0) <= step]
         atomic_write_text(run_dir / "metrics.jsonl", "".join(x + "\n" for x in keep))

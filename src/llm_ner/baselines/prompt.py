@@ -30,7 +30,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from ..data import Sentence, split_words
+from ..data import Sentence, spans, split_words
 from ..labels import LabelSet
 
 log = logging.getLogger(__name__)
@@ -93,16 +93,10 @@ def build_messages(prompt: dict, labels: LabelSet, sentence: list[str], shots: l
     msgs = [{"role": "system", "content": system}]
     for s in shots:
         msgs.append({"role": "user", "content": prompt["user"].format(sentence=" ".join(s.tokens))})
-        ents = [{"type": t, "text": " ".join(s.tokens[a : b + 1])} for t, a, b in _spans(s.tags)]
+        ents = [{"type": t, "text": " ".join(s.tokens[a : b + 1])} for t, a, b in spans(s.tags)]
         msgs.append({"role": "assistant", "content": json.dumps({"entities": ents}, ensure_ascii=False)})
     msgs.append({"role": "user", "content": prompt["user"].format(sentence=" ".join(sentence))})
     return msgs
-
-
-def _spans(tags: list[str]) -> list[tuple[str, int, int]]:
-    from ..analyze import spans
-
-    return spans(tags)
 
 
 def choose_shots(train: list[Sentence], k: int, seed: int) -> list[Sentence]:
@@ -133,6 +127,29 @@ class TransientError(Exception):
         self.kind = kind
 
 
+def _call_sdk(sdk, fn, t0: float, retry_status: tuple[int, ...] = ()):
+    """Run one SDK request; returns (response, None) or (None, a counted-failure ChatResult). The openai and anthropic
+    SDKs name their errors alike: rate limits, time-outs, 5xx and connection errors are retryable (TransientError);
+    other HTTP statuses and unparseable bodies are failures not worth retrying. Order matters: the timeout error is a
+    subclass of the connection error."""
+    try:
+        return fn(), None
+    except sdk.RateLimitError as e:
+        raise TransientError("rate_limit", str(e)) from None
+    except sdk.APITimeoutError as e:
+        raise TransientError("timeout", str(e)) from None
+    except sdk.InternalServerError as e:
+        raise TransientError("server_error", str(e)) from None
+    except sdk.APIConnectionError as e:
+        raise TransientError("connection_error", str(e)) from None
+    except sdk.APIStatusError as e:
+        if e.status_code in retry_status:
+            raise TransientError("server_error", str(e)) from None
+        return None, ChatResult("", error=f"http_{e.status_code}", latency=time.time() - t0)
+    except (sdk.APIError, ValueError) as e:  # e.g. a 200 whose body is not JSON / not a completion
+        return None, ChatResult("", error="bad_response", latency=time.time() - t0, stop_reason=str(e)[:200])
+
+
 class OpenAIChat:
     def __init__(self, cfg: PromptConfig):
         import openai
@@ -145,24 +162,13 @@ class OpenAIChat:
         self.cfg = cfg
 
     def __call__(self, messages: list[dict]) -> ChatResult:
-        o, cfg = self.openai, self.cfg
+        cfg = self.cfg
         kw = {"response_format": {"type": "json_object"}} if cfg.json_mode else {}
         t0 = time.time()
-        try:
-            r = self.client.chat.completions.create(model=cfg.model, messages=messages, max_tokens=cfg.max_tokens,
-                                                    temperature=cfg.temperature, **kw)
-        except o.RateLimitError as e:
-            raise TransientError("rate_limit", str(e)) from None
-        except o.APITimeoutError as e:
-            raise TransientError("timeout", str(e)) from None
-        except o.InternalServerError as e:
-            raise TransientError("server_error", str(e)) from None
-        except o.APIConnectionError as e:
-            raise TransientError("connection_error", str(e)) from None
-        except o.APIStatusError as e:  # 4xx other than 429: not worth retrying
-            return ChatResult("", error=f"http_{e.status_code}", latency=time.time() - t0)
-        except (o.APIError, ValueError) as e:  # e.g. a 200 whose body is not JSON / not a completion
-            return ChatResult("", error="bad_response", latency=time.time() - t0, stop_reason=str(e)[:200])
+        r, failed = _call_sdk(self.openai, lambda: self.client.chat.completions.create(
+            model=cfg.model, messages=messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, **kw), t0)
+        if failed:
+            return failed
         try:
             choice = r.choices[0]
             text = choice.message.content or ""
@@ -189,30 +195,18 @@ class AnthropicChat:
         self._takes_temperature = "temperature" in inspect.signature(self.client.messages.create).parameters
 
     def __call__(self, messages: list[dict]) -> ChatResult:
-        a, cfg = self.anthropic, self.cfg
+        cfg = self.cfg
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
         turns = [m for m in messages if m["role"] != "system"]
         # Newer SDKs dropped `temperature` from messages.create (models choose their own sampling): pass it only
         # where the installed SDK still takes it.
         kw = {"temperature": cfg.temperature} if self._takes_temperature else {}
         t0 = time.time()
-        try:
-            r = self.client.messages.create(model=cfg.model, system=system, messages=turns,
-                                            max_tokens=cfg.max_tokens, **kw)
-        except a.RateLimitError as e:
-            raise TransientError("rate_limit", str(e)) from None
-        except a.APITimeoutError as e:
-            raise TransientError("timeout", str(e)) from None
-        except a.InternalServerError as e:
-            raise TransientError("server_error", str(e)) from None
-        except a.APIConnectionError as e:
-            raise TransientError("connection_error", str(e)) from None
-        except a.APIStatusError as e:
-            if e.status_code == 529:  # overloaded
-                raise TransientError("server_error", str(e)) from None
-            return ChatResult("", error=f"http_{e.status_code}", latency=time.time() - t0)
-        except (a.APIError, ValueError):
-            return ChatResult("", error="bad_response", latency=time.time() - t0)
+        r, failed = _call_sdk(self.anthropic, lambda: self.client.messages.create(
+            model=cfg.model, system=system, messages=turns, max_tokens=cfg.max_tokens, **kw), t0,
+            retry_status=(529,))  # 529: Anthropic "overloaded"
+        if failed:
+            return failed
         try:
             text = "".join(b.text for b in r.content if getattr(b, "type", "") == "text")
         except (AttributeError, TypeError):
@@ -471,19 +465,14 @@ def run(run_cfg, pcfg: PromptConfig, output: str | Path, max_sentences: int | No
 
     from ..data import atomic_write_text
     from ..evaluate import compute_metrics, format_table
-    from ..train import load_split
+    from ..train import label_set, load_split
 
     out = Path(output)
     train = load_split(run_cfg, "train")
     test = load_split(run_cfg, "test") or []
     if max_sentences:
         test = test[:max_sentences]
-    if run_cfg.data.label_schema:
-        labels = LabelSet.load(run_cfg.data.label_schema)
-    else:
-        from ..data import entity_types
-
-        labels = LabelSet.from_types(entity_types(train))
+    labels = label_set(run_cfg, train)
     key_env = pcfg.api_key_env or ("OPENAI_API_KEY" if pcfg.provider == "openai" else "ANTHROPIC_API_KEY")
     local = pcfg.provider == "openai" and (
         (pcfg.base_url or "").startswith(f"http://127.0.0.1:{pcfg.local_port}")

@@ -21,3 +21,21 @@ def tiny_tokenizer(tiny_llama):
     from llm_ner.predict import load_tokenizer
 
     return load_tokenizer(str(tiny_llama))
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_dir(tiny_llama, tiny_tokenizer, tmp_path_factory) -> Path:
+    """A saved, servable model dir: frozen tiny backbone, head weights scaled up so it predicts some entities."""
+    import torch
+
+    from llm_ner.labels import LabelSet
+    from llm_ner.model import LLMForTokenClassification, NERConfig
+
+    torch.manual_seed(0)
+    model = LLMForTokenClassification.from_backbone(NERConfig(
+        labels=LabelSet.from_types(["PER", "LOC", "ORG"]).to_dict(), backbone=str(tiny_llama), mode="frozen"))
+    with torch.no_grad():
+        model.classifier.weight.normal_(std=2.0)
+    d = tmp_path_factory.mktemp("served") / "model"
+    model.save_pretrained(d, tokenizer=tiny_tokenizer)
+    return d

@@ -154,3 +154,34 @@ def test_corrupt_model_dir_is_a_clear_error(tiny_llama, tiny_tokenizer, tmp_path
     (tmp_path / "m" / "llm_ner_config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="corrupt config"):
         LLMForTokenClassification.from_pretrained(tmp_path / "m")
+
+
+def test_pickle_weights_are_refused(tiny_llama, tmp_path):
+    """Only safetensors are loaded: a backbone shipped as a pickle (pytorch_model.bin) is an error, never unpickled."""
+    from safetensors.torch import load_file
+
+    build(tiny_llama, mode="full").save_pretrained(tmp_path / "m")
+    bb = tmp_path / "m" / "backbone"
+    torch.save(load_file(bb / "model.safetensors"), bb / "pytorch_model.bin")
+    (bb / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="cannot load model") as e:
+        LLMForTokenClassification.from_pretrained(tmp_path / "m")
+    print(e.value)
+
+
+def test_remote_code_never_runs_unless_allowed(tiny_llama, tmp_path):
+    """A backbone config pointing at custom code (auto_map) must not execute it with the default
+    trust_remote_code=False: loading fails cleanly and the code's side effect never happens."""
+    import json
+
+    build(tiny_llama, mode="full").save_pretrained(tmp_path / "m")
+    bb = tmp_path / "m" / "backbone"
+    marker = tmp_path / "code_ran"
+    (bb / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    cfg = json.loads((bb / "config.json").read_text())
+    cfg.update(model_type="evil_model", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"})
+    (bb / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="trust_remote_code") as e:
+        LLMForTokenClassification.from_pretrained(tmp_path / "m")
+    print(e.value)
+    assert not marker.exists()

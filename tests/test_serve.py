@@ -1,6 +1,7 @@
 """The HTTP service, started for real on 127.0.0.1 and called over HTTP."""
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -10,12 +11,10 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_ner.labels import LabelSet
-from llm_ner.model import LLMForTokenClassification, NERConfig
 from llm_ner.predict import NERModel
 
 TEXTS = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London .",
@@ -28,31 +27,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama, tiny_tokenizer, tmp_path_factory):
-    torch.manual_seed(0)
-    model = LLMForTokenClassification.from_backbone(NERConfig(
-        labels=LabelSet.from_types(["PER", "LOC", "ORG"]).to_dict(), backbone=str(tiny_llama), mode="frozen"))
-    with torch.no_grad():
-        model.classifier.weight.normal_(std=2.0)
-    d = tmp_path_factory.mktemp("served") / "model"
-    model.save_pretrained(d, tokenizer=tiny_tokenizer)
+def start_server(model_dir, *args) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llm_ner.cli", "serve", "--model", str(d), "--port", str(port),
-                             "--max-text-chars", "2000", "--max-batch", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ner.cli", "serve", "--model", str(model_dir), "--port",
+                             str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
             with urllib.request.urlopen(url + "/health", timeout=1) as r:
                 if r.status == 200:
-                    break
+                    return proc, url
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("server did not start: " + proc.stdout.read().decode()[-2000:])
-    yield url, NERModel.from_pretrained(d)
+    proc.kill()
+    pytest.fail("server did not start: " + proc.stdout.read().decode()[-2000:])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_ner_dir):
+    proc, url = start_server(tiny_ner_dir, "--max-text-chars", "2000", "--max-batch", "8")
+    yield url, NERModel.from_pretrained(tiny_ner_dir)
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -84,9 +78,12 @@ def test_endpoints_and_answers_match_direct_prediction(server):
 def test_limits_and_bad_requests(server):
     url, _ = server
     status, body = post(url, {"texts": ["a"] * 9})
-    assert status == 413 and "limit is 8" in body["detail"]
+    assert status == 413 and body["detail"] == "texts has 9 texts; the limit is 8"
+    status, body = post(url, {"texts": ["ok", "x " * 1500]})
+    assert status == 413 and body["detail"] == "texts[1] has 3000 characters; the limit is 2000"
     status, body = post(url, {"text": "x " * 1500})
-    assert status == 413 and "3000 characters" in body["detail"]
+    assert status == 413 and body["detail"] == "text has 3000 characters; the limit is 2000"
+    assert post(url, {"text": None})[0] == 422
     assert post(url, {"text": "a", "texts": ["b"]})[0] == 422
     assert post(url, {"txt": "a"})[0] == 422
     assert post(url, b"{not json", raw=True)[0] == 422
@@ -125,3 +122,44 @@ def test_malformed_bodies_never_500(server, body):
     url, _ = server
     status, _ = post(url, body)
     assert status < 500
+
+
+@pytest.fixture(scope="module")
+def openapi(server):
+    # 413 is how this API rejects a body over its documented size limits (maxLength / maxItems)
+    config = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
+        "expected-statuses": [400, 413, 422]}}})
+    return schemathesis.openapi.from_url(server[0] + "/openapi.json", config=config)
+
+
+schema = schemathesis.pytest.from_fixture("openapi")
+
+
+@schema.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_openapi_contract(case):
+    """schemathesis generates valid and invalid requests from the OpenAPI spec for every endpoint: no 5xx, and every
+    response matches the documented status codes and schemas."""
+    case.call_and_validate()
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(tiny_ner_dir):
+    """SIGTERM while a slow request (4 × 100k characters, seconds of work) is being served: the request still gets
+    its full, correct answer; new connections are refused; the process exits cleanly."""
+    proc, url = start_server(tiny_ner_dir, "--max-text-chars", "100000")
+    text = ("Peter visited New York. " * 5000)[:100_000]
+    with ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(post, url, {"texts": [text] * 4})
+        time.sleep(1.0)  # the request is in the model now
+        proc.send_signal(signal.SIGTERM)
+        status, body = fut.result(timeout=120)
+    # uvicorn re-raises the captured SIGTERM after its clean shutdown, so the exit status is "terminated by SIGTERM"
+    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert status == 200 and len(body["results"]) == 4
+    want = [e.to_dict() for e in NERModel.from_pretrained(tiny_ner_dir).predict(text)]
+    assert body["results"][3]["entities"] == want
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url + "/health", timeout=2)
+    log = proc.stdout.read().decode()
+    assert "Shutting down" in log and "Finished server process" in log, log[-2000:]
+    assert log.index("Shutting down") < log.index('"POST /v1/entities HTTP/1.1" 200'), log[-2000:]

@@ -192,6 +192,7 @@ def evaluate(
     output: Annotated[str | None, Opt(help="write metrics JSON (and predictions .conll beside it)")] = None,
     limit: Annotated[int | None, Opt(help="first N sentences only")] = None,
     batch_size: Annotated[int, Opt()] = 32,
+    trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """Score a saved model on labelled data: token accuracy, entity P/R/F1 (micro, macro, per type)."""
@@ -201,7 +202,7 @@ def evaluate(
     from .predict import NERModel
 
     try:
-        ner = NERModel.from_pretrained(model, batch_size=batch_size)
+        ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code)
         sents = load_corpus(data, limit=limit)
         types = set(ner.labels.types)
         unknown = {t[2:] for s in sents for t in s.tags if t != "O" and t[2:] not in types}
@@ -246,6 +247,7 @@ def predict(
     input: Annotated[str | None, Opt(help=".txt (one text per line), .jsonl ({'text': ...}) or CoNLL file")] = None,
     output: Annotated[str | None, Opt(help="output file (.jsonl of spans, or .conll for CoNLL input)")] = None,
     batch_size: Annotated[int, Opt()] = 16,
+    trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """Entity spans (character offsets, label, text, confidence) for raw text; CoNLL in -> CoNLL out."""
@@ -256,7 +258,7 @@ def predict(
     if not text and not input:
         _fail("give --text or --input")
     try:
-        ner = NERModel.from_pretrained(model, batch_size=batch_size)
+        ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code)
         if text:
             for t, ents in zip(text, ner.predict(list(text)), strict=True):
                 typer.echo(json.dumps({"text": t, "entities": [e.to_dict() for e in ents]}, ensure_ascii=False))
@@ -418,6 +420,7 @@ def serve(
     max_text_chars: Annotated[int, Opt(help="longer texts get 413")] = 100_000,
     max_batch: Annotated[int, Opt(help="more texts per request get 413")] = 64,
     batch_wait_ms: Annotated[float, Opt(help="micro-batching window")] = 5.0,
+    trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """HTTP service: POST /v1/entities, GET /v1/labels, GET /health, OpenAPI docs at /docs."""
@@ -427,7 +430,7 @@ def serve(
 
     if not (Path(model) / "llm_ner_config.json").is_file():
         _fail(f"{model}: not an llm-ner model dir (llm_ner_config.json missing)")
-    run(ServeConfig(model, max_text_chars, max_batch, batch_wait_ms), host, port)
+    run(ServeConfig(model, max_text_chars, max_batch, batch_wait_ms, trust_remote_code=trust_remote_code), host, port)
 
 
 @app.command()

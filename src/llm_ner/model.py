@@ -331,7 +331,10 @@ class LLMForTokenClassification(nn.Module):
         except (ModelLoadError, backbones.BackboneError):
             raise
         except Exception as e:  # safetensors/json/peft errors have many types; all mean "this dir is broken"
-            raise ModelLoadError(f"{path}: cannot load model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+            msg = f"{path}: cannot load model ({type(e).__name__}: {str(e).splitlines()[0]})"
+            if "custom code" in str(e) and not trust_remote_code:
+                msg += " - its code was not run; pass trust_remote_code=True (--trust-remote-code) only if you trust it"
+            raise ModelLoadError(msg) from e
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:

@@ -7,8 +7,9 @@
 
 The model loads once. Concurrent requests are micro-batched: a single worker drains the queue for up to
 `batch_wait_ms`, runs one batched `predict` in a thread, and answers each request with its own slice, so many small
-requests cost about as much as one batch. Limits (text length, texts per request) give 413 with a clear message;
-malformed bodies give 422 (pydantic). Long texts go through the sliding window like everywhere else.
+requests cost about as much as one batch. Limits (text length, texts per request) are part of the OpenAPI
+schema and give 413 with a clear message; other malformed bodies give 422 (pydantic). Long texts go through the
+sliding window like everywhere else. On SIGTERM the server stops accepting and finishes what is in flight.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,16 @@ class ServeConfig:
     batch_wait_ms: float = 5.0  # how long the worker waits to gather more requests into one batch
     max_batch_texts: int = 64  # texts per model call
     device: str | None = None
+    trust_remote_code: bool = False  # the backbone's own Python code runs only if the user says so
 
 
 class EntitiesRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(None, description="one text")
-    texts: list[str] | None = Field(None, description="several texts")
+    # exactly one of the two fields, and neither may be null: said in the OpenAPI schema too (oneOf), so clients and
+    # schema-driven testers know; the size limits are added per app (request_model) from the ServeConfig
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [{"required": ["text"]},
+                                                                            {"required": ["texts"]}]})
+    text: str = Field(None, description="one text")
+    texts: list[str] = Field(None, description="several texts")
 
     @model_validator(mode="after")
     def _one_of(self) -> EntitiesRequest:
@@ -50,6 +56,26 @@ class EntitiesRequest(BaseModel):
 
     def all_texts(self) -> list[str]:
         return [self.text] if self.text is not None else list(self.texts or [])
+
+
+def request_model(cfg: ServeConfig) -> type[EntitiesRequest]:
+    """EntitiesRequest with this server's limits as maxLength / maxItems, so they are validated and documented."""
+    text = Annotated[str, Field(max_length=cfg.max_text_chars)]
+    return create_model("EntitiesRequest", __base__=EntitiesRequest,
+                        text=(text, Field(None, description=f"one text, at most {cfg.max_text_chars} characters")),
+                        texts=(list[text], Field(None, max_length=cfg.max_batch, description=(
+                            f"several texts, at most {cfg.max_batch}, each at most {cfg.max_text_chars} characters"))))
+
+
+TOO_LARGE = {"string_too_long", "too_long"}
+
+
+def _too_large_message(e: dict) -> str:
+    where = "".join(f"[{x}]" if isinstance(x, int) else (f".{x}" if i else str(x))
+                    for i, x in enumerate(e.get("loc", ())[1:]))  # ("body", "texts", 3) -> "texts[3]"
+    n, limit = len(e.get("input") or ()), (e.get("ctx") or {}).get("max_length")
+    unit = "characters" if e["type"] == "string_too_long" else "texts"
+    return f"{where} has {n} {unit}; the limit is {limit}"
 
 
 class EntityOut(BaseModel):
@@ -133,7 +159,8 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         from .predict import NERModel
 
         t0 = time.time()
-        state["ner"] = ner or NERModel.from_pretrained(cfg.model_dir, device=cfg.device)
+        state["ner"] = ner or NERModel.from_pretrained(cfg.model_dir, device=cfg.device,
+                                                          trust_remote_code=cfg.trust_remote_code)
         state["load_seconds"] = round(time.time() - t0, 2)
         state["batcher"] = _Batcher(state["ner"], cfg)
         state["batcher"].start()
@@ -146,10 +173,14 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's default echoes the offending input back; a body with NaN/Infinity (which the JSON parser accepts)
-        # then fails to render and becomes a 500. Report where and what, never the input itself.
+        # Over a size limit only -> 413; anything else malformed -> 422. FastAPI's default echoes the offending input
+        # back; a body with NaN/Infinity (which the JSON parser accepts) then fails to render and becomes a 500.
+        # Report where and what, never the input itself.
+        errors = exc.errors()
+        if errors and all(e.get("type") in TOO_LARGE for e in errors):
+            return JSONResponse(status_code=413, content={"detail": "; ".join(map(_too_large_message, errors))})
         errs = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type"))}
-                for e in exc.errors()]
+                for e in errors]
         return JSONResponse(status_code=422, content={"detail": errs})
 
     @app.get("/health")
@@ -161,20 +192,20 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         ls = state["ner"].labels
         return {"types": list(ls.types), "tags": ls.tags, "descriptions": ls.descriptions}
 
-    @app.post("/v1/entities", response_model=EntitiesResponse,
-              responses={413: {"description": "text or batch too large"}, 422: {"description": "bad request"}})
     async def entities(req: EntitiesRequest) -> EntitiesResponse:
         texts = req.all_texts()
-        if len(texts) > cfg.max_batch:
-            raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {cfg.max_batch}")
-        for i, t in enumerate(texts):
-            if len(t) > cfg.max_text_chars:
-                raise HTTPException(413, f"texts[{i}] has {len(t)} characters; the limit is {cfg.max_text_chars}")
         t0 = time.time()
         res = await state["batcher"].submit(texts) if texts else []
         return EntitiesResponse(
             results=[TextResult(entities=[EntityOut(**e.to_dict()) for e in ents]) for ents in res],
             model=cfg.model_dir, latency_ms=round(1000 * (time.time() - t0), 2))
+
+    # the body model carries this server's limits, so it is made here (and set as a real class, not a string
+    # annotation, for FastAPI to resolve)
+    entities.__annotations__["req"] = request_model(cfg)
+    app.post("/v1/entities", response_model=EntitiesResponse,
+             responses={400: {"description": "the body is not parseable (e.g. not UTF-8)"},
+                        413: {"description": "a text or the batch is over the limit"}})(entities)
 
     return app
 

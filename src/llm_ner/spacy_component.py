@@ -1,0 +1,75 @@
+"""spaCy pipeline component: `nlp.add_pipe("llm_ner", config={"model": "runs/quickstart/model"})`.
+
+The factory is registered through the `spacy_factories` entry point (pyproject.toml), so spaCy finds it without an
+import. The component runs `NERModel.predict` on `doc.text` — our own word splitting and windowing, exactly as in
+evaluation — and maps each character span onto the Doc's tokens:
+
+  doc.ents                     the entities (spans snapped to spaCy tokens, see `alignment_mode`)
+  doc.spans["llm_ner"]         the same spans, with attrs["scores"] = one confidence per span
+
+`displacy.render(doc, style="ent")` then works as for any spaCy NER.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import islice
+
+from spacy.language import Language
+from spacy.tokens import Doc, SpanGroup
+from spacy.util import filter_spans
+
+SPANS_KEY = "llm_ner"
+
+
+class LLMNERComponent:
+    def __init__(self, nlp: Language, name: str, model: str, batch_size: int = 16, device: str | None = None,
+                 alignment_mode: str = "expand", overwrite_ents: bool = True):
+        from .predict import NERModel
+
+        self.name = name
+        self.model_dir = model
+        self.ner = NERModel.from_pretrained(model, device=device, batch_size=batch_size)
+        self.batch_size = batch_size
+        # "expand": a span that cuts a spaCy token grows to cover it; "strict" drops it; "contract" shrinks it.
+        self.alignment_mode = alignment_mode
+        self.overwrite_ents = overwrite_ents
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.ner.labels.types)
+
+    def __call__(self, doc: Doc) -> Doc:
+        return next(iter(self.pipe([doc])))
+
+    def pipe(self, docs: Iterable[Doc], batch_size: int | None = None) -> Iterator[Doc]:
+        it = iter(docs)
+        while chunk := list(islice(it, batch_size or self.batch_size)):
+            for doc, ents in zip(chunk, self.ner.predict([d.text for d in chunk]), strict=True):
+                yield self._set(doc, ents)
+
+    def _set(self, doc: Doc, ents) -> Doc:
+        spans, scores = [], []
+        for e in ents:
+            span = doc.char_span(e.start, e.end, label=e.label, alignment_mode=self.alignment_mode)
+            if span is not None:  # None: "strict" and the span cuts a token, or only whitespace
+                spans.append(span)
+                scores.append(e.score)
+        kept = filter_spans(spans)  # expansion can make neighbours overlap; keep the longest, as spaCy does
+        if self.overwrite_ents:
+            doc.ents = kept
+        else:  # keep entities set by earlier components, add ours where they do not clash
+            doc.ents = filter_spans(list(doc.ents) + kept)
+        by_span = {(s.start, s.end, s.label_): sc for s, sc in zip(spans, scores, strict=True)}
+        doc.spans[SPANS_KEY] = SpanGroup(doc, name=SPANS_KEY, spans=kept,
+                                         attrs={"scores": [by_span[(s.start, s.end, s.label_)] for s in kept]})
+        return doc
+
+
+@Language.factory("llm_ner", default_config={"model": None, "batch_size": 16, "device": None,
+                                               "alignment_mode": "expand", "overwrite_ents": True})
+def make_llm_ner(nlp: Language, name: str, model: str | None, batch_size: int, device: str | None, alignment_mode: str,
+                 overwrite_ents: bool) -> LLMNERComponent:
+    if not model:
+        raise ValueError('llm_ner needs a saved model dir: nlp.add_pipe("llm_ner", config={"model": "DIR"})')
+    return LLMNERComponent(nlp, name, model, batch_size, device, alignment_mode, overwrite_ents)

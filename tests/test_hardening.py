@@ -1,5 +1,5 @@
 """Hardening: a training process killed with SIGKILL mid-run resumes with no lost or repeated steps and the same
-losses; writes are atomic (no half-written files are ever visible)."""
+losses; writes are atomic (no half-written files are ever visible); a full disk is caught before training."""
 
 import json
 import os
@@ -63,3 +63,32 @@ def test_resume_skips_a_checkpoint_interrupted_while_saving(tiny_llama, tmp_path
     assert (run / "checkpoints" / "checkpoint-16" / "trainer_state.json").is_file()  # redone, complete
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert steps == list(range(1, 17))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MiB file system (tmpfs), to fill up. Needs root (CAP_SYS_ADMIN); skipped where mounting is refused."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield d
+    subprocess.run(["umount", str(d)], check=False)
+
+
+def test_full_disk_fails_before_training(tiny_llama, tiny_disk):
+    r = subprocess.run(cmd(tiny_llama, tiny_disk / "run"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "only 1 MiB free, this run needs about" in r.stderr + r.stdout and "Traceback" not in r.stderr
+    assert not (tiny_disk / "run" / "checkpoints").exists()  # nothing started
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_old_file(tiny_disk):
+    from llm_ner.data import atomic_write_text
+
+    p = tiny_disk / "metrics.json"
+    atomic_write_text(p, '{"f1": 1}')
+    with pytest.raises(OSError):
+        atomic_write_text(p, "x" * 2_000_000)  # more than the disk holds: ENOSPC half-way
+    assert p.read_text() == '{"f1": 1}' and [x.name for x in tiny_disk.iterdir()] == ["metrics.json"]

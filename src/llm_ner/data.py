@@ -510,8 +510,13 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file then rename, so a crash never leaves a half-written file."""
+    """Write to a temp file then rename, so a crash never leaves a half-written file; on an error (a full disk) the
+    old file stays as it was and the temp file is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -193,6 +193,7 @@ def evaluate(
     limit: Annotated[int | None, Opt(help="first N sentences only")] = None,
     batch_size: Annotated[int, Opt()] = 32,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
+    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); see benchmarks/results.md")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """Score a saved model on labelled data: token accuracy, entity P/R/F1 (micro, macro, per type)."""
@@ -202,7 +203,8 @@ def evaluate(
     from .predict import NERModel
 
     try:
-        ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code)
+        ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                                       quantize="int8" if int8 else None)
         sents = load_corpus(data, limit=limit)
         types = set(ner.labels.types)
         unknown = {t[2:] for s in sents for t in s.tags if t != "O" and t[2:] not in types}
@@ -248,6 +250,7 @@ def predict(
     output: Annotated[str | None, Opt(help="output file (.jsonl of spans, or .conll for CoNLL input)")] = None,
     batch_size: Annotated[int, Opt()] = 16,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
+    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); see benchmarks/results.md")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """Entity spans (character offsets, label, text, confidence) for raw text; CoNLL in -> CoNLL out."""
@@ -258,7 +261,8 @@ def predict(
     if not text and not input:
         _fail("give --text or --input")
     try:
-        ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code)
+        ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                                       quantize="int8" if int8 else None)
         if text:
             for t, ents in zip(text, ner.predict(list(text)), strict=True):
                 typer.echo(json.dumps({"text": t, "entities": [e.to_dict() for e in ents]}, ensure_ascii=False))
@@ -421,6 +425,7 @@ def serve(
     max_batch: Annotated[int, Opt(help="more texts per request get 413")] = 64,
     batch_wait_ms: Annotated[float, Opt(help="micro-batching window")] = 5.0,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
+    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); see benchmarks/results.md")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """HTTP service: POST /v1/entities, GET /v1/labels, GET /health, OpenAPI docs at /docs."""
@@ -430,7 +435,8 @@ def serve(
 
     if not (Path(model) / "llm_ner_config.json").is_file():
         _fail(f"{model}: not an llm-ner model dir (llm_ner_config.json missing)")
-    run(ServeConfig(model, max_text_chars, max_batch, batch_wait_ms, trust_remote_code=trust_remote_code), host, port)
+    run(ServeConfig(model, max_text_chars, max_batch, batch_wait_ms, trust_remote_code=trust_remote_code,
+                    quantize="int8" if int8 else None), host, port)
 
 
 @app.command()

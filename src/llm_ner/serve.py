@@ -38,6 +38,7 @@ class ServeConfig:
     max_batch_texts: int = 64  # texts per model call
     device: str | None = None
     trust_remote_code: bool = False  # the backbone's own Python code runs only if the user says so
+    quantize: str | None = None  # "int8": dynamic int8 Linear layers (CPU)
 
 
 class EntitiesRequest(BaseModel):
@@ -160,7 +161,8 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
 
         t0 = time.time()
         state["ner"] = ner or NERModel.from_pretrained(cfg.model_dir, device=cfg.device,
-                                                          trust_remote_code=cfg.trust_remote_code)
+                                                          trust_remote_code=cfg.trust_remote_code,
+                                                          quantize=cfg.quantize)
         state["load_seconds"] = round(time.time() - t0, 2)
         state["batcher"] = _Batcher(state["ner"], cfg)
         state["batcher"].start()

@@ -1,0 +1,126 @@
+"""CPU inference speed-ups that change the weights: LoRA merging and dynamic int8 quantisation with SmoothQuant.
+
+Dynamic int8 (torch.ao) stores each nn.Linear weight as int8 (one scale per output channel) and quantises its input
+activations per tensor on the fly. Decoder LLMs have a few activation channels far larger than the rest, so one
+per-tensor scale crushes the small channels: on SmolLM2 plain int8 cost ~7 F1. SmoothQuant (Xiao et al., 2023) moves
+that range from the activations into the weights with an exact rewrite: for a Linear fed by x, pick per-channel
+s_j = max|x_j|^a / max|W_:,j|^(1-a), compute (x / s) @ (W * s)^T — the same numbers in fp32 — and fold the 1/s into
+whatever produced x (the RMSNorm weight before q/k/v and gate/up; the rows of up_proj before down_proj). Activation
+ranges come from a short calibration pass.
+
+Important: quantise *in place*. The unmasking hooks are bound methods of LLMForTokenClassification; a deep copy of the
+backbone (which `quantize_dynamic(inplace=False)` makes) deep-copies them onto a stale copy of the model, and the
+copied backbone silently runs causal attention.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .model import LLMForTokenClassification, decoder_layers
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 0.8  # migration strength, chosen on CoNLL-2003 dev (benchmarks/results.md)
+
+
+def merge_lora(model: LLMForTokenClassification) -> LLMForTokenClassification:
+    """Fold LoRA adapters into the base weights in memory: same outputs, no adapter matmuls at inference. peft keeps
+    the decoder-layer modules, so the unmasking hooks stay attached."""
+    if hasattr(model.backbone, "merge_and_unload"):
+        model.backbone = model.backbone.merge_and_unload()
+    return model
+
+
+def calibration_texts(n: int = 128) -> list[str]:
+    """Generic English news sentences (the bundled CoNLL-2003 train split, no labels used)."""
+    from .align import sentence_text
+    from .data import load_corpus
+
+    return [sentence_text(s.tokens)[0] for s in load_corpus("conll2003:train", limit=n)]
+
+
+@torch.no_grad()
+def activation_absmax(backbone: nn.Module, run: Callable[[], object]) -> dict[str, torch.Tensor]:
+    """max |x_j| over every input channel j of every nn.Linear in the backbone, over whatever `run()` feeds it."""
+    amax: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def f(mod, args):
+            x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+            amax[name] = torch.maximum(amax[name], x) if name in amax else x
+        return f
+
+    hooks = [m.register_forward_pre_hook(hook(n)) for n, m in backbone.named_modules() if isinstance(m, nn.Linear)]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return amax
+
+
+def _scale(amax: torch.Tensor, linears: list[nn.Linear], alpha: float) -> torch.Tensor:
+    w = torch.stack([lin.weight.detach().abs().amax(0).float() for lin in linears]).amax(0)  # (in,)
+    return (amax.clamp(min=1e-5) ** alpha / w.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+
+
+def _llama_style(layer: nn.Module) -> bool:
+    need = ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp")
+    if not all(hasattr(layer, n) for n in need) or "Gemma" in type(layer.input_layernorm).__name__:
+        return False  # Gemma's RMSNorm multiplies by (1 + w): folding 1/s into w would be wrong
+    at, mlp = layer.self_attn, layer.mlp
+    return all(hasattr(at, n) for n in ("q_proj", "k_proj", "v_proj")) and all(
+        hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
+
+
+@torch.no_grad()
+def smooth(backbone: nn.Module, amax: dict[str, torch.Tensor], alpha: float = DEFAULT_ALPHA) -> int:
+    """The SmoothQuant rewrite, in place, for Llama/Mistral/Qwen-style layers. fp32 outputs are unchanged (up to
+    rounding). Returns the number of layers rewritten (0 if the architecture is not recognised)."""
+    layers = decoder_layers(backbone)
+    if layers is None or not all(_llama_style(L) for L in layers):
+        return 0
+    name = {m: n for n, m in backbone.named_modules()}
+    for L in layers:
+        at, mlp = L.self_attn, L.mlp
+        qkv = [at.q_proj, at.k_proj, at.v_proj]
+        s = _scale(amax[name[at.q_proj]], qkv, alpha)  # (H,)
+        L.input_layernorm.weight.div_(s.to(L.input_layernorm.weight.dtype))
+        for lin in qkv:
+            lin.weight.mul_(s.to(lin.weight.dtype))
+        gu = [mlp.gate_proj, mlp.up_proj]
+        s = _scale(amax[name[mlp.gate_proj]], gu, alpha)  # (H,)
+        L.post_attention_layernorm.weight.div_(s.to(L.post_attention_layernorm.weight.dtype))
+        for lin in gu:
+            lin.weight.mul_(s.to(lin.weight.dtype))
+        # down_proj's input is act(gate(x)) * up(x): linear in up's output rows, so 1/s folds into up_proj
+        s = _scale(amax[name[mlp.down_proj]], [mlp.down_proj], alpha)  # (I,)
+        mlp.up_proj.weight.div_(s[:, None].to(mlp.up_proj.weight.dtype))
+        if mlp.up_proj.bias is not None:
+            mlp.up_proj.bias.div_(s.to(mlp.up_proj.bias.dtype))
+        mlp.down_proj.weight.mul_(s.to(mlp.down_proj.weight.dtype))
+    return len(layers)
+
+
+def quantize_int8(model: LLMForTokenClassification, calibrate: Callable[[], object] | None = None,
+                  alpha: float | None = DEFAULT_ALPHA) -> LLMForTokenClassification:
+    """Merge LoRA, smooth (if `calibrate` runs some text through the model and alpha is not None), then replace every
+    backbone nn.Linear by a dynamic int8 one with per-channel weight scales — in place. Head and CRF stay fp32."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    merge_lora(model)
+    model.float().cpu().eval()
+    if calibrate is not None and alpha is not None:
+        n = smooth(model.backbone, activation_absmax(model.backbone, calibrate), alpha)
+        log.info("SmoothQuant (alpha %.2f) on %d layers", alpha, n)
+    spec = {n: per_channel_dynamic_qconfig for n, m in model.backbone.named_modules() if isinstance(m, nn.Linear)}
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao; it still works
+        warnings.simplefilter("ignore")
+        quantize_dynamic(model.backbone, spec, dtype=torch.qint8, inplace=True)
+    return model

@@ -1,0 +1,73 @@
+"""Speed-ups that touch the weights: SmoothQuant is an exact rewrite in fp32; int8 keeps the bidirectional attention
+(a deep copy of the backbone would silently drop the unmasking hooks) and stays close to fp32."""
+
+import torch
+from test_model import batch_for, build
+
+from llm_ner.model import LLMForTokenClassification
+from llm_ner.predict import NERModel
+from llm_ner.quantize import activation_absmax, quantize_int8, smooth
+
+SENTS = ["Peter visited London today .", "EU rejects German call to boycott British lamb .",
+         "Apple hired John Smith from Google in London ."]
+
+
+def big_activations(model):
+    """Random init has no outlier channels; give the norms some, as trained LLMs have, so smoothing matters."""
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if "layernorm" in name:
+                p.mul_(torch.exp(2 * torch.randn_like(p)))
+
+
+def test_smoothing_is_exact_in_fp32(tiny_llama, tiny_tokenizer):
+    model = build(tiny_llama, mode="full")
+    big_activations(model)
+    batch = batch_for(tiny_tokenizer, SENTS)
+    with torch.no_grad():
+        before = model(**batch).logits
+    amax = activation_absmax(model.backbone, lambda: model(**batch))
+    w0 = model.backbone.layers[0].mlp.down_proj.weight.clone()
+    assert smooth(model.backbone, amax, alpha=0.8) == len(model.backbone.layers)
+    assert not torch.equal(w0, model.backbone.layers[0].mlp.down_proj.weight)  # the weights did change
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, before, atol=1e-4, rtol=1e-4)
+
+
+def test_int8_keeps_bidirectional_attention_and_stays_close(tiny_llama, tiny_tokenizer):
+    batch = batch_for(tiny_tokenizer, SENTS)
+    ref, causal, q = (build(tiny_llama, mode="full", unmask=u) for u in ("all", "none", "all"))
+    for m in (ref, causal, q):
+        torch.manual_seed(1)
+        big_activations(m)
+    quantize_int8(q, lambda: q(**batch))
+    assert any("quantized" in type(m).__module__ for m in q.backbone.modules())
+    with torch.no_grad():
+        r, c, x = ref(**batch).logits, causal(**batch).logits, q(**batch).logits
+    err, causal_gap = (x - r).abs().mean().item(), (c - r).abs().mean().item()
+    assert err < 0.2 * causal_gap, (err, causal_gap)
+
+
+def test_int8_model_from_pretrained_predicts_aligned_spans(tiny_ner_dir):
+    fp32 = NERModel.from_pretrained(tiny_ner_dir)
+    int8 = NERModel.from_pretrained(tiny_ner_dir, quantize="int8")
+    assert isinstance(int8.model, LLMForTokenClassification)
+    a, b = fp32.predict(SENTS), int8.predict(SENTS)
+    for text, ents in zip(SENTS, b, strict=True):
+        assert all(text[e.start : e.end] == e.text for e in ents)
+    same = sum((e.start, e.end, e.label) in {(f.start, f.end, f.label) for f in fa}
+               for fa, fb in zip(a, b, strict=True) for e in fb)
+    assert same >= 0.7 * max(1, sum(map(len, a)))
+
+
+def test_stream_and_unsorted_batches_give_the_same_answers(tiny_ner_dir):
+    def spans(res):  # scores differ in the 4th decimal with different padding; spans must not
+        return [[(e.start, e.end, e.label, round(e.score, 2)) for e in ents] for ents in res]
+
+    ner = NERModel.from_pretrained(tiny_ner_dir, batch_size=2)
+    texts = SENTS * 3 + ["", "x"]
+    want = spans(ner.predict(texts))
+    assert ner.stats["tokens"] > 0 and ner.stats["padded_tokens"] >= ner.stats["tokens"]
+    assert spans(ner.predict_stream(iter(texts), chunk_size=4)) == want
+    ner.sort_by_length = False
+    assert spans(ner.predict(texts)) == want

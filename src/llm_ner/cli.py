@@ -439,6 +439,26 @@ def serve(
                     quantize="int8" if int8 else None), host, port)
 
 
+@app.command("batch-predict")
+def batch_predict(
+    model: Annotated[str, Opt(help="saved model dir")],
+    input: Annotated[str, Opt(help=".jsonl ({'text': ...} per line, other fields kept) or .txt (a text per line)")],
+    output: Annotated[str, Opt(help="output dir (JSON lines, one file per block)")],
+    address: Annotated[str | None, Opt(help="Ray cluster address (ray://host:10001); default: local")] = None,
+    concurrency: Annotated[int, Opt(help="model replicas (Ray actors)")] = 1,
+    batch_size: Annotated[int, Opt()] = 64,
+    threads: Annotated[int | None, Opt(help="torch threads per replica")] = None,
+    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU)")] = False,
+) -> None:
+    """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
+    from .batch import ray_predict
+
+    if not Path(input).exists():
+        _fail(f"{input}: no such file")
+    n = ray_predict(model, input, output, address, concurrency, batch_size, threads, int8)
+    typer.echo(f"{n} texts -> {output}")
+
+
 @app.command()
 def export(
     model: Annotated[str, Opt(help="saved model dir")],

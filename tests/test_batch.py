@@ -1,0 +1,25 @@
+"""Ray Data batch prediction in its single-machine mode: the same answers as NERModel, every input once."""
+
+import json
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from llm_ner.batch import ray_predict  # noqa: E402
+from llm_ner.predict import NERModel  # noqa: E402
+
+
+def test_ray_batch_predict_matches_direct_prediction(tiny_ner_dir, tmp_path):
+    texts = [f"Peter visited New York and Washington on day {i} ." for i in range(40)] + ["", "Apple hired John ."]
+    src = tmp_path / "corpus.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    n = ray_predict(str(tiny_ner_dir), str(src), str(tmp_path / "out"), batch_size=16, threads=1)
+    assert n == len(texts)
+    rows = [json.loads(line) for f in sorted((tmp_path / "out").glob("*.json")) for line in f.open()]
+    got = {r["id"]: json.loads(r["entities"]) for r in rows}
+    assert sorted(got) == list(range(len(texts)))  # every input once, ids carried through
+    want = NERModel.from_pretrained(tiny_ner_dir).predict(texts)
+    assert sum(map(len, want)) > 0
+    for i, ents in enumerate(want):
+        assert [(e["start"], e["end"], e["label"]) for e in got[i]] == [(e.start, e.end, e.label) for e in ents]

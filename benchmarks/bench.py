@@ -38,11 +38,11 @@ def rss_mb() -> float:
         return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
-def test_texts(n: int | None = None) -> tuple[list, list[str]]:
+def test_texts(n: int | None = None, split: str = "test") -> tuple[list, list[str]]:
     from llm_ner.align import sentence_text
     from llm_ner.data import load_corpus
 
-    sents = load_corpus("conll2003:test", limit=n)
+    sents = load_corpus(f"conll2003:{split}", limit=n)
     return sents, [sentence_text(s.tokens)[0] for s in sents]
 
 
@@ -68,15 +68,19 @@ def w_matmul(a) -> dict:
     return {"fp32_matmul_gflops": round(best / 1e9, 1), "threads": torch.get_num_threads(), "n": n}
 
 
-def _throughput(ner, texts: list[str], batch_size: int, sort: bool) -> dict:
-    ner.batch_size, ner.sort_by_length = batch_size, sort
+def _throughput(ner, texts: list[str], batch_size: int, mode: str) -> dict:
+    """mode: "sorted" (fixed batches of similar length), "unsorted" (fixed, input order), "budget" (sorted, as many
+    windows per batch as fit in the default token budget — NERModel's default)."""
+    ner.batch_size, ner.sort_by_length = batch_size, mode != "unsorted"
+    ner.max_batch_tokens = budget = ner.default_budget if mode == "budget" else None
     ner.stats.clear()
     t = time.perf_counter()
     ner.predict(texts)
     dt = time.perf_counter() - t
     st = ner.stats
     words = sum(len(x.split()) for x in texts)
-    return {"batch_size": batch_size, "sorted": sort, "texts": len(texts), "seconds": round(dt, 2),
+    return {"batch_size": batch_size, "mode": mode, "max_batch_tokens": budget, "texts": len(texts),
+            "seconds": round(dt, 2), "batches": st["batches"],
             "words_per_s": round(words / dt, 1), "tokens_per_s": round(st["tokens"] / dt, 1),
             "padding_share": round(1 - st["tokens"] / max(st["padded_tokens"], 1), 3),
             "forward_share": round(st["forward_s"] / dt, 3), "decode_share": round(st["decode_s"] / dt, 3),
@@ -96,6 +100,7 @@ def w_predict(a) -> dict:
     t = time.perf_counter()
     ner = NERModel.from_pretrained(a.model, device="cpu", quantize="int8" if a.int8 else None, merge=a.merge,
                                    smooth_alpha=a.alpha)
+    ner.default_budget = ner.max_batch_tokens
     ner.predict(texts[:1])
     out = {"load_to_first_prediction_s": round(time.perf_counter() - t, 2), "threads": torch.get_num_threads()}
     if a.compile:
@@ -107,23 +112,23 @@ def w_predict(a) -> dict:
     out["nonembedding_params"] = nonembedding_params(bb) if not a.int8 else None
     ner.predict(texts[:32])  # warm-up at batch size
     grid = []
-    for bs, sort in [tuple(x.split(":")) for x in a.grid.split(",")]:
+    for bs, mode in [tuple(x.split(":")) for x in a.grid.split(",")]:
         bs = int(bs)
         sub = texts if bs > 1 else texts[: max(16, len(texts) // 4)]  # batch 1 is slow: a quarter of the texts
-        grid.append(_throughput(ner, sub, bs, sort == "sorted"))
+        grid.append(_throughput(ner, sub, bs, mode))
     out["grid"] = grid
-    if a.f1:
-        all_sents, _ = test_texts()
-        ner.batch_size, ner.sort_by_length = 32, True
+    if a.f1:  # the whole split ("test", or "valid" to choose settings without touching test)
+        all_sents, _ = test_texts(split=a.split)
+        ner.batch_size, ner.sort_by_length, ner.max_batch_tokens = 32, True, ner.default_budget
         ner.stats.clear()
         t = time.perf_counter()
         pred = ner.predict_sentences(all_sents)
         dt = time.perf_counter() - t
         m = compute_metrics([s.tags for s in all_sents], pred)
-        out["test_f1"] = round(m["f1"], 2)
-        out["test_seconds"] = round(dt, 1)
-        out["test_words_per_s"] = round(sum(len(s.tokens) for s in all_sents) / dt, 1)
-        out["test_tokens_per_s"] = round(ner.stats["tokens"] / dt, 1)
+        out[f"{a.split}_f1"] = round(m["f1"], 2)
+        out[f"{a.split}_seconds"] = round(dt, 1)
+        out[f"{a.split}_words_per_s"] = round(sum(len(s.tokens) for s in all_sents) / dt, 1)
+        out[f"{a.split}_tokens_per_s"] = round(ner.stats["tokens"] / dt, 1)
     if a.ideal and not a.int8:  # a plain forward at 32 x 48 random tokens: no padding, tokenising or decoding
         x = torch.randint(100, 1000, (32, 48))
         mask = torch.ones_like(x)
@@ -308,18 +313,25 @@ def main() -> None:
     a = p.parse_args()
     n = "64" if a.quick else "256"
     f1 = [] if a.quick else ["--f1"]
-    full_grid = "1:sorted,8:sorted,32:sorted,32:unsorted"
+    full_grid = "1:sorted,8:sorted,32:sorted,32:unsorted,32:budget"
     sections = {
         "matmul": lambda: run_worker("matmul"),
         "llm": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", full_grid, "--ideal", *f1),
-        "llm_int8": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "1:sorted,32:sorted", "--int8",
+        "llm_int8": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "1:sorted,32:budget", "--int8",
                                        *f1),
-        "llm_1thread": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:sorted", "--threads", "1"),
-        "llm_compile": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:sorted", "--compile"),
-        "lora": lambda: run_worker("predict", a.lora_model, "--n", n, "--grid", "32:sorted", *f1),
-        "lora_merged": lambda: run_worker("predict", a.lora_model, "--n", n, "--grid", "32:sorted", "--merge", *f1),
+        # SmoothQuant strength chosen on dev F1 (fp32 reference first)
+        **({} if a.quick else {
+            "dev_fp32": lambda: run_worker("predict", a.llm_model, "--n", "16", "--grid", "32:budget", "--f1",
+                                           "--split", "valid"),
+            **{f"dev_int8_alpha{al}": (lambda al=al: run_worker(
+                "predict", a.llm_model, "--n", "16", "--grid", "32:budget", "--f1", "--split", "valid", "--int8",
+                "--alpha", al)) for al in ("0.5", "0.65", "0.8", "0.9")}}),
+        "llm_1thread": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:budget", "--threads", "1"),
+        "llm_compile": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:budget", "--compile"),
+        "lora": lambda: run_worker("predict", a.lora_model, "--n", n, "--grid", "32:budget", *f1),
+        "lora_merged": lambda: run_worker("predict", a.lora_model, "--n", n, "--grid", "32:budget", "--merge", *f1),
         "encoder": lambda: run_worker("predict", a.encoder_model, "--n", n, "--grid", full_grid, *f1),
-        "encoder_int8": lambda: run_worker("predict", a.encoder_model, "--n", n, "--grid", "32:sorted", "--int8",
+        "encoder_int8": lambda: run_worker("predict", a.encoder_model, "--n", n, "--grid", "32:budget", "--int8",
                                            *f1),
         "hf_pipeline": lambda: run_worker("pipeline", a.llm_model, "--n", n),
         "spacy": lambda: run_worker("spacy", "--n", n, *f1),
@@ -366,6 +378,7 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--f1", action="store_true")
     p.add_argument("--int8", action="store_true")
     p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--split", default="test")
     p.add_argument("--merge", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--ideal", action="store_true")

@@ -57,20 +57,28 @@ def tags_to_entities(text: str, offsets: Sequence[tuple[int, int]], tags: Sequen
 
 class NERModel:
     def __init__(self, model: LLMForTokenClassification, tokenizer, batch_size: int = 16, device: str | None = None,
-                 sort_by_length: bool = True):
+                 sort_by_length: bool = True, max_batch_tokens: int | None = -1):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.device = device or next(model.parameters()).device
         self.labels = model.labels
         self.sort_by_length = sort_by_length  # longest first: batches of similar length waste little on padding
+        # With a token budget, a batch holds as many windows as fit in max_batch_tokens (padded), up to 8 x batch_size:
+        # short sentences then make big batches, and big matmuls run nearer the machine's peak. -1 = default: 1024 on
+        # a CPU (measured best of 1024-4096: +27 % tokens/s over a fixed 32, benchmarks/results.md), 16384 on a GPU;
+        # None = fixed batch_size.
+        if max_batch_tokens == -1:
+            max_batch_tokens = 1024 if str(self.device).startswith("cpu") else 16384
+        self.max_batch_tokens = max_batch_tokens
         # running totals for benchmarks: real / padded tokens fed, seconds in tokenisation, forward, decoding
         self.stats: Counter = Counter()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
                         trust_remote_code: bool = False, quantize: str | None = None,
-                        merge: bool = False, smooth_alpha: float | None = None) -> NERModel:
+                        merge: bool = False, smooth_alpha: float | None = None,
+                        max_batch_tokens: int | None = -1) -> NERModel:
         """`quantize="int8"`: SmoothQuant-calibrated dynamic int8 Linear layers (CPU only; quantize.py).
         `merge=True`: fold LoRA adapters into the weights."""
         from . import quantize as q
@@ -83,7 +91,7 @@ class NERModel:
         model = LLMForTokenClassification.from_pretrained(path, device=device, trust_remote_code=trust_remote_code)
         if merge:
             q.merge_lora(model)
-        ner = cls(model, load_tokenizer(path), batch_size, device)
+        ner = cls(model, load_tokenizer(path), batch_size, device, max_batch_tokens=max_batch_tokens)
         if quantize == "int8":
             texts = q.calibration_texts()
             alpha = q.DEFAULT_ALPHA if smooth_alpha is None else smooth_alpha
@@ -99,7 +107,7 @@ class NERModel:
             order.sort(key=lambda i: -len(windows[i].input_ids))
         results: list = [None] * len(windows)
         pad = self.tokenizer.pad_token_id
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = self._batches(order, [len(w.input_ids) for w in windows])
         st = self.stats
         for idx in tqdm(batches, desc="predict", disable=not progress, leave=False):
             batch = collate([window_feature(windows[i]) for i in idx], pad)
@@ -116,6 +124,20 @@ class NERModel:
             for j, i in enumerate(idx):
                 results[i] = (paths[j], conf[j])
         return results
+
+    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        if not self.max_batch_tokens:
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        cap = 8 * self.batch_size
+        batches, cur, longest = [], [], 0
+        for i in order:
+            m = max(longest, lengths[i])
+            if cur and (len(cur) >= cap or (len(cur) + 1) * m > self.max_batch_tokens):
+                batches.append(cur)
+                cur, m = [], lengths[i]
+            cur.append(i)
+            longest = m
+        return batches + ([cur] if cur else [])
 
     def predict_words(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]],
                       progress: bool = False) -> tuple[list[list[str]], list[list[float]]]:

@@ -99,7 +99,9 @@ def w_predict(a) -> dict:
     sents, texts = test_texts(a.n)
     t = time.perf_counter()
     ner = NERModel.from_pretrained(a.model, device="cpu", quantize="int8" if a.int8 else None, merge=a.merge,
-                                   smooth_alpha=a.alpha)
+                                   smooth_alpha=a.alpha,
+                                   keep_fp32=None if a.keep_fp32 is None else
+                                   () if a.keep_fp32 == "none" else tuple(a.keep_fp32.split(",")))
     ner.default_budget = ner.max_batch_tokens
     ner.predict(texts[:1])
     out = {"load_to_first_prediction_s": round(time.perf_counter() - t, 2), "threads": torch.get_num_threads()}
@@ -323,9 +325,12 @@ def main() -> None:
         **({} if a.quick else {
             "dev_fp32": lambda: run_worker("predict", a.llm_model, "--n", "16", "--grid", "32:budget", "--f1",
                                            "--split", "valid"),
-            **{f"dev_int8_alpha{al}": (lambda al=al: run_worker(
+            **{f"dev_int8_alpha{al}_all_int8": (lambda al=al: run_worker(
                 "predict", a.llm_model, "--n", "16", "--grid", "32:budget", "--f1", "--split", "valid", "--int8",
-                "--alpha", al)) for al in ("0.5", "0.65", "0.8", "0.9")}}),
+                "--alpha", al, "--keep-fp32", "none")) for al in ("0.5", "0.65", "0.8", "0.9")},
+            "dev_int8_alpha0.8_down_fp32": lambda: run_worker(
+                "predict", a.llm_model, "--n", "256", "--grid", "32:budget", "--f1", "--split", "valid", "--int8",
+                "--alpha", "0.8", "--keep-fp32", "down_proj")}),
         "llm_1thread": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:budget", "--threads", "1"),
         "llm_compile": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:budget", "--compile"),
         "lora": lambda: run_worker("predict", a.lora_model, "--n", n, "--grid", "32:budget", *f1),
@@ -379,6 +384,9 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--int8", action="store_true")
     p.add_argument("--alpha", type=float, default=None)
     p.add_argument("--split", default="test")
+    p.add_argument("--keep-fp32", default=None,
+                   help="comma-separated Linear name parts left fp32 under --int8 ('none': all int8; default: the "
+                        "library default, down_proj)")
     p.add_argument("--merge", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--ideal", action="store_true")

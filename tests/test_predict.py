@@ -100,3 +100,15 @@ def test_batching_does_not_change_predictions(tiny_llama, tiny_tokenizer, batch_
         return [[(e.start, e.end, e.label) for e in x] for x in res]
 
     assert key(got) == key(ref)
+
+
+def test_sentences_with_raw_text_are_predicted_on_that_text(tiny_llama, tiny_tokenizer):
+    """Span-annotated data keeps the user's text ("Ann's car", no space before 's): evaluation must feed the model
+    that text, as training did (align.text_and_offsets), not the words re-joined with spaces."""
+    from llm_ner.data import Sentence
+
+    model = ner(tiny_llama, tiny_tokenizer)
+    text = "Mail Ann Lee's team at ann.lee@example.com (London), today."
+    words = split_words(text)
+    s = Sentence([text[a:b] for a, b in words], ["O"] * len(words), text=text, offsets=words)
+    assert model.predict_sentences([s])[0] == model.predict_words([text], [words])[0][0]

@@ -39,6 +39,15 @@ def sentence_text(tokens: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(tokens), offsets
 
 
+def text_and_offsets(s: Sentence) -> tuple[str, list[tuple[int, int]]]:
+    """The text a sentence is seen as — its own raw text if it has one (span-annotated JSONL), else its words joined
+    by spaces — and each word's offsets in it. Training, evaluation and prediction all go through here, so the model
+    is scored on exactly the text it was trained on."""
+    if s.text is not None and s.offsets is not None:
+        return s.text, list(s.offsets)
+    return sentence_text(s.tokens)
+
+
 def _map_tokens(text: str, offsets: list[tuple[int, int]], tok_offsets: list[tuple[int, int]]) -> tuple[list, list]:
     """token -> word index (via each token's first non-space char), and word -> its first token."""
     char_word = [-1] * len(text)
@@ -127,15 +136,7 @@ def encode_texts(
 
 def encode_sentences(tokenizer, sentences: Sequence[Sentence], label_ids, max_length: int, stride: int) -> list[Window]:
     """Training/evaluation data: pre-tokenised sentences -> windows with word-level label ids."""
-    texts, offsets = [], []
-    for s in sentences:
-        if s.text is not None and s.offsets is not None:
-            texts.append(s.text)
-            offsets.append(s.offsets)
-        else:
-            t, o = sentence_text(s.tokens)
-            texts.append(t)
-            offsets.append(o)
+    texts, offsets = zip(*map(text_and_offsets, sentences), strict=True) if sentences else ((), ())
     labels = [label_ids(s.tags) for s in sentences] if label_ids is not None else None
     return encode_texts(tokenizer, texts, offsets, max_length, stride, labels)
 

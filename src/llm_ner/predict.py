@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .align import Window, collate, encode_texts, merge_windows, sentence_text, window_feature
+from .align import Window, collate, encode_texts, merge_windows, text_and_offsets, window_feature
 from .data import Sentence, spans, split_words
 from .model import LLMForTokenClassification
 
@@ -78,7 +78,7 @@ class NERModel:
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
                         trust_remote_code: bool = False, quantize: str | None = None,
                         merge: bool = False, smooth_alpha: float | None = None,
-                        max_batch_tokens: int | None = -1) -> NERModel:
+                        max_batch_tokens: int | None = -1, keep_fp32: tuple[str, ...] | None = None) -> NERModel:
         """`quantize="int8"`: SmoothQuant-calibrated dynamic int8 Linear layers (CPU only; quantize.py).
         `merge=True`: fold LoRA adapters into the weights."""
         from . import quantize as q
@@ -95,7 +95,8 @@ class NERModel:
         if quantize == "int8":
             texts = q.calibration_texts()
             alpha = q.DEFAULT_ALPHA if smooth_alpha is None else smooth_alpha
-            q.quantize_int8(model, lambda: ner.predict(texts), alpha)
+            q.quantize_int8(model, lambda: ner.predict(texts), alpha,
+                            q.DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32)
             ner.stats.clear()
         return ner
 
@@ -164,7 +165,7 @@ class NERModel:
 
     def predict_sentences(self, sentences: Sequence[Sentence], progress: bool = False) -> list[list[str]]:
         """IOB2 tags for pre-tokenised sentences (evaluation)."""
-        texts, offs = zip(*(sentence_text(s.tokens) for s in sentences), strict=True) if sentences else ((), ())
+        texts, offs = zip(*map(text_and_offsets, sentences), strict=True) if sentences else ((), ())
         return self.predict_words(list(texts), list(offs), progress)[0]
 
     def predict(self, texts: str | Sequence[str], progress: bool = False) -> list[list[Entity]] | list[Entity]:

@@ -112,3 +112,43 @@ def test_sentences_with_raw_text_are_predicted_on_that_text(tiny_llama, tiny_tok
     words = split_words(text)
     s = Sentence([text[a:b] for a, b in words], ["O"] * len(words), text=text, offsets=words)
     assert model.predict_sentences([s])[0] == model.predict_words([text], [words])[0][0]
+
+
+def test_packing_equals_one_window_per_row(tiny_llama, tiny_tokenizer):
+    """Packed rows (several windows per row, block-diagonal mask, positions restarting) must give the same tags and
+    confidences as one padded row per window: packing is a speed-up, never a change of model."""
+    m = ner(tiny_llama, tiny_tokenizer)
+    texts = [" ".join(WORDS[i : i + n]) for i in range(0, 20, 3) for n in (1, 2, 5, 11, 29)] + [""]
+    m.pack, m.max_batch_tokens = False, 256
+    ref_tags, ref_conf = m.predict_words(texts, [split_words(t) for t in texts])
+    m.pack = True
+    m.stats.clear()
+    got_tags, got_conf = m.predict_words(texts, [split_words(t) for t in texts])
+    assert got_tags == ref_tags
+    for a, b in zip(got_conf, ref_conf, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert m.stats["batches"] < len(texts) // 4  # it did pack: far fewer forward passes than windows
+    assert 1 - m.stats["tokens"] / m.stats["padded_tokens"] < 0.5
+
+
+def test_pack_places_every_window_once_within_width():
+    m = NERModel.__new__(NERModel)
+    m.max_batch_tokens = 300
+    lengths = [150, 90, 70, 64, 40, 33, 20, 9, 9, 3, 1, 1, 1]
+    batches = m._pack(list(range(len(lengths))), lengths)
+    placed = sorted(i for rows in batches for row in rows for i in row)
+    assert placed == list(range(len(lengths)))
+    for rows in batches:
+        width = max(max(lengths[row[0]] for row in rows), 64)
+        assert all(sum(lengths[i] for i in row) <= width for row in rows)
+        assert len(rows) * width <= max(300, width)
+
+
+def test_models_causal_in_some_layers_are_not_packed(tiny_llama, tiny_tokenizer):
+    m = ner(tiny_llama, tiny_tokenizer, unmask="upper_half")
+    assert not m.model.packable
+    texts = [" ".join(WORDS[:n]) for n in (3, 9, 20)]
+    packed = m.predict(texts)
+    m.pack = False
+    assert [[(e.start, e.end, e.label) for e in x] for x in packed] == \
+        [[(e.start, e.end, e.label) for e in x] for x in m.predict(texts)]

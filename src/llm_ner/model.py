@@ -129,6 +129,16 @@ def padding_only_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch
     return mask.masked_fill(~keep, torch.finfo(dtype).min)
 
 
+def segment_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B,T) packed rows, 0 = pad, k >= 1 = the k-th sequence in the row -> (B,1,T,T) additive mask: a token sees
+    only the tokens of its own sequence (block diagonal, no causality). Pad queries see every real key (their output
+    is thrown away, but a fully masked row would make sdpa return NaN)."""
+    q, k = segment_ids[:, None, :, None], segment_ids[:, None, None, :]  # (B,1,T,1), (B,1,1,T)
+    keep = (k > 0) & ((q == k) | (q == 0))
+    mask = torch.zeros(keep.shape, dtype=dtype, device=segment_ids.device)
+    return mask.masked_fill(~keep, torch.finfo(dtype).min)
+
+
 def load_backbone(name: str, gguf_file: str | None, attn: str, trust_remote_code: bool, dtype=None) -> nn.Module:
     """AutoModel (no LM head) from an alias, dir, GGUF or hub id. safetensors only."""
     from transformers import AutoModel
@@ -176,6 +186,12 @@ class LLMForTokenClassification(nn.Module):
         # Per-class weights for the cross-entropy (all 1 unless train.py sets "balanced" weights).
         self.register_buffer("ce_weights", torch.ones(n_tags))
 
+    @property
+    def packable(self) -> bool:
+        """Can several sequences share a row? Only if every layer takes our mask (a causal layer would need its own
+        block-causal mask from the backbone)."""
+        return len(self.unmasked_layers) == self.backbone.config.num_hidden_layers
+
     def _swap_mask(self, module, args, kwargs):
         if self._mask is not None:
             kwargs["attention_mask"] = self._mask
@@ -190,13 +206,24 @@ class LLMForTokenClassification(nn.Module):
         word_mask: torch.Tensor,  # (B,W) 1 = real word
         labels: torch.Tensor | None = None,  # (B,W) tag ids, -100 = ignore
         token_labels: torch.Tensor | None = None,  # (B,T) tag ids per sub-token (label_all_subtokens), -100 = ignore
+        segment_ids: torch.Tensor | None = None,  # (B,T) packed rows (inference): 0 = pad, k = k-th sequence
+        position_ids: torch.Tensor | None = None,  # (B,T) positions restarting at 0 for each packed sequence
     ) -> TokenClassifierOutput:
         dtype = self.backbone.get_input_embeddings().weight.dtype
-        self._mask = padding_only_mask(attention_mask, dtype) if self.unmasked_layers else None
+        if segment_ids is not None:
+            # Several short sequences share one row; a block-diagonal mask in every layer keeps them apart, and
+            # position_ids restart for each, so each is computed exactly as if it had its own row — minus the padding.
+            if not self.packable:
+                raise ValueError("packed rows need bidirectional attention in every layer (unmask: all)")
+            self._mask = segment_mask(segment_ids, dtype)
+        else:
+            self._mask = padding_only_mask(attention_mask, dtype) if self.unmasked_layers else None
         want_all = self.config.head_layers != [-1]
         frozen = self.config.mode == "frozen" and not any(p.requires_grad for p in self.backbone.parameters())
         with torch.no_grad() if frozen else nullcontext():
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_all)
+            extra = {} if position_ids is None else {"position_ids": position_ids}
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_all,
+                                **extra)
         if want_all:
             states = torch.stack([out.hidden_states[i] for i in self.config.head_layers])  # (K,B,T,H)
             h = (F.softmax(self.layer_mix, 0)[:, None, None, None] * states.float()).sum(0)

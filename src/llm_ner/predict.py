@@ -57,7 +57,7 @@ def tags_to_entities(text: str, offsets: Sequence[tuple[int, int]], tags: Sequen
 
 class NERModel:
     def __init__(self, model: LLMForTokenClassification, tokenizer, batch_size: int = 16, device: str | None = None,
-                 sort_by_length: bool = True, max_batch_tokens: int | None = -1):
+                 sort_by_length: bool = True, max_batch_tokens: int | None = -1, pack: bool = True):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -71,6 +71,10 @@ class NERModel:
         if max_batch_tokens == -1:
             max_batch_tokens = 1024 if str(self.device).startswith("cpu") else 16384
         self.max_batch_tokens = max_batch_tokens
+        # Packing (with a token budget, on a model bidirectional in every layer): short windows share a row, kept
+        # apart by a block-diagonal mask, so almost no token fed is padding. CoNLL sentences run from 1 to 160+
+        # tokens, and even sorted batches were 19 % padding on a 256-sentence sample.
+        self.pack = pack
         # running totals for benchmarks: real / padded tokens fed, seconds in tokenisation, forward, decoding
         self.stats: Counter = Counter()
 
@@ -106,9 +110,12 @@ class NERModel:
         order = list(range(len(windows)))
         if self.sort_by_length:
             order.sort(key=lambda i: -len(windows[i].input_ids))
+        lengths = [len(w.input_ids) for w in windows]
+        if self.pack and self.max_batch_tokens and self.sort_by_length and self.model.packable:
+            return self._run_packed(windows, self._pack(order, lengths), progress)
         results: list = [None] * len(windows)
         pad = self.tokenizer.pad_token_id
-        batches = self._batches(order, [len(w.input_ids) for w in windows])
+        batches = self._batches(order, lengths)
         st = self.stats
         for idx in tqdm(batches, desc="predict", disable=not progress, leave=False):
             batch = collate([window_feature(windows[i]) for i in idx], pad)
@@ -123,6 +130,82 @@ class NERModel:
             st["padded_tokens"] += batch["input_ids"].numel()
             st["batches"] += 1
             for j, i in enumerate(idx):
+                results[i] = (paths[j], conf[j])
+        return results
+
+    def _pack(self, order: list[int], lengths: list[int], min_row: int = 64) -> list[list[list[int]]]:
+        """Windows (longest first) -> batches of rows of window indices. Each batch's rows are as wide as its longest
+        window (at least `min_row`), and there are max_batch_tokens // width of them; windows go, longest first, into
+        the row with the most room (worst fit), and what fits nowhere waits for the next batch."""
+        import heapq
+
+        batches, rest = [], order
+        while rest:
+            width = max(lengths[rest[0]], min_row)
+            n_rows = max(1, self.max_batch_tokens // width)
+            rows: list[list[int]] = [[] for _ in range(n_rows)]
+            room = [(-width, r) for r in range(n_rows)]  # max-heap of free space
+            left = []
+            for k, i in enumerate(rest):
+                if -room[0][0] < lengths[rest[-1]]:  # not even the shortest window fits any more
+                    left.extend(rest[k:])
+                    break
+                free, r = room[0]
+                if -free >= lengths[i]:
+                    rows[r].append(i)
+                    heapq.heapreplace(room, (free + lengths[i], r))
+                else:
+                    left.append(i)
+            batches.append([row for row in rows if row])
+            rest = left
+        return batches
+
+    def _run_packed(self, windows: list[Window], batches: list[list[list[int]]],
+                    progress: bool) -> list[tuple[list[int], list[float]]]:
+        results: list = [None] * len(windows)
+        pad, st = self.tokenizer.pad_token_id, self.stats
+        for rows in tqdm(batches, desc="predict", disable=not progress, leave=False):
+            R = len(rows)
+            T = max(sum(len(windows[i].input_ids) for i in row) for row in rows)
+            W = max(sum(windows[i].n_words for i in row) for row in rows) or 1
+            input_ids = torch.full((R, T), pad, dtype=torch.long)
+            segment_ids = torch.zeros(R, T, dtype=torch.long)
+            position_ids = torch.zeros(R, T, dtype=torch.long)
+            word_positions = torch.zeros(R, W, dtype=torch.long)
+            where = []  # per window in the batch: (its index, row, first word slot in the row, number of words)
+            for r, row in enumerate(rows):
+                t = w = 0
+                for seg, i in enumerate(row, 1):
+                    win = windows[i]
+                    n, nw = len(win.input_ids), win.n_words
+                    input_ids[r, t : t + n] = torch.tensor(win.input_ids)
+                    segment_ids[r, t : t + n] = seg
+                    position_ids[r, t : t + n] = torch.arange(n)
+                    if nw:
+                        word_positions[r, w : w + nw] = torch.tensor(win.word_positions) + t
+                    where.append((i, r, w, nw))
+                    t, w = t + n, w + nw
+            batch = {"input_ids": input_ids, "attention_mask": (segment_ids > 0).long(), "segment_ids": segment_ids,
+                     "position_ids": position_ids, "word_positions": word_positions,
+                     "word_mask": torch.ones(R, W, dtype=torch.bool)}
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            t0 = time.perf_counter()
+            logits = self.model(**batch).logits  # (R,W,C): every window's words, side by side in its row
+            t1 = time.perf_counter()
+            # unpack to one row per window for the CRF: (N,Wmax,C)
+            Wmax = max(max(nw for *_, nw in where), 1)
+            per_window = logits.new_zeros(len(where), Wmax, logits.size(-1))
+            word_mask = torch.zeros(len(where), Wmax, dtype=torch.bool, device=logits.device)
+            for j, (_, r, w, nw) in enumerate(where):
+                per_window[j, :nw] = logits[r, w : w + nw]
+                word_mask[j, :nw] = True
+            paths, conf = self.model.decode(per_window, word_mask)
+            st["forward_s"] += t1 - t0
+            st["decode_s"] += time.perf_counter() - t1
+            st["tokens"] += int(batch["attention_mask"].sum())
+            st["padded_tokens"] += R * T
+            st["batches"] += 1
+            for j, (i, *_) in enumerate(where):
                 results[i] = (paths[j], conf[j])
         return results
 

@@ -6,6 +6,11 @@ system. Usage (from the repo root; `benchmarks/run` is the same):
     python benchmarks/bench.py --quick         # small inputs, no full-test-set F1, ~5 min
 
 Writes benchmarks/results/{results.json, results.md, scaling.png}. Not a test: nothing here asserts a speed.
+The models it measures are trained first (each reproduces its number in the README / docs/results.md):
+
+    llm-ner quickstart                                                            # runs/quickstart/model
+    llm-ner baseline encoder --config quickstart --output runs/encoder_quickstart # runs/encoder_quickstart/model
+    python scripts/ablation.py --only "LoRA r=16 (lr 1e-3)"                      # runs/ablation/row4/model
 
 FLOPs: a forward pass costs ~2 x (non-embedding parameters) FLOPs per token (attention score FLOPs are not counted:
 at 48 tokens they are < 2 %); training ~6x (full), ~4x (LoRA: activation gradients through every layer, weight

@@ -177,7 +177,6 @@ def w_pipeline(a) -> dict:
         hf.score.bias.copy_(ours.model.classifier.bias)
     pipe = pipeline("token-classification", model=hf.eval(), tokenizer=ours.tokenizer, aggregation_strategy="simple",
                     device=-1)
-    del ours
     pipe(texts[0])
     out = {"load_to_first_prediction_s": round(time.perf_counter() - t, 2)}
     words = lambda xs: sum(len(x.split()) for x in xs)  # noqa: E731
@@ -190,6 +189,20 @@ def w_pipeline(a) -> dict:
     pipe(texts, batch_size=32)
     out["pipeline_batch32_words_per_s"] = round(words(texts) / (time.perf_counter() - t), 1)
     out["peak_mb"] = peak_mb()
+    # ours vs the naive loop timed alternately on the same texts, so both see the same machine (the VM drifts)
+    import statistics
+
+    ours.predict(sub[:32])
+    rounds = []
+    for _ in range(a.rounds):
+        r = {}
+        for name, fn in (("naive", lambda: [pipe(x) for x in sub]), ("ours", lambda: ours.predict(sub))):
+            t = time.perf_counter()
+            fn()
+            r[name] = round(words(sub) / (time.perf_counter() - t), 1)
+        r["ratio"] = round(r["ours"] / r["naive"], 2)
+        rounds.append(r)
+    out["paired_rounds"], out["paired_median_ratio"] = rounds, statistics.median(r["ratio"] for r in rounds)
     return out
 
 
@@ -292,8 +305,34 @@ def w_scaling(a) -> dict:
     return {"documents": docs, "stream": stream, "peak_mb": peak_mb()}
 
 
+def w_paired(a) -> dict:
+    """fp32 and int8 copies of one model in one process, timed alternately on the same texts (`--rounds` times):
+    the VM's speed drifts by tens of percent over minutes, so a speed-up measured minutes apart can be off by as
+    much; alternating makes each pair see the same machine. Reports each round and the median ratio."""
+    import statistics
+
+    from llm_ner.predict import NERModel
+
+    _, texts = test_texts(a.n)
+    fp32 = NERModel.from_pretrained(a.model, device="cpu")
+    int8 = NERModel.from_pretrained(a.model, device="cpu", quantize="int8")
+    words = sum(len(x.split()) for x in texts)
+    for m in (fp32, int8):
+        m.predict(texts[:32])  # warm-up
+    rounds = []
+    for _ in range(a.rounds):
+        r = {}
+        for name, m in (("fp32", fp32), ("int8", int8)):
+            t = time.perf_counter()
+            m.predict(texts)
+            r[name] = round(words / (time.perf_counter() - t), 1)
+        r["ratio"] = round(r["int8"] / r["fp32"], 2)
+        rounds.append(r)
+    return {"texts": len(texts), "rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds)}
+
+
 WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "spacy": w_spacy, "train": w_train,
-           "scaling": w_scaling}
+           "scaling": w_scaling, "paired": w_paired}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -330,6 +369,7 @@ def main() -> None:
         "llm": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", full_grid, "--ideal", *f1),
         "llm_int8": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "1:sorted,32:budget", "--int8",
                                        *f1),
+        "int8_paired": lambda: run_worker("paired", a.llm_model, "--n", n, "--rounds", "2" if a.quick else "5"),
         # SmoothQuant strength chosen on dev F1 (fp32 reference first)
         **({} if a.quick else {
             "dev_fp32": lambda: run_worker("predict", a.llm_model, "--n", "16", "--grid", "32:budget", "--f1",
@@ -350,7 +390,7 @@ def main() -> None:
         "encoder": lambda: run_worker("predict", a.encoder_model, "--n", n, "--grid", full_grid, *f1),
         "encoder_int8": lambda: run_worker("predict", a.encoder_model, "--n", n, "--grid", "32:budget", "--int8",
                                            *f1),
-        "hf_pipeline": lambda: run_worker("pipeline", a.llm_model, "--n", n),
+        "hf_pipeline": lambda: run_worker("pipeline", a.llm_model, "--n", n, "--rounds", "2" if a.quick else "3"),
         "spacy": lambda: run_worker("spacy", "--n", n, *f1),
         **{f"train_{m}": (lambda m=m: run_worker("train", "--mode", m, "--steps", "3" if a.quick else "6"))
            for m in ("full", "lora", "frozen")},
@@ -404,6 +444,7 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--ideal", action="store_true")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--mode", default="full")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--stream", type=int, default=2048)

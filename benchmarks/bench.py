@@ -331,8 +331,66 @@ def w_paired(a) -> dict:
     return {"texts": len(texts), "rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds)}
 
 
+def w_serve(a) -> dict:
+    """The real service (`llm-ner serve`, its own process) on loopback: a bounded load of `--n` requests, one CoNLL
+    test sentence each, from `--clients` threads; latency percentiles and throughput, and every answer checked
+    against direct prediction."""
+    import socket
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, texts = test_texts(a.n)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ner.cli", "serve", "--model", a.model, "--port", str(port)]
+                            + (["--int8"] if a.int8 else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.perf_counter() - t > 300:
+                    raise RuntimeError("server did not start") from None
+                time.sleep(0.2)
+        ready = time.perf_counter() - t
+
+        def one(text: str) -> tuple[float, list]:
+            req = urllib.request.Request(url + "/v1/entities", json.dumps({"text": text}).encode(),
+                                         {"content-type": "application/json"})
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(req, timeout=300) as r:
+                body = json.loads(r.read())
+            return time.perf_counter() - t0, body["results"][0]["entities"]
+
+        one(texts[0])  # warm-up
+        t = time.perf_counter()
+        with ThreadPoolExecutor(a.clients) as ex:
+            res = list(ex.map(one, texts))
+        wall = time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    from llm_ner.predict import NERModel
+
+    ner = NERModel.from_pretrained(a.model, device="cpu", quantize="int8" if a.int8 else None)
+    def spans(ents: list) -> list:
+        return [(e["start"], e["end"], e["label"]) for e in ents]
+
+    want = [spans([e.to_dict() for e in ents]) for ents in ner.predict(texts)]
+    same = sum(spans(got) == w for (_, got), w in zip(res, want, strict=True))
+    lat = sorted(r[0] for r in res)
+    pct = lambda q: round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1)  # noqa: E731
+    return {"requests": len(texts), "clients": a.clients, "ready_s": round(ready, 2), "p50_ms": pct(0.5),
+            "p95_ms": pct(0.95), "max_ms": round(1000 * lat[-1], 1), "requests_per_s": round(len(texts) / wall, 1),
+            "words_per_s": round(sum(len(x.split()) for x in texts) / wall, 1), "answers_equal_direct": same}
+
+
 WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "spacy": w_spacy, "train": w_train,
-           "scaling": w_scaling, "paired": w_paired}
+           "scaling": w_scaling, "paired": w_paired, "serve": w_serve}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -392,6 +450,7 @@ def main() -> None:
                                            *f1),
         "hf_pipeline": lambda: run_worker("pipeline", a.llm_model, "--n", n, "--rounds", "2" if a.quick else "3"),
         "spacy": lambda: run_worker("spacy", "--n", n, *f1),
+        "serve": lambda: run_worker("serve", a.llm_model, "--n", n, "--clients", "16"),
         **{f"train_{m}": (lambda m=m: run_worker("train", "--mode", m, "--steps", "3" if a.quick else "6"))
            for m in ("full", "lora", "frozen")},
         "scaling": lambda: run_worker("scaling", a.llm_model, "--stream", "512" if a.quick else "2048",
@@ -445,6 +504,7 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--ideal", action="store_true")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--clients", type=int, default=16)
     p.add_argument("--mode", default="full")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--stream", type=int, default=2048)

@@ -451,6 +451,7 @@ def main() -> None:
         "hf_pipeline": lambda: run_worker("pipeline", a.llm_model, "--n", n, "--rounds", "2" if a.quick else "3"),
         "spacy": lambda: run_worker("spacy", "--n", n, *f1),
         "serve": lambda: run_worker("serve", a.llm_model, "--n", n, "--clients", "16"),
+        "serve_int8": lambda: run_worker("serve", a.llm_model, "--n", n, "--clients", "16", "--int8"),
         **{f"train_{m}": (lambda m=m: run_worker("train", "--mode", m, "--steps", "3" if a.quick else "6"))
            for m in ("full", "lora", "frozen")},
         "scaling": lambda: run_worker("scaling", a.llm_model, "--stream", "512" if a.quick else "2048",

@@ -116,14 +116,18 @@ def write_report(res: dict, out: Path) -> None:
         lines += ["", "The same, timed alternately in one process on the same texts (words/s naive → ours): "
                       + "; ".join(f"{r['naive']} → {r['ours']} ({r['ratio']}×)" for r in hp["paired_rounds"])
                       + f". **Median {hp['paired_median_ratio']}×.**"]
-    sv = res.get("serve", {})
-    if sv and "error" not in sv:
-        lines += ["", "## Serving (`llm-ner serve`, real server on loopback, fp32)", "",
-                  f"{sv['requests']} requests of one CoNLL test sentence each from {sv['clients']} concurrent clients "
-                  f"(micro-batched by the server): p50 **{sv['p50_ms']} ms**, p95 **{sv['p95_ms']} ms**, max "
-                  f"{sv['max_ms']} ms; {sv['requests_per_s']} requests/s = {sv['words_per_s']} words/s; ready "
-                  f"(model loaded, /health 200) {sv['ready_s']} s after start; {sv['answers_equal_direct']} of "
-                  f"{sv['requests']} answers identical to direct prediction."]
+    for key, kind in (("serve", "fp32"), ("serve_int8", "`--int8`")):
+        sv = res.get(key, {})
+        if not sv or "error" in sv:
+            continue
+        if key == "serve":
+            lines += ["", "## Serving (`llm-ner serve`, real server on loopback)"]
+        lines += ["", f"{kind}: {sv['requests']} requests of one CoNLL test sentence each from {sv['clients']} "
+                      "concurrent clients "
+                      f"(micro-batched by the server): p50 **{sv['p50_ms']} ms**, p95 **{sv['p95_ms']} ms**, max "
+                      f"{sv['max_ms']} ms; {sv['requests_per_s']} requests/s = {sv['words_per_s']} words/s; ready "
+                      f"(model loaded, /health 200) {sv['ready_s']} s after start; {sv['answers_equal_direct']} of "
+                      f"{sv['requests']} answers identical to direct prediction."]
     lines += ["", "## Training (batch 8 of CoNLL-2003 windows, fused AdamW)", "",
               "(N for LoRA includes the adapters: 4.9 M of 111 M.)", "",
               "| mode | tokens/s | FLOPs/token counted | MFU | trainable params | peak MB |",

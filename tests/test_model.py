@@ -185,3 +185,25 @@ def test_remote_code_never_runs_unless_allowed(tiny_llama, tmp_path):
         LLMForTokenClassification.from_pretrained(tmp_path / "m")
     print(e.value)
     assert not marker.exists()
+
+
+def test_unmasking_hook_works_on_bert_style_layers():
+    """BERT-style layers take the attention mask positionally, Llama-style ones as a keyword; the hook must replace
+    it either way. BERT is already bidirectional, so "unmask all" must give exactly what its own mask gives — and it
+    makes the model packable (several sentences per row)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bb = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                              vocab_size=100)).eval()
+    labels = LabelSet.from_types(["PER"]).to_dict()
+    unmasked = LLMForTokenClassification(NERConfig(labels=labels, backbone="x", unmask="all"), bb).eval()
+    own = LLMForTokenClassification(NERConfig(labels=labels, backbone="x", unmask="none"), bb).eval()
+    own.classifier.load_state_dict(unmasked.classifier.state_dict())
+    ids = torch.randint(1, 100, (2, 6))
+    am = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    wp = torch.tensor([[0, 2, 4], [0, 1, 3]])
+    kw = dict(input_ids=ids, attention_mask=am, word_positions=wp, word_mask=torch.ones(2, 3, dtype=torch.bool))
+    with torch.no_grad():
+        torch.testing.assert_close(unmasked(**kw).logits, own(**kw).logits, atol=1e-5, rtol=1e-5)
+    assert unmasked.packable and not own.packable

@@ -23,6 +23,8 @@ B batch, T tokens, W words, H hidden size, C tags (O + B-/I- per type, see label
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import json
 import logging
 from contextlib import nullcontext
@@ -129,6 +131,13 @@ def padding_only_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch
     return mask.masked_fill(~keep, torch.finfo(dtype).min)
 
 
+@functools.cache
+def _mask_position(layer_cls: type) -> int | None:
+    """Index of `attention_mask` among a decoder layer's positional arguments (self excluded), if it has one."""
+    params = list(inspect.signature(layer_cls.forward).parameters)[1:]
+    return params.index("attention_mask") if "attention_mask" in params else None
+
+
 def segment_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B,T) packed rows, 0 = pad, k >= 1 = the k-th sequence in the row -> (B,1,T,T) additive mask: a token sees
     only the tokens of its own sequence (block diagonal, no causality). Pad queries see every real key (their output
@@ -194,7 +203,12 @@ class LLMForTokenClassification(nn.Module):
 
     def _swap_mask(self, module, args, kwargs):
         if self._mask is not None:
-            kwargs["attention_mask"] = self._mask
+            # Llama-style layers get the mask as a keyword; BERT-style ones positionally (after hidden_states)
+            pos = _mask_position(type(module))
+            if pos is not None and len(args) > pos:
+                args = (*args[:pos], self._mask, *args[pos + 1 :])
+            else:
+                kwargs["attention_mask"] = self._mask
         return args, kwargs
 
     # ------------------------------------------------------------------------------------------------------------

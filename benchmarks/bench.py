@@ -202,7 +202,7 @@ def w_pipeline(a) -> dict:
             r[name] = round(words(sub) / (time.perf_counter() - t), 1)
         r["ratio"] = round(r["ours"] / r["naive"], 2)
         rounds.append(r)
-    out["paired_rounds"], out["paired_median_ratio"] = rounds, statistics.median(r["ratio"] for r in rounds)
+    out["paired_rounds"], out["paired_median_ratio"] = rounds, round(statistics.median(r["ratio"] for r in rounds), 2)
     return out
 
 
@@ -328,7 +328,8 @@ def w_paired(a) -> dict:
             r[name] = round(words / (time.perf_counter() - t), 1)
         r["ratio"] = round(r["int8"] / r["fp32"], 2)
         rounds.append(r)
-    return {"texts": len(texts), "rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds)}
+    median = round(statistics.median(r["ratio"] for r in rounds), 2)
+    return {"texts": len(texts), "rounds": rounds, "median_ratio": median}
 
 
 def w_serve(a) -> dict:

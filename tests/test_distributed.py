@@ -2,7 +2,6 @@
 same weights, the steps are logged once, the model is saved once."""
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +10,10 @@ HERE = Path(__file__).parent
 
 
 def test_ddp_two_processes_agree_on_weights(tiny_llama, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(port), str(HERE / "ddp_worker.py"), str(tiny_llama), str(out)],
+    # --standalone: torchrun picks its own free rendezvous port (no race with a port probed here and freed)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(HERE / "ddp_worker.py"), str(tiny_llama), str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     a, b = (json.loads((out / f"rank{i}.json").read_text()) for i in (0, 1))

@@ -16,7 +16,11 @@ def test_encoder_baseline_trains_with_same_outputs(tmp_path):
                                  "--no-progress"])
     assert r.exit_code == 0, r.output
     cfg = json.loads((out / "model" / "llm_ner_config.json").read_text())
-    assert cfg["unmask"] == "none" and cfg["use_crf"] is False and cfg["backbone_saved"] == "full"
+    # "all" on an encoder = its own bidirectional mask, put in by our hook; it makes prediction packable
+    assert cfg["unmask"] == "all" and cfg["use_crf"] is False and cfg["backbone_saved"] == "full"
+    from llm_ner.predict import NERModel
+
+    assert NERModel.from_pretrained(out / "model").model.packable
     m = json.loads((out / "test_metrics.json").read_text())
     assert set(m["per_type"]) == {"PER", "ORG", "LOC", "MISC"} and m["sentences"] == 8
     assert (out / "analysis.json").is_file()

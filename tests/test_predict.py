@@ -104,7 +104,7 @@ def test_batching_does_not_change_predictions(tiny_llama, tiny_tokenizer, batch_
 
 def test_sentences_with_raw_text_are_predicted_on_that_text(tiny_llama, tiny_tokenizer):
     """Span-annotated data keeps the user's text ("Ann's car", no space before 's): evaluation must feed the model
-    that text, as training did (align.text_and_offsets), not the words re-joined with spaces."""
+    that text, as training did (align.texts_and_offsets), not the words re-joined with spaces."""
     from llm_ner.data import Sentence
 
     model = ner(tiny_llama, tiny_tokenizer)

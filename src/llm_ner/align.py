@@ -39,13 +39,16 @@ def sentence_text(tokens: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(tokens), offsets
 
 
-def text_and_offsets(s: Sentence) -> tuple[str, list[tuple[int, int]]]:
-    """The text a sentence is seen as — its own raw text if it has one (span-annotated JSONL), else its words joined
-    by spaces — and each word's offsets in it. Training, evaluation and prediction all go through here, so the model
-    is scored on exactly the text it was trained on."""
-    if s.text is not None and s.offsets is not None:
-        return s.text, list(s.offsets)
-    return sentence_text(s.tokens)
+def texts_and_offsets(sentences: Sequence[Sentence]) -> tuple[list[str], list[list[tuple[int, int]]]]:
+    """The text each sentence is seen as — its own raw text if it has one (span-annotated JSONL), else its words
+    joined by spaces — and each word's offsets in it. Training, evaluation and prediction all go through here, so the
+    model is scored on exactly the text it was trained on."""
+    texts, offsets = [], []
+    for s in sentences:
+        t, o = (s.text, list(s.offsets)) if s.text is not None and s.offsets is not None else sentence_text(s.tokens)
+        texts.append(t)
+        offsets.append(o)
+    return texts, offsets
 
 
 def _map_tokens(text: str, offsets: list[tuple[int, int]], tok_offsets: list[tuple[int, int]]) -> tuple[list, list]:
@@ -136,7 +139,7 @@ def encode_texts(
 
 def encode_sentences(tokenizer, sentences: Sequence[Sentence], label_ids, max_length: int, stride: int) -> list[Window]:
     """Training/evaluation data: pre-tokenised sentences -> windows with word-level label ids."""
-    texts, offsets = zip(*map(text_and_offsets, sentences), strict=True) if sentences else ((), ())
+    texts, offsets = texts_and_offsets(sentences)
     labels = [label_ids(s.tags) for s in sentences] if label_ids is not None else None
     return encode_texts(tokenizer, texts, offsets, max_length, stride, labels)
 

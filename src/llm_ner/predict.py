@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .align import Window, collate, encode_texts, merge_windows, text_and_offsets, window_feature
+from .align import Window, collate, encode_texts, merge_windows, texts_and_offsets, window_feature
 from .data import Sentence, spans, split_words
 from .model import LLMForTokenClassification
 
@@ -107,23 +107,26 @@ class NERModel:
     @torch.no_grad()
     def _run(self, windows: list[Window], progress: bool = False) -> list[tuple[list[int], list[float]]]:
         """Forward + decode every window, longest first in batches; results in the windows' order."""
+        lengths = [len(w.input_ids) for w in windows]
         order = list(range(len(windows)))
         if self.sort_by_length:
-            order.sort(key=lambda i: -len(windows[i].input_ids))
-        lengths = [len(w.input_ids) for w in windows]
-        if self.pack and self.max_batch_tokens and self.sort_by_length and self.model.packable:
-            return self._run_packed(windows, self._pack(order, lengths), progress)
+            order.sort(key=lambda i: -lengths[i])
+        packed = self.pack and self.max_batch_tokens and self.sort_by_length and self.model.packable
+        batches = self._pack(order, lengths) if packed else self._batches(order, lengths)
         results: list = [None] * len(windows)
-        pad = self.tokenizer.pad_token_id
-        batches = self._batches(order, lengths)
         st = self.stats
-        for idx in tqdm(batches, desc="predict", disable=not progress, leave=False):
-            batch = collate([window_feature(windows[i]) for i in idx], pad)
+        for item in tqdm(batches, desc="predict", disable=not progress, leave=False):
+            if packed:
+                batch, where = self._packed_batch(windows, item)
+                idx = [i for i, *_ in where]
+            else:
+                batch, idx = collate([window_feature(windows[i]) for i in item], self.tokenizer.pad_token_id), item
             batch = {k: v.to(self.device) for k, v in batch.items()}
             t0 = time.perf_counter()
-            out = self.model(**batch)
+            logits = self.model(**batch).logits  # (B,W,C); packed: every window's words side by side in its row
             t1 = time.perf_counter()
-            paths, conf = self.model.decode(out.logits, batch["word_mask"])
+            logits, word_mask = self._unpack(logits, where) if packed else (logits, batch["word_mask"])
+            paths, conf = self.model.decode(logits, word_mask)
             st["forward_s"] += t1 - t0
             st["decode_s"] += time.perf_counter() - t1
             st["tokens"] += int(batch["attention_mask"].sum())
@@ -160,54 +163,44 @@ class NERModel:
             rest = left
         return batches
 
-    def _run_packed(self, windows: list[Window], batches: list[list[list[int]]],
-                    progress: bool) -> list[tuple[list[int], list[float]]]:
-        results: list = [None] * len(windows)
-        pad, st = self.tokenizer.pad_token_id, self.stats
-        for rows in tqdm(batches, desc="predict", disable=not progress, leave=False):
-            R = len(rows)
-            T = max(sum(len(windows[i].input_ids) for i in row) for row in rows)
-            W = max(sum(windows[i].n_words for i in row) for row in rows) or 1
-            input_ids = torch.full((R, T), pad, dtype=torch.long)
-            segment_ids = torch.zeros(R, T, dtype=torch.long)
-            position_ids = torch.zeros(R, T, dtype=torch.long)
-            word_positions = torch.zeros(R, W, dtype=torch.long)
-            where = []  # per window in the batch: (its index, row, first word slot in the row, number of words)
-            for r, row in enumerate(rows):
-                t = w = 0
-                for seg, i in enumerate(row, 1):
-                    win = windows[i]
-                    n, nw = len(win.input_ids), win.n_words
-                    input_ids[r, t : t + n] = torch.tensor(win.input_ids)
-                    segment_ids[r, t : t + n] = seg
-                    position_ids[r, t : t + n] = torch.arange(n)
-                    if nw:
-                        word_positions[r, w : w + nw] = torch.tensor(win.word_positions) + t
-                    where.append((i, r, w, nw))
-                    t, w = t + n, w + nw
-            batch = {"input_ids": input_ids, "attention_mask": (segment_ids > 0).long(), "segment_ids": segment_ids,
-                     "position_ids": position_ids, "word_positions": word_positions,
-                     "word_mask": torch.ones(R, W, dtype=torch.bool)}
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            t0 = time.perf_counter()
-            logits = self.model(**batch).logits  # (R,W,C): every window's words, side by side in its row
-            t1 = time.perf_counter()
-            # unpack to one row per window for the CRF: (N,Wmax,C)
-            Wmax = max(max(nw for *_, nw in where), 1)
-            per_window = logits.new_zeros(len(where), Wmax, logits.size(-1))
-            word_mask = torch.zeros(len(where), Wmax, dtype=torch.bool, device=logits.device)
-            for j, (_, r, w, nw) in enumerate(where):
-                per_window[j, :nw] = logits[r, w : w + nw]
-                word_mask[j, :nw] = True
-            paths, conf = self.model.decode(per_window, word_mask)
-            st["forward_s"] += t1 - t0
-            st["decode_s"] += time.perf_counter() - t1
-            st["tokens"] += int(batch["attention_mask"].sum())
-            st["padded_tokens"] += R * T
-            st["batches"] += 1
-            for j, (i, *_) in enumerate(where):
-                results[i] = (paths[j], conf[j])
-        return results
+    def _packed_batch(self, windows: list[Window], rows: list[list[int]]) -> tuple[dict, list[tuple]]:
+        """Rows of windows -> model inputs (R,T) with segment and position ids, and where each window's words went:
+        (window index, row, first word slot in the row, number of words)."""
+        R = len(rows)
+        T = max(sum(len(windows[i].input_ids) for i in row) for row in rows)
+        W = max(sum(windows[i].n_words for i in row) for row in rows) or 1
+        input_ids = torch.full((R, T), self.tokenizer.pad_token_id, dtype=torch.long)
+        segment_ids = torch.zeros(R, T, dtype=torch.long)
+        position_ids = torch.zeros(R, T, dtype=torch.long)
+        word_positions = torch.zeros(R, W, dtype=torch.long)
+        where = []
+        for r, row in enumerate(rows):
+            t = w = 0
+            for seg, i in enumerate(row, 1):
+                win = windows[i]
+                n, nw = len(win.input_ids), win.n_words
+                input_ids[r, t : t + n] = torch.tensor(win.input_ids)
+                segment_ids[r, t : t + n] = seg
+                position_ids[r, t : t + n] = torch.arange(n)
+                if nw:
+                    word_positions[r, w : w + nw] = torch.tensor(win.word_positions) + t
+                where.append((i, r, w, nw))
+                t, w = t + n, w + nw
+        batch = {"input_ids": input_ids, "attention_mask": (segment_ids > 0).long(), "segment_ids": segment_ids,
+                 "position_ids": position_ids, "word_positions": word_positions,
+                 "word_mask": torch.ones(R, W, dtype=torch.bool)}
+        return batch, where
+
+    @staticmethod
+    def _unpack(logits: torch.Tensor, where: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R,W,C) packed word logits -> (N,Wmax,C) one row per window, and its word mask, for the CRF."""
+        Wmax = max(max(nw for *_, nw in where), 1)
+        per_window = logits.new_zeros(len(where), Wmax, logits.size(-1))
+        word_mask = torch.zeros(len(where), Wmax, dtype=torch.bool, device=logits.device)
+        for j, (_, r, w, nw) in enumerate(where):
+            per_window[j, :nw] = logits[r, w : w + nw]
+            word_mask[j, :nw] = True
+        return per_window, word_mask
 
     def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
         if not self.max_batch_tokens:
@@ -248,8 +241,7 @@ class NERModel:
 
     def predict_sentences(self, sentences: Sequence[Sentence], progress: bool = False) -> list[list[str]]:
         """IOB2 tags for pre-tokenised sentences (evaluation)."""
-        texts, offs = zip(*map(text_and_offsets, sentences), strict=True) if sentences else ((), ())
-        return self.predict_words(list(texts), list(offs), progress)[0]
+        return self.predict_words(*texts_and_offsets(sentences), progress)[0]
 
     def predict(self, texts: str | Sequence[str], progress: bool = False) -> list[list[Entity]] | list[Entity]:
         """Raw text(s) -> entity spans with character offsets into each text. A single str gives a single list."""

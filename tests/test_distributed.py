@@ -23,3 +23,6 @@ def test_ddp_two_processes_agree_on_weights(tiny_llama, tmp_path):
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert steps == [1, 2, 3, 4]  # rank 0 logs; rank 1 does not write a second copy
     assert (out / "model" / "llm_ner_config.json").is_file()
+    # the run's files are written by rank 0 alone (two ranks once raced on summary.json's temp file)
+    assert json.loads((out / "summary.json").read_text())["global_step"] == 4
+    assert not list(out.rglob("*.tmp")) and not list(out.glob(".write_test*"))

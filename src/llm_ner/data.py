@@ -17,6 +17,7 @@ import gzip
 import io
 import json
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -513,7 +514,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temp file then rename, so a crash never leaves a half-written file; on an error (a full disk) the
     old file stays as it was and the temp file is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a temp file
     try:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)

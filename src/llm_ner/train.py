@@ -89,7 +89,7 @@ def checkpoint_step(path: str | Path) -> int:
     return int(Path(path).name.split("-")[-1])  # "checkpoint-250" -> 250
 
 
-def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+def last_complete_checkpoint(ckpt_dir: Path, move_aside: bool = True) -> str | None:
     """The newest checkpoint the Trainer finished writing. It writes trainer_state.json last, so a checkpoint
     without a readable one was interrupted (e.g. killed mid-save): it is moved aside, never resumed from."""
     if not ckpt_dir.is_dir():
@@ -102,6 +102,8 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
             return str(p)
         except (OSError, json.JSONDecodeError):
             log.warning("%s is incomplete (interrupted while saving); moving it aside", p)
+            if not move_aside:  # another process (DDP rank 0) does the moving
+                continue
             shutil.rmtree(ckpt_dir.parent / "incomplete_checkpoints" / p.name, ignore_errors=True)
             (ckpt_dir.parent / "incomplete_checkpoints").mkdir(exist_ok=True)
             p.rename(ckpt_dir.parent / "incomplete_checkpoints" / p.name)
@@ -229,24 +231,28 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
     labels = label_set(cfg, train_s)
     log.info("labels: %s", labels.tags)
 
+    # Under torchrun every rank runs this function: only rank 0 touches the run dir's files (two ranks renaming the
+    # same temp file was a real CI failure); the others only train and return after the last evaluation.
+    main = int(os.environ.get("RANK", "0")) == 0
     check_output_dir(run_dir, need_bytes=(1200 if t.mode == "full" else 300) * 2**20)
     ckpt_dir = run_dir / "checkpoints"
-    last = last_complete_checkpoint(ckpt_dir) if resume else None
-    for leftover in ("model.tmp", "model.old"):  # debris of a save that was killed half-way
+    last = last_complete_checkpoint(ckpt_dir, move_aside=main) if resume else None
+    for leftover in ("model.tmp", "model.old") if main else ():  # debris of a save that was killed half-way
         shutil.rmtree(run_dir / leftover, ignore_errors=True)
     if resume and last is None:
         log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
-    if last is not None and (run_dir / "metrics.jsonl").is_file():
+    if main and last is not None and (run_dir / "metrics.jsonl").is_file():
         # Steps after the checkpoint are redone: drop their old records so each step is logged once.
         step = checkpoint_step(last)
         keep = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
                 if ln.strip() and json.loads(ln).get("step", 0) <= step]
         atomic_write_text(run_dir / "metrics.jsonl", "".join(x + "\n" for x in keep))
-    if not resume:  # a fresh run never mixes with an old one's files
+    if main and not resume:  # a fresh run never mixes with an old one's files
         for name in ("metrics.jsonl", "model", "checkpoints", "incomplete_checkpoints"):
             p = run_dir / name
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
 
     # ---- model and features ----
     tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
@@ -314,6 +320,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
     # The last steps may not have been evaluated: do it now so the best model reflects all training.
     if dev_s and trainer.state.global_step % eval_steps != 0:
         trainer.evaluate()
+    if not trainer.is_world_process_zero():
+        return {"global_step": trainer.state.global_step, "rank": int(os.environ.get("RANK", "0"))}
     if not dev_s:  # nothing to select on: the final model is the model
         model.save_pretrained(run_dir / "model", tokenizer=tokenizer)
 

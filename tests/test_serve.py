@@ -51,6 +51,11 @@ def server(tiny_ner_dir):
     proc.wait(timeout=30)
 
 
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
 def post(url, body, raw=False):
     data = body if raw else json.dumps(body).encode()
     req = urllib.request.Request(url + "/v1/entities", data=data, headers={"content-type": "application/json"})
@@ -65,6 +70,7 @@ def test_endpoints_and_answers_match_direct_prediction(server):
     url, ner = server
     with urllib.request.urlopen(url + "/v1/labels") as r:
         assert json.loads(r.read())["types"] == ["LOC", "ORG", "PER"]
+    assert get_json(url + "/health")["in_flight"] == 0  # idle
     with urllib.request.urlopen(url + "/openapi.json") as r:
         assert "/v1/entities" in json.loads(r.read())["paths"]
     status, body = post(url, {"texts": TEXTS})
@@ -150,7 +156,10 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_ner_dir):
     text = ("Peter visited New York. " * 5000)[:100_000]
     with ThreadPoolExecutor(1) as ex:
         fut = ex.submit(post, url, {"texts": [text] * 4})
-        time.sleep(1.0)  # the request is in the model now
+        deadline = time.time() + 60
+        while get_json(url + "/health")["in_flight"] < 1:  # wait until the server has the request (not a fixed sleep)
+            assert time.time() < deadline and not fut.done(), "the request never reached the server"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         status, body = fut.result(timeout=120)
     # uvicorn re-raises the captured SIGTERM after its clean shutdown, so the exit status is "terminated by SIGTERM"

@@ -2,7 +2,7 @@
 
   POST /v1/entities   {"texts": ["...", ...]} or {"text": "..."} -> {"results": [{"entities": [...]}, ...]}
   GET  /v1/labels     the model's entity types (with descriptions) and tags
-  GET  /health        {"status": "ok", ...} once the model is loaded
+  GET  /health        {"status": "ok", "in_flight": n, ...} once the model is loaded
   GET  /docs          OpenAPI UI (FastAPI)
 
 The model loads once. Concurrent requests are micro-batched: a single worker drains the queue for up to
@@ -104,6 +104,7 @@ class _Batcher:
         self.ner, self.cfg = ner, cfg
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task: asyncio.Task | None = None
+        self.in_flight = 0  # requests submitted and not yet answered (queued or in the model): shown by /health
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._worker())
@@ -118,8 +119,12 @@ class _Batcher:
 
     async def submit(self, texts: list[str]) -> list:
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, fut))
-        return await fut
+        self.in_flight += 1
+        try:
+            await self.queue.put((texts, fut))
+            return await fut
+        finally:
+            self.in_flight -= 1
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -187,7 +192,9 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": cfg.model_dir, "load_seconds": state.get("load_seconds")}
+        b = state.get("batcher")
+        return {"status": "ok", "model": cfg.model_dir, "load_seconds": state.get("load_seconds"),
+                "in_flight": b.in_flight if b else 0}
 
     @app.get("/v1/labels")
     async def labels() -> dict:

@@ -27,20 +27,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir, *args) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llm_ner.cli", "serve", "--model", str(model_dir), "--port",
-                             str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    pytest.fail("server did not start: " + proc.stdout.read().decode()[-2000:])
+def start_server(model_dir, *args, attempts: int = 3) -> tuple[subprocess.Popen, str]:
+    for _ in range(attempts):  # a probed-then-freed port can be taken by someone else before uvicorn binds it: retry
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "llm_ner.cli", "serve", "--model", str(model_dir), "--port",
+                                 str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            if proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return proc, url
+            except OSError:
+                time.sleep(0.5)
+        out = proc.stdout.read().decode() if proc.poll() is not None else ""
+        if "address already in use" not in out.lower():
+            proc.kill()
+            pytest.fail("server did not start: " + (out or "no answer on /health in 60 s")[-2000:])
+    pytest.fail(f"server did not start: port taken {attempts} times")
 
 
 @pytest.fixture(scope="module")

@@ -65,16 +65,60 @@ def test_resume_skips_a_checkpoint_interrupted_while_saving(tiny_llama, tmp_path
     assert steps == list(range(1, 17))
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A real 1 MiB file system (tmpfs), to fill up. Needs root (CAP_SYS_ADMIN); skipped where mounting is refused."""
-    d = tmp_path / "disk"
+def mount_tmpfs(d: Path, size: str) -> None:
+    """A real file system of `size`, to fill up. Needs root (CAP_SYS_ADMIN); skips the test where it is refused."""
     d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield d
-    subprocess.run(["umount", str(d)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mount_tmpfs(tmp_path / "disk", "1m")
+    yield tmp_path / "disk"
+    subprocess.run(["umount", str(tmp_path / "disk")], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount_tmpfs(tmp_path / "disk", "320m")  # passes the start-up probe of a LoRA run (300 MiB)
+    yield tmp_path / "disk"
+    subprocess.run(["umount", str(tmp_path / "disk")], check=False)
+
+
+def test_disk_filling_during_training_is_one_error_then_resumes(tiny_llama, small_disk):
+    """The probe passes, then another writer fills the disk at step 6: the checkpoint save at step 8 fails with our
+    one-line TrainError (not a safetensors traceback); after space is freed, --resume ends the run with every step
+    logged once."""
+    import shutil
+
+    from transformers import TrainerCallback
+
+    from llm_ner.config import load_config
+    from llm_ner.train import TrainError, train
+
+    filler = small_disk / "filler"
+
+    class FillDisk(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 6:
+                with open(filler, "wb") as f:
+                    f.write(b"\0" * (shutil.disk_usage(small_disk).free - 4096))
+
+    run = small_disk / "run"
+    cfg = load_config(None, {
+        "model.backbone": str(tiny_llama), "output": str(run), "training.mode": "lora", "training.max_steps": 16,
+        "training.batch_size": 4, "training.eval_steps": 4, "training.logging_steps": 1,
+        "data.max_train_sentences": 64, "data.max_dev_sentences": 8, "data.test": None})
+    with pytest.raises(TrainError, match=r"disk full while saving to .*rerun with --resume"):
+        train(cfg, progress=False, callbacks=[FillDisk()])
+    filler.unlink()
+    train(cfg, resume=True, progress=False)
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert steps == list(range(1, 17))
+    assert json.loads((run / "summary.json").read_text())["global_step"] == 16
+    assert (run / "model" / "llm_ner_config.json").is_file() and not list(run.rglob("*.tmp"))
 
 
 def test_full_disk_fails_before_training(tiny_llama, tiny_disk):

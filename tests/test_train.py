@@ -72,10 +72,12 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in recs if "loss" in r}
 
 
-def test_resume_after_interruption_reproduces_the_same_losses(tiny_llama, tmp_path):
-    ref = tiny_cfg(tiny_llama, tmp_path / "ref", **{"training.mode": "full"})
+@pytest.mark.parametrize("mode", ["full", "lora", "frozen"])
+def test_resume_after_interruption_reproduces_the_same_losses(tiny_llama, tmp_path, mode):
+    # lora/frozen checkpoints hold only the trained weights: resuming them once raised AttributeError in transformers
+    ref = tiny_cfg(tiny_llama, tmp_path / "ref", **{"training.mode": mode})
     train(ref, progress=False)
-    cfg = tiny_cfg(tiny_llama, tmp_path / "b", **{"training.mode": "full"})
+    cfg = tiny_cfg(tiny_llama, tmp_path / "b", **{"training.mode": mode})
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False, callbacks=[Crash(6)])
     assert (tmp_path / "b" / "checkpoints" / "checkpoint-4").is_dir()
@@ -85,6 +87,15 @@ def test_resume_after_interruption_reproduces_the_same_losses(tiny_llama, tmp_pa
     assert set(range(1, 9)) <= set(a)
     for step in range(5, 9):  # steps after the checkpoint: same data, same RNG, same weights -> same losses
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
+
+
+def test_resume_with_a_changed_model_config_is_a_clear_error(tiny_llama, tmp_path):
+    cfg = tiny_cfg(tiny_llama, tmp_path / "b", **{"training.mode": "lora"})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, callbacks=[Crash(6)])
+    changed = tiny_cfg(tiny_llama, tmp_path / "b", **{"training.mode": "lora", "training.lora.targets": ["q_proj"]})
+    with pytest.raises(TrainError, match="does not match this run's model"):
+        train(changed, resume=True, progress=False)
 
 
 def test_config_errors_are_clear(tmp_path):

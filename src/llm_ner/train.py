@@ -13,6 +13,7 @@ Run dir: config.yaml, checkpoints/, model/ (best), metrics.jsonl, test_metrics.j
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ import resource
 import shutil
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -83,6 +85,35 @@ def check_output_dir(path: Path, need_bytes: int) -> None:
     if free < need_bytes:
         raise TrainError(f"output dir {path}: only {free / 2**20:.0f} MiB free, this run needs about "
                          f"{need_bytes / 2**20:.0f} MiB (checkpoints + model)")
+
+
+def _is_disk_full(e: BaseException | None, path: Path) -> bool:
+    """Whether an error from a save is the disk filling up. Each writer says it differently: OSError(ENOSPC) from
+    Python, SafetensorError "No space left on device (os error 28)" from safetensors, a RuntimeError from torch.save."""
+    while e is not None:
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+                m in str(e) for m in ("No space left on device", "os error 28", "Disk quota exceeded")):
+            return True
+        e = e.__cause__ or e.__context__
+    try:
+        return shutil.disk_usage(path).free < 16 * 2**20
+    except OSError:
+        return False
+
+
+@contextmanager
+def disk_full_is_a_train_error(run_dir: Path):
+    """The free-space probe runs before training, but a disk can still fill during it (other jobs, big checkpoints):
+    say so in one line instead of a traceback from deep inside a saver. Nothing is lost: saves are atomic or land in
+    a checkpoint without trainer_state.json, which --resume moves aside."""
+    try:
+        yield
+    except Exception as e:
+        if not _is_disk_full(e, run_dir):
+            raise
+        free = shutil.disk_usage(run_dir).free / 2**20 if run_dir.exists() else 0.0
+        raise TrainError(f"disk full while saving to {run_dir} ({free:.0f} MiB free): free some space, then rerun "
+                         "with --resume to continue from the last complete checkpoint") from None
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -182,6 +213,16 @@ class NERTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # Checkpoints hold only what trains (LoRA/head, see _save) and our buffers: the frozen backbone is missing by
+        # design. (The base method also reads PreTrainedModel attributes this nn.Module lacks: resuming a LoRA run
+        # raised AttributeError.) Anything else missing or extra means the run's config changed since the checkpoint.
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        missing = [k for k in load_result.missing_keys if k in trainable]
+        if missing or load_result.unexpected_keys:
+            raise TrainError(f"the checkpoint does not match this run's model (config changed since?): missing "
+                             f"{missing[:3]}, unexpected {load_result.unexpected_keys[:3]}")
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         out = Path(output_dir or self.args.output_dir)
@@ -314,12 +355,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
         patience=t.early_stopping_patience, eval_batch_size=t.eval_batch_size,
     )
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=last)
-    train_time = time.time() - t0
+    with disk_full_is_a_train_error(run_dir):
+        result = trainer.train(resume_from_checkpoint=last)
+        train_time = time.time() - t0
+        # The last steps may not have been evaluated: do it now so the best model reflects all training.
+        if dev_s and trainer.state.global_step % eval_steps != 0:
+            trainer.evaluate()
     trainer_epochs = trainer.state.epoch or 0.0
-    # The last steps may not have been evaluated: do it now so the best model reflects all training.
-    if dev_s and trainer.state.global_step % eval_steps != 0:
-        trainer.evaluate()
     if not trainer.is_world_process_zero():
         return {"global_step": trainer.state.global_step, "rank": int(os.environ.get("RANK", "0"))}
     if not dev_s:  # nothing to select on: the final model is the model

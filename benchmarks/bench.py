@@ -106,7 +106,7 @@ def w_predict(a) -> dict:
     sents, texts = test_texts(a.n)
     t = time.perf_counter()
     ner = NERModel.from_pretrained(a.model, device="cpu", quantize="int8" if a.int8 else None, merge=a.merge,
-                                   smooth_alpha=a.alpha,
+                                   smooth_alpha=a.alpha, int8_scheme=a.scheme,
                                    keep_fp32=None if a.keep_fp32 is None else
                                    () if a.keep_fp32 == "none" else tuple(a.keep_fp32.split(",")))
     ner.default_budget = ner.max_batch_tokens
@@ -493,6 +493,7 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--f1", action="store_true")
     p.add_argument("--int8", action="store_true")
     p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--scheme", default=None, help="int8 activation scales: per_token (default) | per_tensor")
     p.add_argument("--split", default="test")
     p.add_argument("--keep-fp32", default=None,
                    help="comma-separated Linear name parts left fp32 under --int8 ('none': all int8; default: the "

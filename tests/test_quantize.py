@@ -1,12 +1,13 @@
 """Speed-ups that touch the weights: SmoothQuant is an exact rewrite in fp32; int8 keeps the bidirectional attention
 (a deep copy of the backbone would silently drop the unmasking hooks) and stays close to fp32."""
 
+import pytest
 import torch
 from test_model import batch_for, build
 
 from llm_ner.model import LLMForTokenClassification
 from llm_ner.predict import NERModel
-from llm_ner.quantize import activation_absmax, quantize_int8, smooth
+from llm_ner.quantize import Int8Linear, activation_absmax, quantize_int8, smooth
 
 SENTS = ["Peter visited London today .", "EU rejects German call to boycott British lamb .",
          "Apple hired John Smith from Google in London ."]
@@ -34,14 +35,18 @@ def test_smoothing_is_exact_in_fp32(tiny_llama, tiny_tokenizer):
         torch.testing.assert_close(model(**batch).logits, before, atol=1e-4, rtol=1e-4)
 
 
-def test_int8_keeps_bidirectional_attention_and_stays_close(tiny_llama, tiny_tokenizer):
+@pytest.mark.parametrize("scheme", ["per_token", "per_tensor"])
+def test_int8_keeps_bidirectional_attention_and_stays_close(tiny_llama, tiny_tokenizer, scheme):
     batch = batch_for(tiny_tokenizer, SENTS)
     ref, causal, q = (build(tiny_llama, mode="full", unmask=u) for u in ("all", "none", "all"))
     for m in (ref, causal, q):
         torch.manual_seed(1)
         big_activations(m)
-    quantize_int8(q, lambda: q(**batch))
-    assert any("quantized" in type(m).__module__ for m in q.backbone.modules())
+    quantize_int8(q, lambda: q(**batch), scheme=scheme)
+    if scheme == "per_token":
+        assert sum(isinstance(m, Int8Linear) for m in q.backbone.modules()) == 6 * len(q.backbone.layers)
+    else:
+        assert any("quantized" in type(m).__module__ for m in q.backbone.modules())
     with torch.no_grad():
         r, c, x = ref(**batch).logits, causal(**batch).logits, q(**batch).logits
     err, causal_gap = (x - r).abs().mean().item(), (c - r).abs().mean().item()
@@ -71,3 +76,34 @@ def test_stream_and_unsorted_batches_give_the_same_answers(tiny_ner_dir):
     assert spans(ner.predict_stream(iter(texts), chunk_size=4)) == want
     ner.sort_by_length = False
     assert spans(ner.predict(texts)) == want
+
+
+def test_int8_linear_is_exact_integer_math_per_token():
+    """Per-token activation scales: a row's output does not depend on the other rows (torch.ao's per-tensor scale
+    does), and the result is the int32 product of the quantised operands, rescaled."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 24)
+    x = torch.randn(5, 7, 64)
+    x[0, 0] *= 50  # one large token: with a per-tensor scale it would coarsen every other token's quantisation
+    q = Int8Linear(lin)
+    y = q(x)
+    for i in range(5):
+        for j in range(7):
+            assert torch.equal(q(x[i, j][None]), y[i, j][None])
+    rel = ((y - lin(x)).norm() / lin(x).norm()).item()
+    assert rel < 0.02, rel
+    w = q.weight_t.float() * q.weight_scale
+    s = x[1, 2].abs().max() / 127
+    manual = torch.round(x[1, 2] / s).clamp(-127, 127) @ w * s + lin.bias
+    torch.testing.assert_close(y[1, 2], manual.detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_int8_answers_do_not_depend_on_the_batch(tiny_ner_dir):
+    """The service micro-batches unrelated requests: with per-token scales, a text alone and the same text in a
+    batch get the same spans."""
+    int8 = NERModel.from_pretrained(tiny_ner_dir, quantize="int8")
+    texts = SENTS + ["The European Commission said on Thursday it disagreed with German advice ."] * 2
+    together = int8.predict(texts)
+    alone = [int8.predict([t])[0] for t in texts]
+    key = [[(e.start, e.end, e.label) for e in ents] for ents in together]
+    assert key == [[(e.start, e.end, e.label) for e in ents] for ents in alone]

@@ -82,7 +82,8 @@ class NERModel:
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
                         trust_remote_code: bool = False, quantize: str | None = None,
                         merge: bool = False, smooth_alpha: float | None = None,
-                        max_batch_tokens: int | None = -1, keep_fp32: tuple[str, ...] | None = None) -> NERModel:
+                        max_batch_tokens: int | None = -1, keep_fp32: tuple[str, ...] | None = None,
+                        int8_scheme: str | None = None) -> NERModel:
         """`quantize="int8"`: SmoothQuant-calibrated dynamic int8 Linear layers (CPU only; quantize.py).
         `merge=True`: fold LoRA adapters into the weights."""
         from . import quantize as q
@@ -100,7 +101,7 @@ class NERModel:
             texts = q.calibration_texts()
             alpha = q.DEFAULT_ALPHA if smooth_alpha is None else smooth_alpha
             q.quantize_int8(model, lambda: ner.predict(texts), alpha,
-                            q.DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32)
+                            q.DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32, int8_scheme or q.DEFAULT_SCHEME)
             ner.stats.clear()
         return ner
 

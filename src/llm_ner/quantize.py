@@ -1,8 +1,9 @@
 """CPU inference speed-ups that change the weights: LoRA merging and dynamic int8 quantisation with SmoothQuant.
 
-Dynamic int8 (torch.ao) stores each nn.Linear weight as int8 (one scale per output channel) and quantises its input
-activations per tensor on the fly. Decoder LLMs have a few activation channels far larger than the rest, so one
-per-tensor scale crushes the small channels: on SmolLM2 plain int8 cost ~7 F1. SmoothQuant (Xiao et al., 2023) moves
+Dynamic int8 stores each nn.Linear weight as int8 (one scale per output channel) and quantises its input activations
+on the fly: per token by default (`Int8Linear`, torch._int_mm: a token's output never depends on the rest of the
+batch), or per tensor (torch.ao's quantize_dynamic: one scale per batch). Decoder LLMs have a few activation channels
+far larger than the rest, so one scale crushes the small channels: on SmolLM2 plain per-tensor int8 cost ~7 F1. SmoothQuant (Xiao et al., 2023) moves
 that range from the activations into the weights with an exact rewrite: for a Linear fed by x, pick per-channel
 s_j = max|x_j|^a / max|W_:,j|^(1-a), compute (x / s) @ (W * s)^T — the same numbers in fp32 — and fold the 1/s into
 whatever produced x (the RMSNorm weight before q/k/v and gate/up; the rows of up_proj before down_proj). Activation
@@ -111,22 +112,65 @@ def smooth(backbone: nn.Module, amax: dict[str, torch.Tensor], alpha: float = DE
     return len(layers)
 
 
+class Int8Linear(nn.Module):
+    """y = x W^T + b with int8 weights (one scale per output channel), int8 activations with one scale per *token*,
+    and exact int32 accumulation (torch._int_mm). torch.ao's dynamic int8 takes one activation scale per tensor, i.e.
+    per batch: the same sentence could get other tags in another batch (seen in the service: 14/256 answers differed).
+    Here each token's output depends on that token alone, and a token no longer shares its scale with the batch's
+    largest activation."""
+
+    def __init__(self, lin: nn.Linear):
+        super().__init__()
+        w = lin.weight.detach().float()  # (out, in)
+        scale = w.abs().amax(1).clamp(min=1e-8) / 127  # (out,)
+        self.in_features, self.out_features = lin.in_features, lin.out_features
+        self.register_buffer("weight_t", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).t().contiguous())
+        self.register_buffer("weight_scale", scale)  # (out,)
+        self.register_buffer("bias", None if lin.bias is None else lin.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).float()  # (M, in)
+        s = x2.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127  # (M, 1): one scale per token
+        xq = (x2 / s).round_().clamp_(-127, 127).to(torch.int8)
+        y = torch._int_mm(xq, self.weight_t).float().mul_(s).mul_(self.weight_scale)  # (M, out)
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+SCHEMES = ("per_token", "per_tensor")
+DEFAULT_SCHEME = "per_token"
+
+
 def quantize_int8(model: LLMForTokenClassification, calibrate: Callable[[], object] | None = None,
                   alpha: float | None = DEFAULT_ALPHA, keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32,
-                  ) -> LLMForTokenClassification:
+                  scheme: str = DEFAULT_SCHEME) -> LLMForTokenClassification:
     """Merge LoRA, smooth (if `calibrate` runs some text through the model and alpha is not None), then replace every
-    backbone nn.Linear whose name contains none of `keep_fp32` by a dynamic int8 one with per-channel weight scales —
-    in place. Head and CRF stay fp32."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
+    backbone nn.Linear whose name contains none of `keep_fp32` by an int8 one with per-channel weight scales — in
+    place. `scheme`: activation scales per token (Int8Linear, batch-invariant) or per tensor (torch.ao dynamic).
+    Head and CRF stay fp32."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"int8 scheme {scheme!r}: choose one of {SCHEMES}")
     merge_lora(model)
     model.float().cpu().eval()
     if calibrate is not None and alpha is not None:
         n = smooth(model.backbone, activation_absmax(model.backbone, calibrate), alpha)
         log.info("SmoothQuant (alpha %.2f) on %d layers", alpha, n)
-    spec = {n: per_channel_dynamic_qconfig for n, m in model.backbone.named_modules()
-            if isinstance(m, nn.Linear) and not any(k in n for k in keep_fp32)}
+    names = [n for n, m in model.backbone.named_modules()
+             if isinstance(m, nn.Linear) and not any(k in n for k in keep_fp32)]
+    if scheme == "per_token":
+        for n in names:
+            parent, _, child = n.rpartition(".")
+            owner = model.backbone.get_submodule(parent) if parent else model.backbone
+            setattr(owner, child, Int8Linear(getattr(owner, child)))
+        return model
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao; it still works
         warnings.simplefilter("ignore")
-        quantize_dynamic(model.backbone, spec, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(model.backbone, dict.fromkeys(names, per_channel_dynamic_qconfig), dtype=torch.qint8,
+                         inplace=True)
     return model

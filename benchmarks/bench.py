@@ -429,12 +429,12 @@ def main() -> None:
         **({} if a.quick else {
             "dev_fp32": lambda: run_worker("predict", a.llm_model, "--n", "16", "--grid", "32:budget", "--f1",
                                            "--split", "valid"),
-            **{f"dev_int8_alpha{al}_all_int8": (lambda al=al: run_worker(
+            **{f"dev_int8_{sc}_alpha{al}_{keep}": (lambda sc=sc, al=al, keep=keep: run_worker(
                 "predict", a.llm_model, "--n", "16", "--grid", "32:budget", "--f1", "--split", "valid", "--int8",
-                "--alpha", al, "--keep-fp32", "none")) for al in ("0.5", "0.65", "0.8", "0.9")},
-            "dev_int8_alpha0.8_down_fp32": lambda: run_worker(
-                "predict", a.llm_model, "--n", "256", "--grid", "32:budget", "--f1", "--split", "valid", "--int8",
-                "--alpha", "0.8", "--keep-fp32", "down_proj")}),
+                "--scheme", sc, "--alpha", al, "--keep-fp32", "none" if keep == "all_int8" else "down_proj"))
+               for sc, al, keep in [*(("per_token", al, "all_int8") for al in ("0.35", "0.5", "0.65", "0.8", "0.9")),
+                                    ("per_token", "0.8", "down_fp32"), ("per_tensor", "0.8", "all_int8"),
+                                    ("per_tensor", "0.8", "down_fp32")]}}),
         "llm_1thread": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:budget", "--threads", "1"),
         # compiled with dynamic shapes; packed batches (a new segment layout per batch) make it recompile, so it is
         # measured on the unpacked budget too

@@ -82,7 +82,8 @@ def write_report(res: dict, out: Path) -> None:
     if devs:
         def name(k: str) -> str:
             k = k.removeprefix("dev_").replace("_all_int8", ", every Linear int8")
-            return k.replace("_down_fp32", ", down_proj kept fp32 (the default)").replace("_", " ")
+            k = k.replace("per_token", "per-token scales").replace("per_tensor", "per-tensor scales (torch.ao)")
+            return k.replace("_down_fp32", ", down_proj kept fp32").replace("_", " ")
 
         lines += ["", "SmoothQuant strength (alpha) and the layers left in fp32 for int8, chosen on the CoNLL-2003 "
                       "**dev** set (full, 3,250 sentences), dev F1: "

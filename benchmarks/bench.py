@@ -497,7 +497,7 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--keep-fp32", default=None,
                    help="comma-separated Linear name parts left fp32 under --int8 ('none': all int8; default: the "
-                        "library default, down_proj)")
+                        "library default: none)")
     p.add_argument("--merge", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--ideal", action="store_true")

@@ -123,14 +123,6 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
     return None
 
 
-def padding_only_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B,T) 1=token 0=pad -> (B,1,T,T) additive mask: every query sees every non-pad key (0), pads get -inf."""
-    keep = attention_mask[:, None, None, :].bool()  # (B,1,1,T_k)
-    B, T = attention_mask.shape
-    mask = torch.zeros(B, 1, T, T, dtype=dtype, device=attention_mask.device)
-    return mask.masked_fill(~keep, torch.finfo(dtype).min)
-
-
 @functools.cache
 def _mask_position(layer_cls: type) -> int | None:
     """Index of `attention_mask` among a decoder layer's positional arguments (self excluded), if it has one."""
@@ -146,6 +138,12 @@ def segment_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     keep = (k > 0) & ((q == k) | (q == 0))
     mask = torch.zeros(keep.shape, dtype=dtype, device=segment_ids.device)
     return mask.masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def padding_only_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B,T) 1=token 0=pad -> (B,1,T,T) additive mask: every query sees every non-pad key (0), pads get -inf — the
+    one-sequence-per-row case of segment_mask."""
+    return segment_mask(attention_mask, dtype)
 
 
 def load_backbone(name: str, gguf_file: str | None, attn: str, trust_remote_code: bool, dtype=None) -> nn.Module:

@@ -274,7 +274,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
 
     # Under torchrun every rank runs this function: only rank 0 touches the run dir's files (two ranks renaming the
     # same temp file was a real CI failure); the others only train and return after the last evaluation.
-    main = int(os.environ.get("RANK", "0")) == 0
+    rank = int(os.environ.get("RANK", "0"))
+    main = rank == 0
     check_output_dir(run_dir, need_bytes=(1200 if t.mode == "full" else 300) * 2**20)
     ckpt_dir = run_dir / "checkpoints"
     last = last_complete_checkpoint(ckpt_dir, move_aside=main) if resume else None
@@ -362,8 +363,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
         if dev_s and trainer.state.global_step % eval_steps != 0:
             trainer.evaluate()
     trainer_epochs = trainer.state.epoch or 0.0
-    if not trainer.is_world_process_zero():
-        return {"global_step": trainer.state.global_step, "rank": int(os.environ.get("RANK", "0"))}
+    if not main:
+        return {"global_step": trainer.state.global_step, "rank": rank}
     if not dev_s:  # nothing to select on: the final model is the model
         model.save_pretrained(run_dir / "model", tokenizer=tokenizer)
 

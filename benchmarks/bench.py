@@ -51,6 +51,11 @@ def test_texts(n: int | None = None, split: str = "test") -> tuple[list, list[st
     return sents, [sentence_text(s.tokens)[0] for s in sents]
 
 
+def n_words(texts: list[str]) -> int:
+    """Words as the words/s columns count them: whitespace-separated (CoNLL tokens joined by spaces)."""
+    return sum(len(x.split()) for x in texts)
+
+
 def nonembedding_params(backbone) -> int:
     emb = backbone.get_input_embeddings().weight
     return sum(p.numel() for p in backbone.parameters() if p is not emb)
@@ -85,7 +90,7 @@ def _throughput(ner, texts: list[str], batch_size: int, mode: str) -> dict:
     ner.predict(texts)
     dt = time.perf_counter() - t
     st = ner.stats
-    words = sum(len(x.split()) for x in texts)
+    words = n_words(texts)
     return {"batch_size": batch_size, "mode": mode, "max_batch_tokens": budget, "texts": len(texts),
             "seconds": round(dt, 2), "batches": st["batches"],
             "words_per_s": round(words / dt, 1), "tokens_per_s": round(st["tokens"] / dt, 1),
@@ -179,20 +184,19 @@ def w_pipeline(a) -> dict:
                     device=-1)
     pipe(texts[0])
     out = {"load_to_first_prediction_s": round(time.perf_counter() - t, 2)}
-    words = lambda xs: sum(len(x.split()) for x in xs)  # noqa: E731
     sub = texts[: max(16, len(texts) // 2)]
     t = time.perf_counter()
     for x in sub:
         pipe(x)
-    out["naive_loop_words_per_s"] = round(words(sub) / (time.perf_counter() - t), 1)
+    out["naive_loop_words_per_s"] = round(n_words(sub) / (time.perf_counter() - t), 1)
     t = time.perf_counter()
     pipe(texts, batch_size=32)
-    out["pipeline_batch32_words_per_s"] = round(words(texts) / (time.perf_counter() - t), 1)
+    out["pipeline_batch32_words_per_s"] = round(n_words(texts) / (time.perf_counter() - t), 1)
     out["peak_mb"] = peak_mb()
     # ours vs the naive loop timed alternately on the same texts, so both see the same machine (the VM drifts)
     ours.predict(sub[:32])
     out["paired_rounds"], out["paired_median_ratio"] = _alternate(
-        {"naive": lambda: [pipe(x) for x in sub], "ours": lambda: ours.predict(sub)}, words(sub), a.rounds)
+        {"naive": lambda: [pipe(x) for x in sub], "ours": lambda: ours.predict(sub)}, n_words(sub), a.rounds)
     return out
 
 
@@ -324,7 +328,7 @@ def w_paired(a) -> dict:
     for m in (fp32, int8):
         m.predict(texts[:32])  # warm-up
     rounds, median = _alternate({"fp32": lambda: fp32.predict(texts), "int8": lambda: int8.predict(texts)},
-                                sum(len(x.split()) for x in texts), a.rounds)
+                                n_words(texts), a.rounds)
     return {"texts": len(texts), "rounds": rounds, "median_ratio": median}
 
 
@@ -383,7 +387,7 @@ def w_serve(a) -> dict:
     pct = lambda q: round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1)  # noqa: E731
     return {"requests": len(texts), "clients": a.clients, "ready_s": round(ready, 2), "p50_ms": pct(0.5),
             "p95_ms": pct(0.95), "max_ms": round(1000 * lat[-1], 1), "requests_per_s": round(len(texts) / wall, 1),
-            "words_per_s": round(sum(len(x.split()) for x in texts) / wall, 1), "answers_equal_direct": same}
+            "words_per_s": round(n_words(texts) / wall, 1), "answers_equal_direct": same}
 
 
 WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "spacy": w_spacy, "train": w_train,

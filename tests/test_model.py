@@ -23,14 +23,19 @@ def batch_for(tok, sentences, with_labels=False):
     return collate([window_feature(w) for w in wins], tok.pad_token_id)
 
 
-def first_word_hidden(model, batch):
-    """Hidden state of the first word's first token, via a hook on the head input."""
+def head_input(model, batch):
+    """What the head sees (B,W,H): each word's hidden state, via a hook on the head's dropout."""
     seen = {}
     h = model.dropout.register_forward_hook(lambda m, i, o: seen.setdefault("h", o))
     with torch.no_grad():
         model(**batch)
     h.remove()
-    return seen["h"][:, 0]
+    return seen["h"]
+
+
+def first_word_hidden(model, batch):
+    """Hidden state of the first word's first token."""
+    return head_input(model, batch)[:, 0]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -74,11 +74,9 @@ def post(url, body, raw=False):
 
 def test_endpoints_and_answers_match_direct_prediction(server):
     url, ner = server
-    with urllib.request.urlopen(url + "/v1/labels") as r:
-        assert json.loads(r.read())["types"] == ["LOC", "ORG", "PER"]
+    assert get_json(url + "/v1/labels")["types"] == ["LOC", "ORG", "PER"]
     assert get_json(url + "/health")["in_flight"] == 0  # idle
-    with urllib.request.urlopen(url + "/openapi.json") as r:
-        assert "/v1/entities" in json.loads(r.read())["paths"]
+    assert "/v1/entities" in get_json(url + "/openapi.json")["paths"]
     status, body = post(url, {"texts": TEXTS})
     assert status == 200
     want = [[e.to_dict() for e in ents] for ents in ner.predict(TEXTS)]

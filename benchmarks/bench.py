@@ -105,15 +105,20 @@ def w_predict(a) -> dict:
 
     from llm_ner.evaluate import compute_metrics
     from llm_ner.predict import NERModel
+    from llm_ner.quantize import DEFAULT_ALPHA, DEFAULT_KEEP_FP32, DEFAULT_SCHEME, Int8Spec, merge_lora
 
     if a.threads:
         torch.set_num_threads(a.threads)
     sents, texts = test_texts(a.n)
     t = time.perf_counter()
-    ner = NERModel.from_pretrained(a.model, device="cpu", quantize="int8" if a.int8 else None, merge=a.merge,
-                                   smooth_alpha=a.alpha, int8_scheme=a.scheme,
-                                   keep_fp32=None if a.keep_fp32 is None else
-                                   () if a.keep_fp32 == "none" else tuple(a.keep_fp32.split(",")))
+    spec = None
+    if a.int8:
+        keep = DEFAULT_KEEP_FP32 if a.keep_fp32 is None else () if a.keep_fp32 == "none" else tuple(
+            a.keep_fp32.split(","))
+        spec = Int8Spec(a.scheme or DEFAULT_SCHEME, DEFAULT_ALPHA if a.alpha is None else a.alpha, keep)
+    ner = NERModel.from_pretrained(a.model, device="cpu", quantize=spec)
+    if a.merge:
+        merge_lora(ner.model)
     ner.default_budget = ner.max_batch_tokens
     ner.predict(texts[:1])
     out = {"load_to_first_prediction_s": round(time.perf_counter() - t, 2), "threads": torch.get_num_threads()}
@@ -244,12 +249,13 @@ def w_train(a) -> dict:
     from llm_ner.align import collate, encode_sentences, window_feature
     from llm_ner.config import load_config
     from llm_ner.data import load_corpus
+    from llm_ner.labels import label_set_for
     from llm_ner.predict import load_tokenizer
-    from llm_ner.train import build_model, label_set, make_optimizer
+    from llm_ner.train import build_model, make_optimizer
 
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", {"training.mode": a.mode})
     sents = load_corpus("conll2003:train", limit=400)
-    labels = label_set(cfg, sents)
+    labels = label_set_for(sents)
     tok = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
     model = build_model(cfg, labels).train()
     opt = make_optimizer(model, cfg)

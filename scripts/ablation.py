@@ -11,7 +11,6 @@ import json
 import time
 from pathlib import Path
 
-from llm_ner.cli import _resolve_config
 from llm_ner.config import load_config
 from llm_ner.train import train
 
@@ -40,7 +39,7 @@ def main() -> None:
     for k, (name, over) in enumerate(ROWS.items()):
         if name in names or (a.only and name not in a.only):
             continue
-        cfg = load_config(_resolve_config(a.config), {**SMALL, **over, "output": str(out / f"row{k}")})
+        cfg = load_config(a.config, {**SMALL, **over, "output": str(out / f"row{k}")})
         t0 = time.time()
         s = train(cfg, progress=False)
         done.append({"name": name, "overrides": over, "test_f1": s["test"]["f1"], "best_dev_f1": s["best_dev_f1"],

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import yaml
 
-from llm_ner.cli import _resolve_config
 from llm_ner.config import load_config, parse_set
 from llm_ner.train import train
 
@@ -31,7 +30,7 @@ def main() -> None:
     rows = []
     for v in a.values:
         val = yaml.safe_load(v)
-        cfg = load_config(_resolve_config(a.config), {**parse_set(a.set), a.key: val, "output": str(out / f"{v}")})
+        cfg = load_config(a.config, {**parse_set(a.set), a.key: val, "output": str(out / f"{v}")})
         t0 = time.time()
         s = train(cfg, progress=False)
         rows.append({"value": v, "best_dev_f1": s["best_dev_f1"], "test_f1": (s.get("test") or {}).get("f1"),

@@ -27,13 +27,14 @@ def tiny_tokenizer(tiny_llama):
 def tiny_ner_dir(tiny_llama, tiny_tokenizer, tmp_path_factory) -> Path:
     """A saved, servable model dir: frozen tiny backbone, head weights scaled up so it predicts some entities."""
     import torch
+    from tiny import ner_config
 
     from llm_ner.labels import LabelSet
-    from llm_ner.model import LLMForTokenClassification, NERConfig
+    from llm_ner.model import LLMForTokenClassification
 
     torch.manual_seed(0)
-    model = LLMForTokenClassification.from_backbone(NERConfig(
-        labels=LabelSet.from_types(["PER", "LOC", "ORG"]).to_dict(), backbone=str(tiny_llama), mode="frozen"))
+    model = LLMForTokenClassification.from_backbone(
+        ner_config(LabelSet.from_types(["PER", "LOC", "ORG"]), str(tiny_llama), mode="frozen"))
     with torch.no_grad():
         model.classifier.weight.normal_(std=2.0)
     d = tmp_path_factory.mktemp("served") / "model"

@@ -17,7 +17,8 @@ def test_encoder_baseline_trains_with_same_outputs(tmp_path):
     assert r.exit_code == 0, r.output
     cfg = json.loads((out / "model" / "llm_ner_config.json").read_text())
     # "all" on an encoder = its own bidirectional mask, put in by our hook; it makes prediction packable
-    assert cfg["unmask"] == "all" and cfg["use_crf"] is False and cfg["backbone_saved"] == "full"
+    assert cfg["model"]["unmask"] == "all" and cfg["model"]["crf"] is False and cfg["backbone_saved"] == "full"
+    assert json.loads((out / "summary.json").read_text())["system"] == "encoder"  # a BERT backbone: the encoder
     from llm_ner.predict import NERModel
 
     assert NERModel.from_pretrained(out / "model").model.packable

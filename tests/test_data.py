@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from llm_ner.align import split_words
 from llm_ner.data import (
     DataError,
     detect_scheme,
@@ -10,7 +11,6 @@ from llm_ner.data import (
     read_conll,
     remap,
     spans_to_sentence,
-    split_words,
     to_iob2,
 )
 from llm_ner.labels import LabelSet

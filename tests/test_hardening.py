@@ -129,7 +129,7 @@ def test_full_disk_fails_before_training(tiny_llama, tiny_disk):
 
 
 def test_atomic_write_on_a_full_disk_keeps_the_old_file(tiny_disk):
-    from llm_ner.data import atomic_write_text
+    from llm_ner.fsutil import atomic_write_text
 
     p = tiny_disk / "metrics.json"
     atomic_write_text(p, '{"f1": 1}')

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from llm_ner.align import split_words
 from llm_ner.config import load_config
-from llm_ner.data import split_words
 from llm_ner.predict import NERModel
 from llm_ner.train import train
 
@@ -35,7 +35,7 @@ def test_real_default_model_trains_saves_and_predicts(tmp_path):
     # windowing on the real tokenizer: a text well past max_length still gets every word tagged
     long = " ".join([text] * 40)
     words = split_words(long)
-    assert len(ner.tokenizer(long)["input_ids"]) > 2 * ner.model.config.max_length
+    assert len(ner.tokenizer(long)["input_ids"]) > 2 * ner.model.config.model.max_length
     tags, _ = ner.predict_words([long], [words])
     assert len(tags[0]) == len(words)
 
@@ -46,10 +46,11 @@ def test_int8_per_token_tracks_fp32_on_the_real_model():
     closer than torch.ao's per-tensor scales on the same layers — the reason it is the default."""
     import torch
     from test_model import batch_for, head_input
+    from tiny import ner_config
 
     from llm_ner.data import load_corpus
     from llm_ner.labels import LabelSet
-    from llm_ner.model import LLMForTokenClassification, NERConfig
+    from llm_ner.model import LLMForTokenClassification
     from llm_ner.predict import load_tokenizer
     from llm_ner.quantize import calibration_texts, quantize_int8
 
@@ -59,9 +60,8 @@ def test_int8_per_token_tracks_fp32_on_the_real_model():
 
     def build():
         torch.manual_seed(0)
-        return LLMForTokenClassification.from_backbone(NERConfig(
-            labels=LabelSet.from_types(["PER", "LOC", "ORG", "MISC"]).to_dict(), backbone="smollm2-135m",
-            mode="frozen")).eval()
+        return LLMForTokenClassification.from_backbone(ner_config(
+            LabelSet.from_types(["PER", "LOC", "ORG", "MISC"]), "smollm2-135m", mode="frozen")).eval()
 
     ref = head_input(build(), batch)
     err = {}

@@ -2,18 +2,19 @@
 
 import pytest
 import torch
+from tiny import ner_config
 
 from llm_ner.align import collate, encode_sentences, window_feature
 from llm_ner.data import Sentence
 from llm_ner.labels import LabelSet
-from llm_ner.model import LLMForTokenClassification, ModelLoadError, NERConfig, resolve_layers
+from llm_ner.model import LLMForTokenClassification, ModelLoadError, resolve_layers
 
 LABELS = LabelSet.from_types(["PER", "LOC"])
 
 
 def build(tiny_llama, **kw) -> LLMForTokenClassification:
     torch.manual_seed(0)
-    cfg = NERConfig(labels=LABELS.to_dict(), backbone=str(tiny_llama), mode=kw.pop("mode", "full"), **kw)
+    cfg = ner_config(LABELS, str(tiny_llama), **kw)
     return LLMForTokenClassification.from_backbone(cfg).eval()
 
 
@@ -102,7 +103,7 @@ def test_compound_loss_components(tiny_llama, tiny_tokenizer):
         losses[name] = m(**batch).loss.item()
     assert losses["both"] == pytest.approx(losses["ce"] + losses["crf"], rel=1e-5)
     assert losses["smooth"] != pytest.approx(losses["ce"])
-    no_crf = build(tiny_llama, use_crf=False)
+    no_crf = build(tiny_llama, crf=False)
     assert no_crf.crf is None and no_crf(**batch).loss.item() == pytest.approx(losses["ce"], rel=1e-5)
 
 
@@ -202,8 +203,8 @@ def test_unmasking_hook_works_on_bert_style_layers():
     bb = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                               vocab_size=100)).eval()
     labels = LabelSet.from_types(["PER"]).to_dict()
-    unmasked = LLMForTokenClassification(NERConfig(labels=labels, backbone="x", unmask="all"), bb).eval()
-    own = LLMForTokenClassification(NERConfig(labels=labels, backbone="x", unmask="none"), bb).eval()
+    unmasked = LLMForTokenClassification(ner_config(labels, "x", unmask="all"), bb).eval()
+    own = LLMForTokenClassification(ner_config(labels, "x", unmask="none"), bb).eval()
     own.classifier.load_state_dict(unmasked.classifier.state_dict())
     ids = torch.randint(1, 100, (2, 6))
     am = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])

@@ -1,10 +1,11 @@
 import pytest
 import torch
+from tiny import ner_config
 
-from llm_ner.align import encode_texts, merge_windows, sentence_text
-from llm_ner.data import split_words
+from llm_ner.align import encode_texts, merge_windows, sentence_text, split_words
+from llm_ner.batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
 from llm_ner.labels import LabelSet
-from llm_ner.model import LLMForTokenClassification, NERConfig
+from llm_ner.model import LLMForTokenClassification
 from llm_ner.predict import NERModel, tags_to_entities
 
 LABELS = LabelSet.from_types(["PER", "LOC", "ORG"])
@@ -16,7 +17,7 @@ WORDS = (
 
 def ner(tiny_llama, tok, **kw) -> NERModel:
     torch.manual_seed(1)
-    cfg = NERConfig(labels=LABELS.to_dict(), backbone=str(tiny_llama), mode="frozen", **kw)
+    cfg = ner_config(LABELS, str(tiny_llama), mode="frozen", **kw)
     model = LLMForTokenClassification.from_backbone(cfg).eval()
     with torch.no_grad():
         model.classifier.weight.normal_(std=2.0)  # random but decisive head: many entities
@@ -60,8 +61,8 @@ def test_long_text_windowed_equals_unwindowed_for_context_free_model(tiny_llama,
     """With the head on the embedding layer (hidden_states[0]) and no CRF, each word's tag depends only on its own
     token, so a correct window split + merge must reproduce the single-pass tags exactly — including entities that
     straddle window edges."""
-    long = ner(tiny_llama, tiny_tokenizer, head_layers=[0, 0], use_crf=False, max_length=1024)
-    short = ner(tiny_llama, tiny_tokenizer, head_layers=[0, 0], use_crf=False, max_length=20, stride=8)
+    long = ner(tiny_llama, tiny_tokenizer, head_layers=[0, 0], crf=False, max_length=1024)
+    short = ner(tiny_llama, tiny_tokenizer, head_layers=[0, 0], crf=False, max_length=20, stride=8)
     short.model.load_state_dict(long.model.state_dict())
     text = " ".join(WORDS * 5)
     e_long, e_short = long.predict(text), short.predict(text)
@@ -132,10 +133,8 @@ def test_packing_equals_one_window_per_row(tiny_llama, tiny_tokenizer):
 
 
 def test_pack_places_every_window_once_within_width():
-    m = NERModel.__new__(NERModel)
-    m.max_batch_tokens = 300
     lengths = [150, 90, 70, 64, 40, 33, 20, 9, 9, 3, 1, 1, 1]
-    batches = m._pack(list(range(len(lengths))), lengths)
+    batches = pack_rows(list(range(len(lengths))), lengths, max_batch_tokens=300)
     placed = sorted(i for rows in batches for row in rows for i in row)
     assert placed == list(range(len(lengths)))
     for rows in batches:
@@ -152,3 +151,32 @@ def test_models_causal_in_some_layers_are_not_packed(tiny_llama, tiny_tokenizer)
     m.pack = False
     assert [[(e.start, e.end, e.label) for e in x] for x in packed] == \
         [[(e.start, e.end, e.label) for e in x] for x in m.predict(texts)]
+
+
+def test_budget_batches_respect_the_budget_and_keep_order():
+    lengths = [120, 100, 60, 60, 30, 30, 30, 10, 5]
+    order = list(range(len(lengths)))
+    batches = budget_batches(order, lengths, batch_size=2, max_batch_tokens=200)
+    assert [i for b in batches for i in b] == order  # every window once, in order
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 200
+        assert len(b) <= 16  # at most 8 x batch_size
+    assert budget_batches(order, lengths, batch_size=4, max_batch_tokens=None) == [order[:4], order[4:8], order[8:]]
+
+
+def test_packed_inputs_round_trip_through_unpack():
+    from llm_ner.align import Window
+
+    wins = [Window(k, 0, list(range(1, n + 1)), list(range(0, n, 2)), [0] * n) for k, n in enumerate((6, 4, 2))]
+    batch, where = packed_inputs(wins, [[0, 2], [1]], pad_id=0)
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["segment_ids"].tolist() == [[1] * 6 + [2] * 2, [1] * 4 + [0] * 4]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1]
+    assert batch["word_positions"][0].tolist() == [0, 2, 4, 6]  # window 2's word sits after window 0's six tokens
+    logits = torch.arange(2 * 4 * 3, dtype=torch.float).view(2, 4, 3)  # (rows, word slots, tags)
+    per_window, mask = unpack_word_logits(logits, where)
+    order = [w[0] for w in where]
+    assert order == [0, 2, 1]
+    assert torch.equal(per_window[0, :3], logits[0, :3]) and torch.equal(per_window[1, :1], logits[0, 3:4])
+    assert torch.equal(per_window[2, :2], logits[1, :2])
+    assert mask.sum(1).tolist() == [3, 1, 2]

@@ -41,3 +41,24 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
     assert html.count("data:image/png;base64,") == 5  # curves, per-type, confusion, errors, ablation — inlined
     assert "<mark" in html  # displacy-style examples
     assert "{" not in md.split("## Dataset")[1].split("## Model")[0]  # no unfilled template fields
+    # the encoder run is the encoder (it trains with unmask: all, like the LLM), so the LLM-vs-encoder line is there
+    assert "(encoder): test F1" in md and "(llm): test F1" in md
+    assert "F1 points above the encoder baseline" in md or "F1 points below the encoder baseline" in md
+
+
+def test_report_names_the_prompted_model_not_its_cache_path(tiny_llama, tmp_path):
+    r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--output", str(tmp_path / "llm"), "--max-steps",
+                            "1", "--set", "data.max_train_sentences=8", "--set", "data.dev=null", "--set",
+                            "data.max_test_sentences=6", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    prompt = tmp_path / "prompt"  # a prompted run as `baseline prompt` writes it against a local server
+    prompt.mkdir()
+    for f in ("test_metrics.json", "test_predictions.conll"):
+        (prompt / f).write_text((tmp_path / "llm" / f).read_text())
+    (prompt / "prompt_stats.json").write_text(json.dumps({
+        "model": "/root/.cache/llm-ner/backbones/smollm2-135m", "model_name": "smollm2-135m", "k_shot": 3,
+        "counts": {"requests": 6}, "latency_p50": 1.0, "tokens_per_second": 2.0}))
+    r = runner.invoke(app, ["report", str(tmp_path / "llm"), str(prompt), "--output", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "The prompted baseline (smollm2-135m, 3-shot)" in md and "/root/.cache" not in md

@@ -52,3 +52,23 @@ def make_bert(path: Path, layers: int = 2, seed: int = 0) -> Path:
                      num_attention_heads=4, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
     BertModel(cfg).save_pretrained(path)
     return path
+
+
+def ner_config(labels, backbone: str, mode: str = "full", **keys):
+    """The saved-model config a training run would build (NERConfig.from_run), from short keys: any field of the
+    model / loss / LoRA sections by its name (`crf=False`, `label_smoothing=0.2`, `lora_r=4`) or a dotted key."""
+    from llm_ner.config import LoraConfig, LossConfig, ModelConfig, NERConfig, load_config
+
+    over = {"model.backbone": backbone, "training.mode": mode}
+    for k, v in keys.items():
+        if "." in k:
+            over[k] = v
+        elif k in ModelConfig.model_fields:
+            over[f"model.{k}"] = v
+        elif k in LossConfig.model_fields:
+            over[f"loss.{k}"] = v
+        elif k.startswith("lora_") and k[5:] in LoraConfig.model_fields:
+            over[f"training.lora.{k[5:]}"] = v
+        else:
+            raise KeyError(k)
+    return NERConfig.from_run(load_config(None, over), labels.to_dict() if hasattr(labels, "to_dict") else labels)

@@ -8,10 +8,18 @@ A word's label/prediction lives on its first sub-token (`word_positions`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .data import Sentence
+if TYPE_CHECKING:  # annotations only: data imports align (split_words), never the other way at run time
+    from .data import Sentence
+
+# Word splitter for raw text: e-mail addresses whole; possessive 's on its own (as in CoNLL/PTB tokenisation, so
+# "Smith's" gives "Smith" + "'s" and a name span can end at "Smith"); words with inner apostrophes, hyphens or dots
+# kept together (O'Neill, e-mail); any other symbol alone.
+WORD_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|['’]s\b|\w+(?:(?:['’](?!s\b)|[.\-])\w+)*|[^\w\s]", re.UNICODE)
 
 
 @dataclass
@@ -28,6 +36,11 @@ class Window:
     @property
     def n_words(self) -> int:
         return len(self.word_positions)
+
+
+def split_words(text: str) -> list[tuple[int, int]]:
+    """Raw text -> word (start, end) character offsets. Emails stay whole; punctuation is its own word."""
+    return [m.span() for m in WORD_RE.finditer(text)]
 
 
 def sentence_text(tokens: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:

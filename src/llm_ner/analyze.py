@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from .data import Sentence, read_conll, spans, to_iob2
+from .data import Sentence, spans
 
 Span = tuple[str, int, int]  # (type, first token, last token) inclusive
 
@@ -140,10 +140,12 @@ def analyze(sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]],
     }
 
 
-def read_predictions(path) -> tuple[list[Sentence], list[list[str]]]:
-    """A `token gold pred` file (what `train`/`evaluate` write): gold = second-to-last column, pred = last; both read
-    as conlleval does (IOB1 or IOB2)."""
-    gold, pred = read_conll(path, tag_col=-2), read_conll(path)
-    for s in gold:
-        s.tags = to_iob2(s.tags, "iob1")
-    return gold, [to_iob2(p.tags, "iob1") for p in pred]
+def summary_lines(a: dict, forms: int = 8) -> list[str]:
+    """The analysis in a few lines for a terminal."""
+    lines = ["errors by category: " + ", ".join(f"{k} {v}" for k, v in a["taxonomy_total"].items())]
+    lines += [f"  {t:<10} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for t, c in a["taxonomy"].items()]
+    lines.append("most confused: " + "; ".join(f"{f['text']!r} {f['gold']}->{f['pred']} x{f['count']}"
+                                              for f in a["confused_forms"][:forms]))
+    if a["seen_unseen"]:
+        lines.append("seen/unseen F1: " + ", ".join(f"{k} {v['f1']}" for k, v in a["seen_unseen"].items()))
+    return lines

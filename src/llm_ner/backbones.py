@@ -13,6 +13,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+from .fsutil import replace_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -41,8 +44,8 @@ INSTALL_HINT = {
 }
 
 
-class BackboneError(RuntimeError):
-    pass
+class BackboneError(UserError, RuntimeError):
+    """A backbone that cannot be found (e.g. its offline weights package is not installed)."""
 
 
 def cache_dir() -> Path:
@@ -93,7 +96,5 @@ def convert_gguf(src_dir: Path, gguf_file: str, out: Path) -> Path:
         del model.config.quantization_config
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    from .data import replace_dir
-
     replace_dir(tmp, out)
     return out

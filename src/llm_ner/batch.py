@@ -37,13 +37,21 @@ class NERBatchPredictor:
 
 def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str | None = None, concurrency: int = 1,
                 batch_size: int = 64, threads: int | None = None, int8: bool = False) -> int:
-    """Read .jsonl ({"text": ...} per line) or .txt (a text per line), predict, write JSON lines to output_dir."""
+    """Read {"text": ...} JSON lines or plain text (a text per line; the format is detected from the content),
+    predict, write JSON lines to output_dir."""
     import ray
+
+    from .data import DataError, detect_format
+
+    fmt = detect_format(input_path, allow_text=True)
+    if fmt not in ("text", "jsonl-text", "jsonl-spans"):
+        raise DataError(f"{input_path}: batch-predict reads texts (a text per line, or JSON lines with 'text'), "
+                        f"not {fmt}; use `llm-ner predict --input` for token-per-line files")
 
     ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
-        # .txt: one row per line, column "text"; .jsonl: one row per record, other fields kept
-        ds = ray.data.read_text(input_path) if input_path.endswith(".txt") else ray.data.read_json(input_path)
+        # text: one row per line, column "text"; JSON lines: one row per record, other fields kept
+        ds = ray.data.read_text(input_path) if fmt == "text" else ray.data.read_json(input_path, lines=True)
         ds = ds.map_batches(NERBatchPredictor, fn_constructor_kwargs={
             "model_dir": str(Path(model_dir).resolve()), "threads": threads, "int8": int8},
             batch_size=batch_size, batch_format="numpy", concurrency=concurrency)

@@ -3,27 +3,57 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .errors import UserError
+
 app = typer.Typer(help="Turn a decoder LLM into a named-entity recogniser: train, evaluate, predict.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+baseline_app = typer.Typer(help="Baselines on the same split and scorer as the LLM model.", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
 
 Opt = typer.Option
 
 
-def _setup_logging(verbose: bool) -> None:
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to whatever sys.stderr is now (not the stream it saw when created)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _) -> None:
+        pass
+
+
+class _Plain(logging.Formatter):
+    """llm-ner's own messages as plain lines (tables stay tables); warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        return msg if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {msg}"
+
+
+def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("llm_ner").setLevel(logging.INFO)
+    ours = logging.getLogger("llm_ner")
+    if not ours.handlers:
+        handler = _Stderr()
+        handler.setFormatter(_Plain("%(message)s"))
+        ours.addHandler(handler)
+        ours.propagate = False
+    ours.setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
@@ -38,34 +68,38 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _user_errors():
-    from .backbones import BackboneError
-    from .config import ConfigError
-    from .data import DataError
-    from .model import ModelLoadError
-    from .train import TrainError
+def command(name: str | None = None, group: typer.Typer = app):
+    """Register a CLI command whose user errors (any UserError, a missing file, a CalledProcessError of a system
+    run by `compare`) end in one line `error: ...` and exit status 2 — never a traceback."""
 
-    return (DataError, ConfigError, ModelLoadError, BackboneError, TrainError, FileNotFoundError)
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (UserError, FileNotFoundError, NotADirectoryError, subprocess.CalledProcessError) as e:
+                _fail(str(e))
 
+        return group.command(name)(wrapper)
 
-def bundled_config(name: str) -> Path | None:
-    ref = resources.files("llm_ner") / "configs" / f"{name}.yaml"
-    return Path(str(ref)) if ref.is_file() else None
-
-
-def _resolve_config(config: str | None) -> str | None:
-    if config and not Path(config).exists() and bundled_config(config):
-        return str(bundled_config(config))
-    return config
+    return deco
 
 
-@app.command()
+def _overrides(flags: dict, set_: list[str] | None) -> dict:
+    """CLI flags that were given (None = not given) + --set key=value pairs, as dotted config keys."""
+    from .config import parse_set
+
+    return {**{k: v for k, v in flags.items() if v is not None}, **parse_set(set_)}
+
+
+@command()
 def train(
     config: Annotated[str | None, Opt(help="YAML config file, or a bundled name (quickstart, conll2003)")] = None,
     model: Annotated[str | None, Opt(help="backbone: alias, hub id, dir or .gguf (model.backbone)")] = None,
     train_data: Annotated[str | None, Opt("--train", help="training data (file or conll2003:train)")] = None,
     dev: Annotated[str | None, Opt(help="dev data for model selection")] = None,
-    test: Annotated[str | None, Opt(help="test data, evaluated at the end")] = None,
+    test: Annotated[str | None, Opt(help="test data, evaluated at the end (none given: no test step, unless "
+                                         "the training data is a bundled corpus)")] = None,
     output: Annotated[str | None, Opt(help="run directory")] = None,
     mode: Annotated[str | None, Opt(help="lora | full | frozen")] = None,
     max_steps: Annotated[int | None, Opt(help="stop after N optimizer steps (overrides epochs)")] = None,
@@ -80,28 +114,16 @@ def train(
 ) -> None:
     """Train a model from a config (+ overrides), keep the best on dev, evaluate on test."""
     _setup_logging(verbose)
-    from .config import load_config, parse_set
+    from .config import load_config
+    from .train import train as run_train
 
-    try:
-        flags = {
-            "model.backbone": model, "data.train": train_data, "data.dev": dev, "data.test": test, "output": output,
-            "training.mode": mode, "training.max_steps": max_steps, "training.epochs": epochs,
-            "training.learning_rate": lr, "training.seed": seed, "data.max_train_sentences": max_train_sentences,
-        }
-        overrides = {**{k: v for k, v in flags.items() if v is not None}, **parse_set(set_)}
-        cfg = load_config(_resolve_config(config), overrides)
-        from .train import train as run_train
-
-        run_train(cfg, resume=resume, progress=progress)
-    except _user_errors() as e:
-        _fail(str(e))
+    flags = {"model.backbone": model, "data.train": train_data, "data.dev": dev, "data.test": test, "output": output,
+             "training.mode": mode, "training.max_steps": max_steps, "training.epochs": epochs,
+             "training.learning_rate": lr, "training.seed": seed, "data.max_train_sentences": max_train_sentences}
+    run_train(load_config(config, _overrides(flags, set_)), resume=resume, progress=progress)
 
 
-baseline_app = typer.Typer(help="Baselines on the same split and scorer as the LLM model.", no_args_is_help=True)
-app.add_typer(baseline_app, name="baseline")
-
-
-@baseline_app.command("encoder")
+@command("encoder", baseline_app)
 def baseline_encoder(
     config: Annotated[str | None, Opt(help="run config whose data section to reuse (e.g. quickstart)")] = "quickstart",
     model: Annotated[str | None, Opt(help="encoder: minilm-l6 (offline) or a hub id such as bert-base-cased")] = None,
@@ -117,21 +139,14 @@ def baseline_encoder(
     """Fine-tune a BERT-style encoder token classifier (dropout + linear, cross-entropy) on the same data."""
     _setup_logging(verbose)
     from .baselines.encoder import encoder_config
-    from .config import parse_set
+    from .train import train as run_train
 
-    try:
-        flags = {"model.backbone": model, "training.epochs": epochs, "training.max_steps": max_steps,
-                 "training.learning_rate": lr, "output": output}
-        cfg = encoder_config(_resolve_config(config),
-                             {**{k: v for k, v in flags.items() if v is not None}, **parse_set(set_)})
-        from .train import train as run_train
-
-        run_train(cfg, resume=resume, progress=progress)
-    except _user_errors() as e:
-        _fail(str(e))
+    flags = {"model.backbone": model, "training.epochs": epochs, "training.max_steps": max_steps,
+             "training.learning_rate": lr, "output": output}
+    run_train(encoder_config(config, _overrides(flags, set_)), resume=resume, progress=progress)
 
 
-@baseline_app.command("prompt")
+@command("prompt", baseline_app)
 def baseline_prompt(
     config: Annotated[str | None, Opt(help="run config whose data section to use")] = "quickstart",
     provider: Annotated[str, Opt(help="openai | anthropic")] = "openai",
@@ -146,25 +161,16 @@ def baseline_prompt(
 ) -> None:
     """Prompt a chat LLM for the entities of each test sentence (JSON), align, score with the same scorer."""
     _setup_logging(verbose)
-    from pydantic import ValidationError
-
     from .baselines import prompt as pb
     from .config import load_config, parse_set
 
-    try:
-        run_cfg = load_config(_resolve_config(config))
-        opts = {"provider": provider, "base_url": base_url, "k_shot": k_shot, **parse_set(set_)}
-        if model:
-            opts["model"] = model
-        pcfg = pb.PromptConfig(**opts)
-        pb.run(run_cfg, pcfg, output, max_sentences or None, progress)
-    except ValidationError as e:
-        _fail(f"prompt settings: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
-    except (*_user_errors(), ValueError, RuntimeError) as e:
-        _fail(str(e))
+    opts = {"provider": provider, "base_url": base_url, "k_shot": k_shot, **parse_set(set_)}
+    if model:
+        opts["model"] = model
+    pb.run(load_config(config), pb.PromptConfig.from_options(opts), output, max_sentences or None, progress)
 
 
-@app.command()
+@command()
 def quickstart(
     output: Annotated[str, Opt(help="run directory")] = "runs/quickstart",
     resume: Annotated[bool, Opt(help="continue an interrupted quickstart")] = False,
@@ -173,19 +179,15 @@ def quickstart(
     """Train -> evaluate on the offline default model (SmolLM2-135M) and bundled CoNLL-2003 subset (~10 min on CPU)."""
     _setup_logging(verbose)
     from .config import load_config
+    from .train import train as run_train
 
-    try:
-        cfg = load_config(bundled_config("quickstart"), {"output": output})
-        typer.echo(f"llm-ner quickstart: {cfg.model.backbone}, {cfg.training.mode} fine-tuning on the first "
-                   f"{cfg.data.max_train_sentences} sentences of {cfg.data.train}, test on {cfg.data.test}")
-        from .train import train as run_train
-
-        run_train(cfg, resume=resume, progress=True)
-    except _user_errors() as e:
-        _fail(str(e))
+    cfg = load_config("quickstart", {"output": output})
+    typer.echo(f"llm-ner quickstart: {cfg.model.backbone}, {cfg.training.mode} fine-tuning on the first "
+               f"{cfg.data.max_train_sentences} sentences of {cfg.data.train}, test on {cfg.data.test}")
+    run_train(cfg, resume=resume, progress=True)
 
 
-@app.command()
+@command()
 def evaluate(
     model: Annotated[str, Opt(help="saved model dir")],
     data: Annotated[str, Opt(help="labelled data: file or bundled name (conll2003:test)")],
@@ -193,37 +195,25 @@ def evaluate(
     limit: Annotated[int | None, Opt(help="first N sentences only")] = None,
     batch_size: Annotated[int, Opt()] = 32,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
-    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); see benchmarks/results.md")] = False,
+    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """Score a saved model on labelled data: token accuracy, entity P/R/F1 (micro, macro, per type)."""
     _setup_logging(verbose)
-    from .data import load_corpus, write_conll
-    from .evaluate import compute_metrics, format_table
+    from .data import load_corpus
+    from .evaluate import evaluate_model, format_table
     from .predict import NERModel
 
-    try:
-        ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                       quantize="int8" if int8 else None)
-        sents = load_corpus(data, limit=limit)
-        types = set(ner.labels.types)
-        unknown = {t[2:] for s in sents for t in s.tags if t != "O" and t[2:] not in types}
-        if unknown:
-            typer.echo(f"warning: types {sorted(unknown)} in {data} are not in the model's labels", err=True)
-        pred = ner.predict_sentences(sents, progress=True)
-        m = compute_metrics([s.tags for s in sents], pred)
-        typer.echo(format_table(m, f"{data}:"))
-        if output:
-            from .data import atomic_write_text
-
-            atomic_write_text(Path(output), json.dumps(m, indent=2) + "\n")
-            write_conll(Path(output).with_suffix(".conll"), sents, pred)
-            typer.echo(f"wrote {output}")
-    except _user_errors() as e:
-        _fail(str(e))
+    sents = load_corpus(data, limit=limit)
+    ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                                   quantize="int8" if int8 else None)
+    m, _ = evaluate_model(ner, sents, True, output, Path(output).with_suffix(".conll") if output else None)
+    typer.echo(format_table(m, f"{data}:"))
+    if output:
+        typer.echo(f"wrote {output}", err=True)
 
 
-@app.command()
+@command()
 def score(
     gold: Annotated[str, typer.Argument(help="gold CoNLL file (tag in the last column)")],
     pred: Annotated[str, typer.Argument(help="predicted CoNLL file, same tokens")],
@@ -232,72 +222,57 @@ def score(
 ) -> None:
     """Score two aligned CoNLL files like conlleval (IOB1 or IOB2)."""
     from .evaluate import format_table, score_files
+    from .fsutil import atomic_write_text
 
-    try:
-        m = score_files(gold, pred)
-    except _user_errors() as e:
-        _fail(str(e))
+    m = score_files(gold, pred)
     typer.echo(json.dumps(m, indent=2) if as_json else format_table(m))
     if output:
-        Path(output).write_text(json.dumps(m, indent=2) + "\n")
+        atomic_write_text(Path(output), json.dumps(m, indent=2) + "\n")
 
 
-@app.command()
+@command()
 def predict(
     model: Annotated[str, Opt(help="saved model dir")],
     text: Annotated[list[str] | None, Opt(help="text to tag (repeatable)")] = None,
-    input: Annotated[str | None, Opt(help=".txt (one text per line), .jsonl ({'text': ...}) or CoNLL file")] = None,
-    output: Annotated[str | None, Opt(help="output file (.jsonl of spans, or .conll for CoNLL input)")] = None,
+    input: Annotated[str | None, Opt(help="texts (a text per line), JSON lines with 'text', or a CoNLL "
+                                          "token-per-line file; the format is read from the content")] = None,
+    format: Annotated[str, Opt(help="auto | text | jsonl | conll: declare the input format")] = "auto",
+    output: Annotated[str | None, Opt(help="output file (JSON lines of spans; CoNLL for CoNLL input)")] = None,
     batch_size: Annotated[int, Opt()] = 16,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
-    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); see benchmarks/results.md")] = False,
+    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """Entity spans (character offsets, label, text, confidence) for raw text; CoNLL in -> CoNLL out."""
     _setup_logging(verbose)
-    from .data import DataError, read_conll, write_conll
+    from .data import DataError, read_texts, write_conll
+    from .fsutil import atomic_write_text
     from .predict import NERModel
 
     if not text and not input:
         _fail("give --text or --input")
-    try:
-        ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                       quantize="int8" if int8 else None)
-        if text:
-            for t, ents in zip(text, ner.predict(list(text)), strict=True):
-                typer.echo(json.dumps({"text": t, "entities": [e.to_dict() for e in ents]}, ensure_ascii=False))
-        if input:
-            path = Path(input)
-            if path.suffix in (".txt", ".jsonl"):
-                lines = path.read_text(encoding="utf-8").splitlines()
-                if path.suffix == ".jsonl":
-                    texts = []
-                    for i, line in enumerate(lines, 1):
-                        if line.strip():
-                            try:
-                                texts.append(json.loads(line)["text"])
-                            except (json.JSONDecodeError, KeyError, TypeError):
-                                raise DataError(f"{path}:{i}: expected a JSON object with a 'text' field") from None
-                else:
-                    texts = lines
-                res = ner.predict(texts, progress=True)
-                out = "".join(json.dumps({"text": t, "entities": [e.to_dict() for e in ents]}, ensure_ascii=False)
-                              + "\n" for t, ents in zip(texts, res, strict=True))
-                if output:
-                    Path(output).write_text(out, encoding="utf-8")
-                else:
-                    sys.stdout.write(out)
-            else:
-                sents = read_conll(path)
-                pred = ner.predict_sentences(sents, progress=True)
-                write_conll(output or path.with_suffix(".pred.conll"), sents, pred)
-            if output:
-                typer.echo(f"wrote {output}", err=True)
-    except _user_errors() as e:
-        _fail(str(e))
+    if format not in ("auto", "text", "jsonl", "conll"):
+        _fail(f"--format {format!r}: use auto, text, jsonl or conll")
+    kind, items = read_texts(input, format) if input else ("text", list(text))
+    ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                                   quantize="int8" if int8 else None)
+    if kind == "conll":
+        target = Path(output) if output else Path(input).with_suffix(".pred.conll")
+        write_conll(target, items, ner.predict_sentences(items, progress=True))
+        typer.echo(f"wrote {target}", err=True)
+        return
+    if output and not input:
+        raise DataError("--output needs --input (--text prints its spans)")
+    lines = [json.dumps({"text": t, "entities": [e.to_dict() for e in ents]}, ensure_ascii=False) + "\n"
+             for t, ents in zip(items, ner.predict(items, progress=bool(input)), strict=True)]
+    if output:
+        atomic_write_text(Path(output), "".join(lines))
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        sys.stdout.write("".join(lines))
 
 
-@app.command()
+@command()
 def analyze(
     predictions: Annotated[str, typer.Argument(help="'token gold pred' file, e.g. RUN/test_predictions.conll")],
     train_data: Annotated[str | None, Opt("--train", help="training data, for the seen/unseen split")] = None,
@@ -306,26 +281,18 @@ def analyze(
 ) -> None:
     """Error taxonomy, type confusion, confused surface forms, worst sentences, F1 by length and seen/unseen."""
     from .analyze import analyze as run_analysis
-    from .analyze import read_predictions
-    from .data import load_corpus
+    from .analyze import summary_lines
+    from .data import load_corpus, read_predictions
+    from .fsutil import atomic_write_text
 
-    try:
-        sents, pred = read_predictions(predictions)
-        a = run_analysis(sents, pred, load_corpus(train_data) if train_data else None, worst)
-    except _user_errors() as e:
-        _fail(str(e))
+    sents, pred = read_predictions(predictions)
+    a = run_analysis(sents, pred, load_corpus(train_data) if train_data else None, worst)
     if output:
-        Path(output).write_text(json.dumps(a, indent=2) + "\n")
-    typer.echo("errors by category: " + json.dumps(a["taxonomy_total"]))
-    for t, c in a["taxonomy"].items():
-        typer.echo(f"  {t:<10} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
-    typer.echo("most confused: " + "; ".join(f"{f['text']!r} {f['gold']}->{f['pred']} x{f['count']}"
-                                            for f in a["confused_forms"][:8]))
-    if a["seen_unseen"]:
-        typer.echo("seen/unseen F1: " + ", ".join(f"{k} {v['f1']}" for k, v in a["seen_unseen"].items()))
+        atomic_write_text(Path(output), json.dumps(a, indent=2) + "\n")
+    typer.echo("\n".join(summary_lines(a)))
 
 
-@app.command()
+@command()
 def compare(
     config: Annotated[str, Opt(help="run config shared by all systems (data, split)")] = "quickstart",
     output: Annotated[str, Opt(help="directory for the runs and comparison.{md,json}")] = "runs/compare",
@@ -338,17 +305,18 @@ def compare(
     progress: Annotated[bool, Opt()] = True,
 ) -> None:
     """Train/evaluate (or reuse) the LLM model, the encoder and the prompted baseline; print one table."""
+    _setup_logging()
     from .compare import compare as run_compare
+    from .compare import table_markdown
+    from .config import config_path
 
-    try:
-        run_compare(_resolve_config(config), output, prompt_sentences,
-                    [s.strip() for s in systems.split(",") if s.strip()],
-                    {"llm": llm_run, "encoder": encoder_run, "prompt": prompt_run}, rerun, progress)
-    except (*_user_errors(), subprocess.CalledProcessError) as e:
-        _fail(str(e))
+    config = str(config_path(config))  # the systems run in subprocesses: pass them a path
+    rows = run_compare(config, output, prompt_sentences, [s.strip() for s in systems.split(",") if s.strip()],
+                       {"llm": llm_run, "encoder": encoder_run, "prompt": prompt_run}, rerun, progress)
+    typer.echo(table_markdown(rows))
 
 
-@app.command()
+@command()
 def report(
     runs: Annotated[list[str], typer.Argument(help="run dirs (LLM first), or a compare dir")],
     output: Annotated[str, Opt(help="report directory (report.md, report.html, plots)")] = "runs/report",
@@ -357,14 +325,11 @@ def report(
     """Markdown + self-contained HTML report with plots from finished runs."""
     from .report import write_report
 
-    try:
-        md, html = write_report(runs, output, ablation)
-    except _user_errors() as e:
-        _fail(str(e))
+    md, html = write_report(runs, output, ablation)
     typer.echo(f"wrote {md} and {html}")
 
 
-@app.command()
+@command()
 def systems(
     keep: Annotated[str, Opt(help="types system B keeps, comma-separated (e.g. PER,ORG,LOC,DIS,ANIM)")],
     config: Annotated[str, Opt(help="run config (data, model, training) shared by A and B")] = "quickstart",
@@ -374,49 +339,39 @@ def systems(
     progress: Annotated[bool, Opt()] = True,
 ) -> None:
     """System A (all entity types) vs system B (kept subset, others -> O) on the same test set and scorer."""
-    from .config import load_config, parse_set
-    from .systems import run_ab
+    _setup_logging()
+    from .config import load_config
+    from .systems import run_ab, table
 
-    try:
-        cfg = load_config(_resolve_config(config), parse_set(set_))
-        run_ab(cfg, [k.strip() for k in keep.split(",") if k.strip()], output, rerun, progress)
-    except (*_user_errors(), ValueError) as e:
-        _fail(str(e))
+    cfg = load_config(config, _overrides({}, set_))
+    typer.echo(table(run_ab(cfg, [k.strip() for k in keep.split(",") if k.strip()], output, rerun, progress)))
 
 
-@app.command()
+@command()
 def validate(
     data: Annotated[str, typer.Argument(help="span-annotated JSONL ({'text', 'entities'}) or any corpus")],
     schema: Annotated[str | None, Opt(help="label schema (JSON/YAML): every label must be one of its types")] = None,
     show: Annotated[int, Opt(help="print how the first N records' spans were tokenised")] = 5,
 ) -> None:
     """Check annotations (offsets, overlaps, spans that cut a word, unknown labels) and show their tokenisation."""
-    from .data import DataError, load_corpus, read_jsonl_spans
+    from .data import detect_format, load_corpus, read_jsonl_spans
     from .data import stats as corpus_stats
-    from .labels import LabelSet
+    from .labels import LabelSet, check_types
 
-    try:
-        report: list = []
-        first = ""
-        if data.endswith(".jsonl") and Path(data).is_file():
-            with open(data, encoding="utf-8") as f:
-                first = f.readline()
-        sents = read_jsonl_spans(data, report) if '"text"' in first else load_corpus(data)
-        if schema:
-            allowed = set(LabelSet.load(schema).types)
-            for s in sents:
-                bad = {t[2:] for t in s.tags if t != "O" and t[2:] not in allowed}
-                if bad:
-                    raise DataError(f"{s.origin}: labels {sorted(bad)} are not in the schema {schema}")
-    except _user_errors() as e:
-        _fail(str(e))
+    report: list = []
+    if Path(data).is_file() and detect_format(data) == "jsonl-spans":
+        sents = read_jsonl_spans(data, report)
+    else:
+        sents = load_corpus(data)
+    if schema:  # the check training runs on a schema
+        check_types(sents, LabelSet.load(schema), f"the schema {schema}")
     for rec in report[:show]:
         typer.echo(rec["record"] + ": " + "; ".join(f"{sp['label']} {sp['text']!r} -> {sp['tokens']}"
                                                     for sp in rec["spans"]))
     typer.echo("ok: " + json.dumps(corpus_stats(sents)))
 
 
-@app.command()
+@command()
 def serve(
     model: Annotated[str, Opt(help="saved model dir")],
     host: Annotated[str, Opt()] = "127.0.0.1",
@@ -425,24 +380,23 @@ def serve(
     max_batch: Annotated[int, Opt(help="more texts per request get 413")] = 64,
     batch_wait_ms: Annotated[float, Opt(help="micro-batching window")] = 5.0,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
-    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); see benchmarks/results.md")] = False,
+    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """HTTP service: POST /v1/entities, GET /v1/labels, GET /health, OpenAPI docs at /docs."""
     _setup_logging(verbose)
-    from .model import LLMForTokenClassification  # noqa: F401  (fail fast on a broken install)
+    from .model import read_model_config
     from .serve import ServeConfig, run
 
-    if not (Path(model) / "llm_ner_config.json").is_file():
-        _fail(f"{model}: not an llm-ner model dir (llm_ner_config.json missing)")
+    read_model_config(model)  # a missing or broken model dir is a one-line error before the server starts
     run(ServeConfig(model, max_text_chars, max_batch, batch_wait_ms, trust_remote_code=trust_remote_code,
                     quantize="int8" if int8 else None), host, port)
 
 
-@app.command("batch-predict")
+@command("batch-predict")
 def batch_predict(
     model: Annotated[str, Opt(help="saved model dir")],
-    input: Annotated[str, Opt(help=".jsonl ({'text': ...} per line, other fields kept) or .txt (a text per line)")],
+    input: Annotated[str, Opt(help="texts: a text per line, or JSON lines with 'text' (other fields kept)")],
     output: Annotated[str, Opt(help="output dir (JSON lines, one file per block)")],
     address: Annotated[str | None, Opt(help="Ray cluster address (ray://host:10001); default: local")] = None,
     concurrency: Annotated[int, Opt(help="model replicas (Ray actors)")] = 1,
@@ -452,33 +406,29 @@ def batch_predict(
 ) -> None:
     """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
     from .batch import ray_predict
+    from .model import read_model_config
 
-    if not Path(input).exists():
-        _fail(f"{input}: no such file")
+    read_model_config(model)  # fail here, not inside a Ray actor
     n = ray_predict(model, input, output, address, concurrency, batch_size, threads, int8)
     typer.echo(f"{n} texts -> {output}")
 
 
-@app.command()
+@command()
 def export(
     model: Annotated[str, Opt(help="saved model dir")],
     output: Annotated[str, Opt(help="new model dir")],
     merge_lora: Annotated[bool, Opt("--merge-lora", help="fold LoRA adapters into the backbone weights")] = False,
 ) -> None:
     """Write a standalone copy of a model dir (safetensors); --merge-lora folds the adapters in (no peft at load)."""
-    from .model import LLMForTokenClassification
+    from .model import LLMForTokenClassification, read_model_config
     from .predict import load_tokenizer
 
-    try:
-        m = LLMForTokenClassification.from_pretrained(model)
-        m.save_pretrained(output, tokenizer=load_tokenizer(model), merge_lora=merge_lora)
-    except _user_errors() as e:
-        _fail(str(e))
-    saved = json.loads((Path(output) / "llm_ner_config.json").read_text())["backbone_saved"]
-    typer.echo(f"wrote {output} (backbone: {saved})")
+    m = LLMForTokenClassification.from_pretrained(model)
+    m.save_pretrained(output, tokenizer=load_tokenizer(model), merge_lora=merge_lora)
+    typer.echo(f"wrote {output} (backbone: {read_model_config(output).backbone_saved})")
 
 
-@app.command()
+@command()
 def stats(
     data: Annotated[str, typer.Argument(help="file or bundled corpus name")],
     scheme: Annotated[str, Opt()] = "auto",
@@ -488,10 +438,7 @@ def stats(
     from .data import load_corpus
     from .data import stats as corpus_stats
 
-    try:
-        typer.echo(json.dumps(corpus_stats(load_corpus(data, scheme=scheme, strict=strict)), indent=2))
-    except _user_errors() as e:
-        _fail(str(e))
+    typer.echo(json.dumps(corpus_stats(load_corpus(data, scheme=scheme, strict=strict)), indent=2))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,16 @@ system is also scored on that same subset, so the comparison stays like for like
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
-from .analyze import read_predictions
-from .data import atomic_write_text
+from . import rundir as R
 from .evaluate import compute_metrics
+from .fsutil import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SYSTEMS = ("llm", "encoder", "prompt")
 
@@ -30,25 +33,14 @@ def run_system(name: str, config: str, run_dir: Path, prompt_sentences: int, pro
     }[name]
     if not progress:
         cmd.append("--no-progress")
-    print(f"[compare] {name}: llm-ner {' '.join(cmd)}", flush=True)
+    log.info("[compare] %s: llm-ner %s", name, " ".join(cmd))
     subprocess.run(base + cmd, check=True)
 
 
-def is_done(run_dir: Path) -> bool:
-    return (run_dir / "test_metrics.json").is_file() and (
-        (run_dir / "summary.json").is_file() or (run_dir / "prompt_stats.json").is_file())
-
-
-def system_row(name: str, run_dir: Path, subset: int | None) -> dict:
-    m = json.loads((run_dir / "test_metrics.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    pstats = json.loads((run_dir / "prompt_stats.json").read_text()) if name == "prompt" else {}
-    cfg = {}
-    if (run_dir / "model" / "llm_ner_config.json").is_file():
-        cfg = json.loads((run_dir / "model" / "llm_ner_config.json").read_text())
+def system_row(run: R.Run, subset: int | None, name: str | None = None) -> dict:
+    m, summary, pstats, cfg = run.metrics, run.summary, run.prompt_stats or {}, run.model_config or {}
     row = {
-        "system": name, "run_dir": str(run_dir),
-        "model": cfg.get("backbone") or pstats.get("model"),
+        "system": name or run.kind, "kind": run.kind, "run_dir": str(run.dir), "model": run.model_name,
         "test_sentences": m["sentences"],
         "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
         "macro_f1": m["macro_f1"], "per_type_f1": {t: v["f1"] for t, v in m["per_type"].items()},
@@ -60,10 +52,10 @@ def system_row(name: str, run_dir: Path, subset: int | None) -> dict:
         "params_trainable": (summary.get("parameters") or {}).get("trainable"),
         "cost_per_1k_tokens_usd": pstats.get("cost_per_1k_tokens_usd"),
         "prompt_failures": pstats.get("counts"),
-        "unmask": cfg.get("unmask"), "crf": cfg.get("use_crf"), "mode": cfg.get("mode"),
+        "unmask": cfg.get("model", {}).get("unmask"), "crf": cfg.get("model", {}).get("crf"), "mode": cfg.get("mode"),
     }
-    if subset and (run_dir / "test_predictions.conll").is_file():
-        sents, pred = read_predictions(run_dir / "test_predictions.conll")
+    if subset and (run.dir / R.TEST_PREDICTIONS).is_file():
+        sents, pred = run.predictions()
         sm = compute_metrics([s.tags for s in sents[:subset]], pred[:subset])
         row["subset_sentences"] = min(subset, len(sents))
         row["subset_f1"] = sm["f1"]
@@ -103,15 +95,12 @@ def compare(config: str, output: str | Path, prompt_sentences: int = 100, system
     for name in systems:
         given = (runs or {}).get(name)
         d = Path(given) if given else out / name
-        if not given and (rerun or not is_done(d)):
+        if not given and (rerun or not R.is_finished(d)):
             run_system(name, config, d, prompt_sentences, progress)
-        if not is_done(d):
-            raise FileNotFoundError(f"{d}: no finished run (test_metrics.json missing)")
-        run_dirs[name] = d
+        run_dirs[name] = R.load_run(d)
     subset = prompt_sentences if "prompt" in run_dirs else None
-    rows = [system_row(n, d, subset) for n, d in run_dirs.items()]
+    rows = [system_row(run, subset, n) for n, run in run_dirs.items()]
     md = table_markdown(rows)
     atomic_write_text(out / "comparison.json", json.dumps({"config": config, "rows": rows}, indent=2) + "\n")
     atomic_write_text(out / "comparison.md", md + "\n")
-    print(md)
     return rows

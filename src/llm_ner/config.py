@@ -1,13 +1,24 @@
 """The run configuration: one pydantic model per YAML section, so every knob is declared (and documented) in one
-place. Unknown keys are errors. Command-line overrides use dotted keys: `--set training.learning_rate=1e-4`."""
+place. Unknown keys are errors. Command-line overrides use dotted keys: `--set training.learning_rate=1e-4`.
+
+A saved model dir records the sections that define the model (`NERConfig`: model, loss, mode, LoRA, labels) with the
+same classes, so a knob added here is trained, saved and loaded without another list to keep in step. A leaf module:
+it imports only the error base class."""
 
 from __future__ import annotations
 
+import json
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+Mode = Literal["lora", "full", "frozen"]
+BUNDLED_CORPORA = ("conll2003", "wnut17")  # corpora shipped in the package, with train / valid / test splits
 
 
 class _Strict(BaseModel):
@@ -16,8 +27,8 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     train: str = "conll2003:train"  # file path, bundled name (conll2003:train) or hf:NAME:SPLIT
-    dev: str | None = "conll2003:valid"
-    test: str | None = "conll2003:test"
+    dev: str | None = None  # not given: the bundled corpus's valid split when train is bundled, else none
+    test: str | None = None  # not given: the bundled corpus's test split when train is bundled, else none (no test)
     format: Literal["auto", "conll", "jsonl-tokens", "jsonl-spans", "multinerd"] = "auto"
     scheme: Literal["auto", "iob1", "iob2", "bio", "bioes", "bilou"] = "auto"
     strict: bool = False  # strict IOB2: an I-X after O is an error instead of being read as B-X
@@ -27,6 +38,17 @@ class DataConfig(_Strict):
     keep_types: list[str] | None = None  # only these entity types; all others -> O ("system B")
     rename: dict[str, str | None] = Field(default_factory=dict)  # type renames; None/"O" drops the type
     label_schema: str | None = None  # JSON/YAML file with types (+ descriptions); default: types found in train
+
+    @model_validator(mode="after")
+    def _default_splits(self) -> DataConfig:
+        # A run's dev/test sets come from the user's data: the bundled ones only go with bundled training data
+        # (a biomedical run must not be scored on CoNLL-2003 news because the default config named it).
+        corpus, _, split = self.train.partition(":")
+        bundled = corpus in BUNDLED_CORPORA and split == "train" and not Path(self.train).exists()
+        for name, split_name in (("dev", "valid"), ("test", "test")):
+            if name not in self.model_fields_set and bundled:
+                setattr(self, name, f"{corpus}:{split_name}")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -60,7 +82,7 @@ class LoraConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    mode: Literal["lora", "full", "frozen"] = "full"
+    mode: Mode = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     learning_rate: float = 5e-5  # backbone (or LoRA adapters)
     head_learning_rate: float = 1e-3  # head + CRF (+ layer mix)
@@ -96,8 +118,83 @@ class RunConfig(_Strict):
     output: str = "runs/run"
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A bad config file, --set override or saved model config; the message names the key."""
+
+
+NER_CONFIG_VERSION = 2
+
+
+class NERConfig(_Strict):
+    """What a saved model dir records (llm_ner_config.json): the run config's model-defining sections, unchanged,
+    plus the labels and what was saved of the backbone. Built from a RunConfig; version 1 files (a flat dict with
+    other field names) are read by `from_v1`."""
+
+    format_version: int = NER_CONFIG_VERSION
+    labels: dict  # LabelSet.to_dict()
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    mode: Mode = "full"  # TrainingConfig.mode
+    lora: LoraConfig = Field(default_factory=LoraConfig)  # TrainingConfig.lora
+    backbone_saved: Literal["full", "lora", "none"] = "none"  # what save_pretrained wrote: backbone/, adapter/, none
+    # transformers' Trainer sets `model.config.use_cache` on any model it trains; accepted, never saved.
+    use_cache: bool | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig, labels: dict) -> NERConfig:
+        return cls(labels=labels, model=cfg.model.model_copy(deep=True), loss=cfg.loss.model_copy(deep=True),
+                   mode=cfg.training.mode, lora=cfg.training.lora.model_copy(deep=True))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NERConfig:
+        """Any format version -> NERConfig. Raises ConfigError naming the field on a mismatch."""
+        if d.get("format_version", 1) == 1:
+            d = cls.from_v1(d)
+        elif d.get("format_version", 1) > NER_CONFIG_VERSION:
+            raise ConfigError(f"format_version {d['format_version']} was written by a newer llm-ner")
+        try:
+            return cls.model_validate(d)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ConfigError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+
+    @staticmethod
+    def from_v1(d: dict) -> dict:
+        """Version 1 (llm-ner <= 0.1, flat, `use_crf`, `lora_r`, ...) -> the version 2 layout."""
+        d = dict(d)
+        v2: dict = {"format_version": NER_CONFIG_VERSION, "labels": d.pop("labels", None), "model": {}, "loss": {},
+                    "lora": {}}
+        renames = {"use_crf": ("model", "crf"), "lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"),
+                   "lora_dropout": ("lora", "dropout"), "lora_targets": ("lora", "targets")}
+        for key, value in d.items():
+            if key in renames:
+                section, name = renames[key]
+                v2[section][name] = value
+            elif key in ModelConfig.model_fields:
+                v2["model"][key] = value
+            elif key in LossConfig.model_fields:
+                v2["loss"][key] = value
+            elif key in ("mode", "backbone_saved"):
+                v2[key] = value
+            elif key != "format_version":
+                raise ConfigError(f"unknown field {key!r} in a version 1 config")
+        v2.setdefault("mode", "lora")  # version 1's default
+        return v2
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(), indent=2) + "\n"
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file: a path, or the name of one shipped in the package (quickstart, conll2003, wnut17, ...)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    bundled = resources.files("llm_ner") / "configs"
+    if (bundled / f"{name}.yaml").is_file():
+        return Path(str(bundled / f"{name}.yaml"))
+    names = sorted(f.name[:-5] for f in bundled.iterdir() if f.name.endswith(".yaml"))
+    raise ConfigError(f"{p}: config file not found (bundled configs: {', '.join(names)})")
 
 
 def _set_dotted(d: dict, key: str, value) -> None:
@@ -110,12 +207,11 @@ def _set_dotted(d: dict, key: str, value) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
-    """YAML file (optional) + overrides {"training.learning_rate": 1e-4, ...} -> validated RunConfig."""
+    """YAML file or bundled config name (optional) + overrides {"training.learning_rate": 1e-4, ...} -> validated
+    RunConfig."""
     raw: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
+        p = config_path(path)
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:

@@ -4,12 +4,16 @@ macro F1 (mean over types), per-type P/R/F1/support, token accuracy. Also `score
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from seqeval.metrics import accuracy_score, classification_report
 
-from .data import DataError, Sentence, atomic_write_text, read_conll, to_iob2, write_conll
+from .data import DataError, Sentence, read_conll, to_iob2, write_conll
+from .fsutil import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 def compute_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict:
@@ -54,17 +58,20 @@ def format_table(m: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def evaluate_model(ner, sentences: Sequence[Sentence], out_dir: str | Path | None = None, progress: bool = False,
-                   name: str = "test") -> tuple[dict, list[list[str]]]:
-    """Predict `sentences` with an NERModel and score against their tags; optionally write
-    {name}_metrics.json and {name}_predictions.conll into out_dir. Returns (metrics, predicted tags)."""
+def evaluate_model(ner, sentences: Sequence[Sentence], progress: bool = False, metrics_path: str | Path | None = None,
+                   predictions_path: str | Path | None = None) -> tuple[dict, list[list[str]]]:
+    """Predict `sentences` with an NERModel, score them against their tags, and optionally write the metrics JSON and
+    a `token gold pred` file. Returns (metrics, predicted tags)."""
+    unknown = {t[2:] for s in sentences for t in s.tags if t != "O"} - set(ner.labels.types)
+    if unknown:
+        log.warning("types %s are not in the model's labels %s: they count as missed", sorted(unknown),
+                    list(ner.labels.types))
     pred = ner.predict_sentences(sentences, progress=progress)
-    gold = [s.tags for s in sentences]
-    metrics = compute_metrics(gold, pred)
-    if out_dir is not None:
-        out = Path(out_dir)
-        atomic_write_text(out / f"{name}_metrics.json", json.dumps(metrics, indent=2) + "\n")
-        write_conll(out / f"{name}_predictions.conll", sentences, pred)
+    metrics = compute_metrics([s.tags for s in sentences], pred)
+    if metrics_path is not None:
+        atomic_write_text(Path(metrics_path), json.dumps(metrics, indent=2) + "\n")
+    if predictions_path is not None:
+        write_conll(Path(predictions_path), sentences, pred)
     return metrics, pred
 
 

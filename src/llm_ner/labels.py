@@ -5,12 +5,13 @@ Tags are ordered O, B-T1, I-T1, B-T2, I-T2, ... with types sorted, so the same t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .data import DataError, Sentence, entity_types
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,6 @@ class LabelSet:
     @property
     def tags(self) -> list[str]:
         return ["O"] + [f"{p}-{t}" for t in self.types for p in ("B", "I")]
-
-    @property
-    def id2tag(self) -> dict[int, str]:
-        return dict(enumerate(self.tags))
 
     @property
     def tag2id(self) -> dict[str, int]:
@@ -77,23 +74,22 @@ class LabelSet:
     def from_dict(cls, d: dict) -> LabelSet:
         return cls.from_types(d["types"], d.get("descriptions"))
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
     @classmethod
     def load(cls, path: str | Path) -> LabelSet:
         """A schema file: JSON {"types": [...]} or {"types": [{"name", "description", "examples"}...]}; or YAML."""
-        path = Path(path)
-        text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        import yaml
 
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: label schema not found")
+        text = path.read_text(encoding="utf-8")
+        try:  # YAML is a superset of JSON: one parser reads both
             d = yaml.safe_load(text)
-        else:
-            d = json.loads(text)
+        except yaml.YAMLError as e:
+            raise DataError(f"{path}: not valid JSON/YAML ({str(e).splitlines()[0]})") from None
         raw = d.get("types") if isinstance(d, dict) else None
         if not isinstance(raw, list) or not raw:
-            raise ValueError(f"{path}: a label schema needs a non-empty list 'types'")
+            raise DataError(f"{path}: a label schema needs a non-empty list 'types'")
         names, desc = [], {}
         for k, t in enumerate(raw):
             if isinstance(t, str):
@@ -103,5 +99,27 @@ class LabelSet:
                 if t.get("description"):
                     desc[t["name"]] = str(t["description"])
             else:
-                raise ValueError(f"{path}: types[{k}] must be a name or {{'name': ..., 'description': ...}}")
+                raise DataError(f"{path}: types[{k}] must be a name or {{'name': ..., 'description': ...}}")
         return cls.from_types(names, desc)
+
+
+def label_set_for(train: Sequence[Sentence], schema: str | Path | None = None, train_name: str = "train") -> LabelSet:
+    """A model's labels: the schema file's types if one is given (every training type must be in it), else the types
+    found in the training data. The check `llm-ner validate --schema` runs too."""
+    if schema:
+        labels = LabelSet.load(schema)
+        check_types(train, labels, f"the schema {schema}")
+    else:
+        labels = LabelSet.from_types(entity_types(train))
+    if not labels.types:
+        raise DataError(f"{train_name}: no entities in the training data")
+    return labels
+
+
+def check_types(sentences: Sequence[Sentence], labels: LabelSet, what: str) -> None:
+    """Every entity type in `sentences` must be one of `labels`' types; the first sentence that breaks it is named."""
+    allowed = set(labels.types)
+    for s in sentences:
+        bad = {t[2:] for t in s.tags if t != "O" and t[2:] not in allowed}
+        if bad:
+            raise DataError(f"{s.origin}: labels {sorted(bad)} are not in {what} ({', '.join(labels.types)})")

@@ -28,7 +28,6 @@ import inspect
 import json
 import logging
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,58 +37,20 @@ from torch import nn
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from . import backbones
+from .config import ConfigError, NERConfig
 from .crf import CRF
+from .errors import UserError
+from .fsutil import atomic_write_text
 from .labels import LabelSet
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "llm_ner_config.json"
 HEAD_NAME = "head.safetensors"
-FORMAT_VERSION = 1
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model directory that cannot be loaded (missing/corrupt files); the message says which file."""
-
-
-@dataclass
-class NERConfig:
-    labels: dict  # LabelSet.to_dict()
-    backbone: str = "smollm2-135m"  # alias, hub id, local dir or .gguf path
-    gguf_file: str | None = None
-    unmask: str | list[int] = "all"  # "all" | "none" | "upper_half" | "lower_half" | "A-B" | [layer indices]
-    head_layers: list[int] = field(default_factory=lambda: [-1])  # hidden states feeding the head (>1: learned mix)
-    head_dropout: float = 0.1
-    use_crf: bool = True
-    ce_weight: float = 1.0
-    crf_weight: float = 1.0
-    label_smoothing: float = 0.0
-    label_all_subtokens: bool = False  # also put loss on non-first sub-tokens (I-X continuation)
-    mode: str = "lora"  # "lora" | "full" | "frozen"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    max_length: int = 256  # tokens per window; longer texts are split into overlapping windows (align.py)
-    stride: int = 32  # tokens of overlap between windows
-    attn_implementation: str = "sdpa"  # "sdpa" | "eager"
-    trust_remote_code: bool = False
-    backbone_saved: str = "none"  # what save_pretrained put in the dir: "full" | "lora" | "none" (frozen)
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def label_set(self) -> LabelSet:
-        return LabelSet.from_dict(self.labels)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> NERConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ModelLoadError(f"{CONFIG_NAME}: unknown fields {sorted(unknown)} (written by a newer llm-ner?)")
-        return cls(**d)
 
 
 def resolve_layers(spec: str | list[int], n_layers: int) -> list[int]:
@@ -108,10 +69,10 @@ def resolve_layers(spec: str | list[int], n_layers: int) -> list[int]:
         a, b = (int(x) for x in spec.split("-"))
         layers = list(range(a, b + 1))
     else:
-        raise ValueError(f"unmask: {spec!r} is not 'all', 'none', 'upper_half', 'lower_half', 'A-B' or a list")
+        raise ConfigError(f"unmask: {spec!r} is not 'all', 'none', 'upper_half', 'lower_half', 'A-B' or a list")
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad:
-        raise ValueError(f"unmask: layers {bad} out of range (the backbone has {n_layers} layers)")
+        raise ConfigError(f"unmask: layers {bad} out of range (the backbone has {n_layers} layers)")
     return sorted(set(layers))
 
 
@@ -161,11 +122,30 @@ def load_backbone(name: str, gguf_file: str | None, attn: str, trust_remote_code
     return AutoModel.from_pretrained(path, **kwargs)
 
 
+def read_model_config(path: str | Path) -> NERConfig:
+    """A model dir's llm_ner_config.json (any format version); a ModelLoadError names what is wrong. Cheap: callers
+    that start a server or a cluster job check the dir with it before loading anything."""
+    path = Path(path)
+    cfg_file = path / CONFIG_NAME
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: no such model dir")
+    if not cfg_file.is_file():
+        raise ModelLoadError(f"{path}: not an llm-ner model dir ({CONFIG_NAME} missing; was the save completed?)")
+    try:
+        raw = json.loads(cfg_file.read_text())
+        if not isinstance(raw, dict):
+            raise ConfigError("expected a JSON object")
+        return NERConfig.from_dict(raw)
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise ModelLoadError(f"{cfg_file}: corrupt config ({e})") from None
+
+
 class LLMForTokenClassification(nn.Module):
     def __init__(self, config: NERConfig, backbone: nn.Module):
         super().__init__()
         self.config = config
-        self.labels = config.label_set
+        self.labels = LabelSet.from_dict(config.labels)
+        m = config.model
         self.backbone = backbone
         hidden = backbone.config.hidden_size
         n_tags = len(self.labels)
@@ -173,23 +153,23 @@ class LLMForTokenClassification(nn.Module):
         # --- 1. bidirectional attention in the chosen layers ---
         layers = decoder_layers(backbone)
         n_layers = backbone.config.num_hidden_layers
-        self.unmasked_layers = resolve_layers(config.unmask, n_layers) if layers is not None else []
-        if layers is None and config.unmask not in ("none", []):
-            raise ValueError("unmask: could not find the backbone's decoder layers; use unmask: none")
+        self.unmasked_layers = resolve_layers(m.unmask, n_layers) if layers is not None else []
+        if layers is None and m.unmask not in ("none", []):
+            raise ConfigError("unmask: could not find the backbone's decoder layers; use unmask: none")
         self._mask: torch.Tensor | None = None  # (B,1,T,T), set at each forward, read by the hooks
         for i in self.unmasked_layers:
             layers[i].register_forward_pre_hook(self._swap_mask, with_kwargs=True)
 
         # --- 2. head ---
-        self.layer_mix = nn.Parameter(torch.zeros(len(config.head_layers))) if len(config.head_layers) > 1 else None
-        self.dropout = nn.Dropout(config.head_dropout)
+        self.layer_mix = nn.Parameter(torch.zeros(len(m.head_layers))) if len(m.head_layers) > 1 else None
+        self.dropout = nn.Dropout(m.head_dropout)
         self.classifier = nn.Linear(hidden, n_tags)
         nn.init.normal_(self.classifier.weight, std=0.02)
         nn.init.zeros_(self.classifier.bias)
 
         # --- 3. CRF with IOB2 constraints ---
         self.crf = (CRF(n_tags, self.labels.allowed_transitions(), self.labels.allowed_starts())
-                    if config.use_crf else None)
+                    if m.crf else None)
         # Per-class weights for the cross-entropy (all 1 unless train.py sets "balanced" weights).
         self.register_buffer("ce_weights", torch.ones(n_tags))
 
@@ -230,14 +210,15 @@ class LLMForTokenClassification(nn.Module):
             self._mask = segment_mask(segment_ids, dtype)
         else:
             self._mask = padding_only_mask(attention_mask, dtype) if self.unmasked_layers else None
-        want_all = self.config.head_layers != [-1]
+        head_layers = self.config.model.head_layers
+        want_all = head_layers != [-1]
         frozen = self.config.mode == "frozen" and not any(p.requires_grad for p in self.backbone.parameters())
         with torch.no_grad() if frozen else nullcontext():
             extra = {} if position_ids is None else {"position_ids": position_ids}
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_all,
                                 **extra)
         if want_all:
-            states = torch.stack([out.hidden_states[i] for i in self.config.head_layers])  # (K,B,T,H)
+            states = torch.stack([out.hidden_states[i] for i in head_layers])  # (K,B,T,H)
             h = (F.softmax(self.layer_mix, 0)[:, None, None, None] * states.float()).sum(0)
         else:
             h = out.last_hidden_state.float()  # (B,T,H)
@@ -252,10 +233,10 @@ class LLMForTokenClassification(nn.Module):
         return TokenClassifierOutput(loss=loss, logits=word_logits)
 
     def compute_loss(self, logits, word_logits, word_mask, labels, token_labels) -> torch.Tensor:
-        cfg = self.config
+        cfg = self.config.loss
         loss = word_logits.new_zeros(())
         if cfg.ce_weight:
-            if cfg.label_all_subtokens and token_labels is not None:
+            if self.config.model.label_all_subtokens and token_labels is not None:
                 lg, lb = logits, token_labels
             else:
                 lg, lb = word_logits, labels
@@ -286,8 +267,8 @@ class LLMForTokenClassification(nn.Module):
     @classmethod
     def from_backbone(cls, config: NERConfig, dtype=None) -> LLMForTokenClassification:
         """A fresh model for training: load the backbone and set it up for config.mode."""
-        backbone = load_backbone(config.backbone, config.gguf_file, config.attn_implementation,
-                                 config.trust_remote_code, dtype)
+        m = config.model
+        backbone = load_backbone(m.backbone, m.gguf_file, m.attn_implementation, m.trust_remote_code, dtype)
         model = cls(config, backbone)
         model.setup_mode()
         return model
@@ -301,12 +282,11 @@ class LLMForTokenClassification(nn.Module):
         elif mode == "lora":
             from peft import LoraConfig, get_peft_model
 
-            targets = [t for t in self.config.lora_targets
-                       if any(n.endswith(t) for n, _ in self.backbone.named_modules())]
+            lo = self.config.lora
+            targets = [t for t in lo.targets if any(n.endswith(t) for n, _ in self.backbone.named_modules())]
             if not targets:
-                raise ValueError(f"lora_targets {self.config.lora_targets} match no module of the backbone")
-            lcfg = LoraConfig(r=self.config.lora_r, lora_alpha=self.config.lora_alpha,
-                              lora_dropout=self.config.lora_dropout, target_modules=targets)
+                raise ConfigError(f"training.lora.targets {lo.targets} match no module of the backbone")
+            lcfg = LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=targets)
             self.backbone = get_peft_model(self.backbone, lcfg)
         else:
             raise ValueError(f"mode must be lora, full or frozen, not {mode!r}")
@@ -322,7 +302,7 @@ class LLMForTokenClassification(nn.Module):
         """config + head/CRF weights + (full backbone | LoRA adapter | nothing for a frozen backbone), safetensors."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        cfg = copy.deepcopy(self.config)
+        cfg = self.config.model_copy(deep=True)
         is_peft = hasattr(self.backbone, "peft_config")
         if cfg.mode == "full" or (is_peft and merge_lora):
             bb = self.backbone
@@ -338,29 +318,20 @@ class LLMForTokenClassification(nn.Module):
         save_file(self.head_state_dict(), str(path / HEAD_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
-        tmp = path / f".{CONFIG_NAME}.tmp"  # config last and atomically: its presence marks a complete save
-        tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        tmp.replace(path / CONFIG_NAME)
+        atomic_write_text(path / CONFIG_NAME, cfg.to_json())  # config last: its presence marks a complete save
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, trust_remote_code: bool = False,
                         dtype=None) -> LLMForTokenClassification:
         path = Path(path)
-        cfg_file = path / CONFIG_NAME
-        if not cfg_file.is_file():
-            raise ModelLoadError(f"{path}: not an llm-ner model dir ({CONFIG_NAME} missing; was the save completed?)")
-        try:
-            cfg = NERConfig.from_dict(json.loads(cfg_file.read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ModelLoadError(f"{cfg_file}: corrupt config ({e})") from None
-        cfg.trust_remote_code = trust_remote_code
+        cfg = read_model_config(path)
+        m = cfg.model
+        m.trust_remote_code = trust_remote_code
         try:
             if cfg.backbone_saved == "full":
-                backbone = load_backbone(str(path / "backbone"), None, cfg.attn_implementation, trust_remote_code,
-                                         dtype)
+                backbone = load_backbone(str(path / "backbone"), None, m.attn_implementation, trust_remote_code, dtype)
             else:
-                backbone = load_backbone(cfg.backbone, cfg.gguf_file, cfg.attn_implementation, trust_remote_code,
-                                         dtype)
+                backbone = load_backbone(m.backbone, m.gguf_file, m.attn_implementation, trust_remote_code, dtype)
             model = cls(cfg, backbone)
             if cfg.backbone_saved == "lora":
                 from peft import PeftModel

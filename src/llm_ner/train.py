@@ -8,7 +8,8 @@ length-grouped batches, bf16/fp16, and `accelerate launch` / `torchrun` all come
   * `_save()` writes only the trainable tensors to a checkpoint (LoRA/head/CRF: a few MB instead of 540 MB);
     the Trainer reloads checkpoints with strict=False, so resume restores exactly those.
 
-Run dir: config.yaml, checkpoints/, model/ (best), metrics.jsonl, test_metrics.json, test_predictions.conll.
+`train()` reads as the pipeline: load_data -> prepare_run_dir -> build_model -> make_features -> make_trainer -> fit
+-> test_step -> summary. The run dir's files are named in rundir.py.
 """
 
 from __future__ import annotations
@@ -23,53 +24,30 @@ import shutil
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from . import rundir as R
 from .align import collate, encode_sentences, window_feature
 from .analyze import analyze
-from .config import RunConfig, dump_config
-from .data import DataError, Sentence, atomic_write_text, entity_types, load_corpus, remap, replace_dir, stats
+from .config import NERConfig, RunConfig, TrainingConfig, dump_config
+from .data import DataError, Sentence, load_split, stats
+from .errors import UserError
 from .evaluate import evaluate_model, format_table
-from .labels import LabelSet
-from .model import LLMForTokenClassification, NERConfig
+from .fsutil import atomic_write_text, replace_dir
+from .labels import LabelSet, label_set_for
+from .model import LLMForTokenClassification
 from .predict import NERModel, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
-class TrainError(RuntimeError):
-    pass
-
-
-def load_split(cfg: RunConfig, which: str) -> list[Sentence] | None:
-    d = cfg.data
-    src = getattr(d, which)
-    if src is None:
-        return None
-    limit = {"train": d.max_train_sentences, "dev": d.max_dev_sentences, "test": d.max_test_sentences}[which]
-    sents = load_corpus(src, d.format, d.scheme, d.strict, limit)
-    if d.keep_types is not None or d.rename:
-        sents = remap(sents, d.keep_types, d.rename)
-    return sents
-
-
-def label_set(cfg: RunConfig, train_s: list[Sentence]) -> LabelSet:
-    """The model's labels: the schema file's types if one is given (every training type must be in it), else the
-    types found in the training data."""
-    if cfg.data.label_schema:
-        labels = LabelSet.load(cfg.data.label_schema)
-        extra = set(entity_types(train_s)) - set(labels.types)
-        if extra:
-            raise DataError(f"{cfg.data.train}: types {sorted(extra)} are not in the schema {cfg.data.label_schema}")
-    else:
-        labels = LabelSet.from_types(entity_types(train_s))
-    if not labels.types:
-        raise DataError(f"{cfg.data.train}: no entities in the training data")
-    return labels
+class TrainError(UserError, RuntimeError):
+    """A run that cannot start or continue (unwritable or full output dir, a checkpoint of another model)."""
 
 
 def check_output_dir(path: Path, need_bytes: int) -> None:
@@ -135,26 +113,10 @@ def last_complete_checkpoint(ckpt_dir: Path, move_aside: bool = True) -> str | N
             log.warning("%s is incomplete (interrupted while saving); moving it aside", p)
             if not move_aside:  # another process (DDP rank 0) does the moving
                 continue
-            shutil.rmtree(ckpt_dir.parent / "incomplete_checkpoints" / p.name, ignore_errors=True)
-            (ckpt_dir.parent / "incomplete_checkpoints").mkdir(exist_ok=True)
-            p.rename(ckpt_dir.parent / "incomplete_checkpoints" / p.name)
+            shutil.rmtree(ckpt_dir.parent / R.INCOMPLETE / p.name, ignore_errors=True)
+            (ckpt_dir.parent / R.INCOMPLETE).mkdir(exist_ok=True)
+            p.rename(ckpt_dir.parent / R.INCOMPLETE / p.name)
     return None
-
-
-def build_model(cfg: RunConfig, labels: LabelSet) -> LLMForTokenClassification:
-    m, t, lo = cfg.model, cfg.training, cfg.loss
-    ner_cfg = NERConfig(
-        labels=labels.to_dict(), backbone=m.backbone, gguf_file=m.gguf_file, unmask=m.unmask,
-        head_layers=m.head_layers, head_dropout=m.head_dropout, use_crf=m.crf, ce_weight=lo.ce_weight,
-        crf_weight=lo.crf_weight, label_smoothing=lo.label_smoothing, label_all_subtokens=m.label_all_subtokens,
-        mode=t.mode, lora_r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
-        lora_targets=t.lora.targets, max_length=m.max_length, stride=m.stride,
-        attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code,
-    )
-    dtype = None
-    if torch.cuda.is_available() and t.precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
-        dtype = torch.bfloat16 if t.mode != "full" else None  # full FT: fp32 master weights + bf16 autocast
-    return LLMForTokenClassification.from_backbone(ner_cfg, dtype=dtype)
 
 
 class MetricsLogger(TrainerCallback):
@@ -179,7 +141,7 @@ class NERTrainer(Trainer):
         self.run_dir = run_dir
         self.patience = patience
         self.eval_batch_size = eval_batch_size
-        best = run_dir / "model" / "best.json"  # survives a kill: resume knows the best so far
+        best = run_dir / R.MODEL / R.BEST  # survives a kill: resume knows the best so far
         state = json.loads(best.read_text()) if best.is_file() else {}
         self.best_f1 = state.get("f1", -1.0)
         self.bad_evals = state.get("bad_evals", 0)
@@ -201,11 +163,11 @@ class NERTrainer(Trainer):
             self.bad_evals += 1
         if self.args.should_save:
             if improved:  # write aside, then swap: a kill mid-save never leaves a half-written model/
-                tmp = self.run_dir / "model.tmp"
+                tmp = self.run_dir / f"{R.MODEL}.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
                 model.save_pretrained(tmp, tokenizer=self.ner_tokenizer)
-                replace_dir(tmp, self.run_dir / "model")
-            atomic_write_text(self.run_dir / "model" / "best.json", json.dumps(
+                replace_dir(tmp, self.run_dir / R.MODEL)
+            atomic_write_text(self.run_dir / R.MODEL / R.BEST, json.dumps(
                 {"f1": self.best_f1, "bad_evals": self.bad_evals, "step": self.state.global_step}))
         if self.patience is not None and self.bad_evals >= self.patience:
             log.info("early stopping: dev F1 has not improved for %d evaluations", self.bad_evals)
@@ -257,141 +219,196 @@ def make_optimizer(model: LLMForTokenClassification, cfg: RunConfig) -> torch.op
     return torch.optim.AdamW([g for g in params if g["params"]], lr=t.learning_rate, fused=True)
 
 
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks: list | None = None) -> dict:
-    """Train, keep the best dev model, evaluate it on test. Returns a summary dict (also written to run_dir)."""
-    t = cfg.training
-    run_dir = Path(cfg.output)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    set_seed(t.seed)
 
-    # ---- data and labels ----
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the pipeline, step by step
+
+
+@dataclass
+class Splits:
+    train: list[Sentence]
+    dev: list[Sentence] | None
+    test: list[Sentence] | None
+    labels: LabelSet
+
+
+def mixed_precision(t: TrainingConfig) -> str | None:
+    """The one precision rule: bf16 (or fp16 if asked) autocast on a GPU that has it; fp32 on a CPU."""
+    if not torch.cuda.is_available():
+        return None
+    if t.precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp16" if t.precision == "fp16" else None
+
+
+def load_data(cfg: RunConfig) -> Splits:
+    """The splits and the model's labels. A dev/test set must share entity types with the labels: scoring a model on
+    types it never learned (another corpus's test set) is refused, naming both."""
     train_s = load_split(cfg, "train")
-    dev_s = load_split(cfg, "dev")
-    test_s = load_split(cfg, "test")
-    labels = label_set(cfg, train_s)
+    labels = label_set_for(train_s, cfg.data.label_schema, cfg.data.train)
+    splits = Splits(train_s, load_split(cfg, "dev"), load_split(cfg, "test"), labels)
+    for which in ("dev", "test"):
+        sents = getattr(splits, which)
+        found = {t[2:] for s in sents or [] for t in s.tags if t != "O"}
+        if found and not found & set(labels.types):
+            raise DataError(f"{getattr(cfg.data, which)}: its entity types {sorted(found)} do not overlap the model's "
+                            f"labels {list(labels.types)} (from {cfg.data.label_schema or cfg.data.train}); give "
+                            f"--{which} with data of the same types, or --set data.{which}=null")
+        if found - set(labels.types):
+            log.warning("%s: types %s are not in the model's labels; they count as missed", getattr(cfg.data, which),
+                        sorted(found - set(labels.types)))
     log.info("labels: %s", labels.tags)
+    return splits
 
-    # Under torchrun every rank runs this function: only rank 0 touches the run dir's files (two ranks renaming the
-    # same temp file was a real CI failure); the others only train and return after the last evaluation.
-    rank = int(os.environ.get("RANK", "0"))
-    main = rank == 0
-    check_output_dir(run_dir, need_bytes=(1200 if t.mode == "full" else 300) * 2**20)
-    ckpt_dir = run_dir / "checkpoints"
-    last = last_complete_checkpoint(ckpt_dir, move_aside=main) if resume else None
-    for leftover in ("model.tmp", "model.old") if main else ():  # debris of a save that was killed half-way
+
+def prepare_run_dir(cfg: RunConfig, resume: bool, main: bool) -> str | None:
+    """Check the run dir can take the run, clean what a killed run left, and return the checkpoint to resume from.
+    Under torchrun every rank runs this: only rank 0 (`main`) touches files (two ranks renaming the same temp file
+    was a real CI failure)."""
+    run_dir = Path(cfg.output)
+    check_output_dir(run_dir, need_bytes=(1200 if cfg.training.mode == "full" else 300) * 2**20)
+    last = last_complete_checkpoint(run_dir / R.CHECKPOINTS, move_aside=main) if resume else None
+    if not main:
+        return last
+    for leftover in (f"{R.MODEL}.tmp", f"{R.MODEL}.old"):  # debris of a save that was killed half-way
         shutil.rmtree(run_dir / leftover, ignore_errors=True)
     if resume and last is None:
-        log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
-    if main and last is not None and (run_dir / "metrics.jsonl").is_file():
+        log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir / R.CHECKPOINTS)
+    if last is not None and (run_dir / R.METRICS).is_file():
         # Steps after the checkpoint are redone: drop their old records so each step is logged once.
         step = checkpoint_step(last)
-        keep = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
+        keep = [ln for ln in (run_dir / R.METRICS).read_text().splitlines()
                 if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(x + "\n" for x in keep))
-    if main and not resume:  # a fresh run never mixes with an old one's files
-        for name in ("metrics.jsonl", "model", "checkpoints", "incomplete_checkpoints"):
+        atomic_write_text(run_dir / R.METRICS, "".join(x + "\n" for x in keep))
+    if not resume:  # a fresh run never mixes with an old one's files
+        for name in (R.METRICS, R.MODEL, R.CHECKPOINTS, R.INCOMPLETE, R.SUMMARY, R.TEST_METRICS,
+                     R.TEST_PREDICTIONS, R.ANALYSIS):
             p = run_dir / name
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    if main:
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(run_dir / R.CONFIG, dump_config(cfg))
+    return last
 
-    # ---- model and features ----
-    tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
-    model = build_model(cfg, labels)
-    tag2id = labels.tag2id
-    windows = encode_sentences(tokenizer, train_s, labels.encode, cfg.model.max_length, cfg.model.stride)
-    cont = [tag2id.get("I-" + tg[2:], i) if tg.startswith("B-") else i for i, tg in enumerate(labels.tags)]
+
+def build_model(cfg: RunConfig, labels: LabelSet) -> LLMForTokenClassification:
+    # LoRA/frozen on a bf16 GPU: the frozen weights in bf16. Full fine-tuning keeps fp32 master weights (autocast).
+    bf16_weights = mixed_precision(cfg.training) == "bf16" and cfg.training.mode != "full"
+    return LLMForTokenClassification.from_backbone(NERConfig.from_run(cfg, labels.to_dict()),
+                                                   dtype=torch.bfloat16 if bf16_weights else None)
+
+
+def make_features(cfg: RunConfig, tokenizer, model: LLMForTokenClassification, sents: list[Sentence]) -> list[dict]:
+    """Training windows as features; with `loss.class_weights: balanced`, sets the model's CE weights from them."""
+    labels = model.labels
+    windows = encode_sentences(tokenizer, sents, labels.encode, cfg.model.max_length, cfg.model.stride)
+    cont = [labels.tag2id.get("I-" + tg[2:], i) if tg.startswith("B-") else i for i, tg in enumerate(labels.tags)]
     features = [window_feature(w, cont if cfg.model.label_all_subtokens else None) for w in windows]
     if cfg.loss.class_weights == "balanced":
         counts = Counter(lab for f in features for lab in f["labels"])
         total = sum(counts.values())
         w = [min(10.0, total / (len(labels) * counts[i])) if counts[i] else 1.0 for i in range(len(labels))]
         model.ce_weights.copy_(torch.tensor(w))
-    n_params = model.parameter_counts()
-    n_tokens = sum(len(f["input_ids"]) for f in features)
-    log.info("train: %d sentences -> %d windows, %d tokens; params %s", len(train_s), len(features), n_tokens,
-             n_params)
+    return features
 
-    # ---- trainer ----
-    steps_per_epoch = math.ceil(len(features) / (t.batch_size * t.grad_accum))
-    eval_steps = t.eval_steps or steps_per_epoch
-    on_gpu = torch.cuda.is_available()
-    bf16 = on_gpu and t.precision in ("auto", "bf16") and torch.cuda.is_bf16_supported()
+
+def make_trainer(cfg: RunConfig, model, tokenizer, features: list[dict], dev: list[Sentence] | None,
+                 progress: bool, callbacks: list | None) -> NERTrainer:
+    t, run_dir = cfg.training, Path(cfg.output)
+    eval_steps = t.eval_steps or math.ceil(len(features) / (t.batch_size * t.grad_accum))  # default: once an epoch
+    precision = mixed_precision(t)
     args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
-        lr_scheduler_type="cosine",
-        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
-        eval_strategy="steps" if dev_s else "no",
-        eval_steps=eval_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps or eval_steps,
-        save_total_limit=2,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        train_sampling_strategy="group_by_length",
-        seed=t.seed,
-        data_seed=t.seed,
-        bf16=bf16,
-        fp16=on_gpu and t.precision == "fp16",
-        use_cpu=not on_gpu,
-        report_to=[],
-        disable_tqdm=not progress,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        save_only_model=False,
+        output_dir=str(run_dir / R.CHECKPOINTS),
+        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        num_train_epochs=t.epochs, max_steps=t.max_steps,
+        lr_scheduler_type="cosine", warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        eval_strategy="steps" if dev else "no", eval_steps=eval_steps,
+        save_strategy="steps", save_steps=t.save_steps or eval_steps, save_total_limit=2, save_only_model=False,
+        logging_steps=t.logging_steps, logging_first_step=True,
+        train_sampling_strategy="group_by_length", seed=t.seed, data_seed=t.seed,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
+        report_to=[], disable_tqdm=not progress, remove_unused_columns=False, dataloader_num_workers=0,
     )
-    trainer = NERTrainer(
-        model=model, args=args, train_dataset=features, eval_dataset=features[:1] if dev_s else None,
+    return NERTrainer(
+        model=model, args=args, train_dataset=features, eval_dataset=features[:1] if dev else None,
         data_collator=lambda b: collate(b, tokenizer.pad_token_id), optimizers=(make_optimizer(model, cfg), None),
-        callbacks=[MetricsLogger(run_dir / "metrics.jsonl"), *(callbacks or [])],
-        dev=dev_s, ner_tokenizer=tokenizer, run_dir=run_dir,
+        callbacks=[MetricsLogger(run_dir / R.METRICS), *(callbacks or [])],
+        dev=dev, ner_tokenizer=tokenizer, run_dir=run_dir,
         patience=t.early_stopping_patience, eval_batch_size=t.eval_batch_size,
     )
+
+
+def fit(trainer: NERTrainer, last_checkpoint: str | None, run_dir: Path) -> tuple[float, float]:
+    """Train (from the checkpoint, if any); returns (training loss, seconds)."""
     t0 = time.time()
     with disk_full_is_a_train_error(run_dir):
-        result = trainer.train(resume_from_checkpoint=last)
-        train_time = time.time() - t0
+        result = trainer.train(resume_from_checkpoint=last_checkpoint)
+        seconds = time.time() - t0
         # The last steps may not have been evaluated: do it now so the best model reflects all training.
-        if dev_s and trainer.state.global_step % eval_steps != 0:
+        if trainer.dev and trainer.state.global_step % trainer.args.eval_steps != 0:
             trainer.evaluate()
-    trainer_epochs = trainer.state.epoch or 0.0
-    if not main:
-        return {"global_step": trainer.state.global_step, "rank": rank}
-    if not dev_s:  # nothing to select on: the final model is the model
-        model.save_pretrained(run_dir / "model", tokenizer=tokenizer)
+    return result.training_loss, seconds
 
-    # ---- test ----
+
+def test_step(cfg: RunConfig, splits: Splits, progress: bool) -> dict:
+    """Score the best model on the test set; writes test_metrics.json, test_predictions.conll, analysis.json."""
+    run_dir = Path(cfg.output)
+    ner = NERModel.from_pretrained(run_dir / R.MODEL, batch_size=cfg.training.eval_batch_size)
+    t0 = time.time()
+    m, pred = evaluate_model(ner, splits.test, progress, run_dir / R.TEST_METRICS, run_dir / R.TEST_PREDICTIONS)
+    seconds = time.time() - t0
+    atomic_write_text(run_dir / R.ANALYSIS, json.dumps(analyze(splits.test, pred, splits.train), indent=2) + "\n")
+    log.info("%s", format_table(m, f"\nTest set ({cfg.data.test}):"))
+    return {"test_seconds": round(seconds, 1), "test_words_per_second": round(m["tokens"] / max(seconds, 1e-9), 1),
+            "test": {k: round(float(m[k]), 2) for k in ("f1", "precision", "recall", "macro_f1", "accuracy")}}
+
+
+def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks: list | None = None) -> dict:
+    """Train, keep the best dev model, evaluate it on test (if there is one). Returns the summary (summary.json)."""
+    t, run_dir = cfg.training, Path(cfg.output)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    set_seed(t.seed)
+    rank = int(os.environ.get("RANK", "0"))  # torchrun: every rank trains, rank 0 writes the run dir's files
+
+    splits = load_data(cfg)
+    last = prepare_run_dir(cfg, resume, main=rank == 0)
+    tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
+    model = build_model(cfg, splits.labels)
+    features = make_features(cfg, tokenizer, model, splits.train)
+    n_tokens = sum(len(f["input_ids"]) for f in features)
+    log.info("train: %d sentences -> %d windows, %d tokens; params %s", len(splits.train), len(features), n_tokens,
+             model.parameter_counts())
+    trainer = make_trainer(cfg, model, tokenizer, features, splits.dev, progress, callbacks)
+    train_loss, train_seconds = fit(trainer, last, run_dir)
+    if rank != 0:
+        return {"global_step": trainer.state.global_step, "rank": rank}
+    if not splits.dev:  # nothing to select on: the final model is the model
+        model.save_pretrained(run_dir / R.MODEL, tokenizer=tokenizer)
+
+    model_type = getattr(model.backbone.config, "model_type", None)
     summary = {
-        "train_sentences": len(train_s), "train_tokens_per_epoch": n_tokens, "labels": labels.tags,
-        "parameters": n_params, "train_seconds": round(train_time, 1), "global_step": trainer.state.global_step,
-        "train_loss": round(result.training_loss, 4),
-        "best_dev_f1": round(float(trainer.best_f1), 2) if dev_s else None,
-        "data": {k: stats(v) for k, v in (("train", train_s), ("dev", dev_s), ("test", test_s)) if v},
-        "device": "cuda:" + torch.cuda.get_device_name(0) if on_gpu else f"cpu ({torch.get_num_threads()} threads)",
+        "system": R.system_kind(model_type), "model_type": model_type, "backbone": cfg.model.backbone,
+        "train_sentences": len(splits.train), "train_tokens_per_epoch": n_tokens, "labels": splits.labels.tags,
+        "parameters": model.parameter_counts(), "train_seconds": round(train_seconds, 1),
+        "global_step": trainer.state.global_step, "train_loss": round(train_loss, 4),
+        "best_dev_f1": round(float(trainer.best_f1), 2) if splits.dev else None,
+        "data": {k: stats(v) for k, v in (("train", splits.train), ("dev", splits.dev), ("test", splits.test)) if v},
+        "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available()
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "train_words_per_second": round(stats(splits.train)["tokens"] * (trainer.state.epoch or 0.0)
+                                        / max(train_seconds, 1e-9), 1),
     }
-    if test_s:
-        del trainer, model
-        ner = NERModel.from_pretrained(run_dir / "model", batch_size=t.eval_batch_size)
-        t1 = time.time()
-        m, pred = evaluate_model(ner, test_s, run_dir, progress=progress, name="test")
-        atomic_write_text(run_dir / "analysis.json", json.dumps(analyze(test_s, pred, train_s), indent=2) + "\n")
-        summary["test_seconds"] = round(time.time() - t1, 1)
-        summary["test_words_per_second"] = round(m["tokens"] / max(summary["test_seconds"], 1e-9), 1)
-        summary["test"] = {k: round(float(m[k]), 2) for k in ("f1", "precision", "recall", "macro_f1", "accuracy")}
-        print(format_table(m, f"\nTest set ({cfg.data.test}):"))
+    del trainer, model
+    if splits.test:
+        summary.update(test_step(cfg, splits, progress))
+    else:
+        summary["test"] = None
+        log.info("no test set (data.test is not set): skipped the test step")
     # Peak resident memory of this process (ru_maxrss is KiB on Linux): compare runs each system in its own process.
     summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    summary["train_words_per_second"] = round(
-        summary["data"]["train"]["tokens"] * trainer_epochs / max(train_time, 1e-9), 1)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    print(f"\nOutputs in {run_dir.resolve()}{os.sep}: model/ (best on dev), metrics.jsonl, test_metrics.json, "
-          "test_predictions.conll, analysis.json, summary.json")
+    atomic_write_text(run_dir / R.SUMMARY, json.dumps(summary, indent=2) + "\n")
+    outputs = [f"{R.MODEL}/ (best on dev)", R.METRICS] + ([R.TEST_METRICS, R.TEST_PREDICTIONS, R.ANALYSIS]
+                                                          if splits.test else []) + [R.SUMMARY]
+    log.info("\nOutputs in %s%s: %s", run_dir.resolve(), os.sep, ", ".join(outputs))
     return summary

@@ -16,7 +16,8 @@ from __future__ import annotations
 from ..config import RunConfig, load_config
 
 # Overrides that turn any run config into the encoder baseline. The learning rate is higher than for the LLM:
-# a small encoder with a fresh head wants ~2e-4 (RESOURCES.md: 2e-4 beat 5e-5 by a wide margin on MiniLM).
+# a small encoder with a fresh head wants ~2e-4 (a check made before this repo existed, on this machine: 2e-4 beat
+# 5e-5 by a wide margin on MiniLM; not re-run here — `scripts/sweep.py` is how to).
 ENCODER_DEFAULTS = {
     "model.backbone": "minilm-l6",
     "model.unmask": "all",  # an encoder is bidirectional already; "all" = same mask, and prediction can pack

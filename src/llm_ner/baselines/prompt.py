@@ -28,10 +28,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..data import Sentence, spans, split_words
-from ..labels import LabelSet
+from .. import rundir as R
+from ..align import split_words
+from ..config import ConfigError
+from ..data import Sentence, load_split, spans, write_conll
+from ..errors import UserError
+from ..evaluate import compute_metrics, format_table
+from ..fsutil import atomic_write_text
+from ..labels import LabelSet, label_set_for
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,10 @@ DEFAULT_DEFINITIONS = {
     "product": "names of products", "creative-work": "titles of songs, films, books, shows",
     "group": "names of groups: bands, teams, organisations that are not companies",
 }
+
+
+class PromptError(UserError, RuntimeError):
+    """The prompted baseline cannot run (its local server did not start); the message says where to look."""
 
 
 class PromptConfig(BaseModel):
@@ -69,6 +79,15 @@ class PromptConfig(BaseModel):
     cache_dir: str = "runs/.prompt_cache"
     seed: int = 42
 
+    @classmethod
+    def from_options(cls, opts: dict) -> PromptConfig:
+        """Command-line options -> PromptConfig; a bad one is a ConfigError naming it."""
+        try:
+            return cls(**opts)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ConfigError(f"prompt settings: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # prompt
@@ -83,7 +102,7 @@ def load_prompt(name: str) -> dict:
     d = yaml.safe_load(p.read_text(encoding="utf-8"))
     for k in ("version", "system", "user"):
         if k not in d:
-            raise ValueError(f"{p}: prompt needs '{k}'")
+            raise ConfigError(f"{p}: prompt needs '{k}'")
     return d
 
 
@@ -157,7 +176,7 @@ class OpenAIChat:
         self.openai = openai
         key = os.environ.get(cfg.api_key_env or "OPENAI_API_KEY") or ("local" if cfg.base_url else None)
         if key is None:
-            raise ValueError("no API key: set OPENAI_API_KEY (or prompt.api_key_env), or use a local base_url")
+            raise ConfigError("no API key: set OPENAI_API_KEY (or prompt.api_key_env), or use a local base_url")
         self.client = openai.OpenAI(api_key=key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=0)
         self.cfg = cfg
 
@@ -187,7 +206,7 @@ class AnthropicChat:
         self.anthropic = anthropic
         key = os.environ.get(cfg.api_key_env or "ANTHROPIC_API_KEY")
         if key is None:
-            raise ValueError("no API key: set ANTHROPIC_API_KEY (or prompt.api_key_env)")
+            raise ConfigError("no API key: set ANTHROPIC_API_KEY (or prompt.api_key_env)")
         self.client = anthropic.Anthropic(api_key=key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=0)
         self.cfg = cfg
         import inspect
@@ -385,7 +404,7 @@ class LocalServer:
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"local server exited with {self.proc.returncode}; see {self.log_path}")
+                raise PromptError(f"local server exited with {self.proc.returncode}; see {self.log_path}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as r:
                     if r.status == 200:
@@ -394,7 +413,7 @@ class LocalServer:
                 pass
             time.sleep(1)
         self.__exit__()
-        raise RuntimeError(f"local server did not answer within 180 s; see {self.log_path}")
+        raise PromptError(f"local server did not answer within 180 s; see {self.log_path}")
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None:
@@ -463,16 +482,12 @@ def run(run_cfg, pcfg: PromptConfig, output: str | Path, max_sentences: int | No
     Writes test_metrics.json, test_predictions.conll, prompt_stats.json, responses.jsonl, prompt.yaml."""
     from contextlib import nullcontext
 
-    from ..data import atomic_write_text
-    from ..evaluate import compute_metrics, format_table
-    from ..train import label_set, load_split
-
     out = Path(output)
     train = load_split(run_cfg, "train")
     test = load_split(run_cfg, "test") or []
     if max_sentences:
         test = test[:max_sentences]
-    labels = label_set(run_cfg, train)
+    labels = label_set_for(train, run_cfg.data.label_schema, run_cfg.data.train)
     key_env = pcfg.api_key_env or ("OPENAI_API_KEY" if pcfg.provider == "openai" else "ANTHROPIC_API_KEY")
     local = pcfg.provider == "openai" and (
         (pcfg.base_url or "").startswith(f"http://127.0.0.1:{pcfg.local_port}")
@@ -483,24 +498,25 @@ def run(run_cfg, pcfg: PromptConfig, output: str | Path, max_sentences: int | No
         # queues more work behind the abandoned request (seen here under load), so wait longer for it.
         pcfg.timeout = max(pcfg.timeout, 300.0)
         log.info("no %s: using a local OpenAI-compatible server at %s", key_env, pcfg.base_url)
+    # The model's name for tables and prose: a local server may be asked for it by its file path (transformers serve).
+    model_name = pcfg.local_model if local else pcfg.model
     server = LocalServer(pcfg, out / "server.log") if local and pcfg.local_server == "auto" else nullcontext()
     t0 = time.time()
     with server:
         preds, stats, records = predict_sentences(pcfg, labels, test, train, progress)
+    stats["model_name"], stats["model"] = model_name, pcfg.model
     stats["seconds"] = round(time.time() - t0, 1)
     stats["sentences"] = len(test)
     stats["tokens_per_second"] = round(sum(len(s) for s in test) / max(stats["seconds"], 1e-9), 2)
     m = compute_metrics([s.tags for s in test], preds)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "test_metrics.json", json.dumps(m, indent=2) + "\n")
-    atomic_write_text(out / "prompt_stats.json", json.dumps(stats, indent=2) + "\n")
+    atomic_write_text(out / R.TEST_METRICS, json.dumps(m, indent=2) + "\n")
+    atomic_write_text(out / R.PROMPT_STATS, json.dumps(stats, indent=2) + "\n")
     atomic_write_text(out / "responses.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     atomic_write_text(out / "prompt.yaml", yaml.safe_dump({"config": pcfg.model_dump(), **load_prompt(pcfg.prompt)},
                                                           sort_keys=False))
-    from ..data import write_conll
-
-    write_conll(out / "test_predictions.conll", test, preds)
-    print(format_table(m, f"Prompted baseline ({pcfg.provider}:{pcfg.model}, {stats['k_shot']}-shot) on "
-                          f"{len(test)} test sentences:"))
-    print("failure counts: " + json.dumps(stats["counts"]))
+    write_conll(out / R.TEST_PREDICTIONS, test, preds)
+    log.info("%s", format_table(m, f"Prompted baseline ({pcfg.provider}:{model_name}, {stats['k_shot']}-shot) on "
+                                   f"{len(test)} test sentences:"))
+    log.info("failure counts: %s", json.dumps(stats["counts"]))
     return {"metrics": m, "stats": stats}

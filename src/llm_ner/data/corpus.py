@@ -1,4 +1,5 @@
-"""Corpus readers -> list[Sentence], tag-scheme detection and normalisation to IOB2, label remapping.
+"""Corpora: readers -> list[Sentence] (normalised to IOB2), format detection from content, label remapping,
+statistics, CoNLL writing, and the run config's splits (`load_split`).
 
 Every reader raises `DataError` with `file:line` (or `file:record`) on bad input instead of silently dropping it,
 and logs how much it read. Internally everything is IOB2 (`B-X` starts an entity, `I-X` continues it).
@@ -17,28 +18,21 @@ import gzip
 import io
 import json
 import logging
-import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..align import split_words
+from ..config import RunConfig
+from ..fsutil import atomic_write_text
+from .schemes import SCHEMES, DataError, check_strict_iob2, detect_scheme, is_tag, split_tag, to_iob2
+
 log = logging.getLogger(__name__)
 
-SCHEMES = ("iob1", "iob2", "bioes")
 BUNDLED = {"conll2003": ("train", "valid", "test"), "wnut17": ("train", "valid", "test")}
 SPLIT_ALIASES = {"dev": "valid", "validation": "valid", "testa": "valid", "testb": "test"}
-_TAG_RE = re.compile(r"^(?:O|([BIESLU])-(.+))$")
-# Word splitter for raw text: e-mail addresses whole; possessive 's on its own (as in CoNLL/PTB tokenisation, so
-# "Smith's" gives "Smith" + "'s" and a name span can end at "Smith"); words with inner apostrophes, hyphens or dots
-# kept together (O'Neill, e-mail); any other symbol alone.
-WORD_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|['’]s\b|\w+(?:(?:['’](?!s\b)|[.\-])\w+)*|[^\w\s]", re.UNICODE)
-
-
-class DataError(ValueError):
-    """Bad input data. The message always names the file and the line (or record)."""
 
 
 @dataclass
@@ -54,108 +48,6 @@ class Sentence:
 
     def __len__(self) -> int:
         return len(self.tokens)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# tag schemes
-
-
-def split_tag(tag: str) -> tuple[str, str | None]:
-    """'B-PER' -> ('B', 'PER'); 'O' -> ('O', None). Raises ValueError for anything else."""
-    m = _TAG_RE.match(tag)
-    if not m:
-        raise ValueError(f"invalid tag {tag!r} (expected 'O' or a prefix B/I/E/S followed by '-TYPE')")
-    if tag == "O":
-        return "O", None
-    prefix = {"L": "E", "U": "S"}.get(m.group(1), m.group(1))  # BILOU == BIOES
-    return prefix, m.group(2)
-
-
-def detect_scheme(tag_seqs: Iterable[Sequence[str]]) -> str:
-    """IOB1 if an I-X ever starts an entity (after O or another type), BIOES if E-/S- appear, else IOB2."""
-    iob1 = False
-    for tags in tag_seqs:
-        prev_p, prev_t = "O", None
-        for tag in tags:
-            p, t = split_tag(tag)
-            if p in ("E", "S"):
-                return "bioes"
-            if p == "I" and (prev_p == "O" or prev_t != t):
-                iob1 = True
-            prev_p, prev_t = p, t
-    return "iob1" if iob1 else "iob2"
-
-
-def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
-    """Convert one sentence's tags from `scheme` to IOB2. An I-X that starts an entity becomes B-X (this is exactly
-    how conlleval reads IOB1, and also repairs ill-formed IOB2)."""
-    out: list[str] = []
-    prev_p, prev_t = "O", None
-    for tag in tags:
-        p, t = split_tag(tag)
-        if p == "O":
-            out.append("O")
-        elif p in ("B", "S"):
-            out.append(f"B-{t}")
-        else:  # I or E: continues the previous entity of the same type, else starts a new one
-            out.append(f"I-{t}" if prev_p in ("B", "I") and prev_t == t else f"B-{t}")
-        # After E/S the entity is closed, so a following I must start a new one.
-        prev_p, prev_t = ("O", None) if p in ("E", "S", "O") else (p, t)
-    return out
-
-
-def spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """IOB2 (or IOB1, read like conlleval) -> entity spans (type, first, last), last inclusive."""
-    out: list[tuple[str, int, int]] = []
-    cur: list | None = None
-    for i, tag in enumerate(list(tags) + ["O"]):
-        p, t = (tag[0], tag[2:]) if tag != "O" else ("O", None)
-        if p == "I" and cur is not None and cur[0] == t:
-            cur[2] = i
-            continue
-        if cur is not None:
-            out.append(tuple(cur))
-        cur = [t, i, i] if p in ("B", "I") else None
-    return out
-
-
-def iob2_to_bioes(tags: Sequence[str]) -> list[str]:
-    out = []
-    for i, tag in enumerate(tags):
-        p, t = split_tag(tag)
-        nxt = tags[i + 1] if i + 1 < len(tags) else "O"
-        continues = nxt == f"I-{t}"
-        if p == "B":
-            out.append(f"B-{t}" if continues else f"S-{t}")
-        elif p == "I":
-            out.append(f"I-{t}" if continues else f"E-{t}")
-        else:
-            out.append("O")
-    return out
-
-
-def check_strict_iob2(tags: Sequence[str], where: Sequence[str]) -> None:
-    """Strict mode: an I-X must follow B-X or I-X. `where[i]` names token i's file:line."""
-    prev = "O"
-    for tag, loc in zip(tags, where, strict=True):
-        p, t = split_tag(tag)
-        if p == "I" and prev not in (f"B-{t}", f"I-{t}"):
-            raise DataError(f"{loc}: tag {tag!r} follows {prev!r}, which IOB2 forbids (strict mode)")
-        prev = tag
-
-
-def normalise(sentences: list[Sentence], scheme: str = "auto", strict: bool = False, name: str = "data") -> str:
-    """Convert all sentences to IOB2 in place; returns the scheme that was found/declared."""
-    if scheme not in ("auto", *SCHEMES, "bio", "bilou"):
-        raise DataError(f"{name}: unknown tag scheme {scheme!r}; use auto, iob1, iob2 (bio) or bioes (bilou)")
-    scheme = {"bio": "iob2", "bilou": "bioes"}.get(scheme, scheme)
-    if scheme == "auto":
-        scheme = detect_scheme(s.tags for s in sentences)
-    for s in sentences:
-        if strict and scheme == "iob2":
-            check_strict_iob2(s.tags, [f"{s.origin or name} token {i + 1}" for i in range(len(s))])
-        s.tags = to_iob2(s.tags, scheme)
-    return scheme
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -220,6 +112,15 @@ def read_conll(path: str | Path, tag_col: int = -1) -> list[Sentence]:
     return sentences
 
 
+def read_predictions(path: str | Path) -> tuple[list[Sentence], list[list[str]]]:
+    """A `token gold pred` file (what `write_conll` writes): gold = second-to-last column, pred = last; both read as
+    conlleval does (IOB1 or IOB2)."""
+    gold, pred = read_conll(path, tag_col=-2), read_conll(path)
+    for s in gold:
+        s.tags = to_iob2(s.tags, "iob1")
+    return gold, [to_iob2(p.tags, "iob1") for p in pred]
+
+
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     records = []
     for lineno, line in enumerate(_open_text(path), 1):
@@ -259,11 +160,6 @@ def read_jsonl_tokens(path: str | Path) -> list[Sentence]:
             raise DataError(f"{path}:{lineno}: empty 'tokens' list")
         out.append(Sentence(tokens, list(tags), rec.get("doc_id"), f"{path}:{lineno}"))
     return out
-
-
-def split_words(text: str) -> list[tuple[int, int]]:
-    """Raw text -> word (start, end) character offsets. Emails stay whole; punctuation is its own word."""
-    return [m.span() for m in WORD_RE.finditer(text)]
 
 
 def spans_to_sentence(text: str, entities: list[dict], where: str) -> tuple[Sentence, list[dict]]:
@@ -405,6 +301,115 @@ def bundled_names() -> list[str]:
     return [f"{n}:{s}" for n, splits in BUNDLED.items() for s in splits]
 
 
+def _first_lines(path: Path, n: int = 200) -> list[tuple[int, str]]:
+    """The first n non-blank lines with their line numbers, read without loading the whole file (batch prediction
+    inputs can be huge)."""
+    out: list[tuple[int, str]] = []
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    out.append((lineno, line.rstrip("\r\n")))
+                    if len(out) == n:
+                        break
+    except UnicodeDecodeError:
+        _open_text(path)  # raises the DataError that names the line
+    return out
+
+
+def _is_column_line(line: str) -> bool:
+    """`token ... tag`: at least two columns and a tag in the last one (or a -DOCSTART- line)."""
+    cols = line.split("\t") if "\t" in line else line.split()
+    return cols[0].strip() == "-DOCSTART-" or (len(cols) >= 2 and is_tag(cols[-1].strip()))
+
+
+def detect_format(path: str | Path, allow_text: bool = False) -> str:
+    """A file's format from its content (never its name): 'conll' (token ... tag lines), 'jsonl-spans'
+    ({"text", "entities"}), 'jsonl-tokens' ({"tokens", "tags"}), 'multinerd' (integer ner_tags + lang), 'jsonl-text'
+    ({"text"} only) or, with allow_text, 'text' (a plain text per line). Ambiguous content is refused: the message says
+    how to declare the format."""
+    path = Path(path)
+    numbered = _first_lines(path)
+    if not numbered:
+        raise DataError(f"{path}: empty file")
+    lines = [ln for _, ln in numbered]
+    if lines[0].lstrip().startswith("{"):  # JSON lines
+        try:
+            first = json.loads(lines[0])
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{numbered[0][0]}: invalid JSON ({e.msg})") from None
+        if not isinstance(first, dict):
+            raise DataError(f"{path}:{numbered[0][0]}: expected a JSON object")
+        if "text" in first:
+            return "jsonl-spans" if "entities" in first or "spans" in first else "jsonl-text"
+        if "lang" in first and isinstance((first.get("ner_tags") or ["O"])[0], int):
+            return "multinerd"
+        if "tokens" in first:
+            return "jsonl-tokens"
+        raise DataError(f"{path}:1: a JSON record needs 'text' or 'tokens' (found keys {sorted(first)})")
+    columns = sum(_is_column_line(ln) for ln in lines)
+    if columns == len(lines) or (columns and not allow_text):  # labelled data: the reader names any bad line
+        return "conll"
+    if columns == 0 and allow_text:
+        return "text"
+    if columns == 0:
+        raise DataError(f"{path}: neither CoNLL columns ('token ... tag') nor JSON lines; first line {lines[0]!r}")
+    bad = next(ln for ln in lines if not _is_column_line(ln))
+    raise DataError(f"{path}: ambiguous format: {columns} of the first {len(lines)} lines look like CoNLL "
+                    f"'token ... tag' columns, but not e.g. {bad!r}; declare it with --format text, jsonl or conll")
+
+
+def read_texts(path: str | Path, fmt: str = "auto") -> tuple[str, list[str] | list[Sentence]]:
+    """Prediction input: ('text', [texts]) from a text-per-line or {"text"} JSONL file, or ('conll', sentences) from
+    a token-per-line file (whose tags, if any, are replaced by the predictions). `fmt`: auto | text | jsonl | conll."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if fmt == "auto":
+        fmt = detect_format(path, allow_text=True)
+    if fmt == "conll":
+        return "conll", read_conll(path)
+    if fmt == "text":
+        return "text", _open_text(path)
+    if fmt in ("jsonl", "jsonl-text", "jsonl-spans"):
+        texts = []
+        for lineno, rec in _read_jsonl(path):
+            if not isinstance(rec.get("text"), str):
+                raise DataError(f"{path}:{lineno}: expected a JSON object with a string 'text' field")
+            texts.append(rec["text"])
+        return "text", texts
+    raise DataError(f"{path}: format {fmt!r} has no text to predict; use text, jsonl or conll")
+
+
+def normalise(sentences: list[Sentence], scheme: str = "auto", strict: bool = False, name: str = "data") -> str:
+    """Convert all sentences to IOB2 in place; returns the scheme that was found/declared."""
+    if scheme not in ("auto", *SCHEMES, "bio", "bilou"):
+        raise DataError(f"{name}: unknown tag scheme {scheme!r}; use auto, iob1, iob2 (bio) or bioes (bilou)")
+    scheme = {"bio": "iob2", "bilou": "bioes"}.get(scheme, scheme)
+    if scheme == "auto":
+        scheme = detect_scheme(s.tags for s in sentences)
+    for s in sentences:
+        if strict and scheme == "iob2":
+            check_strict_iob2(s.tags, [f"{s.origin or name} token {i + 1}" for i in range(len(s))])
+        s.tags = to_iob2(s.tags, scheme)
+    return scheme
+
+
+def _read_file(path: Path, fmt: str) -> list[Sentence]:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (bundled corpora: {', '.join(bundled_names())})")
+    if fmt == "auto":
+        fmt = detect_format(path)
+    readers = {"conll": read_conll, "jsonl-tokens": read_jsonl_tokens, "jsonl-spans": read_jsonl_spans,
+               "multinerd": read_multinerd}
+    if fmt == "jsonl-text":
+        raise DataError(f"{path}: records have a 'text' but no 'entities': raw text has no labels to train or score on")
+    if fmt not in readers:
+        raise DataError(f"{path}: unknown format {fmt!r}; use one of {sorted(readers)} or auto")
+    return readers[fmt](path)
+
+
 def load_corpus(
     source: str | Path,
     fmt: str = "auto",
@@ -424,27 +429,26 @@ def load_corpus(
     elif ":" in src and src.split(":", 1)[0] in BUNDLED and not Path(src).exists():
         sents = _bundled(*src.split(":", 1))
     else:
-        path = Path(src)
-        if not path.is_file():
-            raise DataError(f"{path}: no such file (bundled corpora: {', '.join(bundled_names())})")
-        if fmt == "auto":
-            fmt = "conll"
-            if path.suffix in (".jsonl", ".json") or path.name.endswith(".jsonl.gz"):
-                first = _read_jsonl(path)[0][1]
-                fmt = ("jsonl-spans" if "text" in first else
-                       "multinerd" if "lang" in first and isinstance((first.get("ner_tags") or ["O"])[0], int)
-                       else "jsonl-tokens")
-        readers = {"conll": read_conll, "jsonl-tokens": read_jsonl_tokens, "jsonl-spans": read_jsonl_spans,
-                   "multinerd": read_multinerd}
-        if fmt not in readers:
-            raise DataError(f"{path}: unknown format {fmt!r}; use one of {sorted(readers)} or auto")
-        sents = readers[fmt](path)
+        sents = _read_file(Path(src), fmt)
     if limit is not None:
         sents = sents[:limit]
     found = normalise(sents, scheme, strict, src)
     n_ent = sum(t.startswith("B-") for s in sents for t in s.tags)
     log.info("read %s: %d sentences, %d tokens, %d entities (scheme %s -> iob2)", src, len(sents),
              sum(len(s) for s in sents), n_ent, found)
+    return sents
+
+
+def load_split(cfg: RunConfig, which: str) -> list[Sentence] | None:
+    """The run config's train / dev / test split, read, limited and remapped as its data section says."""
+    d = cfg.data
+    src = getattr(d, which)
+    if src is None:
+        return None
+    limit = {"train": d.max_train_sentences, "dev": d.max_dev_sentences, "test": d.max_test_sentences}[which]
+    sents = load_corpus(src, d.format, d.scheme, d.strict, limit)
+    if d.keep_types is not None or d.rename:
+        sents = remap(sents, d.keep_types, d.rename)
     return sents
 
 
@@ -495,29 +499,3 @@ def write_conll(path: str | Path, sentences: Sequence[Sentence], pred_tags: Sequ
             buf.write(" ".join(cols) + "\n")
         buf.write("\n")
     atomic_write_text(Path(path), buf.getvalue())
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written directory `tmp` in as `final` (the old one is moved aside first, then removed), so a kill
-    at any point leaves either the old or the new directory, never a half-written one."""
-    import shutil
-
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file then rename, so a crash never leaves a half-written file; on an error (a full disk) the
-    old file stays as it was and the temp file is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a temp file
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -1,0 +1,33 @@
+"""Data: tag schemes (schemes.py) and corpora (corpus.py). The names below are the public API, re-exported so that
+`from llm_ner.data import load_corpus` keeps working."""
+
+from .corpus import (
+    BUNDLED,
+    MULTINERD_TAGS,
+    MULTINERD_TYPES,
+    Sentence,
+    bundled_names,
+    detect_format,
+    entity_types,
+    load_corpus,
+    load_split,
+    normalise,
+    read_conll,
+    read_jsonl_spans,
+    read_jsonl_tokens,
+    read_multinerd,
+    read_predictions,
+    read_texts,
+    remap,
+    spans_to_sentence,
+    stats,
+    write_conll,
+)
+from .schemes import DataError, detect_scheme, iob2_to_bioes, is_tag, spans, split_tag, to_iob2
+
+__all__ = [
+    "BUNDLED", "MULTINERD_TAGS", "MULTINERD_TYPES", "DataError", "Sentence", "bundled_names",
+    "detect_format", "detect_scheme", "entity_types", "iob2_to_bioes", "is_tag", "load_corpus", "load_split",
+    "normalise", "read_conll", "read_jsonl_spans", "read_jsonl_tokens", "read_multinerd", "read_predictions",
+    "read_texts", "remap", "spans", "spans_to_sentence", "split_tag", "stats", "to_iob2", "write_conll",
+]

@@ -1,0 +1,33 @@
+"""File-system helpers with one promise: a kill or a full disk at any moment never leaves a half-written file or
+directory behind. A leaf module: it imports nothing from llm_ner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temp file then rename, so a crash never leaves a half-written file; on an error (a full disk) the
+    old file stays as it was and the temp file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a temp file
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written directory `tmp` in as `final` (the old one is moved aside first, then removed), so a kill
+    at any point leaves either the old or the new directory, never a half-written one."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""A run directory: the names of the files a run writes (one place), and one loader that reads a finished run back
+for compare, report and systems.
+
+    config.yaml          the resolved run config            model/              best model on dev (+ best.json)
+    checkpoints/         Trainer checkpoints (resume)       metrics.jsonl       training curves (loss, dev F1)
+    summary.json         sizes, times, system kind, test    test_metrics.json   test scores
+    test_predictions.conll  token gold pred                 analysis.json       error analysis of the test set
+    prompt_stats.json    prompted baseline only (requests, failures, cost)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import NERConfig
+from .data import DataError, Sentence, read_predictions
+
+CONFIG = "config.yaml"
+MODEL = "model"
+CHECKPOINTS = "checkpoints"
+INCOMPLETE = "incomplete_checkpoints"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+TEST_METRICS = "test_metrics.json"
+TEST_PREDICTIONS = "test_predictions.conll"
+ANALYSIS = "analysis.json"
+PROMPT_STATS = "prompt_stats.json"
+BEST = "best.json"  # inside model/: the best dev F1 so far, survives a kill
+MODEL_CONFIG = "llm_ner_config.json"  # inside model/ (model.CONFIG_NAME)
+
+# Architectures that are encoders (masked-LM pre-training, bidirectional by design): how a run is told to be the
+# encoder baseline rather than an LLM, from the backbone's own config.json.
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "albert", "mpnet",
+                 "camembert", "modernbert", "ernie", "xlnet", "mobilebert", "funnel", "longformer", "bigbird"}
+
+
+def system_kind(model_type: str | None) -> str:
+    """'encoder' for a BERT-style backbone, else 'llm'."""
+    return "encoder" if (model_type or "").lower() in ENCODER_TYPES else "llm"
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass
+class Run:
+    dir: Path
+    kind: str  # "llm" | "encoder" | "prompt"
+    model_name: str | None  # the backbone (alias / hub id) or the prompted model's name — never a cache path
+    metrics: dict  # test_metrics.json
+    summary: dict = field(default_factory=dict)
+    prompt_stats: dict | None = None
+    analysis: dict | None = None
+    model_config: dict | None = None  # model/llm_ner_config.json in the version 2 layout
+    curve: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    def predictions(self) -> tuple[list[Sentence], list[list[str]]]:
+        return read_predictions(self.dir / TEST_PREDICTIONS)
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    d = Path(run_dir)
+    return (d / TEST_METRICS).is_file() and ((d / SUMMARY).is_file() or (d / PROMPT_STATS).is_file())
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a finished run (trained model or prompted baseline). Runs written by earlier versions load too."""
+    d = Path(run_dir)
+    if not (d / TEST_METRICS).is_file():
+        raise DataError(f"{d}: not a finished run ({TEST_METRICS} missing)")
+    summary = _json(d / SUMMARY) or {}
+    pstats = _json(d / PROMPT_STATS)
+    mcfg = _json(d / MODEL / MODEL_CONFIG)
+    if mcfg is not None and mcfg.get("format_version", 1) == 1:
+        mcfg = NERConfig.from_v1(mcfg)
+    if pstats is not None:
+        kind, name = "prompt", pstats.get("model_name") or pstats.get("model")
+    else:
+        name = (mcfg or {}).get("model", {}).get("backbone")
+        model_type = summary.get("model_type") or (_json(d / MODEL / "backbone" / "config.json") or {}).get(
+            "model_type")
+        kind = summary.get("system") or ("encoder" if model_type is None and name == "minilm-l6"
+                                         else system_kind(model_type))
+    curve = []
+    if (d / METRICS).is_file():
+        curve = [json.loads(x) for x in (d / METRICS).read_text().splitlines() if x.strip()]
+    return Run(d, kind, name, json.loads((d / TEST_METRICS).read_text()), summary, pstats, _json(d / ANALYSIS),
+               mcfg, curve)

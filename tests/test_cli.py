@@ -1,0 +1,86 @@
+"""The command line as a user meets it: formats read from content, one-line errors with exit status 2, a run's test
+set from the user's data."""
+
+import json
+
+from typer.testing import CliRunner
+
+from llm_ner.cli import app
+
+runner = CliRunner()
+CONLL = "Peter B-PER\nBlackburn I-PER\nflew O\nto O\nBrussels B-LOC\n. O\n\nEU B-ORG\nrejects O\n"
+
+
+def test_predict_reads_a_conll_file_named_txt_as_conll(tiny_ner_dir, tmp_path):
+    src = tmp_path / "test.txt"  # the usual name of CoNLL-2003 files
+    src.write_text(CONLL)
+    r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--input", str(src)])
+    assert r.exit_code == 0, r.output
+    out = (tmp_path / "test.pred.conll").read_text().split("\n\n")
+    assert [ln.split()[0] for ln in out[0].splitlines()] == ["Peter", "Blackburn", "flew", "to", "Brussels", "."]
+    assert all(len(ln.split()) == 3 for block in out if block.strip() for ln in block.splitlines())
+
+
+def test_predict_text_lines_jsonl_and_a_declared_format(tiny_ner_dir, tmp_path):
+    txt = tmp_path / "texts.conll"  # a name that lies: the content is plain text
+    txt.write_text("Peter Blackburn flew to Brussels.\nEU rejects German call.\n")
+    r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--input", str(txt), "--output",
+                            str(tmp_path / "a.jsonl")])
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [x["text"] for x in recs] == ["Peter Blackburn flew to Brussels.", "EU rejects German call."]
+    js = tmp_path / "in.data"
+    js.write_text(json.dumps({"text": "Peter flew."}) + "\n")
+    r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--input", str(js)])
+    assert r.exit_code == 0 and json.loads(r.stdout.splitlines()[-1])["text"] == "Peter flew."
+    # "--format text" reads a CoNLL-looking file as text lines, on the user's word
+    conll = tmp_path / "c.txt"
+    conll.write_text(CONLL)
+    r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--input", str(conll), "--format", "text"])
+    assert r.exit_code == 0 and json.loads(r.stdout.splitlines()[0])["text"] == "Peter B-PER"
+
+
+def test_ambiguous_input_is_refused_with_how_to_declare_it(tiny_ner_dir, tmp_path):
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("Peter B-PER\nBlackburn I-PER\nThis line is a sentence about Brussels.\n")
+    r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--input", str(mixed)])
+    assert r.exit_code == 2
+    assert "ambiguous format" in r.output and "--format" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "mixed.pred.conll").exists()
+
+
+def test_missing_model_dir_is_one_line_for_every_command(tmp_path):
+    texts = tmp_path / "t.txt"
+    texts.write_text("Peter flew.\n")
+    for args in (["serve", "--model", str(tmp_path / "nope")],
+                 ["batch-predict", "--model", str(tmp_path / "nope"), "--input", str(texts), "--output",
+                  str(tmp_path / "o")],
+                 ["predict", "--model", str(tmp_path / "nope"), "--text", "x"],
+                 ["evaluate", "--model", str(tmp_path / "nope"), "--data", "conll2003:test", "--limit", "2"],
+                 ["export", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "e")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "nope" in errors[0] and "Traceback" not in r.output
+
+
+def test_own_data_without_test_runs_no_test_step(tiny_llama, tmp_path):
+    data = tmp_path / "bio.conll"
+    data.write_text("".join(f"aspirin B-Chemical\ncauses O\nheadache B-Disease\n{i} O\n\n" for i in range(12)))
+    r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--train", str(data), "--dev", str(data),
+                            "--max-steps", "2", "--output", str(tmp_path / "run"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test"] is None and "test" not in summary["data"]
+    assert not (tmp_path / "run" / "test_metrics.json").exists()
+    assert "skipped the test step" in r.output
+
+
+def test_test_set_of_other_types_is_refused(tiny_llama, tmp_path):
+    data = tmp_path / "bio.conll"
+    data.write_text("".join("aspirin B-Chemical\ncauses O\nheadache B-Disease\n\n" for _ in range(4)))
+    r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--train", str(data), "--test", "conll2003:test",
+                            "--max-steps", "1", "--output", str(tmp_path / "run"), "--no-progress"])
+    assert r.exit_code == 2
+    assert "conll2003:test: its entity types ['LOC', 'MISC', 'ORG', 'PER'] do not overlap" in r.output
+    assert "['Chemical', 'Disease']" in r.output and not (tmp_path / "run" / "checkpoints").exists()

@@ -120,7 +120,8 @@ def last_complete_checkpoint(ckpt_dir: Path, move_aside: bool = True) -> str | N
 
 
 class MetricsLogger(TrainerCallback):
-    """Appends every log record (train loss, lr, dev metrics) to metrics.jsonl: the training curves."""
+    """Appends every log record (train loss, lr, dev metrics) to metrics.jsonl: the training curves. Append-only, a
+    line at a time; a line cut off by a kill is dropped on --resume (`_step`)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -262,6 +263,14 @@ def load_data(cfg: RunConfig) -> Splits:
     return splits
 
 
+def _step(record: str) -> float:
+    """The step of a metrics.jsonl line; a line cut off by a kill (or empty) counts as never logged."""
+    try:
+        return json.loads(record).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")
+
+
 def prepare_run_dir(cfg: RunConfig, resume: bool, main: bool) -> str | None:
     """Check the run dir can take the run, clean what a killed run left, and return the checkpoint to resume from.
     Under torchrun every rank runs this: only rank 0 (`main`) touches files (two ranks renaming the same temp file
@@ -278,8 +287,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, main: bool) -> str | None:
     if last is not None and (run_dir / R.METRICS).is_file():
         # Steps after the checkpoint are redone: drop their old records so each step is logged once.
         step = checkpoint_step(last)
-        keep = [ln for ln in (run_dir / R.METRICS).read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = [ln for ln in (run_dir / R.METRICS).read_text().splitlines() if _step(ln) <= step]
         atomic_write_text(run_dir / R.METRICS, "".join(x + "\n" for x in keep))
     if not resume:  # a fresh run never mixes with an old one's files
         for name in (R.METRICS, R.MODEL, R.CHECKPOINTS, R.INCOMPLETE, R.SUMMARY, R.TEST_METRICS,

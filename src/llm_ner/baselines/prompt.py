@@ -269,9 +269,7 @@ class CachedChat:
                 delay *= 2
         res.retries = retries
         if res.error is None:  # cache only real answers, so failures are retried on the next run
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({k: v for k, v in res.__dict__.items() if k != "cached"}))
-            tmp.replace(path)
+            atomic_write_text(path, json.dumps({k: v for k, v in res.__dict__.items() if k != "cached"}))
         return res
 
 

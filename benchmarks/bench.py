@@ -64,18 +64,24 @@ def nonembedding_params(backbone) -> int:
 # ------------------------------------------------------------------------------------------------------------------
 # workers: each prints one JSON line
 def w_matmul(a) -> dict:
+    """The matmul peaks MFU is measured against: fp32, and bf16 (native on CPUs with AVX512-BF16 / AMX)."""
     import torch
 
-    n, reps, best = 2048, 10, 0.0
-    x, y = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        x @ y
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(reps):
+    from llm_ner.device import cpu_has_native_bf16
+
+    n, reps = 2048, 10
+    out = {"threads": torch.get_num_threads(), "n": n, "native_bf16": cpu_has_native_bf16()}
+    for dtype, key in ((torch.float32, "fp32_matmul_gflops"), (torch.bfloat16, "bf16_matmul_gflops")):
+        x, y, best = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype), 0.0
+        for _ in range(3):
             x @ y
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
-    return {"fp32_matmul_gflops": round(best / 1e9, 1), "threads": torch.get_num_threads(), "n": n}
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(reps):
+                x @ y
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
+        out[key] = round(best / 1e9, 1)
+    return out
 
 
 def _throughput(ner, texts: list[str], batch_size: int, mode: str) -> dict:
@@ -116,7 +122,7 @@ def w_predict(a) -> dict:
         keep = DEFAULT_KEEP_FP32 if a.keep_fp32 is None else () if a.keep_fp32 == "none" else tuple(
             a.keep_fp32.split(","))
         spec = Int8Spec(a.scheme or DEFAULT_SCHEME, DEFAULT_ALPHA if a.alpha is None else a.alpha, keep)
-    ner = NERModel.from_pretrained(a.model, device="cpu", quantize=spec)
+    ner = NERModel.from_pretrained(a.model, device="cpu", quantize="bf16" if a.bf16 else spec)
     if a.merge:
         merge_lora(ner.model)
     ner.default_budget = ner.max_batch_tokens
@@ -242,8 +248,9 @@ def w_spacy(a) -> dict:
     return out
 
 
-def w_train(a) -> dict:
-    """Training steps on real CoNLL windows (batch 8, sorted-length buckets as the Trainer's group_by_length)."""
+def _train_setup(a):
+    """Model, optimizer and batches of real CoNLL training windows (`--batch` of them, 8 by default; sorted-length
+    buckets as the Trainer's group_by_length), as `llm-ner train` builds them."""
     import torch
 
     from llm_ner.align import collate, encode_sentences, window_feature
@@ -253,31 +260,66 @@ def w_train(a) -> dict:
     from llm_ner.predict import load_tokenizer
     from llm_ner.train import build_model, make_optimizer
 
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml", {"training.mode": a.mode})
-    sents = load_corpus("conll2003:train", limit=400)
+    cfg = load_config("quickstart", {"training.mode": a.mode})
+    sents = load_corpus("conll2003:train", limit=max(400, a.batch * (a.steps * a.rounds + 2)))
     labels = label_set_for(sents)
     tok = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
     model = build_model(cfg, labels).train()
     opt = make_optimizer(model, cfg)
     feats = [window_feature(w) for w in encode_sentences(tok, sents, labels.encode, 256, 32)]
     feats.sort(key=lambda f: len(f["input_ids"]))
-    batches = [collate(feats[i : i + 8], tok.pad_token_id) for i in range(0, len(feats), 8)]
-    rng = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(batches), generator=rng).tolist()
-    n_tok = 0
-    for k, i in enumerate(order[: a.steps + 1]):
-        if k == 1:  # the first step (allocations, fused-AdamW state) is not timed
-            t, n_tok = time.perf_counter(), 0
-        loss = model(**batches[i]).loss
+    batches = [collate(feats[i : i + a.batch], tok.pad_token_id) for i in range(0, len(feats), a.batch)]
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(0)).tolist()
+    return model, opt, [batches[i] for i in order]
+
+
+def _train_steps(model, opt, batches, precision: str) -> tuple[int, float]:
+    """Optimizer steps as the Trainer takes them (bf16: autocast, fp32 master weights); (tokens, seconds)."""
+    import contextlib
+
+    import torch
+
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    n_tok, t = 0, time.perf_counter()
+    for b in batches:
+        with amp:
+            loss = model(**b).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        n_tok += int(batches[i]["attention_mask"].sum())
-    dt = time.perf_counter() - t
+        n_tok += int(b["attention_mask"].sum())
+    return n_tok, time.perf_counter() - t
+
+
+def w_train(a) -> dict:
+    """Training tokens/s for one mode and precision (the first step — allocations, AdamW state — is not timed)."""
+    model, opt, batches = _train_setup(a)
+    _train_steps(model, opt, batches[:1], a.precision)
+    n_tok, dt = _train_steps(model, opt, batches[1 : a.steps + 1], a.precision)
     counts = model.parameter_counts()
-    return {"mode": a.mode, "steps": a.steps, "tokens_per_s": round(n_tok / dt, 1),
+    return {"mode": a.mode, "precision": a.precision, "batch": a.batch, "steps": a.steps,
+            "tokens_per_s": round(n_tok / dt, 1),
             "nonembedding_params": nonembedding_params(model.backbone), "trainable": counts["trainable"],
             "peak_mb": peak_mb()}
+
+
+def w_train_paired(a) -> dict:
+    """fp32 and bf16-autocast training steps alternated in one process on the same batches (the VM's speed drifts
+    by tens of percent between sections, so only a paired ratio is fair)."""
+    model, opt, batches = _train_setup(a)
+    _train_steps(model, opt, batches[:1], "bf16")
+    _train_steps(model, opt, batches[:1], "fp32")
+    rounds = []
+    for r in range(a.rounds):
+        chunk = batches[1 + r * a.steps : 1 + (r + 1) * a.steps]
+        got = {}
+        for precision in ("fp32", "bf16"):
+            n_tok, dt = _train_steps(model, opt, chunk, precision)
+            got[precision] = round(n_tok / dt, 1)
+        rounds.append({**got, "ratio": round(got["bf16"] / got["fp32"], 2)})
+    ratios = sorted(x["ratio"] for x in rounds)
+    return {"mode": a.mode, "rounds": rounds, "median_ratio": ratios[len(ratios) // 2],
+            "nonembedding_params": nonembedding_params(model.backbone), "peak_mb": peak_mb()}
 
 
 def w_scaling(a) -> dict:
@@ -325,17 +367,18 @@ def _alternate(runs: dict, words: int, rounds: int) -> tuple[list[dict], float]:
 
 
 def w_paired(a) -> dict:
-    """fp32 and int8 copies of one model in one process, timed alternately on the same texts (`--rounds` times)."""
+    """fp32 and an int8 (or bf16: --other bf16) copy of one model in one process, timed alternately on the same texts
+    (`--rounds` times)."""
     from llm_ner.predict import NERModel
 
     _, texts = test_texts(a.n)
     fp32 = NERModel.from_pretrained(a.model, device="cpu")
-    int8 = NERModel.from_pretrained(a.model, device="cpu", quantize="int8")
-    for m in (fp32, int8):
+    other = NERModel.from_pretrained(a.model, device="cpu", quantize=a.other)
+    for m in (fp32, other):
         m.predict(texts[:32])  # warm-up
-    rounds, median = _alternate({"fp32": lambda: fp32.predict(texts), "int8": lambda: int8.predict(texts)},
+    rounds, median = _alternate({"fp32": lambda: fp32.predict(texts), a.other: lambda: other.predict(texts)},
                                 n_words(texts), a.rounds)
-    return {"texts": len(texts), "rounds": rounds, "median_ratio": median}
+    return {"texts": len(texts), "other": a.other, "rounds": rounds, "median_ratio": median}
 
 
 def w_serve(a) -> dict:
@@ -397,6 +440,7 @@ def w_serve(a) -> dict:
 
 
 WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "spacy": w_spacy, "train": w_train,
+           "train_paired": w_train_paired,
            "scaling": w_scaling, "paired": w_paired, "serve": w_serve}
 
 
@@ -435,6 +479,9 @@ def main() -> None:
         "llm_int8": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "1:sorted,32:budget", "--int8",
                                        *f1),
         "int8_paired": lambda: run_worker("paired", a.llm_model, "--n", n, "--rounds", "2" if a.quick else "5"),
+        "llm_bf16": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:budget", "--bf16", *f1),
+        "bf16_paired": lambda: run_worker("paired", a.llm_model, "--n", n, "--rounds", "2" if a.quick else "5",
+                                          "--other", "bf16"),
         # SmoothQuant strength chosen on dev F1 (fp32 reference first)
         **({} if a.quick else {
             "dev_fp32": lambda: run_worker("predict", a.llm_model, "--n", "16", "--grid", "32:budget", "--f1",
@@ -461,6 +508,10 @@ def main() -> None:
         "serve_int8": lambda: run_worker("serve", a.llm_model, "--n", n, "--clients", "16", "--int8"),
         **{f"train_{m}": (lambda m=m: run_worker("train", "--mode", m, "--steps", "3" if a.quick else "6"))
            for m in ("full", "lora", "frozen")},
+        "train_full_bf16": lambda: run_worker("train", "--mode", "full", "--precision", "bf16", "--steps",
+                                              "3" if a.quick else "6"),
+        "train_paired": lambda: run_worker("train_paired", "--mode", "full", "--steps", "2" if a.quick else "4",
+                                           "--rounds", "2" if a.quick else "5"),
         "scaling": lambda: run_worker("scaling", a.llm_model, "--stream", "512" if a.quick else "2048",
                                       "--lengths", *(["512", "2048", "8192"] if a.quick else
                                                      ["512", "1024", "2048", "4096", "8192", "16384", "32768"])),
@@ -502,6 +553,8 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--grid", default="32:sorted")
     p.add_argument("--f1", action="store_true")
     p.add_argument("--int8", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="predict: backbone in bf16")
+    p.add_argument("--other", default="int8", help="paired: int8 | bf16, timed against fp32")
     p.add_argument("--alpha", type=float, default=None)
     p.add_argument("--scheme", default=None, help="int8 activation scales: per_token (default) | per_tensor")
     p.add_argument("--split", default="test")
@@ -515,7 +568,9 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--mode", default="full")
+    p.add_argument("--precision", default="fp32", help="train: fp32 | bf16 (autocast)")
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--batch", type=int, default=8, help="train: windows per step")
     p.add_argument("--stream", type=int, default=2048)
     p.add_argument("--lengths", type=int, nargs="*", default=[512, 2048])
     a = p.parse_args(argv)

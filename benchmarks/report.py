@@ -31,13 +31,16 @@ def write_report(res: dict, out: Path) -> None:
     peaks = [_get(res, k, "fp32_matmul_gflops", default=None) for k in ("matmul", "matmul_end")]
     peaks = [p for p in peaks if isinstance(p, int | float)]
     peak = max(peaks) if peaks else None
+    bf16_peaks = [_get(res, k, "bf16_matmul_gflops", default=None) for k in ("matmul", "matmul_end")]
+    bf16_peak = max((p for p in bf16_peaks if isinstance(p, int | float)), default=None)
     m = res.get("machine", {})
     lines = ["# Benchmarks", "",
              f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')} ({m.get('threads')} threads), "
              f"no GPU; {m.get('date')}{' (--quick)' if m.get('quick') else ''}. Command: `python benchmarks/bench.py`.",
              f"Measured fp32 matmul peak (2048², torch): **{peak} GFLOP/s**"
              + (f" (start of the run {peaks[0]}, end {peaks[1]}; MFU below uses the higher)" if len(peaks) > 1 else "")
-             + ".", "",
+             + "." + (f" bf16 matmul peak: **{bf16_peak} GFLOP/s** ({bf16_peak / peak:.2f}× fp32; bf16 MFU is "
+                      "measured against it)." if bf16_peak and peak else ""), "",
              "## Prediction (CoNLL-2003 test sentences as raw text; full test set for F1)", "",
              "Columns: words/s at a fixed batch size (sorted by length, or in input order), with a token budget "
              "(sorted, batches filled up to 1,024 padded tokens, ≤ 256 texts) and one padded row per window, and "
@@ -50,6 +53,7 @@ def write_report(res: dict, out: Path) -> None:
              "| test words/s (MFU) | peak MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     names = {"llm": "llm-ner SmolLM2-135M (fp32)", "llm_int8": "llm-ner, int8 + SmoothQuant",
+             "llm_bf16": "llm-ner, bf16 backbone",
              "llm_1thread": "llm-ner fp32, 1 thread", "llm_compile": "llm-ner fp32, torch.compile",
              "lora": "LoRA model (adapters)", "lora_merged": "LoRA model, merged",
              "encoder": "MiniLM-L6 encoder (fp32)", "encoder_int8": "MiniLM-L6 encoder, int8"}
@@ -62,22 +66,24 @@ def write_report(res: dict, out: Path) -> None:
             continue
         dflt = _grid(r, 32, "budget")
         params = r.get("nonembedding_params")
-        mfu = _mfu(dflt.get("tokens_per_s"), params, peak) if "int8" not in key else "(int8)"
+        key_peak = bf16_peak if "bf16" in key else peak
+        mfu = _mfu(dflt.get("tokens_per_s"), params, key_peak) if "int8" not in key else "(int8)"
         lines.append("| " + " | ".join(str(x) for x in [
             label, r.get("load_to_first_prediction_s"), _grid(r, 1).get("words_per_s", ""),
             _grid(r, 8).get("words_per_s", ""), _grid(r, 32).get("words_per_s", ""),
             _grid(r, 32, "unsorted").get("words_per_s", ""), _grid(r, 32, "budget_nopack").get("words_per_s", ""),
             f"**{dflt.get('words_per_s', '')}**",
             dflt.get("tokens_per_s", ""), mfu, dflt.get("padding_share", ""), r.get("test_f1", ""),
-            f"{r.get('test_words_per_s', '')}" + (f" ({_mfu(r.get('test_tokens_per_s'), params, peak)})"
+            f"{r.get('test_words_per_s', '')}" + (f" ({_mfu(r.get('test_tokens_per_s'), params, key_peak)})"
                                                   if "test_tokens_per_s" in r and "int8" not in key else ""),
             r.get("peak_mb")]) + " |")
-    pr = res.get("int8_paired", {})
-    if pr.get("rounds"):
-        lines += ["", f"int8 vs fp32 timed alternately in one process on the same {pr['texts']} texts "
-                      f"({len(pr['rounds'])} rounds, words/s fp32 → int8): "
-                      + "; ".join(f"{r['fp32']} → {r['int8']} ({r['ratio']}×)" for r in pr["rounds"])
-                      + f". **Median speed-up {pr['median_ratio']}×.**"]
+    for key in ("int8_paired", "bf16_paired"):
+        pr, other = res.get(key, {}), key.split("_")[0]
+        if pr.get("rounds"):
+            lines += ["", f"{other} vs fp32 timed alternately in one process on the same {pr['texts']} texts "
+                          f"({len(pr['rounds'])} rounds, words/s fp32 → {other}): "
+                          + "; ".join(f"{r['fp32']} → {r[other]} ({r['ratio']}×)" for r in pr["rounds"])
+                          + f". **Median speed-up {pr['median_ratio']}×.**"]
     devs = {k: v for k, v in res.items() if k.startswith("dev_") and isinstance(v, dict) and "valid_f1" in v}
     if devs:
         def name(k: str) -> str:
@@ -133,12 +139,20 @@ def write_report(res: dict, out: Path) -> None:
               "(N for LoRA includes the adapters: 4.9 M of 111 M.)", "",
               "| mode | tokens/s | FLOPs/token counted | MFU | trainable params | peak MB |",
               "|---|---|---|---|---|---|"]
-    for mode, mult in (("full", 6), ("lora", 4), ("frozen", 2)):
-        r = res.get(f"train_{mode}")
+    for key, mult in (("full", 6), ("full_bf16", 6), ("lora", 4), ("frozen", 2)):
+        r = res.get(f"train_{key}")
         if r and "error" not in r:
-            lines.append(f"| {mode} | {r['tokens_per_s']} | {mult} × N | "
-                         f"{_mfu(r['tokens_per_s'], r['nonembedding_params'], peak, mult)} | {r['trainable']:,} | "
+            key_peak = bf16_peak if key.endswith("bf16") else peak
+            label = "full, bf16 autocast (MFU vs the bf16 peak)" if key == "full_bf16" else key
+            lines.append(f"| {label} | {r['tokens_per_s']} | {mult} × N | "
+                         f"{_mfu(r['tokens_per_s'], r['nonembedding_params'], key_peak, mult)} | {r['trainable']:,} | "
                          f"{r['peak_mb']} |")
+    tp = res.get("train_paired", {})
+    if tp.get("rounds"):
+        lines += ["", f"Full fine-tuning, fp32 vs bf16 autocast (fp32 master weights) alternated in one process on the "
+                      f"same batches ({len(tp['rounds'])} rounds, tokens/s fp32 → bf16): "
+                      + "; ".join(f"{r['fp32']} → {r['bf16']} ({r['ratio']}×)" for r in tp["rounds"])
+                      + f". **Median speed-up {tp['median_ratio']}×.**"]
     llm = res.get("llm", {})
     if llm and "error" not in llm:
         b32, params = _grid(llm, 32, "budget"), llm.get("nonembedding_params")

@@ -1,7 +1,7 @@
 import pytest
 
 from llm_ner.data import DataError
-from llm_ner.evaluate import compute_metrics, score_files
+from llm_ner.evaluate import compute_metrics, format_table, score_files
 
 
 def test_hand_checked_case():
@@ -34,7 +34,10 @@ def test_score_files_iob1_equals_iob2(tmp_path):
     gold2 = write(tmp_path / "g2.txt", [[("EU", "B-ORG"), ("and", "O"), ("Bonn", "B-LOC"), ("Paris", "B-LOC")]])
     pred = write(tmp_path / "p.txt", [[("EU", "B-ORG"), ("and", "O"), ("Bonn", "B-LOC"), ("Paris", "I-LOC")]])
     m1, m2 = score_files(gold1, pred), score_files(gold2, pred)
-    assert m1 == m2
+    entity_keys = ("precision", "recall", "f1", "macro_f1", "per_type", "strict", "accuracy_iob2")
+    assert {k: m1[k] for k in entity_keys} == {k: m2[k] for k in entity_keys}
+    # token accuracy as conlleval counts it, on the tags as given: IOB1 gold differs from IOB2 predictions in tags
+    assert m1["accuracy"] == pytest.approx(25.0) and m2["accuracy"] == pytest.approx(75.0)
     # pred read like conlleval: "Bonn Paris" is one LOC -> 1 of 2 predicted correct, 1 of 3 gold found
     assert m1["precision"] == pytest.approx(50.0) and m1["recall"] == pytest.approx(100 / 3)
 
@@ -44,3 +47,13 @@ def test_score_files_token_mismatch_names_line(tmp_path):
     p = write(tmp_path / "p.txt", [[("a", "O"), ("b", "O")], [("c", "O"), ("e", "B-X")]])
     with pytest.raises(DataError, match=r"g\.txt:5 has 'd' but .*p\.txt:5 has 'e'"):
         score_files(g, p)
+
+
+def test_strict_iob2_mode_drops_entities_that_start_with_i():
+    gold = [["B-PER", "I-PER", "O", "B-LOC", "O"]]
+    pred = [["B-PER", "I-PER", "O", "I-LOC", "O"]]  # LOC starts with I-: conlleval counts it, strict IOB2 does not
+    m = compute_metrics(gold, pred)
+    assert m["f1"] == 100.0
+    assert m["strict"]["precision"] == 100.0 and m["strict"]["recall"] == 50.0
+    assert m["strict"]["f1"] == pytest.approx(200 / 3)
+    assert "strict IOB2" in format_table(m)

@@ -11,7 +11,7 @@ PKG = ROOT / "src" / "llm_ner"
 # Bottom to top. Prediction (predict) and scoring (evaluate) sit below train, because training selects its best model
 # by predicting and scoring the dev set and ends with the test step.
 LAYERS = [
-    "errors", "fsutil", "config", "align", "data.schemes", "data.corpus", "data", "labels", "rundir",
+    "errors", "fsutil", "device", "config", "align", "data.schemes", "data.corpus", "data", "labels", "rundir",
     "crf", "backbones", "model", "batching", "quantize", "predict", "evaluate", "analyze", "train",
     "baselines.encoder", "baselines.prompt", "baselines", "compare", "systems", "report",
     "serve", "spacy_component", "batch", "cli", "__init__",

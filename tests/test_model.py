@@ -213,3 +213,11 @@ def test_unmasking_hook_works_on_bert_style_layers():
     with torch.no_grad():
         torch.testing.assert_close(unmasked(**kw).logits, own(**kw).logits, atol=1e-5, rtol=1e-5)
     assert unmasked.packable and not own.packable
+
+
+def test_full_fine_tuning_can_keep_the_input_embeddings_frozen(tiny_llama):
+    model = build(tiny_llama, train_embeddings=False)
+    emb = model.backbone.get_input_embeddings().weight
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not emb.requires_grad and "backbone.layers.0.self_attn.q_proj.weight" in trainable
+    assert model.parameter_counts()["trainable"] == model.parameter_counts()["total"] - emb.numel()

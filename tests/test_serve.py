@@ -66,7 +66,7 @@ def post(url, body, raw=False):
     data = body if raw else json.dumps(body).encode()
     req = urllib.request.Request(url + "/v1/entities", data=data, headers={"content-type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=300) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -156,7 +156,8 @@ def test_openapi_contract(case):
 def test_graceful_shutdown_finishes_in_flight_requests(tiny_ner_dir):
     """SIGTERM while a slow request (4 × 100k characters, seconds of work) is being served: the request still gets
     its full, correct answer; new connections are refused; the process exits cleanly."""
-    proc, url = start_server(tiny_ner_dir, "--max-text-chars", "100000")
+    # a generous shutdown timeout: the test is about finishing the request, not about how fast a busy CI machine is
+    proc, url = start_server(tiny_ner_dir, "--max-text-chars", "100000", "--shutdown-timeout", "300")
     text = ("Peter visited New York. " * 5000)[:100_000]
     with ThreadPoolExecutor(1) as ex:
         fut = ex.submit(post, url, {"texts": [text] * 4})
@@ -165,7 +166,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_ner_dir):
             assert time.time() < deadline and not fut.done(), "the request never reached the server"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        status, body = fut.result(timeout=120)
+        status, body = fut.result(timeout=300)
     # uvicorn re-raises the captured SIGTERM after its clean shutdown, so the exit status is "terminated by SIGTERM"
     assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
     assert status == 200 and len(body["results"]) == 4

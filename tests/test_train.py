@@ -143,3 +143,16 @@ def test_export_merge_lora_and_pipeline_output(tiny_llama, tmp_path):
     assert [(e.start, e.end, e.label) for e in a.predict(text)] == [(e.start, e.end, e.label) for e in b.predict(text)]
     for d in b(text):
         assert set(d) == {"entity_group", "score", "word", "start", "end"} and text[d["start"]:d["end"]] == d["word"]
+
+
+def test_bf16_autocast_on_a_cpu_with_native_bf16(monkeypatch):
+    from llm_ner import train as T
+    from llm_ner.config import load_config
+
+    cfg = load_config(None, {"training.precision": "bf16"}).training
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)
+    assert T.mixed_precision(cfg) == ("bf16" if not T.torch.cuda.is_available() else "bf16")
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
+    if not T.torch.cuda.is_available():
+        assert T.mixed_precision(cfg) is None  # emulated bf16 is slower than fp32: stay fp32
+        assert T.mixed_precision(load_config(None, {}).training) is None  # auto on a CPU: fp32

@@ -85,6 +85,12 @@ def command(name: str | None = None, group: typer.Typer = app):
     return deco
 
 
+def _precision(int8: bool, bf16: bool) -> str | None:
+    if int8 and bf16:
+        _fail("choose one of --int8 and --bf16")
+    return "int8" if int8 else "bf16" if bf16 else None
+
+
 def _overrides(flags: dict, set_: list[str] | None) -> dict:
     """CLI flags that were given (None = not given) + --set key=value pairs, as dotted config keys."""
     from .config import parse_set
@@ -196,6 +202,7 @@ def evaluate(
     batch_size: Annotated[int, Opt()] = 32,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
     int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
+    bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """Score a saved model on labelled data: token accuracy, entity P/R/F1 (micro, macro, per type)."""
@@ -206,7 +213,7 @@ def evaluate(
 
     sents = load_corpus(data, limit=limit)
     ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                   quantize="int8" if int8 else None)
+                                   quantize=_precision(int8, bf16))
     m, _ = evaluate_model(ner, sents, True, output, Path(output).with_suffix(".conll") if output else None)
     typer.echo(format_table(m, f"{data}:"))
     if output:
@@ -241,6 +248,7 @@ def predict(
     batch_size: Annotated[int, Opt()] = 16,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
     int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
+    bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """Entity spans (character offsets, label, text, confidence) for raw text; CoNLL in -> CoNLL out."""
@@ -255,7 +263,7 @@ def predict(
         _fail(f"--format {format!r}: use auto, text, jsonl or conll")
     kind, items = read_texts(input, format) if input else ("text", list(text))
     ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                   quantize="int8" if int8 else None)
+                                   quantize=_precision(int8, bf16))
     if kind == "conll":
         target = Path(output) if output else Path(input).with_suffix(".pred.conll")
         write_conll(target, items, ner.predict_sentences(items, progress=True))
@@ -379,8 +387,10 @@ def serve(
     max_text_chars: Annotated[int, Opt(help="longer texts get 413")] = 100_000,
     max_batch: Annotated[int, Opt(help="more texts per request get 413")] = 64,
     batch_wait_ms: Annotated[float, Opt(help="micro-batching window")] = 5.0,
+    shutdown_timeout: Annotated[int, Opt(help="on SIGTERM, seconds the requests in flight get to finish")] = 30,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
     int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
+    bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """HTTP service: POST /v1/entities, GET /v1/labels, GET /health, OpenAPI docs at /docs."""
@@ -390,7 +400,7 @@ def serve(
 
     read_model_config(model)  # a missing or broken model dir is a one-line error before the server starts
     run(ServeConfig(model, max_text_chars, max_batch, batch_wait_ms, trust_remote_code=trust_remote_code,
-                    quantize="int8" if int8 else None), host, port)
+                    quantize=_precision(int8, bf16)), host, port, shutdown_timeout)
 
 
 @command("batch-predict")

@@ -43,6 +43,7 @@ def system_row(run: R.Run, subset: int | None, name: str | None = None) -> dict:
         "system": name or run.kind, "kind": run.kind, "run_dir": str(run.dir), "model": run.model_name,
         "test_sentences": m["sentences"],
         "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+        "strict_f1": m.get("strict", {}).get("f1"),  # seqeval strict IOB2 (runs before it was added: n/a)
         "macro_f1": m["macro_f1"], "per_type_f1": {t: v["f1"] for t, v in m["per_type"].items()},
         "train_seconds": summary.get("train_seconds"),
         "predict_words_per_second": summary.get("test_words_per_second") or pstats.get("tokens_per_second") or (
@@ -71,7 +72,8 @@ def _fmt(v, spec: str = ".2f") -> str:
 def table_markdown(rows: list[dict]) -> str:
     types = sorted({t for r in rows for t in r["per_type_f1"]})
     n_sub = max((r.get("subset_sentences") or 0) for r in rows)
-    head = (["system", "model", "test sents", "acc", "P", "R", "F1", "macro F1"] + [f"F1 {t}" for t in types]
+    head = (["system", "model", "test sents", "acc", "P", "R", "F1", "F1 strict", "macro F1"]
+            + [f"F1 {t}" for t in types]
             + [f"F1 first {n_sub}", "train s", "predict words/s", "peak MB", "params (trainable)", "$ / 1k tok"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -79,7 +81,7 @@ def table_markdown(rows: list[dict]) -> str:
         if r["params_total"] is not None:
             params = f"{r['params_total'] / 1e6:.1f}M ({r['params_trainable'] / 1e6:.2f}M)"
         cells = [r["system"], str(r["model"]).split("/")[-1], str(r["test_sentences"]), _fmt(r["accuracy"]),
-                 _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), _fmt(r["macro_f1"])]
+                 _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), _fmt(r["strict_f1"]), _fmt(r["macro_f1"])]
         cells += [_fmt(r["per_type_f1"].get(t)) for t in types]
         cells += [_fmt(r.get("subset_f1")), _fmt(r["train_seconds"], ".0f"),
                   _fmt(r["predict_words_per_second"], ".1f"), _fmt(r["peak_rss_mb"], ".0f"), params,

@@ -61,7 +61,9 @@ class ModelConfig(_Strict):
     label_all_subtokens: bool = False
     max_length: int = 256
     stride: int = 32
+    # sdpa; "eager" trains faster in bf16 on a CPU (torch 2.13's CPU flash-attention backward is ~10x slower in bf16)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    train_embeddings: bool = True  # full fine-tuning: also train the input embeddings (false: keep them frozen)
     trust_remote_code: bool = False
 
 
@@ -100,7 +102,8 @@ class TrainingConfig(_Strict):
     early_stopping_patience: int | None = 3  # evaluations without dev-F1 gain before stopping; None = never
     seed: int = 42
     threads: int | None = None  # torch CPU threads; None = torch's default
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    # auto: bf16 autocast on a GPU that has it, else fp32. bf16 on a CPU: autocast where the CPU has native bf16.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     @field_validator("learning_rate", "head_learning_rate")
     @classmethod

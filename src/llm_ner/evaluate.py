@@ -1,5 +1,7 @@
 """Metrics with seqeval in its default (conlleval-compatible) mode: entity-level micro P/R/F1 over exact-match spans,
-macro F1 (mean over types), per-type P/R/F1/support, token accuracy. Also `score_files` for two CoNLL files."""
+macro F1 (mean over types), per-type P/R/F1/support, token accuracy — and the same entity scores in seqeval's strict
+IOB2 mode (an I-X that does not continue an X entity is not an entity), since published numbers use either and differ
+by up to ~0.5 F1. Also `score_files` for two CoNLL files."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from seqeval.metrics import accuracy_score, classification_report
+from seqeval.scheme import IOB2
 
 from .data import DataError, Sentence, read_conll, to_iob2, write_conll
 from .fsutil import atomic_write_text
@@ -28,6 +31,9 @@ def compute_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]
         for k, v in rep.items() if not k.endswith(" avg")
     }
     micro = rep.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+    strict = classification_report(gold, pred, output_dict=True, zero_division=0, mode="strict", scheme=IOB2)
+    s_micro = strict.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
+    s_types = [v["f1-score"] for k, v in strict.items() if not k.endswith(" avg")]
     # seqeval's micro avg has no count of predicted spans; count them for the report.
     from seqeval.metrics.sequence_labeling import get_entities
 
@@ -40,6 +46,8 @@ def compute_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]
         "f1": 100 * micro["f1-score"],
         "macro_f1": sum(v["f1"] for v in per_type.values()) / len(per_type) if per_type else 0.0,
         "per_type": per_type,
+        "strict": {"precision": 100 * s_micro["precision"], "recall": 100 * s_micro["recall"],
+                   "f1": 100 * s_micro["f1-score"], "macro_f1": 100 * sum(s_types) / len(s_types) if s_types else 0.0},
         "gold_entities": n_gold,
         "pred_entities": n_pred,
         "sentences": len(gold),
@@ -54,7 +62,12 @@ def format_table(m: dict, title: str = "") -> str:
         lines.append(f"{t:<14}{v['precision']:8.2f}{v['recall']:8.2f}{v['f1']:8.2f}{v['support']:9d}")
     lines.append(f"{'micro':<14}{m['precision']:8.2f}{m['recall']:8.2f}{m['f1']:8.2f}{m['gold_entities']:9d}")
     lines.append(f"{'macro F1':<14}{'':16}{m['macro_f1']:8.2f}")
+    if "strict" in m:
+        s = m["strict"]
+        lines.append(f"{'strict IOB2':<14}{s['precision']:8.2f}{s['recall']:8.2f}{s['f1']:8.2f}  (seqeval strict mode)")
     lines.append(f"token accuracy {m['accuracy']:.2f}%  ({m['sentences']} sentences, {m['tokens']} tokens)")
+    if "accuracy_iob2" in m:
+        lines.append(f"token accuracy after IOB2 normalisation of both files {m['accuracy_iob2']:.2f}%")
     return "\n".join(lines)
 
 
@@ -90,5 +103,12 @@ def score_files(gold_path: str | Path, pred_path: str | Path) -> dict:
             gt = g.tokens[k] if k < len(g) else "<end of sentence>"
             pt = p.tokens[k] if k < len(p) else "<end of sentence>"
             raise DataError(f"token mismatch: {gold_path}:{gline} has {gt!r} but {pred_path}:{pline} has {pt!r}")
-    # conlleval semantics: an I-X after O/other type starts a chunk -> normalise via IOB1 reading, then score.
-    return compute_metrics([to_iob2(s.tags, "iob1") for s in gold], [to_iob2(s.tags, "iob1") for s in pred])
+    # Entities with conlleval semantics: an I-X after O/other type starts a chunk -> normalise by reading IOB1. Strict
+    # mode scores the predicted tags as given (IOB2): an I-X that starts a chunk is not an entity there.
+    gold_iob2 = [to_iob2(s.tags, "iob1") for s in gold]
+    m = compute_metrics(gold_iob2, [to_iob2(s.tags, "iob1") for s in pred])
+    m["strict"] = compute_metrics(gold_iob2, [s.tags for s in pred])["strict"]
+    # Token accuracy as conlleval counts it: on the tags as given (so B-X vs I-X differences count).
+    m["accuracy_iob2"] = m["accuracy"]  # the same after IOB2 normalisation of both files
+    m["accuracy"] = 100 * accuracy_score([s.tags for s in gold], [s.tags for s in pred])
+    return m

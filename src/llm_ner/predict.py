@@ -83,12 +83,16 @@ class NERModel:
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
                         trust_remote_code: bool = False, quantize: str | q.Int8Spec | None = None,
                         max_batch_tokens: int | None = -1) -> NERModel:
-        """`quantize="int8"` (or a `quantize.Int8Spec`): SmoothQuant-calibrated int8 Linear layers (CPU only)."""
-        spec = q.Int8Spec.parse(quantize)
+        """`quantize="int8"` (or a `quantize.Int8Spec`): SmoothQuant-calibrated int8 Linear layers (CPU only).
+        `quantize="bf16"`: the backbone's weights and activations in bf16 (head and CRF stay fp32)."""
+        bf16 = quantize == "bf16"
+        spec = None if bf16 else q.Int8Spec.parse(quantize)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if spec and device != "cpu":
             raise ValueError("int8 dynamic quantisation runs on the CPU only; use bf16 on a GPU")
         model = LLMForTokenClassification.from_pretrained(path, device=device, trust_remote_code=trust_remote_code)
+        if bf16:
+            model.backbone.to(torch.bfloat16)
         ner = cls(model, load_tokenizer(path), batch_size, device, max_batch_tokens=max_batch_tokens)
         if spec:
             texts = q.calibration_texts()

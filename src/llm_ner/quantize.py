@@ -161,7 +161,7 @@ class Int8Spec:
         if spec is None or isinstance(spec, Int8Spec):
             return spec
         if spec != "int8":
-            raise ValueError(f"quantize={spec!r}: only 'int8' (or an Int8Spec) is supported")
+            raise ValueError(f"quantize={spec!r}: use 'int8' (or an Int8Spec), 'bf16', or None")
         return cls()
 
 

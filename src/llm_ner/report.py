@@ -18,6 +18,23 @@ from .compare import system_row, table_markdown
 from .data import spans
 from .fsutil import atomic_write_text
 
+# Published CoNLL-2003 test F1 (full training set) for the comparison: not run here. `llm-ner baseline encoder
+# --model bert-base-cased` runs the first where the Hugging Face hub is reachable.
+PUBLISHED = [
+    ("bert-base-cased, fine-tuned (Hugging Face run_ner example)", 91.4, "transformers examples, as cited in issue 12"),
+    ("RoBERTa-base + CRF", 92.4, "as cited in issue 12; source not re-checked here"),
+    ("Qwen3-0.6B, causal mask removed", 89.7, "Kukić et al. 2026, arXiv 2601.17585"),
+    ("Qwen3-1.7B, causal mask removed", 90.3, "Kukić et al. 2026, arXiv 2601.17585"),
+    ("Mistral-7B, causal mask removed", 93.7, "Kukić et al. 2026, arXiv 2601.17585"),
+    ("GPT-NER (prompted GPT-3 with retrieved demonstrations)", 90.9, "Wang et al. 2023, arXiv 2304.10428"),
+]
+
+
+def published_table() -> str:
+    rows = "\n".join(f"| {name} | {f1:.1f} | {src} |" for name, f1, src in PUBLISHED)
+    return ("| published, not run here | CoNLL-2003 test F1 | source |\n|---|---|---|\n" + rows)
+
+
 CATS = ["correct", "wrong_type", "boundary_short", "boundary_long", "boundary_shift", "type_and_boundary", "missed",
         "spurious"]
 COLORS = ["#7aecec", "#feca74", "#aa9cfc", "#bfe1d9", "#e4e7d2", "#c887fb", "#9cc9cc", "#ffeb80", "#ff8197"]
@@ -293,7 +310,8 @@ def write_report(paths: list[str], output: str | Path, ablation_path: str | None
     types = sorted({t for r in runs for t in r["metrics"]["per_type"]})
 
     md = ["# llm-ner report", "", f"Runs: {', '.join(str(r['dir']) for r in runs)}", "", "## Comparison", "",
-          table, ""]
+          table, "", "Published references (full CoNLL-2003 training set; **not run here**, for scale):", "",
+          published_table(), ""]
     for title, body in sections:
         md += [f"## {title}", "", body, ""]
         if title == "Results":
@@ -319,7 +337,8 @@ def write_report(paths: list[str], output: str | Path, ablation_path: str | None
             return _md_table_html(text)
         return "".join(f"<p>{line}</p>" for line in t.split("\n") if line.strip())
 
-    body = [f"<h1>llm-ner report</h1><h2>Comparison</h2>{_md_table_html(table)}"]
+    body = [f"<h1>llm-ner report</h1><h2>Comparison</h2>{_md_table_html(table)}<p>Published references (full "
+            f"CoNLL-2003 training set; <b>not run here</b>, for scale):</p>{_md_table_html(published_table())}"]
     for title, text in sections:
         if "\n\n|" in text:
             pre, tab = text.split("\n\n", 1)

@@ -38,7 +38,7 @@ class ServeConfig:
     max_batch_texts: int = 64  # texts per model call
     device: str | None = None
     trust_remote_code: bool = False  # the backbone's own Python code runs only if the user says so
-    quantize: str | None = None  # "int8": dynamic int8 Linear layers (CPU)
+    quantize: str | None = None  # "int8": dynamic int8 Linear layers (CPU); "bf16": the backbone in bf16
 
 
 class EntitiesRequest(BaseModel):

@@ -36,6 +36,7 @@ from .align import collate, encode_sentences, window_feature
 from .analyze import analyze
 from .config import NERConfig, RunConfig, TrainingConfig, dump_config
 from .data import DataError, Sentence, load_split, stats
+from .device import cpu_has_native_bf16
 from .errors import UserError
 from .evaluate import evaluate_model, format_table
 from .fsutil import atomic_write_text, replace_dir
@@ -235,12 +236,20 @@ class Splits:
 
 
 def mixed_precision(t: TrainingConfig) -> str | None:
-    """The one precision rule: bf16 (or fp16 if asked) autocast on a GPU that has it; fp32 on a CPU."""
-    if not torch.cuda.is_available():
-        return None
-    if t.precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp16" if t.precision == "fp16" else None
+    """The one precision rule. GPU: bf16 autocast if it has bf16 ("auto" or "bf16"), fp16 if asked. CPU: bf16 autocast
+    (fp32 master weights) when asked and the CPU computes bf16 natively; otherwise, and for "auto", fp32."""
+    if torch.cuda.is_available():
+        if t.precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp16" if t.precision == "fp16" else None
+    if t.precision == "bf16":
+        if cpu_has_native_bf16():
+            return "bf16"
+        log.warning("training.precision=bf16: this CPU has no native bf16 instructions (emulated bf16 is slower); "
+                    "training in fp32")
+    if t.precision == "fp16":
+        log.warning("training.precision=fp16 needs a GPU; training in fp32")
+    return None
 
 
 def load_data(cfg: RunConfig) -> Splits:
@@ -368,7 +377,8 @@ def test_step(cfg: RunConfig, splits: Splits, progress: bool) -> dict:
     atomic_write_text(run_dir / R.ANALYSIS, json.dumps(analyze(splits.test, pred, splits.train), indent=2) + "\n")
     log.info("%s", format_table(m, f"\nTest set ({cfg.data.test}):"))
     return {"test_seconds": round(seconds, 1), "test_words_per_second": round(m["tokens"] / max(seconds, 1e-9), 1),
-            "test": {k: round(float(m[k]), 2) for k in ("f1", "precision", "recall", "macro_f1", "accuracy")}}
+            "test": {**{k: round(float(m[k]), 2) for k in ("f1", "precision", "recall", "macro_f1", "accuracy")},
+                     "strict_f1": round(float(m["strict"]["f1"]), 2)}}
 
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks: list | None = None) -> dict:

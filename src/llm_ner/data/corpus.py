@@ -31,7 +31,8 @@ from .schemes import SCHEMES, DataError, check_strict_iob2, detect_scheme, is_ta
 
 log = logging.getLogger(__name__)
 
-BUNDLED = {"conll2003": ("train", "valid", "test"), "wnut17": ("train", "valid", "test")}
+BUNDLED = {"conll2003": ("train", "valid", "test"), "wnut17": ("train", "valid", "test"),
+           "cleanconll": ("valid", "test")}  # CleanCoNLL relabels CoNLL-2003 dev/test; train on conll2003:train
 SPLIT_ALIASES = {"dev": "valid", "validation": "valid", "testa": "valid", "testb": "test"}
 
 

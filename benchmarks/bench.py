@@ -248,9 +248,9 @@ def w_spacy(a) -> dict:
     return out
 
 
-def _train_setup(a):
+def _train_setup(a, config: str = "quickstart", overrides: dict | None = None):
     """Model, optimizer and batches of real CoNLL training windows (`--batch` of them, 8 by default; sorted-length
-    buckets as the Trainer's group_by_length), as `llm-ner train` builds them."""
+    buckets as the Trainer's group_by_length), as `llm-ner train` builds them from `config`."""
     import torch
 
     from llm_ner.align import collate, encode_sentences, window_feature
@@ -260,8 +260,8 @@ def _train_setup(a):
     from llm_ner.predict import load_tokenizer
     from llm_ner.train import build_model, make_optimizer
 
-    cfg = load_config("quickstart", {"training.mode": a.mode})
-    sents = load_corpus("conll2003:train", limit=max(400, a.batch * (a.steps * a.rounds + 2)))
+    cfg = load_config(config, {"training.mode": a.mode, **(overrides or {})})
+    sents = load_corpus("conll2003:train", limit=max(400, a.batch * (a.steps * a.rounds * 4 + 2)))
     labels = label_set_for(sents)
     tok = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
     model = build_model(cfg, labels).train()
@@ -301,6 +301,65 @@ def w_train(a) -> dict:
             "tokens_per_s": round(n_tok / dt, 1),
             "nonembedding_params": nonembedding_params(model.backbone), "trainable": counts["trainable"],
             "peak_mb": peak_mb()}
+
+
+def w_train_padding(a) -> dict:
+    """Padding share of training batches as the Trainer builds them (group_by_length), and what packing the windows of
+    each batch into rows as wide as its longest window would leave: is packing worth building for training?"""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from llm_ner.align import encode_sentences
+    from llm_ner.data import load_corpus
+    from llm_ner.labels import label_set_for
+    from llm_ner.predict import load_tokenizer
+
+    out = {}
+    tok = load_tokenizer("smollm2-135m")
+    for name, limit in (("quickstart_1000", 1000), ("full_14041", None)):
+        sents = load_corpus("conll2003:train", limit=limit)
+        lengths = [len(w.input_ids) for w in encode_sentences(tok, sents, label_set_for(sents).encode, 256, 32)]
+        for bs in (8, 32):
+            order = list(LengthGroupedSampler(bs, lengths=lengths, generator=torch.Generator().manual_seed(42)))
+            real = padded = packed = 0
+            for i in range(0, len(order), bs):
+                b = sorted((lengths[j] for j in order[i : i + bs]), reverse=True)
+                rows: list[int] = []
+                for n in b:  # first fit decreasing into rows of the batch's longest window
+                    k = next((r for r, used in enumerate(rows) if used + n <= b[0]), None)
+                    rows.append(n) if k is None else rows.__setitem__(k, rows[k] + n)
+                real, padded, packed = real + sum(b), padded + len(b) * b[0], packed + len(rows) * b[0]
+            out[f"{name}_bs{bs}"] = {"windows": len(lengths), "mean_tokens": round(real / len(lengths), 1),
+                                     "padding_share": round(1 - real / padded, 3),
+                                     "packed_padding_share": round(1 - real / packed, 3)}
+    return out
+
+
+def w_train_recipe(a) -> dict:
+    """Today's training recipe (the quickstart's: fp32, sdpa, 8 windows a step) against the fast CPU recipe of
+    configs/conll2003_full.yaml (bf16 autocast, eager attention, frozen input embeddings, 32 windows a step): two
+    models in one process, timed alternately (`--rounds` times) on CoNLL-2003 training windows, each round about the
+    same number of windows for both (4 steps of 8 against 1 step of 32)."""
+    from llm_ner.config import load_config
+
+    fast_cfg = load_config("conll2003_full")
+    fast_over = {"training.precision": "bf16", "model.attn_implementation": "eager", "model.train_embeddings": False}
+    assert all(fast_cfg.model_dump()[k.split(".")[0]][k.split(".")[1]] == v for k, v in fast_over.items())
+    base = _train_setup(argparse.Namespace(**{**vars(a), "batch": 8}))
+    fast = _train_setup(argparse.Namespace(**{**vars(a), "batch": fast_cfg.training.batch_size}), "quickstart",
+                        fast_over)
+    _train_steps(*base[:2], base[2][:1], "fp32")
+    _train_steps(*fast[:2], fast[2][:1], "bf16")
+    rounds, per = [], fast_cfg.training.batch_size // 8  # 4 steps of 8 windows = 1 step of 32
+    for r in range(a.rounds):
+        got = {}
+        for name, (model, opt, batches), precision, k in (("today", base, "fp32", per), ("fast", fast, "bf16", 1)):
+            n_tok, dt = _train_steps(model, opt, batches[1 + r * k * a.steps : 1 + (r + 1) * k * a.steps], precision)
+            got[name] = round(n_tok / dt, 1)
+        rounds.append({**got, "ratio": round(got["fast"] / got["today"], 2)})
+    ratios = sorted(x["ratio"] for x in rounds)
+    return {"rounds": rounds, "median_ratio": ratios[len(ratios) // 2], "fast_batch": fast_cfg.training.batch_size,
+            "nonembedding_params": nonembedding_params(base[0].backbone), "peak_mb": peak_mb()}
 
 
 def w_train_paired(a) -> dict:
@@ -440,7 +499,7 @@ def w_serve(a) -> dict:
 
 
 WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "spacy": w_spacy, "train": w_train,
-           "train_paired": w_train_paired,
+           "train_paired": w_train_paired, "train_recipe": w_train_recipe, "train_padding": w_train_padding,
            "scaling": w_scaling, "paired": w_paired, "serve": w_serve}
 
 
@@ -511,6 +570,9 @@ def main() -> None:
         "train_full_bf16": lambda: run_worker("train", "--mode", "full", "--precision", "bf16", "--steps",
                                               "3" if a.quick else "6"),
         "train_paired": lambda: run_worker("train_paired", "--mode", "full", "--steps", "2" if a.quick else "4",
+                                           "--rounds", "2" if a.quick else "5"),
+        "train_padding": lambda: run_worker("train_padding"),
+        "train_recipe": lambda: run_worker("train_recipe", "--mode", "full", "--steps", "1" if a.quick else "2",
                                            "--rounds", "2" if a.quick else "5"),
         "scaling": lambda: run_worker("scaling", a.llm_model, "--stream", "512" if a.quick else "2048",
                                       "--lengths", *(["512", "2048", "8192"] if a.quick else

@@ -164,3 +164,12 @@ def test_multinerd_jsonl_fixture(tmp_path):
     bad.write_text('{"tokens": ["a"], "ner_tags": [99], "lang": "en"}\n')
     with pytest.raises(DataError, match=r"bad\.jsonl:1: ner_tags must be integers 0\.\.30"):
         load_corpus(bad, fmt="multinerd")
+
+
+def test_cleanconll_is_bundled_beside_conll2003():
+    test = load_corpus("cleanconll:test")
+    assert len(test) == 3427 and sum(len(s) for s in test) == 46504  # token and sentence splits fixed vs CoNLL-2003
+    assert sum(t.startswith("B-") for s in test for t in s.tags) == 5725
+    assert len(load_corpus("cleanconll:dev")) == 3233  # "dev" is an alias of the bundled "valid" split
+    with pytest.raises(DataError, match="unknown bundled corpus cleanconll:train"):
+        load_corpus("cleanconll:train")  # CleanCoNLL's training labels are not bundled

@@ -242,8 +242,9 @@ def _sections(runs: list[dict], ablation: dict | None) -> list[tuple[str, str]]:
         "Viterbi, no sampling and no generation loop.")))
 
     res = [f"- **{r['name']}** ({r['kind']}): test F1 {_pct(r['metrics']['f1'])} (P {_pct(r['metrics']['precision'])}, "
-           f"R {_pct(r['metrics']['recall'])}, macro F1 {_pct(r['metrics']['macro_f1'])}) on "
-           f"{r['metrics']['sentences']:,} sentences" for r in runs]
+           f"R {_pct(r['metrics']['recall'])}, macro F1 {_pct(r['metrics']['macro_f1'])}; strict IOB2 F1 "
+           f"{_pct(r['metrics'].get('strict', {}).get('f1'))}) on {r['metrics']['sentences']:,} sentences"
+           for r in runs]
     if enc:
         d = llm["metrics"]["f1"] - enc["metrics"]["f1"]
         res.append(f"- The LLM model is {abs(d):.1f} F1 points {'above' if d >= 0 else 'below'} the encoder baseline "

@@ -588,14 +588,18 @@ def main() -> None:
 
     import torch
 
-    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": a.quick,
-                          "date": time.strftime("%Y-%m-%d")}
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": a.quick,
+               "date": time.strftime("%Y-%m-%d")}
     try:
         with open("/proc/cpuinfo") as f:
-            results["machine"]["cpu"] = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+            machine["cpu"] = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    if only and "machine" in results:  # a partial re-run: keep where and when every section was measured
+        results.setdefault("reruns", []).append({**machine, "sections": only})
+    else:
+        results["machine"], results["reruns"] = machine, []
     for name, fn in sections.items():
         if only and name not in only:
             continue

@@ -41,6 +41,10 @@ def write_report(res: dict, out: Path) -> None:
              + (f" (start of the run {peaks[0]}, end {peaks[1]}; MFU below uses the higher)" if len(peaks) > 1 else "")
              + "." + (f" bf16 matmul peak: **{bf16_peak} GFLOP/s** ({bf16_peak / peak:.2f}× fp32; bf16 MFU is "
                       "measured against it)." if bf16_peak and peak else ""), "",
+             *[f"Re-measured {r['date']} on {r['cpu']} (torch {r['torch']}, {r['threads']} threads): "
+               f"{', '.join(r['sections'])}. MFU uses the peaks of the latest matmul measurement, so rows measured "
+               "on another machine are set against this one's peak: compare their words/s, not their MFU."
+               for r in res.get("reruns", [])], "",
              "## Prediction (CoNLL-2003 test sentences as raw text; full test set for F1)", "",
              "Columns: words/s at a fixed batch size (sorted by length, or in input order), with a token budget "
              "(sorted, batches filled up to 1,024 padded tokens, ≤ 256 texts) and one padded row per window, and "

@@ -279,7 +279,7 @@ class LLMForTokenClassification(nn.Module):
             self.backbone.requires_grad_(True)
             if not self.config.model.train_embeddings:
                 # The input embeddings are 21 % of SmolLM2's weights, yet a batch touches ~100 of their 49k rows:
-                # their dense gradient and AdamW update cost ~8 % of a CPU training step (torch.profiler, batch 8, bf16).
+                # their dense gradient and AdamW update cost ~8 % of a CPU training step (profiled: batch 8, bf16).
                 self.backbone.get_input_embeddings().weight.requires_grad_(False)
         elif mode == "frozen":
             self.backbone.requires_grad_(False)

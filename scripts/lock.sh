@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refresh the lock files (requirements/*.txt) from pyproject.toml's ranges:  scripts/lock.sh
+# Refresh the lock files (requirements.txt, requirements-test.txt, next to pyproject.toml) from pyproject.toml's ranges:  scripts/lock.sh
 # The locks are resolved for CPython 3.11 on Linux x86_64 (the tested platform) with torch's CPU build. uv resolves
 # against the CPU wheel (its metadata has no CUDA packages); the lock then names it `torch==2.13.0`, which the CPU build
 # (2.13.0+cpu, from a find-links dir or https://download.pytorch.org/whl/cpu) satisfies as well as PyPI's.
@@ -10,12 +10,12 @@ links=()
 for d in ${PIP_FIND_LINKS:-} /opt/wheels; do [ -d "$d" ] && links+=(--find-links "$d"); done
 [ ${#links[@]} -gt 0 ] || links=(--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 for name in quickstart test; do
-  extra=(); [ "$name" = test ] && extra=(--extra test)
+  extra=(); out=requirements.txt; [ "$name" = test ] && extra=(--extra test) && out=requirements-test.txt
   uv pip compile pyproject.toml "${extra[@]}" "${links[@]}" --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-     --no-emit-find-links --no-emit-index-url --no-header --quiet -o "requirements/$name.txt.new"
+     --no-emit-find-links --no-emit-index-url --no-header --quiet -o "$out.new"
   { echo "# Lock for CPython 3.11, Linux x86_64: every package the ${name} needs, at the versions CI tests."
     echo "# Regenerate with scripts/lock.sh (uv pip compile of pyproject.toml's ranges); installed by the README's commands."
-    sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' "requirements/$name.txt.new"; } > "requirements/$name.txt"
-  rm "requirements/$name.txt.new"
+    sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' "$out.new"; } > "$out"
+  rm "$out.new"
 done
-echo "wrote requirements/quickstart.txt requirements/test.txt"
+echo "wrote requirements.txt requirements-test.txt"

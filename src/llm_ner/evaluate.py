@@ -13,7 +13,7 @@ from pathlib import Path
 from seqeval.metrics import accuracy_score, classification_report
 from seqeval.scheme import IOB2
 
-from .data import DataError, Sentence, read_conll, to_iob2, write_conll
+from .data import DataError, Sentence, entity_types, read_conll, to_iob2, write_conll
 from .fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def evaluate_model(ner, sentences: Sequence[Sentence], progress: bool = False, m
                    predictions_path: str | Path | None = None) -> tuple[dict, list[list[str]]]:
     """Predict `sentences` with an NERModel, score them against their tags, and optionally write the metrics JSON and
     a `token gold pred` file. Returns (metrics, predicted tags)."""
-    unknown = {t[2:] for s in sentences for t in s.tags if t != "O"} - set(ner.labels.types)
+    unknown = set(entity_types(sentences)) - set(ner.labels.types)
     if unknown:
         log.warning("types %s are not in the model's labels %s: they count as missed", sorted(unknown),
                     list(ner.labels.types))

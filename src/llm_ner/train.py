@@ -35,7 +35,7 @@ from . import rundir as R
 from .align import collate, encode_sentences, window_feature
 from .analyze import analyze
 from .config import NERConfig, RunConfig, TrainingConfig, dump_config
-from .data import DataError, Sentence, load_split, stats
+from .data import DataError, Sentence, entity_types, load_split, stats
 from .device import cpu_has_native_bf16
 from .errors import UserError
 from .evaluate import evaluate_model, format_table
@@ -260,7 +260,7 @@ def load_data(cfg: RunConfig) -> Splits:
     splits = Splits(train_s, load_split(cfg, "dev"), load_split(cfg, "test"), labels)
     for which in ("dev", "test"):
         sents = getattr(splits, which)
-        found = {t[2:] for s in sents or [] for t in s.tags if t != "O"}
+        found = set(entity_types(sents or []))
         if found and not found & set(labels.types):
             raise DataError(f"{getattr(cfg.data, which)}: its entity types {sorted(found)} do not overlap the model's "
                             f"labels {list(labels.types)} (from {cfg.data.label_schema or cfg.data.train}); give "

@@ -381,6 +381,40 @@ def w_train_paired(a) -> dict:
             "nonembedding_params": nonembedding_params(model.backbone), "peak_mb": peak_mb()}
 
 
+def w_raw_text(a) -> dict:
+    """What users send is raw text: the full CoNLL-2003 test set as text (each sentence's tokens joined by spaces),
+    split by our raw-text word splitter and predicted, scored as exact (start, end, type) character spans against the
+    gold spans — beside the same model on the pre-tokenised sentences, scored the same way."""
+    from llm_ner.align import sentence_text, split_words
+    from llm_ner.data import spans
+    from llm_ner.predict import NERModel
+
+    sents, _ = test_texts()
+    ner = NERModel.from_pretrained(a.model, device="cpu")
+    texts, gold = [], set()
+    for i, s in enumerate(sents):
+        text, offs = sentence_text(s.tokens)
+        texts.append(text)
+        gold |= {(i, offs[f][0], offs[t][1], typ) for typ, f, t in spans(s.tags)}
+
+    def prf(pred: set) -> dict:
+        tp = len(pred & gold)
+        p, r = tp / max(len(pred), 1), tp / max(len(gold), 1)
+        return {"precision": round(100 * p, 2), "recall": round(100 * r, 2),
+                "f1": round(200 * p * r / max(p + r, 1e-9), 2)}
+
+    t = time.perf_counter()
+    raw = {(i, e.start, e.end, e.label) for i, ents in enumerate(ner.predict(texts)) for e in ents}
+    raw_s = time.perf_counter() - t
+    tok = set()
+    for i, (s, tags) in enumerate(zip(sents, ner.predict_sentences(sents), strict=True)):
+        offs = sentence_text(s.tokens)[1]
+        tok |= {(i, offs[f][0], offs[t][1], typ) for typ, f, t in spans(tags)}
+    resplit = sum(s.tokens != [x[a:b] for a, b in split_words(x)] for s, x in zip(sents, texts, strict=True))
+    return {"sentences": len(sents), "resplit_sentences": resplit, "raw_text": prf(raw),
+            "pretokenised": prf(tok), "raw_seconds": round(raw_s, 1)}
+
+
 def w_scaling(a) -> dict:
     """Throughput and memory vs document length (sliding window), and memory while streaming a corpus."""
     from llm_ner.predict import NERModel
@@ -425,19 +459,28 @@ def _alternate(runs: dict, words: int, rounds: int) -> tuple[list[dict], float]:
     return out, round(statistics.median(r["ratio"] for r in out), 2)
 
 
-def w_paired(a) -> dict:
-    """fp32 and an int8 (or bf16: --other bf16) copy of one model in one process, timed alternately on the same texts
-    (`--rounds` times)."""
-    from llm_ner.predict import NERModel
+QUANT = {"fp32": None, "bf16": "bf16", "int8": "int8", "int8-torchao": "torchao"}
 
+
+def _load_as(model: str, kind: str):
+    """A saved model as fp32, bf16, int8 (ours) or int8-torchao (torchao's int8 dynamic quantisation)."""
+    from llm_ner.predict import NERModel
+    from llm_ner.quantize import Int8Spec
+
+    q = QUANT[kind]
+    return NERModel.from_pretrained(model, device="cpu", quantize=Int8Spec(scheme="torchao") if q == "torchao" else q)
+
+
+def w_paired(a) -> dict:
+    """Two copies of one model (`--base`, default fp32, and `--other`: int8 | bf16 | int8-torchao) in one process,
+    timed alternately on the same texts (`--rounds` times)."""
     _, texts = test_texts(a.n)
-    fp32 = NERModel.from_pretrained(a.model, device="cpu")
-    other = NERModel.from_pretrained(a.model, device="cpu", quantize=a.other)
-    for m in (fp32, other):
+    base, other = _load_as(a.model, a.base), _load_as(a.model, a.other)
+    for m in (base, other):
         m.predict(texts[:32])  # warm-up
-    rounds, median = _alternate({"fp32": lambda: fp32.predict(texts), a.other: lambda: other.predict(texts)},
+    rounds, median = _alternate({a.base: lambda: base.predict(texts), a.other: lambda: other.predict(texts)},
                                 n_words(texts), a.rounds)
-    return {"texts": len(texts), "other": a.other, "rounds": rounds, "median_ratio": median}
+    return {"texts": len(texts), "base": a.base, "other": a.other, "rounds": rounds, "median_ratio": median}
 
 
 def w_serve(a) -> dict:
@@ -498,7 +541,8 @@ def w_serve(a) -> dict:
             "words_per_s": round(n_words(texts) / wall, 1), "answers_equal_direct": same}
 
 
-WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "spacy": w_spacy, "train": w_train,
+WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "spacy": w_spacy,
+           "train": w_train, "raw_text": w_raw_text,
            "train_paired": w_train_paired, "train_recipe": w_train_recipe, "train_padding": w_train_padding,
            "scaling": w_scaling, "paired": w_paired, "serve": w_serve}
 
@@ -538,6 +582,10 @@ def main() -> None:
         "llm_int8": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "1:sorted,32:budget", "--int8",
                                        *f1),
         "int8_paired": lambda: run_worker("paired", a.llm_model, "--n", n, "--rounds", "2" if a.quick else "5"),
+        "llm_int8_torchao": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "1:sorted,32:budget",
+                                               "--int8", "--scheme", "torchao", *f1),
+        "int8_torchao_paired": lambda: run_worker("paired", a.llm_model, "--n", n, "--rounds",
+                                                  "2" if a.quick else "5", "--base", "int8", "--other", "int8-torchao"),
         "llm_bf16": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:budget", "--bf16", *f1),
         "bf16_paired": lambda: run_worker("paired", a.llm_model, "--n", n, "--rounds", "2" if a.quick else "5",
                                           "--other", "bf16"),
@@ -551,6 +599,7 @@ def main() -> None:
                for sc, al, keep in [*(("per_token", al, "all_int8") for al in ("0.35", "0.5", "0.65", "0.8", "0.9")),
                                     ("per_token", "0.8", "down_fp32"), ("per_tensor", "0.8", "all_int8"),
                                     ("per_tensor", "0.8", "down_fp32")]}}),
+        "raw_text": lambda: run_worker("raw_text", a.llm_model),
         "llm_1thread": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:budget", "--threads", "1"),
         # compiled with dynamic shapes; packed batches (a new segment layout per batch) make it recompile, so it is
         # measured on the unpacked budget too
@@ -620,9 +669,10 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--f1", action="store_true")
     p.add_argument("--int8", action="store_true")
     p.add_argument("--bf16", action="store_true", help="predict: backbone in bf16")
-    p.add_argument("--other", default="int8", help="paired: int8 | bf16, timed against fp32")
+    p.add_argument("--base", default="fp32", help="paired: fp32 | bf16 | int8 | int8-torchao")
+    p.add_argument("--other", default="int8", help="paired: int8 | bf16 | int8-torchao, timed against --base")
     p.add_argument("--alpha", type=float, default=None)
-    p.add_argument("--scheme", default=None, help="int8 activation scales: per_token (default) | per_tensor")
+    p.add_argument("--scheme", default=None, help="int8 activation scales: per_token (default) | per_tensor | torchao")
     p.add_argument("--split", default="test")
     p.add_argument("--keep-fp32", default=None,
                    help="comma-separated Linear name parts left fp32 under --int8 ('none': all int8; default: the "

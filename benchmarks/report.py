@@ -57,6 +57,7 @@ def write_report(res: dict, out: Path) -> None:
              "| test words/s (MFU) | peak MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     names = {"llm": "llm-ner SmolLM2-135M (fp32)", "llm_int8": "llm-ner, int8 + SmoothQuant",
+             "llm_int8_torchao": "llm-ner, int8 from torchao + SmoothQuant",
              "llm_bf16": "llm-ner, bf16 backbone",
              "llm_1thread": "llm-ner fp32, 1 thread", "llm_compile": "llm-ner fp32, torch.compile",
              "lora": "LoRA model (adapters)", "lora_merged": "LoRA model, merged",
@@ -81,13 +82,22 @@ def write_report(res: dict, out: Path) -> None:
             f"{r.get('test_words_per_s', '')}" + (f" ({_mfu(r.get('test_tokens_per_s'), params, key_peak)})"
                                                   if "test_tokens_per_s" in r and "int8" not in key else ""),
             r.get("peak_mb")]) + " |")
-    for key in ("int8_paired", "bf16_paired"):
-        pr, other = res.get(key, {}), key.split("_")[0]
+    for key in ("int8_paired", "bf16_paired", "int8_torchao_paired"):
+        pr = res.get(key, {})
         if pr.get("rounds"):
-            lines += ["", f"{other} vs fp32 timed alternately in one process on the same {pr['texts']} texts "
-                          f"({len(pr['rounds'])} rounds, words/s fp32 → {other}): "
-                          + "; ".join(f"{r['fp32']} → {r[other]} ({r['ratio']}×)" for r in pr["rounds"])
+            base, other = pr.get("base", "fp32"), pr.get("other", key.split("_")[0])
+            lines += ["", f"{other} vs {base} timed alternately in one process on the same {pr['texts']} texts "
+                          f"({len(pr['rounds'])} rounds, words/s {base} → {other}): "
+                          + "; ".join(f"{r[base]} → {r[other]} ({r['ratio']}×)" for r in pr["rounds"])
                           + f". **Median speed-up {pr['median_ratio']}×.**"]
+    rt = res.get("raw_text", {})
+    if rt.get("raw_text"):
+        r, t = rt["raw_text"], rt["pretokenised"]
+        lines += ["", f"Raw text vs pre-tokenised (the full CoNLL-2003 test set, {rt['sentences']} sentences, each as "
+                      "its tokens joined by spaces; exact character span + type): raw text F1 "
+                      f"**{r['f1']}** (P {r['precision']} / R {r['recall']}) vs pre-tokenised **{t['f1']}** "
+                      f"(P {t['precision']} / R {t['recall']}): gap {round(t['f1'] - r['f1'], 2)}; the raw-text "
+                      f"splitter re-splits {rt['resplit_sentences']} of the sentences differently from CoNLL."]
     devs = {k: v for k, v in res.items() if k.startswith("dev_") and isinstance(v, dict) and "valid_f1" in v}
     if devs:
         def name(k: str) -> str:

@@ -35,8 +35,10 @@ def test_smoothing_is_exact_in_fp32(tiny_llama, tiny_tokenizer):
         torch.testing.assert_close(model(**batch).logits, before, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("scheme", ["per_token", "per_tensor"])
+@pytest.mark.parametrize("scheme", ["per_token", "per_tensor", "torchao"])
 def test_int8_keeps_bidirectional_attention_and_stays_close(tiny_llama, tiny_tokenizer, scheme):
+    if scheme == "torchao":
+        pytest.importorskip("torchao")
     batch = batch_for(tiny_tokenizer, SENTS)
     ref, causal, q = (build(tiny_llama, mode="full", unmask=u) for u in ("all", "none", "all"))
     for m in (ref, causal, q):
@@ -46,8 +48,11 @@ def test_int8_keeps_bidirectional_attention_and_stays_close(tiny_llama, tiny_tok
     quantize_int8(q, lambda: q(**batch), scheme=scheme)
     if scheme == "per_token":  # by default every Linear of the backbone (q k v o gate up down)
         assert sum(isinstance(m, Int8Linear) for m in q.backbone.modules()) == n_linear == 7 * len(q.backbone.layers)
-    else:
+    elif scheme == "per_tensor":
         assert any("quantized" in type(m).__module__ for m in q.backbone.modules())
+    else:  # torchao swaps each Linear's weight for an int8 tensor subclass
+        assert all("torchao" in type(m.weight).__module__ for m in q.backbone.modules()
+                   if isinstance(m, torch.nn.Linear))
     with torch.no_grad():
         r, c, x = ref(**batch).logits, causal(**batch).logits, q(**batch).logits
     err, causal_gap = (x - r).abs().mean().item(), (c - r).abs().mean().item()

@@ -143,7 +143,10 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-SCHEMES = ("per_token", "per_tensor")
+# "torchao": the same scheme as Int8Linear (per-token activation, per-channel weight scales) from the torchao
+# library (optional: `pip install llm-ner[torchao]`), kept beside ours to measure them side by side (benchmarks/run
+# --only llm_int8_torchao,int8_torchao_paired).
+SCHEMES = ("per_token", "per_tensor", "torchao")
 DEFAULT_SCHEME = "per_token"
 
 
@@ -186,6 +189,15 @@ def quantize_int8(model: LLMForTokenClassification, calibrate: Callable[[], obje
             parent, _, child = n.rpartition(".")
             owner = model.backbone.get_submodule(parent) if parent else model.backbone
             setattr(owner, child, Int8Linear(getattr(owner, child)))
+        return model
+    if scheme == "torchao":
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        except ImportError as e:
+            raise ImportError("int8 scheme 'torchao' needs torchao: pip install torchao") from e
+        chosen = set(names)
+        quantize_(model.backbone, Int8DynamicActivationInt8WeightConfig(),
+                  filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in chosen)
         return model
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 

@@ -125,10 +125,23 @@ def test_remap_keep_and_rename():
     assert remap(s, rename={"MISC": None, "LOC": "GPE"})[0].tags == ["B-PER", "I-PER", "O", "B-GPE"]
 
 
+def test_split_words_follows_conll_tokenisation():
+    """Raw text is split the way CoNLL-2003 is tokenised, so a model sees the words it was trained on."""
+    text = "1. U.S. Open -- Smith 's 3,000 C$ 1/2 .500 +44 22/11/96 don't 1990s 2nd-placed S&P M. Jones ... 10="
+    words = [text[a:b] for a, b in split_words(text)]
+    assert words == ["1.", "U.S.", "Open", "--", "Smith", "'s", "3,000", "C$", "1/2", ".500", "+44", "22/11/96", "do",
+                     "n't", "1990s", "2nd-placed", "S&P", "M.", "Jones", "...", "10="]
+    plain = "in 1996. Then"
+    assert [plain[a:b] for a, b in split_words(plain)] == ["in", "1996", ".", "Then"]
+    mismatched = sum(s.tokens != [" ".join(s.tokens)[a:b] for a, b in split_words(" ".join(s.tokens))]
+                     for s in load_corpus("conll2003:test"))
+    assert mismatched < 60  # of 3,453: 28 (669 with the splitter before issue 13)
+
+
 def test_split_words_offsets():
     text = "Dr. O'Neil (NYC) e-mails bob@x.org! Smith's"
     words = [text[a:b] for a, b in split_words(text)]
-    assert words == ["Dr", ".", "O'Neil", "(", "NYC", ")", "e-mails", "bob@x.org", "!", "Smith", "'s"]
+    assert words == ["Dr.", "O'Neil", "(", "NYC", ")", "e-mails", "bob@x.org", "!", "Smith", "'s"]
 
 
 def test_labelset_order_transitions_and_schema(tmp_path):

@@ -87,6 +87,7 @@ def test_resolve_layers():
     assert resolve_layers("all", 4) == [0, 1, 2, 3]
     assert resolve_layers("upper_half", 4) == [2, 3]
     assert resolve_layers("1-2", 4) == [1, 2]
+    assert resolve_layers("middle_third", 30) == list(range(10, 20))
     assert resolve_layers([-1], 4) == [3]
     with pytest.raises(ValueError, match="out of range"):
         resolve_layers("2-9", 4)

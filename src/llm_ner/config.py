@@ -38,6 +38,10 @@ class DataConfig(_Strict):
     keep_types: list[str] | None = None  # only these entity types; all others -> O ("system B")
     rename: dict[str, str | None] = Field(default_factory=dict)  # type renames; None/"O" drops the type
     label_schema: str | None = None  # JSON/YAML file with types (+ descriptions); default: types found in train
+    # sentence: each sentence is a text of its own. document: consecutive sentences of one document (CoNLL
+    # -DOCSTART-, JSONL "doc_id") are joined into one text, cut into windows of model.max_length tokens, so every
+    # sentence is trained and predicted with its neighbours as context; scores stay per sentence.
+    context: Literal["sentence", "document"] = "sentence"
 
     @model_validator(mode="after")
     def _default_splits(self) -> DataConfig:
@@ -54,7 +58,7 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     backbone: str = "smollm2-135m"  # alias (offline), HF hub id, local dir, or path to a .gguf
     gguf_file: str | None = None  # GGUF file name inside a backbone dir
-    unmask: str | list[int] = "all"  # all | none | upper_half | lower_half | "A-B" | [layer, ...]
+    unmask: str | list[int] = "all"  # all | none | upper_half | lower_half | middle_third | "A-B" | [layer, ...]
     head_layers: list[int] = Field(default_factory=lambda: [-1])
     head_dropout: float = 0.1
     crf: bool = True
@@ -64,7 +68,21 @@ class ModelConfig(_Strict):
     # sdpa; "eager" trains faster in bf16 on a CPU (torch 2.13's CPU flash-attention backward is ~10x slower in bf16)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     train_embeddings: bool = True  # full fine-tuning: also train the input embeddings (false: keep them frozen)
+    # How a word sees the words after it. unmask: the attention mask of the `unmask` layers hides only padding.
+    # repeat (Kukic et al. 2026): the input is fed `repeat` times in a row and each word is read from its last copy,
+    # which has seen every word of the first copies — no change to attention (unmask then defaults to none).
+    transform: Literal["unmask", "repeat"] = "unmask"
+    repeat: int = Field(default=2, ge=2)  # copies, for transform: repeat
+    # Early exit: read the hidden state after this many decoder layers and drop the layers above (faster, too).
+    # None: all layers.
+    exit_layer: int | None = Field(default=None, ge=1)
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _repeat_keeps_causal(self) -> ModelConfig:
+        if self.transform == "repeat" and "unmask" not in self.model_fields_set:
+            self.unmask = "none"
+        return self
 
 
 class LossConfig(_Strict):
@@ -138,6 +156,7 @@ class NERConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     mode: Mode = "full"  # TrainingConfig.mode
+    context: Literal["sentence", "document"] = "sentence"  # DataConfig.context: how sentences are fed at prediction
     lora: LoraConfig = Field(default_factory=LoraConfig)  # TrainingConfig.lora
     backbone_saved: Literal["full", "lora", "none"] = "none"  # what save_pretrained wrote: backbone/, adapter/, none
     # transformers' Trainer sets `model.config.use_cache` on any model it trains; accepted, never saved.
@@ -146,7 +165,7 @@ class NERConfig(_Strict):
     @classmethod
     def from_run(cls, cfg: RunConfig, labels: dict) -> NERConfig:
         return cls(labels=labels, model=cfg.model.model_copy(deep=True), loss=cfg.loss.model_copy(deep=True),
-                   mode=cfg.training.mode, lora=cfg.training.lora.model_copy(deep=True))
+                   mode=cfg.training.mode, lora=cfg.training.lora.model_copy(deep=True), context=cfg.data.context)
 
     @classmethod
     def from_dict(cls, d: dict) -> NERConfig:

@@ -14,6 +14,9 @@ B batch, T tokens, W words, H hidden size, C tags (O + B-/I- per type, see label
    layer as the `attention_mask` keyword; a forward pre-hook on each chosen layer swaps it for a 4-D additive mask
    that hides only padding keys. Layers not chosen keep the causal mask, so "upper half only" is possible.
    (Passing `None` would not work: sdpa then takes `is_causal=True` — hence an all-zero mask, never None.)
+   Or repetition (`transform: repeat`): the row is fed r times, [x x ... x], attention left causal, and each token is
+   read from its last copy, which has seen all of x. Or both. Early exit (`exit_layer: k`): layers above k are
+   dropped when the model is built, so the head reads layer k's hidden state (through the final norm).
 2. Head: dropout + linear on the final hidden state (after the backbone's final norm), fp32.
 3. CRF (crf.py) with transitions that IOB2 forbids fixed at -10_000, so decoding always gives well-formed spans.
 4. Training modes: LoRA (peft adapters on the attention/MLP projections), full fine-tuning, or a frozen backbone
@@ -65,11 +68,14 @@ def resolve_layers(spec: str | list[int], n_layers: int) -> list[int]:
         layers = list(range(n_layers // 2, n_layers))
     elif spec == "lower_half":
         layers = list(range(n_layers // 2))
+    elif spec == "middle_third":
+        layers = list(range(n_layers // 3, 2 * n_layers // 3))
     elif isinstance(spec, str) and "-" in spec:
         a, b = (int(x) for x in spec.split("-"))
         layers = list(range(a, b + 1))
     else:
-        raise ConfigError(f"unmask: {spec!r} is not 'all', 'none', 'upper_half', 'lower_half', 'A-B' or a list")
+        raise ConfigError(f"unmask: {spec!r} is not 'all', 'none', 'upper_half', 'lower_half', 'middle_third', "
+                          "'A-B' or a list")
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad:
         raise ConfigError(f"unmask: layers {bad} out of range (the backbone has {n_layers} layers)")
@@ -105,6 +111,44 @@ def padding_only_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch
     """(B,T) 1=token 0=pad -> (B,1,T,T) additive mask: every query sees every non-pad key (0), pads get -inf — the
     one-sequence-per-row case of segment_mask."""
     return segment_mask(attention_mask, dtype)
+
+
+def truncate_layers(backbone: nn.Module, layers: nn.ModuleList | None, k: int) -> None:
+    """Early exit: keep the first k decoder layers (in place). The backbone's final norm still runs after them."""
+    n = backbone.config.num_hidden_layers
+    if layers is None or not 1 <= k <= n:
+        raise ConfigError(f"model.exit_layer: {k} is not between 1 and the backbone's {n} layers"
+                          if layers is not None else "model.exit_layer: could not find the backbone's decoder layers")
+    if k == n:
+        return
+    del layers[k:]
+    backbone.config.num_hidden_layers = k
+    if isinstance(getattr(backbone.config, "layer_types", None), list):  # Gemma 3 / Qwen: sliding or full, per layer
+        backbone.config.layer_types = backbone.config.layer_types[:k]
+
+
+def repeat_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, r: int):
+    """Sequence repetition. (B,T) right-padded rows of lengths L_b -> (B,r*max L) rows holding each row's real tokens
+    r times then padding, their mask, and (B,T) the index of each input token's last copy: (r-1)*L_b + t."""
+    B, T = input_ids.shape
+    lengths = attention_mask.sum(1)  # (B,)
+    width = int(r * lengths.max())
+    j = torch.arange(width, device=input_ids.device)[None, :]  # (1,rL)
+    src = j % lengths.clamp(min=1)[:, None]  # (B,rL) which input token sits at each position
+    keep = j < r * lengths[:, None]
+    ids = torch.where(keep, input_ids.gather(1, src), input_ids[:, :1])  # any id: masked
+    t = torch.arange(T, device=input_ids.device)[None, :]
+    last = ((r - 1) * lengths[:, None] + t).clamp(max=width - 1)  # (B,T); padding tokens read something masked
+    return ids, keep.long(), last
+
+
+def band(mask: torch.Tensor, window: int) -> torch.Tensor:
+    """(B,1,T,T) additive mask -> the same, also hiding keys `window` or more positions away (either side). In a
+    packed row a sequence's tokens are contiguous, so row distance is sequence distance."""
+    T = mask.size(-1)
+    i = torch.arange(T, device=mask.device)
+    far = (i[:, None] - i[None, :]).abs() >= window  # (T,T)
+    return mask.masked_fill(far, torch.finfo(mask.dtype).min)
 
 
 def load_backbone(name: str, gguf_file: str | None, attn: str, trust_remote_code: bool, dtype=None) -> nn.Module:
@@ -150,15 +194,31 @@ class LLMForTokenClassification(nn.Module):
         hidden = backbone.config.hidden_size
         n_tags = len(self.labels)
 
-        # --- 1. bidirectional attention in the chosen layers ---
+        # --- 0. early exit: keep the first exit_layer decoder layers ---
         layers = decoder_layers(backbone)
+        if m.exit_layer is not None:
+            truncate_layers(backbone, layers, m.exit_layer)
+        if m.transform == "repeat":
+            max_pos = getattr(backbone.config, "max_position_embeddings", None) or 10**9
+            if m.repeat * m.max_length > max_pos:
+                raise ConfigError(f"model.repeat {m.repeat} x model.max_length {m.max_length} exceeds the backbone's "
+                                  f"{max_pos} positions; lower model.max_length")
+
+        # --- 1. bidirectional attention in the chosen layers ---
         n_layers = backbone.config.num_hidden_layers
         self.unmasked_layers = resolve_layers(m.unmask, n_layers) if layers is not None else []
         if layers is None and m.unmask not in ("none", []):
             raise ConfigError("unmask: could not find the backbone's decoder layers; use unmask: none")
+        # Sliding-window layers (Gemma 3 alternates them with global ones) stay windowed: unmasked, a token sees the
+        # keys within the window on both sides (|q - k| < window), as transformers' own bidirectional Gemma 3 does.
+        types = getattr(backbone.config, "layer_types", None) or []
+        self.sliding_window = getattr(backbone.config, "sliding_window", None)
+        self.sliding_layers = [i for i, t in enumerate(types) if t == "sliding_attention" and self.sliding_window]
         self._mask: torch.Tensor | None = None  # (B,1,T,T), set at each forward, read by the hooks
+        self._band_mask: torch.Tensor | None = None  # the same within the sliding window only
         for i in self.unmasked_layers:
-            layers[i].register_forward_pre_hook(self._swap_mask, with_kwargs=True)
+            layers[i].register_forward_pre_hook(
+                self._swap_band_mask if i in self.sliding_layers else self._swap_mask, with_kwargs=True)
 
         # --- 2. head ---
         self.layer_mix = nn.Parameter(torch.zeros(len(m.head_layers))) if len(m.head_layers) > 1 else None
@@ -177,17 +237,28 @@ class LLMForTokenClassification(nn.Module):
     def packable(self) -> bool:
         """Can several sequences share a row? Only if every layer takes our mask (a causal layer would need its own
         block-causal mask from the backbone)."""
-        return len(self.unmasked_layers) == self.backbone.config.num_hidden_layers
+        return (len(self.unmasked_layers) == self.backbone.config.num_hidden_layers
+                and self.config.model.transform != "repeat")
 
-    def _swap_mask(self, module, args, kwargs):
-        if self._mask is not None:
+    @property
+    def length_factor(self) -> int:
+        """Tokens the backbone sees per input token (prediction sizes its batches by it)."""
+        m = self.config.model
+        return m.repeat if m.transform == "repeat" else 1
+
+    def _swap_mask(self, module, args, kwargs, mask: torch.Tensor | None = None):
+        mask = self._mask if mask is None else mask
+        if mask is not None:
             # Llama-style layers get the mask as a keyword; BERT-style ones positionally (after hidden_states)
             pos = _mask_position(type(module))
             if pos is not None and len(args) > pos:
-                args = (*args[:pos], self._mask, *args[pos + 1 :])
+                args = (*args[:pos], mask, *args[pos + 1 :])
             else:
-                kwargs["attention_mask"] = self._mask
+                kwargs["attention_mask"] = mask
         return args, kwargs
+
+    def _swap_band_mask(self, module, args, kwargs):
+        return self._swap_mask(module, args, kwargs, self._band_mask)
 
     # ------------------------------------------------------------------------------------------------------------
     def forward(
@@ -202,6 +273,9 @@ class LLMForTokenClassification(nn.Module):
         position_ids: torch.Tensor | None = None,  # (B,T) positions restarting at 0 for each packed sequence
     ) -> TokenClassifierOutput:
         dtype = self.backbone.get_input_embeddings().weight.dtype
+        last_copy = None
+        if self.length_factor > 1:
+            input_ids, attention_mask, last_copy = repeat_rows(input_ids, attention_mask, self.length_factor)
         if segment_ids is not None:
             # Several short sequences share one row; a block-diagonal mask in every layer keeps them apart, and
             # position_ids restart for each, so each is computed exactly as if it had its own row — minus the padding.
@@ -210,6 +284,8 @@ class LLMForTokenClassification(nn.Module):
             self._mask = segment_mask(segment_ids, dtype)
         else:
             self._mask = padding_only_mask(attention_mask, dtype) if self.unmasked_layers else None
+        self._band_mask = (band(self._mask, self.sliding_window)
+                           if self._mask is not None and set(self.sliding_layers) & set(self.unmasked_layers) else None)
         head_layers = self.config.model.head_layers
         want_all = head_layers != [-1]
         frozen = self.config.mode == "frozen" and not any(p.requires_grad for p in self.backbone.parameters())
@@ -222,6 +298,8 @@ class LLMForTokenClassification(nn.Module):
             h = (F.softmax(self.layer_mix, 0)[:, None, None, None] * states.float()).sum(0)
         else:
             h = out.last_hidden_state.float()  # (B,T,H)
+        if last_copy is not None:  # (B,rT,H) -> (B,T,H): each token's last copy
+            h = h.gather(1, last_copy.unsqueeze(-1).expand(-1, -1, h.size(-1)))
 
         logits = self.classifier(self.dropout(h))  # (B,T,C)
         C = logits.size(-1)

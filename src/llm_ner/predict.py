@@ -16,7 +16,17 @@ from tqdm.auto import tqdm
 
 from . import backbones
 from . import quantize as q
-from .align import Window, collate, encode_texts, merge_windows, split_words, texts_and_offsets, window_feature
+from .align import (
+    Window,
+    collate,
+    document_texts,
+    encode_texts,
+    merge_windows,
+    split_documents,
+    split_words,
+    texts_and_offsets,
+    window_feature,
+)
 from .batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
 from .data import Sentence, spans
 from .model import LLMForTokenClassification
@@ -103,7 +113,7 @@ class NERModel:
     @torch.no_grad()
     def _run(self, windows: list[Window], progress: bool = False) -> list[tuple[list[int], list[float]]]:
         """Forward + decode every window, longest first in batches; results in the windows' order."""
-        lengths = [len(w.input_ids) for w in windows]
+        lengths = [len(w.input_ids) * self.model.length_factor for w in windows]  # what the backbone sees
         order = list(range(len(windows)))
         if self.sort_by_length:
             order.sort(key=lambda i: -lengths[i])
@@ -157,7 +167,12 @@ class NERModel:
         return tags, confs
 
     def predict_sentences(self, sentences: Sequence[Sentence], progress: bool = False) -> list[list[str]]:
-        """IOB2 tags for pre-tokenised sentences (evaluation)."""
+        """IOB2 tags for pre-tokenised sentences (evaluation). A model trained with document context predicts each
+        document's sentences together (joined into one text, windowed), then splits the tags per sentence."""
+        if self.model.config.context == "document":
+            texts, offsets, groups = document_texts(sentences)
+            tags = self.predict_words(texts, offsets, progress)[0]
+            return split_documents(tags, groups, [len(s.tokens) for s in sentences])
         return self.predict_words(*texts_and_offsets(sentences), progress)[0]
 
     def predict(self, texts: str | Sequence[str], progress: bool = False) -> list[list[Entity]] | list[Entity]:

@@ -64,7 +64,7 @@ def _expand(paths: list[str]) -> list[Path]:
 # plots
 
 
-def _plots(runs: list[dict], out: Path, ablation: dict | None) -> dict[str, Path]:
+def _plots(runs: list[dict], out: Path, study: dict | None) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,17 +137,24 @@ def _plots(runs: list[dict], out: Path, ablation: dict | None) -> dict[str, Path
     fig.savefig(files["errors"], dpi=110)
     plt.close(fig)
 
-    if ablation:
-        rows = ablation["rows"]
-        fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
-        ax.barh([r["name"] for r in rows], [r["test_f1"] for r in rows], color="#6a9fd8")
+    if study:
+        rows = study["rows"]
+        fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
+        y = range(len(rows))
+        ax.barh([r["name"] for r in rows], [r["test_f1"] for r in rows], color="#6a9fd8",
+                xerr=[r["test_f1_sd"] or 0 for r in rows], label="test F1 (mean ± sd over seeds)")
+        ax.plot([r["dev_f1"] for r in rows], list(y), "k|", markersize=14, label="dev F1")
+        lo = min(min(r["test_f1"] for r in rows), min(r["dev_f1"] for r in rows))
         for i, r in enumerate(rows):
-            ax.text(r["test_f1"] + 0.5, i, f"{r['test_f1']:.1f}  ({r['train_seconds']:.0f} s)", va="center")
+            ax.text(max(r["test_f1"], r["dev_f1"]) + 0.4, i,
+                    f"{r['test_f1']:.1f}  ({r['train_seconds']:.0f} s, {r['predict_words_per_s']:.0f} w/s)",
+                    va="center", fontsize=8)
         ax.invert_yaxis()
-        ax.set(xlabel="test F1", title="ablation (small settings)", xlim=(0, 100))
+        ax.set(xlabel="F1", title="decoder study (quickstart budget)", xlim=(max(0, lo - 10), 100))
+        ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
-        files["ablation"] = out / "ablation.png"
-        fig.savefig(files["ablation"], dpi=110)
+        files["study"] = out / "study.png"
+        fig.savefig(files["study"], dpi=110)
         plt.close(fig)
     return files
 
@@ -186,7 +193,7 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
 
-def _sections(runs: list[dict], ablation: dict | None) -> list[tuple[str, str]]:
+def _sections(runs: list[dict], study: dict | None) -> list[tuple[str, str]]:
     llm = next((r for r in runs if r["kind"] == "llm"), runs[0])
     s = llm["summary"] or {}
     cfg = llm["config"] or {}
@@ -288,23 +295,49 @@ def _sections(runs: list[dict], ablation: dict | None) -> list[tuple[str, str]]:
         lim.append("- The prompted baseline here is a 135M local model; hosted models (OpenAI/Anthropic) use the same "
                    "code path with a key and network and will do far better.")
     out.append(("Limitations and improvements", "\n".join(lim)))
-    if ablation:
-        st = ablation["settings"]
-        rows = "\n".join(f"| {r['name']} | {r['test_f1']:.2f} | {r['best_dev_f1']:.2f} | {r['train_seconds']:.0f} | "
-                         f"{r['trainable_params']:,} |" for r in ablation["rows"])
-        out.append(("Ablation", (
-            f"Settings: {json.dumps(st)} (test F1 on the first {st.get('data.max_test_sentences')} test sentences).\n\n"
-            "| variant | test F1 | dev F1 | train s | trainable params |\n|---|---|---|---|---|\n" + rows)))
+    if study:
+        out.append(("Decoder study", study_text(study)))
     return out
 
 
-def write_report(paths: list[str], output: str | Path, ablation_path: str | None = None) -> tuple[Path, Path]:
+def study_text(study: dict) -> str:
+    """The study's table, and what the numbers say: the best row on dev against the quickstart's, with the spread."""
+    rows = study["rows"]
+
+    def pm(v, sd):
+        return f"{v:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+
+    table = "\n".join(
+        f"| {r['name']} | {len(r['runs'])} | {pm(r['dev_f1'], r['dev_f1_sd'])} | {pm(r['test_f1'], r['test_f1_sd'])} "
+        f"| {r['train_seconds']:.0f} | {r['predict_words_per_s']:.0f} |" for r in rows)
+    base = next((r for r in rows if not r["overrides"]), None)
+    best = max(rows, key=lambda r: r["dev_f1"])
+    fastest = max(rows, key=lambda r: r["predict_words_per_s"])
+    say = [f"Each row trains on the `{study.get('config', 'quickstart')}` config's budget with one change "
+           "(`scripts/study.py`); F1 is mean ± sample sd where a row ran over several seeds."]
+    if base is not None and best is not base:
+        noise = max(x for x in (best["dev_f1_sd"], base["dev_f1_sd"], 0.0) if x is not None)
+        verdict = ("more than the larger seed spread" if best["dev_f1"] - base["dev_f1"] > noise
+                   else "within seed noise" if noise else "one seed each, so no spread yet")
+        say.append(f"Best on dev: **{best['name']}** (dev {pm(best['dev_f1'], best['dev_f1_sd'])}, test "
+                   f"{pm(best['test_f1'], best['test_f1_sd'])}): {best['dev_f1'] - base['dev_f1']:+.2f} dev F1 over "
+                   f"the quickstart's own setting, {verdict}.")
+    elif base is not None:
+        say.append("Best on dev: the quickstart's own setting.")
+    say.append(f"Fastest prediction: **{fastest['name']}** ({fastest['predict_words_per_s']:.0f} words/s, test F1 "
+               f"{fastest['test_f1']:.2f}).")
+    return (" ".join(say) + "\n\n| variant | seeds | dev F1 | test F1 | train s | predict words/s |\n"
+            "|---|---|---|---|---|---|\n" + table)
+
+
+def write_report(paths: list[str], output: str | Path, study_path: str | None = None) -> tuple[Path, Path]:
+    """`study_path`: scripts/study.py's results.json."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     runs = [_load(p) for p in _expand(paths)]
-    ablation = json.loads(Path(ablation_path).read_text()) if ablation_path else None
-    files = _plots(runs, out, ablation)
-    sections = _sections(runs, ablation)
+    study = json.loads(Path(study_path).read_text()) if study_path else None
+    files = _plots(runs, out, study)
+    sections = _sections(runs, study)
     subset = runs[[r["kind"] for r in runs].index("prompt")]["metrics"]["sentences"] if any(
         r["kind"] == "prompt" for r in runs) else None
     table = table_markdown([system_row(r["run"], subset, r["name"]) for r in runs])
@@ -319,8 +352,8 @@ def write_report(paths: list[str], output: str | Path, ablation_path: str | None
             md += [f"![{k}]({p.name})" for k, p in files.items() if k in ("curves", "per_type")] + [""]
         if title == "Failure cases":
             md += [f"![{k}]({p.name})" for k, p in files.items() if k in ("confusion", "errors")] + [""]
-        if title == "Ablation" and "ablation" in files:
-            md += [f"![ablation]({files['ablation'].name})", ""]
+        if title == "Decoder study" and "study" in files:
+            md += [f"![study]({files['study'].name})", ""]
     md_path = out / "report.md"
     atomic_write_text(md_path, "\n".join(md))
 
@@ -351,8 +384,8 @@ def write_report(paths: list[str], output: str | Path, ablation_path: str | None
         if title == "Failure cases":
             body.append(img("confusion") + img("errors"))
             body.append(f"<h3>Worst sentences ({html.escape(runs[0]['name'])})</h3>" + _examples_html(runs[0], types))
-        if title == "Ablation":
-            body.append(img("ablation"))
+        if title == "Decoder study":
+            body.append(img("study"))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>llm-ner report</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
             "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:0.25em 0.5em}"

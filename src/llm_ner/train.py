@@ -317,7 +317,8 @@ def build_model(cfg: RunConfig, labels: LabelSet) -> LLMForTokenClassification:
 def make_features(cfg: RunConfig, tokenizer, model: LLMForTokenClassification, sents: list[Sentence]) -> list[dict]:
     """Training windows as features; with `loss.class_weights: balanced`, sets the model's CE weights from them."""
     labels = model.labels
-    windows = encode_sentences(tokenizer, sents, labels.encode, cfg.model.max_length, cfg.model.stride)
+    windows = encode_sentences(tokenizer, sents, labels.encode, cfg.model.max_length, cfg.model.stride,
+                               cfg.data.context)
     cont = [labels.tag2id.get("I-" + tg[2:], i) if tg.startswith("B-") else i for i, tg in enumerate(labels.tags)]
     features = [window_feature(w, cont if cfg.model.label_all_subtokens else None) for w in windows]
     if cfg.loss.class_weights == "balanced":

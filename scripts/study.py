@@ -1,0 +1,95 @@
+"""The decoder study (issue 13): at the quickstart budget, what each decoder-only option does — causal, unmasking all /
+the middle third / the upper half, sequence repetition r = 2 and 4, early exit at 2/3 and 3/4 depth, document
+context, and Gemma 3 270M against SmolLM2-135M. Each row is real training runs (one per seed); a finished run is
+reused, so an interrupted study continues. Results go to OUTPUT/results.json (read by `llm-ner report --study`) and
+OUTPUT/results.md.
+
+    python scripts/study.py --output runs/study                       # every row, seed 42
+    python scripts/study.py --output runs/study --seeds 1 2 3 --only "unmask all (quickstart)" "causal"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from llm_ner import rundir
+from llm_ner.config import load_config
+from llm_ner.train import train
+
+# SmolLM2-135M has 30 decoder layers: 2/3 depth = layer 20, 3/4 = 22.5 -> 23.
+ROWS: dict[str, dict] = {
+    "causal": {"model.unmask": "none"},
+    "unmask all (quickstart)": {},
+    "unmask middle third": {"model.unmask": "middle_third"},
+    "unmask upper half": {"model.unmask": "upper_half"},
+    "repeat r=2 (causal)": {"model.transform": "repeat", "model.repeat": 2},
+    "repeat r=4 (causal)": {"model.transform": "repeat", "model.repeat": 4},
+    "exit at 2/3 depth (layer 20)": {"model.exit_layer": 20},
+    "exit at 3/4 depth (layer 23)": {"model.exit_layer": 23},
+    "document context": {"data.context": "document"},
+    "Gemma 3 270M (unmask all)": {"model.backbone": "gemma3-270m"},
+}
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float | None]:
+    return round(statistics.mean(xs), 2), (round(statistics.stdev(xs), 2) if len(xs) > 1 else None)
+
+
+def run_row(config: str, name: str, over: dict, seeds: list[int], out: Path) -> dict:
+    runs = []
+    for seed in seeds:
+        run_dir = out / f"{list(ROWS).index(name)}_{seed}"
+        done = run_dir / rundir.SUMMARY
+        if done.is_file():
+            s = json.loads(done.read_text())
+        else:
+            s = train(load_config(config, {**over, "training.seed": seed, "output": str(run_dir)}), progress=False)
+        runs.append({"seed": seed, "dev_f1": s["best_dev_f1"], "test_f1": s["test"]["f1"],
+                     "train_seconds": s["train_seconds"], "predict_words_per_s": s["test_words_per_second"],
+                     "run_dir": str(run_dir)})
+    dev, dev_sd = mean_sd([r["dev_f1"] for r in runs])
+    test, test_sd = mean_sd([r["test_f1"] for r in runs])
+    return {"name": name, "overrides": over, "runs": runs, "dev_f1": dev, "dev_f1_sd": dev_sd, "test_f1": test,
+            "test_f1_sd": test_sd, "train_seconds": round(statistics.mean(r["train_seconds"] for r in runs), 1),
+            "predict_words_per_s": round(statistics.mean(r["predict_words_per_s"] for r in runs), 1)}
+
+
+def table(rows: list[dict]) -> str:
+    def pm(v, sd):
+        return f"{v:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+
+    lines = ["| variant | seeds | dev F1 | test F1 | train s | predict words/s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {len(r['runs'])} | {pm(r['dev_f1'], r['dev_f1_sd'])} | "
+              f"{pm(r['test_f1'], r['test_f1_sd'])} | {r['train_seconds']:.0f} | {r['predict_words_per_s']:.0f} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="quickstart")
+    ap.add_argument("--output", default="runs/study")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42])
+    ap.add_argument("--only", nargs="*", help="row names to run (default: all)")
+    a = ap.parse_args()
+    out = Path(a.output)
+    res_path = out / "results.json"
+    prev = json.loads(res_path.read_text()) if res_path.is_file() else {"rows": []}
+    rows = {r["name"]: r for r in prev["rows"]}
+    for name, over in ROWS.items():
+        if a.only and name not in a.only:
+            continue
+        seeds = sorted({*a.seeds, *(r["seed"] for r in rows.get(name, {}).get("runs", []))})
+        rows[name] = run_row(a.config, name, over, seeds, out)
+        out.mkdir(parents=True, exist_ok=True)
+        ordered = [rows[n] for n in ROWS if n in rows]
+        res_path.write_text(json.dumps({"config": a.config, "rows": ordered}, indent=2) + "\n")  # resumable
+        (out / "results.md").write_text(table(ordered))
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

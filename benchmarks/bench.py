@@ -646,7 +646,7 @@ def main() -> None:
     except (OSError, StopIteration):
         pass
     if only and "machine" in results:  # a partial re-run: keep where and when every section was measured
-        results.setdefault("reruns", []).append({**machine, "sections": only})
+        results.setdefault("reruns", []).append({**machine, "sections": only, "llm_model": a.llm_model})
     else:
         results["machine"], results["reruns"] = machine, []
     for name, fn in sections.items():

@@ -29,7 +29,7 @@ def test_dev_and_test_come_from_the_users_data():
 
 def test_bundled_config_names_and_unknown_ones():
     assert config_path("quickstart").name == "quickstart.yaml"
-    assert load_config("quickstart").data.max_train_sentences == 1000
+    assert load_config("quickstart").data.max_train_sentences == 2000
     with pytest.raises(ConfigError, match=r"config file not found \(bundled configs: .*quickstart"):
         load_config("no-such-config")
 

@@ -207,3 +207,13 @@ def test_gemma3_unmasking_keeps_each_layer_kind(tmp_path, attn):
     assert torch.allclose(b[0][0, 0], f[0][0, 0], atol=1e-6)
     # the global last layer does see 5 ahead
     assert not torch.allclose(b[3][0, 0], f[3][0, 0], atol=1e-5)
+
+
+def test_band_mask_never_leaves_a_query_without_keys():
+    from llm_ner.model import band, padding_only_mask
+
+    am = torch.zeros(1, 12, dtype=torch.long)
+    am[0, :3] = 1  # 3 tokens, 9 padding: pad queries 3+ positions past the last token see nothing in a window of 3
+    m = band(padding_only_mask(am, torch.float32), 3)
+    assert not (m == torch.finfo(torch.float32).min).all(-1).any()
+    assert m[0, 0, 0, 2] == 0 and m[0, 0, 0, 3] < 0  # real query 0: sees key 2 (within 3), not pad key 3

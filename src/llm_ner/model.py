@@ -148,7 +148,11 @@ def band(mask: torch.Tensor, window: int) -> torch.Tensor:
     T = mask.size(-1)
     i = torch.arange(T, device=mask.device)
     far = (i[:, None] - i[None, :]).abs() >= window  # (T,T)
-    return mask.masked_fill(far, torch.finfo(mask.dtype).min)
+    out = mask.masked_fill(far, torch.finfo(mask.dtype).min)
+    # A padding query farther than `window` from every real token would see no key at all: sdpa gives NaN there, and
+    # a NaN in a pad row reaches real tokens in the next layer (0 * NaN). Let such rows see everything (discarded).
+    dead = (out == torch.finfo(mask.dtype).min).all(-1, keepdim=True)  # (B,1,T,1)
+    return out.masked_fill(dead, 0.0)
 
 
 def load_backbone(name: str, gguf_file: str | None, attn: str, trust_remote_code: bool, dtype=None) -> nn.Module:

@@ -217,3 +217,21 @@ def test_band_mask_never_leaves_a_query_without_keys():
     m = band(padding_only_mask(am, torch.float32), 3)
     assert not (m == torch.finfo(torch.float32).min).all(-1).any()
     assert m[0, 0, 0, 2] == 0 and m[0, 0, 0, 3] < 0  # real query 0: sees key 2 (within 3), not pad key 3
+
+
+def test_jsonl_records_carry_their_document(tmp_path):
+    import json
+
+    from llm_ner.data import load_corpus
+
+    recs = [{"text": "Peter flew to Paris.", "entities": [{"start": 0, "end": 5, "label": "PER"}], "doc_id": "a"},
+            {"text": "He liked it.", "entities": [], "doc_id": "a"},
+            {"text": "Bonn is small.", "entities": [{"start": 0, "end": 4, "label": "LOC"}], "doc_id": "b"}]
+    spans = tmp_path / "spans.jsonl"
+    spans.write_text("\n".join(json.dumps(r) for r in recs))
+    toks = tmp_path / "tokens.jsonl"
+    toks.write_text("\n".join(json.dumps({"tokens": ["Hi", "there"], "tags": ["O", "O"], "doc_id": d}) for d in "aab"))
+    for f in (spans, toks):
+        assert document_groups(load_corpus(str(f))) == [[0, 1], [2]], f
+    texts, offsets, _ = document_texts(load_corpus(str(spans)))
+    assert texts[0] == "Peter flew to Paris.\nHe liked it." and texts[0][offsets[0][-2][0]:offsets[0][-2][1]] == "it"

@@ -205,7 +205,8 @@ def spans_to_sentence(text: str, entities: list[dict], where: str) -> tuple[Sent
 
 
 def read_jsonl_spans(path: str | Path, report: list | None = None) -> list[Sentence]:
-    """JSONL with {"text": ..., "entities": [{"start", "end", "label"}]}: char spans -> words -> IOB2."""
+    """JSONL with {"text": ..., "entities": [{"start", "end", "label"}], "doc_id": optional}: char spans -> words ->
+    IOB2."""
     path = Path(path)
     out = []
     empty = 0
@@ -216,6 +217,7 @@ def read_jsonl_spans(path: str | Path, report: list | None = None) -> list[Sente
         if not isinstance(text, str) or not isinstance(ents, list):
             raise DataError(f"{where}: record needs a string 'text' and a list 'entities'")
         sent, rep = spans_to_sentence(text, ents, where)
+        sent.doc_id = rec.get("doc_id")  # data.context: document joins consecutive records of one doc_id
         if report is not None:
             report.append({"record": where, "spans": rep})
         if sent.tokens:

@@ -43,8 +43,9 @@ def write_report(res: dict, out: Path) -> None:
                       "measured against it)." if bf16_peak and peak else ""), "",
              *[f"Re-measured {r['date']} on {r['cpu']} (torch {r['torch']}, {r['threads']} threads): "
                f"{', '.join(r['sections'])}"
-               + (f", with the LLM model `{r['llm_model']}`" if r.get("llm_model") else "") + ". MFU uses the peaks of the latest matmul measurement, so rows measured "
-               "on another machine are set against this one's peak: compare their words/s, not their MFU."
+               + (f", with the LLM model `{r['llm_model']}`" if r.get("llm_model") else "")
+               + ". MFU uses the peaks of the latest matmul measurement, so rows measured on another machine "
+               "are set against this one's peak: compare their words/s, not their MFU."
                for r in res.get("reruns", [])], "",
              "## Prediction (CoNLL-2003 test sentences as raw text; full test set for F1)", "",
              "Columns: words/s at a fixed batch size (sorted by length, or in input order), with a token budget "

@@ -66,3 +66,31 @@ def test_gradients_flow_and_empty_rows():
     assert ll[1] == 0 and torch.isfinite(ll).all()
     (-ll.sum()).backward()
     assert em.grad.abs().sum() > 0 and crf.transitions.grad is not None
+
+
+def test_span_probabilities_match_enumeration_with_temperature():
+    crf, ls = make_crf(3)
+    lengths = [5, 3, 1]
+    em = torch.randn(3, 5, len(ls)) * 2
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True
+    B, I_ = ls.tag2id["B-A"], ls.tag2id["I-A"]
+    cases = [(0, 1, 2, [B, I_], I_), (0, 0, 0, [B], I_), (0, 4, 4, [B], I_), (0, 2, 4, [B, I_, I_], I_),
+             (1, 1, 2, [B, I_], I_), (2, 0, 0, [B], I_)]
+    for temp in (1.0, 2.5):
+        got = crf.span_probs(em, mask, cases, temperature=temp)
+        for (b, s, e, path, not_next), p in zip(cases, got, strict=True):
+            n = lengths[b]
+            trans, start = crf._scores()  # enumerate every path, each potential divided by the temperature
+            scores = {}
+            for path_ in itertools.product(range(crf.num_tags), repeat=n):
+                sc = (start[path_[0]] + em[b, 0, path_[0]] + crf.end[path_[-1]]) / temp
+                for i in range(1, n):
+                    sc = sc + (trans[path_[i - 1], path_[i]] + em[b, i, path_[i]]) / temp
+                scores[path_] = sc
+            log_z = torch.logsumexp(torch.stack(list(scores.values())), 0)
+            hit = [sc for pth, sc in scores.items()
+                   if list(pth[s : e + 1]) == path and (e + 1 >= n or pth[e + 1] != not_next)]
+            want = torch.exp(torch.logsumexp(torch.stack(hit), 0) - log_z).item() if hit else 0.0
+            assert abs(p - want) < 1e-4, (b, s, e, temp, p, want)

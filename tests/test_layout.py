@@ -12,7 +12,7 @@ PKG = ROOT / "src" / "llm_ner"
 # by predicting and scoring the dev set and ends with the test step.
 LAYERS = [
     "errors", "fsutil", "device", "config", "align", "data.schemes", "data.corpus", "data", "labels", "rundir",
-    "crf", "backbones", "model", "batching", "quantize", "predict", "evaluate", "analyze", "train",
+    "crf", "backbones", "model", "batching", "quantize", "predict", "evaluate", "calibrate", "analyze", "train",
     "baselines.encoder", "baselines.prompt", "baselines", "compare", "systems", "report",
     "serve", "spacy_component", "batch", "cli", "__init__",
 ]

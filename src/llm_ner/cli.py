@@ -221,6 +221,29 @@ def evaluate(
 
 
 @command()
+def calibrate(
+    model: Annotated[str, Opt(help="saved model dir (calibration.json is written into it)")],
+    data: Annotated[str, Opt(help="held-out labelled data of the domain: file or bundled name (conll2003:valid)")],
+    limit: Annotated[int | None, Opt(help="first N sentences only")] = None,
+    target_precision: Annotated[float | None, Opt(help="also choose per-type score thresholds reaching this "
+                                                      "precision (0-1) on the data")] = None,
+    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+) -> None:
+    """Fit the temperature of entity scores on held-out data (tags and F1 unchanged); optionally thresholds."""
+    _setup_logging(verbose)
+    from .calibrate import calibrate as fit
+    from .data import load_corpus
+
+    if target_precision is not None and not 0 < target_precision <= 1:
+        _fail(f"--target-precision {target_precision}: give a precision between 0 and 1, e.g. 0.95")
+    res = fit(model, load_corpus(data, limit=limit), data, target_precision)
+    typer.echo(f"temperature {res['temperature']:.3f}; entity-score ECE {res['ece_before']:.4f} -> "
+               f"{res['ece_after']:.4f} on {res['sentences']} sentences of {data}")
+    if "thresholds" in res:
+        typer.echo(f"thresholds for precision {target_precision}: {json.dumps(res['thresholds'])}")
+
+
+@command()
 def score(
     gold: Annotated[str, typer.Argument(help="gold CoNLL file (tag in the last column)")],
     pred: Annotated[str, typer.Argument(help="predicted CoNLL file, same tokens")],

@@ -122,6 +122,8 @@ class TrainingConfig(_Strict):
     threads: int | None = None  # torch CPU threads; None = torch's default
     # auto: bf16 autocast on a GPU that has it, else fp32. bf16 on a CPU: autocast where the CPU has native bf16.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # After training, fit the temperature of entity scores on the dev set (calibrate.py; tags and F1 unchanged).
+    calibrate: bool = True
 
     @field_validator("learning_rate", "head_learning_rate")
     @classmethod

@@ -1,7 +1,8 @@
 """Metrics with seqeval in its default (conlleval-compatible) mode: entity-level micro P/R/F1 over exact-match spans,
 macro F1 (mean over types), per-type P/R/F1/support, token accuracy — and the same entity scores in seqeval's strict
 IOB2 mode (an I-X that does not continue an X entity is not an entity), since published numbers use either and differ
-by up to ~0.5 F1. Also `score_files` for two CoNLL files."""
+by up to ~0.5 F1. Also `score_files` for two CoNLL files, and the calibration of entity scores
+(`calibration_metrics`: expected calibration error, precision and recall above score thresholds)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 from seqeval.metrics import accuracy_score, classification_report
 from seqeval.scheme import IOB2
 
-from .data import DataError, Sentence, entity_types, read_conll, to_iob2, write_conll
+from .data import DataError, Sentence, entity_types, read_conll, spans, to_iob2, write_conll
 from .fsutil import atomic_write_text
+from .predict import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,44 @@ def compute_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]
     }
 
 
+THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99)
+
+
+def scored_entities(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                    confs: Sequence[Sequence[float]]) -> list[tuple[float, bool, str]]:
+    """Each predicted entity as (score, correct = exact span and type in gold, type). Its score is the mean of its
+    words' confidences (every word of an entity carries the entity's score, see model.decode)."""
+    out = []
+    for g, p, c in zip(gold, pred, confs, strict=True):
+        gold_spans = set(spans(g))
+        for typ, a, b in spans(p):
+            out.append((sum(c[a : b + 1]) / (b - a + 1), (typ, a, b) in gold_spans, typ))
+    return out
+
+
+def calibration_metrics(scored: Sequence[tuple[float, bool, str]], n_gold: int, n_bins: int = 10,
+                        thresholds: Sequence[float] = THRESHOLDS) -> dict:
+    """Expected calibration error of entity scores over `n_bins` equal-width bins (sum over bins of the bin's share
+    of entities times |accuracy - mean score|), the bins themselves (a reliability diagram), and precision / recall
+    of the entities scored at or above each threshold."""
+    bins = []
+    for k in range(n_bins):
+        lo, hi = k / n_bins, (k + 1) / n_bins
+        inb = [(sc, ok) for sc, ok, _ in scored if lo <= sc < hi or (k == n_bins - 1 and sc >= hi)]
+        if inb:
+            bins.append({"lo": lo, "hi": hi, "n": len(inb), "mean_score": sum(x for x, _ in inb) / len(inb),
+                         "accuracy": sum(ok for _, ok in inb) / len(inb)})
+    n = len(scored)
+    ece = sum(b["n"] / n * abs(b["accuracy"] - b["mean_score"]) for b in bins) if n else 0.0
+    table = []
+    for t in thresholds:
+        kept = [ok for sc, ok, _ in scored if sc >= t]
+        table.append({"threshold": t, "entities": len(kept),
+                      "precision": 100 * sum(kept) / len(kept) if kept else 0.0,
+                      "recall": 100 * sum(kept) / n_gold if n_gold else 0.0})
+    return {"ece": ece, "entities": n, "bins": bins, "thresholds": table}
+
+
 def format_table(m: dict, title: str = "") -> str:
     lines = [title] if title else []
     lines.append(f"{'type':<14}{'prec':>8}{'rec':>8}{'F1':>8}{'support':>9}")
@@ -68,6 +108,12 @@ def format_table(m: dict, title: str = "") -> str:
     lines.append(f"token accuracy {m['accuracy']:.2f}%  ({m['sentences']} sentences, {m['tokens']} tokens)")
     if "accuracy_iob2" in m:
         lines.append(f"token accuracy after IOB2 normalisation of both files {m['accuracy_iob2']:.2f}%")
+    if "calibration" in m:
+        c = m["calibration"]
+        t = {x["threshold"]: x for x in c["thresholds"]}
+        lines.append(f"entity scores: ECE {c['ece']:.3f} (temperature {c.get('temperature', 1.0):.2f})"
+                     + "".join(f"; score >= {k}: P {t[k]['precision']:.1f} R {t[k]['recall']:.1f}"
+                               for k in (0.9, 0.95) if k in t))
     return "\n".join(lines)
 
 
@@ -79,8 +125,16 @@ def evaluate_model(ner, sentences: Sequence[Sentence], progress: bool = False, m
     if unknown:
         log.warning("types %s are not in the model's labels %s: they count as missed", sorted(unknown),
                     list(ner.labels.types))
-    pred = ner.predict_sentences(sentences, progress=progress)
-    metrics = compute_metrics([s.tags for s in sentences], pred)
+    scorer = Scorer(ner, sentences, progress)
+    temperature = ner.temperature
+    pred, confs = scorer.at(temperature)
+    gold = [s.tags for s in sentences]
+    metrics = compute_metrics(gold, pred)
+    metrics["calibration"] = {**calibration_metrics(scored_entities(gold, pred, confs), metrics["gold_entities"]),
+                              "temperature": temperature}
+    if temperature != 1.0:  # the same entities' scores as trained (T = 1): calibration's effect on this data
+        metrics["calibration_uncalibrated"] = calibration_metrics(scored_entities(gold, *scorer.at(1.0)),
+                                                                  metrics["gold_entities"])
     if metrics_path is not None:
         atomic_write_text(Path(metrics_path), json.dumps(metrics, indent=2) + "\n")
     if predictions_path is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError, Sentence, entity_types
+from .data import DataError, Sentence, entity_types, spans
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,16 @@ class LabelSet:
     def decode(self, ids: Sequence[int]) -> list[str]:
         tags = self.tags
         return [tags[i] for i in ids]
+
+    @property
+    def continuation(self) -> list[int]:
+        """Tag id -> the id of the tag that continues its entity (B-X and I-X -> I-X; O -> O)."""
+        t2i = self.tag2id
+        return [t2i[f"I-{t[2:]}"] if t != "O" else 0 for t in self.tags]
+
+    def span_bounds(self, ids: Sequence[int]) -> list[tuple[int, int]]:
+        """(first, last) word of each entity in a tag-id path (read like conlleval: an I-X after O starts one)."""
+        return [(f, t) for _, f, t in spans(self.decode(ids))]
 
     def allowed_transitions(self) -> torch.Tensor:
         """(C, C) bool: allowed[i, j] is True if tag j may follow tag i in IOB2 (I-X only after B-X or I-X)."""

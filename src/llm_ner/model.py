@@ -333,15 +333,39 @@ class LLMForTokenClassification(nn.Module):
         return loss
 
     @torch.no_grad()
-    def decode(self, word_logits: torch.Tensor, word_mask: torch.Tensor) -> tuple[list[list[int]], list[list[float]]]:
-        """Best tag ids per word, and each chosen tag's softmax probability (a confidence)."""
-        probs = F.softmax(word_logits.float(), -1)
+    def decode(self, word_logits: torch.Tensor, word_mask: torch.Tensor,
+               temperature: float = 1.0) -> tuple[list[list[int]], list[list[float]]]:
+        """Best tag ids per word, and a confidence per word: for a word inside a predicted entity, the probability of
+        that whole entity (`span_scores`); for an O word, its softmax probability of O. `temperature` divides every
+        logit and CRF potential (calibration); it never changes the tags."""
+        probs = F.softmax(word_logits.float() / temperature, -1)
         if self.crf is not None:
             paths = self.crf.decode(word_logits, word_mask)
         else:
             paths = [row[: int(n)].tolist() for row, n in zip(word_logits.argmax(-1), word_mask.sum(1), strict=True)]
         conf = [[probs[b, i, t].item() for i, t in enumerate(p)] for b, p in enumerate(paths)]
+        spans = [(b, s, e, p[s : e + 1]) for b, p in enumerate(paths) for s, e in self.labels.span_bounds(p)]
+        for (b, s, e, _), score in zip(spans, self.span_scores(word_logits, word_mask, spans, probs, temperature),
+                                       strict=True):
+            conf[b][s : e + 1] = [score] * (e - s + 1)
         return paths, conf
+
+    def span_scores(self, word_logits, word_mask, spans, probs, temperature: float) -> list[float]:
+        """The probability that the model puts exactly this entity here: its tags B-X I-X ... and the next word not
+        I-X. With a CRF, the exact marginal (forward-backward); without one, the same event under independent
+        per-word softmaxes: the product of the tags' probabilities times P(next word is not I-X)."""
+        cont = self.labels.continuation
+        if self.crf is not None:
+            return self.crf.span_probs(word_logits, word_mask, [(b, s, e, p, cont[p[0]]) for b, s, e, p in spans],
+                                       temperature)
+        lengths = word_mask.sum(1).tolist()
+        out = []
+        for b, s, e, p in spans:
+            score = float(torch.prod(probs[b, torch.arange(s, e + 1), torch.tensor(p)]))
+            if e + 1 < lengths[b]:
+                score *= 1.0 - float(probs[b, e + 1, cont[p[0]]])
+            out.append(score)
+        return out
 
     # ------------------------------------------------------------------------------------------------------------
     # construction, training modes, save / load

@@ -3,6 +3,7 @@ pre-tokenised sentences. Inputs are windowed (align.py), sorted by length and ba
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import backbones
+from . import backbones, rundir
 from . import quantize as q
 from .align import (
     Window,
@@ -40,7 +41,7 @@ class Entity:
     end: int
     label: str
     text: str
-    score: float  # mean softmax probability of the entity's word tags
+    score: float  # the model's probability of exactly this entity (model.decode), after the model's temperature
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +63,8 @@ def tags_to_entities(text: str, offsets: Sequence[tuple[int, int]], tags: Sequen
     ents = []
     for label, a, b in spans(tags):
         s, e = offsets[a][0], offsets[b][1]
+        # every word of an entity carries its score (model.decode); the mean only matters where overlapping windows
+        # scored the entity's words differently
         ents.append(Entity(s, e, label, text[s:e], round(float(sum(conf[a : b + 1]) / (b - a + 1)), 4)))
     return ents
 
@@ -88,6 +91,10 @@ class NERModel:
         self.pack = pack
         # running totals for benchmarks: real / padded tokens fed, seconds in tokenisation, forward, decoding
         self.stats: Counter = Counter()
+        # Calibration (calibrate.py, calibration.json in the model dir): every logit and CRF potential is divided by
+        # it before entity scores are computed; 1.0 = as trained. Tags never change with it.
+        self.temperature = 1.0
+        self.calibration: dict = {}
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
@@ -104,6 +111,10 @@ class NERModel:
         if bf16:
             model.backbone.to(torch.bfloat16)
         ner = cls(model, load_tokenizer(path), batch_size, device, max_batch_tokens=max_batch_tokens)
+        cal = Path(path) / rundir.CALIBRATION
+        if cal.is_file():
+            ner.calibration = json.loads(cal.read_text())
+            ner.temperature = float(ner.calibration.get("temperature", 1.0))
         if spec:
             texts = q.calibration_texts()
             q.quantize_int8(model, lambda: ner.predict(texts), spec.alpha, spec.keep_fp32, spec.scheme)
@@ -111,8 +122,9 @@ class NERModel:
         return ner
 
     @torch.no_grad()
-    def _run(self, windows: list[Window], progress: bool = False) -> list[tuple[list[int], list[float]]]:
-        """Forward + decode every window, longest first in batches; results in the windows' order."""
+    def _run(self, windows: list[Window], progress: bool = False, keep_logits: bool = False) -> list[tuple]:
+        """Forward + decode every window, longest first in batches; results (tag ids, confidences[, word logits
+        (W,C) on the CPU if keep_logits]) in the windows' order."""
         lengths = [len(w.input_ids) * self.model.length_factor for w in windows]  # what the backbone sees
         order = list(range(len(windows)))
         if self.sort_by_length:
@@ -133,33 +145,59 @@ class NERModel:
             logits = self.model(**batch).logits  # (B,W,C); packed: every window's words side by side in its row
             t1 = time.perf_counter()
             logits, word_mask = unpack_word_logits(logits, where) if packed else (logits, batch["word_mask"])
-            paths, conf = self.model.decode(logits, word_mask)
+            paths, conf = self.model.decode(logits, word_mask, self.temperature)
             st["forward_s"] += t1 - t0
             st["decode_s"] += time.perf_counter() - t1
             st["tokens"] += int(batch["attention_mask"].sum())
             st["padded_tokens"] += batch["input_ids"].numel()
             st["batches"] += 1
             for j, i in enumerate(idx):
-                results[i] = (paths[j], conf[j])
+                results[i] = ((paths[j], conf[j], logits[j, : len(paths[j])].float().cpu()) if keep_logits
+                              else (paths[j], conf[j]))
         return results
+
+    @torch.no_grad()
+    def redecode(self, logits: Sequence[torch.Tensor], temperature: float, batch: int = 256) -> list[tuple]:
+        """Decode kept word logits again at another temperature (calibration: no forward pass needed)."""
+        out: list[tuple] = []
+        for i in range(0, len(logits), batch):
+            chunk = logits[i : i + batch]
+            W, C = max(len(x) for x in chunk), chunk[0].shape[-1]
+            lg = torch.zeros(len(chunk), max(W, 1), C)
+            mask = torch.zeros(len(chunk), max(W, 1), dtype=torch.bool)
+            for b, x in enumerate(chunk):
+                lg[b, : len(x)], mask[b, : len(x)] = x, True
+            paths, conf = self.model.decode(lg, mask, temperature)
+            out += list(zip(paths, conf, strict=True))
+        return out
 
     def predict_words(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]],
                       progress: bool = False) -> tuple[list[list[str]], list[list[float]]]:
         """Tags and confidences per word for texts whose word offsets are given."""
+        keep, windows = self.windows_for(texts, word_offsets)
+        return self.merge(len(texts), word_offsets, keep, windows, self._run(windows, progress) if windows else [])
+
+    def windows_for(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]]
+                    ) -> tuple[list[int], list[Window]]:
+        """The texts that have words, and their model windows."""
         keep = [i for i, o in enumerate(word_offsets) if len(o) > 0]  # texts with no words predict nothing
         if not keep:  # (and the tokenizer must not see an empty batch)
-            return [[] for _ in texts], [[] for _ in texts]
+            return [], []
         cfg = self.model.config.model
         t0 = time.perf_counter()
         windows = encode_texts(self.tokenizer, [texts[i] for i in keep], [word_offsets[i] for i in keep],
                                cfg.max_length, cfg.stride)
         self.stats["tokenize_s"] += time.perf_counter() - t0
-        res = self._run(windows, progress)
+        return keep, windows
+
+    def merge(self, n_texts: int, word_offsets, keep: list[int], windows: list[Window], res: Sequence[tuple]
+              ) -> tuple[list[list[str]], list[list[float]]]:
+        """Per-window (tag ids, confidences) -> tags and confidences per word of each text."""
         n_words = [len(word_offsets[i]) for i in keep]
         merged_tags = merge_windows(windows, n_words, [r[0] for r in res])
         merged_conf = merge_windows(windows, n_words, [r[1] for r in res])
-        tags: list[list[str]] = [[] for _ in texts]
-        confs: list[list[float]] = [[] for _ in texts]
+        tags: list[list[str]] = [[] for _ in range(n_texts)]
+        confs: list[list[float]] = [[] for _ in range(n_texts)]
         id2tag = self.labels.tags
         for k, i in enumerate(keep):
             tags[i] = [id2tag[t] for t in merged_tags[k]]
@@ -169,11 +207,17 @@ class NERModel:
     def predict_sentences(self, sentences: Sequence[Sentence], progress: bool = False) -> list[list[str]]:
         """IOB2 tags for pre-tokenised sentences (evaluation). A model trained with document context predicts each
         document's sentences together (joined into one text, windowed), then splits the tags per sentence."""
+        return self.predict_sentences_scored(sentences, progress)[0]
+
+    def predict_sentences_scored(self, sentences: Sequence[Sentence], progress: bool = False
+                                 ) -> tuple[list[list[str]], list[list[float]]]:
+        """Tags and per-word confidences (an entity's words carry its score) for pre-tokenised sentences."""
         if self.model.config.context == "document":
             texts, offsets, groups = document_texts(sentences)
-            tags = self.predict_words(texts, offsets, progress)[0]
-            return split_documents(tags, groups, [len(s.tokens) for s in sentences])
-        return self.predict_words(*texts_and_offsets(sentences), progress)[0]
+            tags, confs = self.predict_words(texts, offsets, progress)
+            sizes = [len(s.tokens) for s in sentences]
+            return split_documents(tags, groups, sizes), split_documents(confs, groups, sizes)
+        return self.predict_words(*texts_and_offsets(sentences), progress)
 
     def predict(self, texts: str | Sequence[str], progress: bool = False) -> list[list[Entity]] | list[Entity]:
         """Raw text(s) -> entity spans with character offsets into each text. A single str gives a single list."""
@@ -199,3 +243,27 @@ class NERModel:
         out = [[{"entity_group": e.label, "score": e.score, "word": e.text, "start": e.start, "end": e.end}
                 for e in ents] for ents in res]
         return out[0] if single else out
+
+
+class Scorer:
+    """Runs the model once over `sentences` (keeping the word logits), then gives (tags, per-word confidences) at any
+    temperature without another forward pass: evaluation reports scores before and after calibration, and
+    calibrate.py searches the temperature, from one pass."""
+
+    def __init__(self, ner: NERModel, sentences: Sequence[Sentence], progress: bool = False):
+        self.ner, self.sentences = ner, sentences
+        self.doc = ner.model.config.context == "document"
+        if self.doc:
+            self.texts, self.offsets, self.groups = document_texts(sentences)
+        else:
+            self.texts, self.offsets = texts_and_offsets(sentences)
+        self.keep, self.windows = ner.windows_for(self.texts, self.offsets)
+        self.logits = [r[2] for r in ner._run(self.windows, progress, keep_logits=True)] if self.windows else []
+
+    def at(self, temperature: float) -> tuple[list[list[str]], list[list[float]]]:
+        res = self.ner.redecode(self.logits, temperature) if self.logits else []
+        tags, confs = self.ner.merge(len(self.texts), self.offsets, self.keep, self.windows, res)
+        if self.doc:
+            sizes = [len(s.tokens) for s in self.sentences]
+            return split_documents(tags, self.groups, sizes), split_documents(confs, self.groups, sizes)
+        return tags, confs

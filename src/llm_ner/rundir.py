@@ -29,6 +29,7 @@ ANALYSIS = "analysis.json"
 PROMPT_STATS = "prompt_stats.json"
 BEST = "best.json"  # inside model/: the best dev F1 so far, survives a kill
 MODEL_CONFIG = "llm_ner_config.json"  # inside model/ (model.CONFIG_NAME)
+CALIBRATION = "calibration.json"  # inside model/: temperature and score thresholds (calibrate.py)
 
 # Architectures that are encoders (masked-LM pre-training, bidirectional by design): how a run is told to be the
 # encoder baseline rather than an LLM, from the backbone's own config.json.

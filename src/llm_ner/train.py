@@ -34,6 +34,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from . import rundir as R
 from .align import collate, encode_sentences, window_feature
 from .analyze import analyze
+from .calibrate import calibrate
 from .config import NERConfig, RunConfig, TrainingConfig, dump_config
 from .data import DataError, Sentence, entity_types, load_split, stats
 from .device import cpu_has_native_bf16
@@ -319,8 +320,7 @@ def make_features(cfg: RunConfig, tokenizer, model: LLMForTokenClassification, s
     labels = model.labels
     windows = encode_sentences(tokenizer, sents, labels.encode, cfg.model.max_length, cfg.model.stride,
                                cfg.data.context)
-    cont = [labels.tag2id.get("I-" + tg[2:], i) if tg.startswith("B-") else i for i, tg in enumerate(labels.tags)]
-    features = [window_feature(w, cont if cfg.model.label_all_subtokens else None) for w in windows]
+    features = [window_feature(w, labels.continuation if cfg.model.label_all_subtokens else None) for w in windows]
     if cfg.loss.class_weights == "balanced":
         counts = Counter(lab for f in features for lab in f["labels"])
         total = sum(counts.values())
@@ -404,6 +404,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
         return {"global_step": trainer.state.global_step, "rank": rank}
     if not splits.dev:  # nothing to select on: the final model is the model
         model.save_pretrained(run_dir / R.MODEL, tokenizer=tokenizer)
+    elif t.calibrate:  # entity scores calibrated on dev (calibration.json in the model dir)
+        calibrate(run_dir / R.MODEL, splits.dev, cfg.data.dev)
 
     model_type = getattr(model.backbone.config, "model_type", None)
     summary = {

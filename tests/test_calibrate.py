@@ -1,0 +1,85 @@
+"""Entity scores: the span probability, calibration metrics, temperature scaling and thresholds."""
+
+import json
+
+import pytest
+import torch
+from test_model import LABELS, build
+from typer.testing import CliRunner
+
+from llm_ner.calibrate import calibrate, thresholds_for_precision
+from llm_ner.cli import app
+from llm_ner.data import load_corpus
+from llm_ner.evaluate import calibration_metrics, evaluate_model, scored_entities
+from llm_ner.predict import NERModel
+
+runner = CliRunner()
+
+
+def test_calibration_metrics_by_hand():
+    scored = [(0.95, True, "PER"), (0.95, False, "PER"), (0.55, True, "LOC"), (0.15, False, "LOC")]
+    m = calibration_metrics(scored, n_gold=4)
+    # bins: [0.9,1.0]: 2 entities, mean 0.95, accuracy 0.5; [0.5,0.6): 1, 0.55, 1.0; [0.1,0.2): 1, 0.15, 0.0
+    assert m["ece"] == pytest.approx(0.5 * 0.45 + 0.25 * 0.45 + 0.25 * 0.15)
+    t = {x["threshold"]: x for x in m["thresholds"]}
+    assert t[0.9]["precision"] == 50 and t[0.9]["recall"] == 25 and t[0.5]["entities"] == 3
+
+
+def test_scored_entities_match_exact_span_and_type():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"]]
+    assert scored_entities(gold, pred, [[0.9, 0.9, 0.5, 0.4]]) == [(0.9, True, "PER"), (0.4, False, "ORG")]
+
+
+def test_thresholds_reach_the_target_precision():
+    scored = [(0.99, True, "PER"), (0.9, True, "PER"), (0.8, False, "PER"), (0.7, True, "PER"),
+              (0.6, False, "LOC")]
+    th = thresholds_for_precision(scored, 0.75)
+    assert th["PER"] == 0.7  # keeping all four PER: 3/4 = 0.75
+    assert th["LOC"] == 1.01  # never reaches it: every LOC goes to review
+    assert thresholds_for_precision(scored, 1.0)["PER"] == 0.9
+
+
+def test_entity_score_without_crf_is_the_product_of_its_event(tiny_llama):
+    model = build(tiny_llama, crf=False)
+    logits = torch.randn(1, 4, len(LABELS))
+    t = LABELS.tag2id
+    logits[0, 0, t["B-PER"]] = logits[0, 1, t["I-PER"]] = 8.0  # B-PER I-PER then something else
+    logits[0, 2, t["O"]] = logits[0, 3, t["O"]] = 8.0
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    paths, conf = model.decode(logits, mask)
+    p = torch.softmax(logits[0], -1)
+    want = p[0, t["B-PER"]] * p[1, t["I-PER"]] * (1 - p[2, t["I-PER"]])
+    assert paths[0][:2] == [t["B-PER"], t["I-PER"]]
+    assert conf[0][0] == conf[0][1] == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_temperature_moves_scores_never_tags(tiny_llama, tiny_tokenizer, tmp_path):
+    model = build(tiny_llama)  # CRF
+    model.save_pretrained(tmp_path / "m", tokenizer=tiny_tokenizer)
+    dev = load_corpus("conll2003:valid", limit=40)
+    ner = NERModel.from_pretrained(tmp_path / "m")
+    m0, pred0 = evaluate_model(ner, dev)
+    res = calibrate(tmp_path / "m", dev, "conll2003:valid", target_precision=0.9)
+    cal = json.loads((tmp_path / "m" / "calibration.json").read_text())
+    assert cal["temperature"] == res["temperature"] and cal["temperature"] != 1.0  # a random head is miscalibrated
+    assert res["ece_after"] <= res["ece_before"]
+    assert set(cal["thresholds"]) <= set(LABELS.types)
+    ner2 = NERModel.from_pretrained(tmp_path / "m")
+    assert ner2.temperature == cal["temperature"]
+    m1, pred1 = evaluate_model(ner2, dev)
+    assert pred1 == pred0 and m1["f1"] == m0["f1"]  # the same tags
+    assert m1["calibration"]["temperature"] == cal["temperature"]
+    assert m1["calibration_uncalibrated"]["ece"] == pytest.approx(m0["calibration"]["ece"])
+    assert m1["calibration"]["ece"] == pytest.approx(res["ece_after"])
+
+
+def test_calibrate_cli(tiny_llama, tiny_tokenizer, tmp_path):
+    build(tiny_llama).save_pretrained(tmp_path / "m", tokenizer=tiny_tokenizer)
+    r = runner.invoke(app, ["calibrate", "--model", str(tmp_path / "m"), "--data", "conll2003:valid", "--limit", "20",
+                            "--target-precision", "0.9"])
+    assert r.exit_code == 0, r.output
+    assert "temperature" in r.output and "thresholds for precision 0.9" in r.output
+    r = runner.invoke(app, ["calibrate", "--model", str(tmp_path / "m"), "--data", "conll2003:valid",
+                            "--target-precision", "95"])
+    assert r.exit_code == 2 and "between 0 and 1" in r.output

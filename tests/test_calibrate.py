@@ -83,3 +83,25 @@ def test_calibrate_cli(tiny_llama, tiny_tokenizer, tmp_path):
     r = runner.invoke(app, ["calibrate", "--model", str(tmp_path / "m"), "--data", "conll2003:valid",
                             "--target-precision", "95"])
     assert r.exit_code == 2 and "between 0 and 1" in r.output
+
+
+def test_thresholds_apply_to_predict_and_the_rest_is_for_review(tiny_ner_dir, tmp_path):
+    ner = NERModel.from_pretrained(tiny_ner_dir)
+    texts = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London ."]
+    every = ner.predict(texts)
+    label = next(e.label for ents in every for e in ents)
+    ner.thresholds = {label: 1.01}  # as if calibrate found no threshold reaching the target for this type
+    kept = ner.predict(texts)
+    both = ner.predict_with_review(texts)
+    assert all(e.label != label for ents in kept for e in ents)
+    assert [k for k, _ in both] == kept
+    assert all(sorted(k + r, key=lambda e: e.start) == ents for (k, r), ents in zip(both, every, strict=True))
+    out = tmp_path / "in.txt"
+    out.write_text("\n".join(texts))
+    r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--input", str(out), "--output",
+                            str(tmp_path / "o.jsonl"), "--min-score", "0.99", "--review"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert all(e["score"] >= 0.99 for x in rows for e in x["entities"]) and all("needs_review" in x for x in rows)
+    r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--text", "a", "--min-score", "5"])
+    assert r.exit_code == 2 and "between 0 and 1" in r.output

@@ -177,3 +177,26 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_ner_dir):
     log = proc.stdout.read().decode()
     assert "Shutting down" in log and "Finished server process" in log, log[-2000:]
     assert log.index("Shutting down") < log.index('"POST /v1/entities HTTP/1.1" 200'), log[-2000:]
+
+
+def test_min_score_splits_entities_and_review_returns_the_rest(tiny_ner_dir):
+    ner = NERModel.from_pretrained(tiny_ner_dir)
+    every = [[e.to_dict() for e in ents] for ents in ner.predict(TEXTS)]  # no thresholds
+    scores = sorted(e["score"] for ents in every for e in ents)
+    cut = scores[len(scores) // 2]  # about half above, half below
+    proc, url = start_server(tiny_ner_dir, "--min-score", str(cut))
+    try:
+        status, body = post(url, {"texts": TEXTS, "review": True})
+        assert status == 200
+        for res, want in zip(body["results"], every, strict=True):
+            assert all(e["score"] >= cut for e in res["entities"])
+            assert all(e["score"] < cut for e in res["needs_review"])
+            assert sorted(res["entities"] + res["needs_review"], key=lambda e: e["start"]) == want  # nothing lost
+        assert any(r["needs_review"] for r in body["results"]) and any(r["entities"] for r in body["results"])
+        status, body = post(url, {"texts": TEXTS})  # not asked: left out, and no needs_review field filled
+        assert all(r["needs_review"] is None for r in body["results"])
+        schema = get_json(url + "/openapi.json")["components"]["schemas"]
+        assert "needs_review" in json.dumps(schema) and "thresholds" in json.dumps(schema)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

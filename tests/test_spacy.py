@@ -49,3 +49,13 @@ def test_spans_that_cut_tokens_are_snapped_and_displacy_renders(nlp):
 def test_missing_model_is_a_clear_error():
     with pytest.raises(ValueError, match="needs a saved model dir"):
         spacy.blank("en").add_pipe("llm_ner")
+
+
+def test_entities_below_min_score_go_to_review_spans(tiny_ner_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("llm_ner", config={"model": str(tiny_ner_dir), "min_score": 0.999})
+    doc = nlp("Peter visited New York and Washington on Monday .")
+    review = doc.spans["llm_ner_review"]
+    assert all(s >= 0.999 for s in doc.spans["llm_ner"].attrs["scores"])
+    assert len(review) > 0 and all(s < 0.999 for s in review.attrs["scores"])
+    assert not {(s.start, s.end) for s in review} & {(e.start, e.end) for e in doc.ents}

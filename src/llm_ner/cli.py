@@ -63,6 +63,11 @@ def _setup_logging(verbose: bool = False) -> None:
     hf_logging.set_verbosity_error()
 
 
+def _check_score(score: float | None) -> None:
+    if score is not None and not 0 <= score <= 1:
+        _fail(f"--min-score {score}: an entity score is a probability, give a number between 0 and 1")
+
+
 def _fail(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
@@ -272,6 +277,9 @@ def predict(
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
     int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
     bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
+    min_score: Annotated[float | None, Opt(help="leave out entities scored below this (0-1); with the per-type "
+                                                 "thresholds saved by `calibrate --target-precision`")] = None,
+    review: Annotated[bool, Opt("--review", help="write the entities below the thresholds as 'needs_review'")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """Entity spans (character offsets, label, text, confidence) for raw text; CoNLL in -> CoNLL out."""
@@ -285,8 +293,10 @@ def predict(
     if format not in ("auto", "text", "jsonl", "conll"):
         _fail(f"--format {format!r}: use auto, text, jsonl or conll")
     kind, items = read_texts(input, format) if input else ("text", list(text))
+    _check_score(min_score)
     ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
                                    quantize=_precision(int8, bf16))
+    ner.min_score = min_score
     if kind == "conll":
         target = Path(output) if output else Path(input).with_suffix(".pred.conll")
         write_conll(target, items, ner.predict_sentences(items, progress=True))
@@ -294,8 +304,9 @@ def predict(
         return
     if output and not input:
         raise DataError("--output needs --input (--text prints its spans)")
-    lines = [json.dumps({"text": t, "entities": [e.to_dict() for e in ents]}, ensure_ascii=False) + "\n"
-             for t, ents in zip(items, ner.predict(items, progress=bool(input)), strict=True)]
+    lines = [json.dumps({"text": t, "entities": [e.to_dict() for e in kept],
+                         **({"needs_review": [e.to_dict() for e in low]} if review else {})}, ensure_ascii=False) + "\n"
+             for t, (kept, low) in zip(items, ner.predict_with_review(items, progress=bool(input)), strict=True)]
     if output:
         atomic_write_text(Path(output), "".join(lines))
         typer.echo(f"wrote {output}", err=True)
@@ -414,6 +425,8 @@ def serve(
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
     int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
     bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
+    min_score: Annotated[float | None, Opt(help="entities scored below this (0-1) are left out, or returned as "
+                                                 "needs_review to requests that ask")] = None,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
     """HTTP service: POST /v1/entities, GET /v1/labels, GET /health, OpenAPI docs at /docs."""
@@ -421,9 +434,10 @@ def serve(
     from .model import read_model_config
     from .serve import ServeConfig, run
 
+    _check_score(min_score)
     read_model_config(model)  # a missing or broken model dir is a one-line error before the server starts
     run(ServeConfig(model, max_text_chars, max_batch, batch_wait_ms, trust_remote_code=trust_remote_code,
-                    quantize=_precision(int8, bf16)), host, port, shutdown_timeout)
+                    quantize=_precision(int8, bf16), min_score=min_score), host, port, shutdown_timeout)
 
 
 @command("batch-predict")

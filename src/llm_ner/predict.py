@@ -95,6 +95,11 @@ class NERModel:
         # it before entity scores are computed; 1.0 = as trained. Tags never change with it.
         self.temperature = 1.0
         self.calibration: dict = {}
+        # Acting on scores: an entity is returned if its score reaches both the global floor (`min_score`, e.g.
+        # --min-score) and its type's threshold (calibrate --target-precision, saved in calibration.json); the rest
+        # are "needs review" — `predict_with_review` returns them separately, `predict` leaves them out.
+        self.min_score: float | None = None
+        self.thresholds: dict[str, float] = {}
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
@@ -115,6 +120,7 @@ class NERModel:
         if cal.is_file():
             ner.calibration = json.loads(cal.read_text())
             ner.temperature = float(ner.calibration.get("temperature", 1.0))
+            ner.thresholds = dict(ner.calibration.get("thresholds", {}))
         if spec:
             texts = q.calibration_texts()
             q.quantize_int8(model, lambda: ner.predict(texts), spec.alpha, spec.keep_fp32, spec.scheme)
@@ -220,13 +226,27 @@ class NERModel:
         return self.predict_words(*texts_and_offsets(sentences), progress)
 
     def predict(self, texts: str | Sequence[str], progress: bool = False) -> list[list[Entity]] | list[Entity]:
-        """Raw text(s) -> entity spans with character offsets into each text. A single str gives a single list."""
+        """Raw text(s) -> entity spans with character offsets into each text. A single str gives a single list.
+        Entities scored below the thresholds (`min_score`, `thresholds`) are left out: see `predict_with_review`."""
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
+        res = [kept for kept, _ in self.predict_with_review([texts] if single else list(texts), progress)]
+        return res[0] if single else res
+
+    def predict_with_review(self, texts: Sequence[str], progress: bool = False
+                            ) -> list[tuple[list[Entity], list[Entity]]]:
+        """Per text: (entities at or above the thresholds, entities below them — for a human to review)."""
+        texts = list(texts)
         offsets = [split_words(t) for t in texts]
         tags, confs = self.predict_words(texts, offsets, progress)
-        ents = [tags_to_entities(t, o, tg, c) for t, o, tg, c in zip(texts, offsets, tags, confs, strict=True)]
-        return ents[0] if single else ents
+        out = []
+        for t, o, tg, c in zip(texts, offsets, tags, confs, strict=True):
+            ents = tags_to_entities(t, o, tg, c)
+            out.append(([e for e in ents if e.score >= self.threshold(e.label)],
+                        [e for e in ents if e.score < self.threshold(e.label)]))
+        return out
+
+    def threshold(self, label: str) -> float:
+        return max(self.min_score or 0.0, self.thresholds.get(label, 0.0))
 
     def predict_stream(self, texts: Iterable[str], chunk_size: int = 256) -> Iterator[list[Entity]]:
         """Entities for each text of a (possibly huge) iterable, in order, holding only `chunk_size` texts at a time:

@@ -39,6 +39,7 @@ class ServeConfig:
     device: str | None = None
     trust_remote_code: bool = False  # the backbone's own Python code runs only if the user says so
     quantize: str | None = None  # "int8": dynamic int8 Linear layers (CPU); "bf16": the backbone in bf16
+    min_score: float | None = None  # entities scored below it (or below their type's calibrated threshold): review
 
 
 class EntitiesRequest(BaseModel):
@@ -48,6 +49,9 @@ class EntitiesRequest(BaseModel):
                                                                             {"required": ["texts"]}]})
     text: str = Field(None, description="one text")
     texts: list[str] = Field(None, description="several texts")
+    review: bool = Field(False, description=(
+        "also return, per text, the entities scored below the server's thresholds (--min-score, and the per-type "
+        "thresholds saved by `llm-ner calibrate --target-precision`) as `needs_review`; without it they are left out"))
 
     @model_validator(mode="after")
     def _one_of(self) -> EntitiesRequest:
@@ -88,7 +92,10 @@ class EntityOut(BaseModel):
 
 
 class TextResult(BaseModel):
-    entities: list[EntityOut]
+    entities: list[EntityOut] = Field(description="entities whose score reaches the thresholds; score = the model's "
+                                                  "(calibrated) probability of exactly this entity")
+    needs_review: list[EntityOut] | None = Field(None, description="entities below the thresholds (only when the "
+                                                                   "request set review: true)")
 
 
 class EntitiesResponse(BaseModel):
@@ -144,7 +151,7 @@ class _Batcher:
                 n += len(item[0])
             flat = [t for texts, _ in items for t in texts]
             try:
-                res = await loop.run_in_executor(None, self.ner.predict, flat)
+                res = await loop.run_in_executor(None, self.ner.predict_with_review, flat)
             except Exception as e:  # never leave a request hanging
                 for _, fut in items:
                     if not fut.done():
@@ -168,6 +175,8 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         state["ner"] = ner or NERModel.from_pretrained(cfg.model_dir, device=cfg.device,
                                                           trust_remote_code=cfg.trust_remote_code,
                                                           quantize=cfg.quantize)
+        if cfg.min_score is not None:
+            state["ner"].min_score = cfg.min_score
         state["load_seconds"] = round(time.time() - t0, 2)
         state["batcher"] = _Batcher(state["ner"], cfg)
         state["batcher"].start()
@@ -206,7 +215,9 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         t0 = time.time()
         res = await state["batcher"].submit(texts) if texts else []
         return EntitiesResponse(
-            results=[TextResult(entities=[EntityOut(**e.to_dict()) for e in ents]) for ents in res],
+            results=[TextResult(entities=[EntityOut(**e.to_dict()) for e in kept],
+                                needs_review=[EntityOut(**e.to_dict()) for e in low] if req.review else None)
+                     for kept, low in res],
             model=cfg.model_dir, latency_ms=round(1000 * (time.time() - t0), 2))
 
     # the body model carries this server's limits, so it is made here (and set as a real class, not a string

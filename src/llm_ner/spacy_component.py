@@ -6,6 +6,8 @@ evaluation — and maps each character span onto the Doc's tokens:
 
   doc.ents                     the entities (spans snapped to spaCy tokens, see `alignment_mode`)
   doc.spans["llm_ner"]         the same spans, with attrs["scores"] = one confidence per span
+  doc.spans["llm_ner_review"]  entities scored below the thresholds (`min_score`, and the per-type thresholds saved
+                               by `llm-ner calibrate --target-precision`), for a human to check; not in doc.ents
 
 `displacy.render(doc, style="ent")` then works as for any spaCy NER.
 """
@@ -20,16 +22,18 @@ from spacy.tokens import Doc, SpanGroup
 from spacy.util import filter_spans
 
 SPANS_KEY = "llm_ner"
+REVIEW_KEY = "llm_ner_review"
 
 
 class LLMNERComponent:
     def __init__(self, nlp: Language, name: str, model: str, batch_size: int = 16, device: str | None = None,
-                 alignment_mode: str = "expand", overwrite_ents: bool = True):
+                 alignment_mode: str = "expand", overwrite_ents: bool = True, min_score: float | None = None):
         from .predict import NERModel
 
         self.name = name
         self.model_dir = model
         self.ner = NERModel.from_pretrained(model, device=device, batch_size=batch_size)
+        self.ner.min_score = min_score
         self.batch_size = batch_size
         # "expand": a span that cuts a spaCy token grows to cover it; "strict" drops it; "contract" shrinks it.
         self.alignment_mode = alignment_mode
@@ -45,10 +49,14 @@ class LLMNERComponent:
     def pipe(self, docs: Iterable[Doc], batch_size: int | None = None) -> Iterator[Doc]:
         it = iter(docs)
         while chunk := list(islice(it, batch_size or self.batch_size)):
-            for doc, ents in zip(chunk, self.ner.predict([d.text for d in chunk]), strict=True):
-                yield self._set(doc, ents)
+            for doc, (ents, low) in zip(chunk, self.ner.predict_with_review([d.text for d in chunk]), strict=True):
+                yield self._set(doc, ents, low)
 
-    def _set(self, doc: Doc, ents) -> Doc:
+    def _set(self, doc: Doc, ents, low=()) -> Doc:
+        review = [(sp, e.score) for e in low
+                  if (sp := doc.char_span(e.start, e.end, label=e.label, alignment_mode=self.alignment_mode))]
+        doc.spans[REVIEW_KEY] = SpanGroup(doc, name=REVIEW_KEY, spans=[sp for sp, _ in review],
+                                          attrs={"scores": [sc for _, sc in review]})
         spans, scores = [], []
         for e in ents:
             span = doc.char_span(e.start, e.end, label=e.label, alignment_mode=self.alignment_mode)
@@ -67,9 +75,9 @@ class LLMNERComponent:
 
 
 @Language.factory("llm_ner", default_config={"model": None, "batch_size": 16, "device": None,
-                                               "alignment_mode": "expand", "overwrite_ents": True})
+                                               "alignment_mode": "expand", "overwrite_ents": True, "min_score": None})
 def make_llm_ner(nlp: Language, name: str, model: str | None, batch_size: int, device: str | None, alignment_mode: str,
-                 overwrite_ents: bool) -> LLMNERComponent:
+                 overwrite_ents: bool, min_score: float | None) -> LLMNERComponent:
     if not model:
         raise ValueError('llm_ner needs a saved model dir: nlp.add_pipe("llm_ner", config={"model": "DIR"})')
-    return LLMNERComponent(nlp, name, model, batch_size, device, alignment_mode, overwrite_ents)
+    return LLMNERComponent(nlp, name, model, batch_size, device, alignment_mode, overwrite_ents, min_score)

@@ -39,10 +39,12 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     html = (tmp_path / "rep" / "report.html").read_text()
     for section in ("Dataset and why", "Model and why", "How the LLM was transformed", "Results", "Failure cases",
-                    "Limitations and improvements", "Decoder study"):
+                    "Limitations and improvements", "Decoder study", "Confidence"):
         assert f"## {section}" in md and section in html
     assert f"test F1 {llm_f1:.1f}" in md
-    assert html.count("data:image/png;base64,") == 5  # curves, per-type, confusion, errors, study — inlined
+    # curves, per-type, confusion, errors, reliability + threshold curves, study — inlined
+    assert html.count("data:image/png;base64,") == 6
+    assert "Expected calibration error of the test entities' scores" in md
     assert "Best on dev: **document context** (dev 4.00, test 3.50): +1.50 dev F1" in md
     assert "more than the larger seed spread" in md and "Fastest prediction: **document context**" in md
     assert "<mark" in html  # displacy-style examples

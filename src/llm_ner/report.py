@@ -137,6 +137,30 @@ def _plots(runs: list[dict], out: Path, study: dict | None) -> dict[str, Path]:
     fig.savefig(files["errors"], dpi=110)
     plt.close(fig)
 
+    cal_runs = [r for r in runs if r["metrics"].get("calibration", {}).get("bins")]
+    if cal_runs:  # reliability diagram + precision/recall by score threshold, for the first scored run
+        r = cal_runs[0]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        a1.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
+        for key in ("calibration_uncalibrated", "calibration"):
+            c = r["metrics"].get(key)
+            if c:
+                label = "as trained (T = 1)" if key == "calibration_uncalibrated" else f"T = {c['temperature']:.2f}"
+                a1.plot([b["mean_score"] for b in c["bins"]], [b["accuracy"] for b in c["bins"]], marker="o",
+                        label=f"{label}: ECE {c['ece']:.3f}")
+        a1.set(title=f"reliability of entity scores ({r['name']})", xlabel="mean score in bin",
+               ylabel="share of entities right", xlim=(0, 1), ylim=(0, 1))
+        a1.legend(fontsize=8)
+        th = r["metrics"]["calibration"]["thresholds"]
+        a2.plot([t["threshold"] for t in th], [t["precision"] for t in th], marker="o", label="precision")
+        a2.plot([t["threshold"] for t in th], [t["recall"] for t in th], marker="s", label="recall")
+        a2.set(title="entities kept at score >= threshold", xlabel="threshold", ylabel="%")
+        a2.legend(fontsize=8)
+        fig.tight_layout()
+        files["calibration"] = out / "calibration.png"
+        fig.savefig(files["calibration"], dpi=110)
+        plt.close(fig)
+
     if study:
         rows = study["rows"]
         fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
@@ -264,6 +288,22 @@ def _sections(runs: list[dict], study: dict | None) -> list[tuple[str, str]]:
                    f"unknown type, {c.get('refusal', 0)} refusals; latency p50 "
                    f"{pr['prompt_stats'].get('latency_p50')} s.")
     out.append(("Results", "\n".join(res)))
+    cal = llm["metrics"].get("calibration")
+    if cal:
+        th = {t["threshold"]: t for t in cal["thresholds"]}
+        txt = [f"Every entity's score is the model's probability of exactly that entity (CRF forward-backward), "
+               f"divided by a temperature fitted on dev after training (T = {cal.get('temperature', 1.0):.2f}; the "
+               f"tags, and so F1, do not change). Expected calibration error of the test entities' scores (10 bins): "
+               f"**{cal['ece']:.3f}**"]
+        unc = llm["metrics"].get("calibration_uncalibrated")
+        if unc:
+            txt[-1] += f" (as trained, T = 1: {unc['ece']:.3f})"
+        kept = "; ".join(f"≥ {k}: precision {th[k]['precision']:.1f}, recall {th[k]['recall']:.1f}"
+                         for k in (0.5, 0.9, 0.95) if k in th)
+        txt[-1] += (f". Entities kept above a score threshold: {kept}. `llm-ner calibrate --target-precision 0.95` "
+                    "saves per-type thresholds that `predict`, `serve` and the spaCy component apply (the rest is "
+                    "returned as needs-review when asked).")
+        out.append(("Confidence", "\n".join(txt)))
 
     a = llm["analysis"]
     tot = a["taxonomy_total"]
@@ -352,6 +392,8 @@ def write_report(paths: list[str], output: str | Path, study_path: str | None = 
             md += [f"![{k}]({p.name})" for k, p in files.items() if k in ("curves", "per_type")] + [""]
         if title == "Failure cases":
             md += [f"![{k}]({p.name})" for k, p in files.items() if k in ("confusion", "errors")] + [""]
+        if title == "Confidence" and "calibration" in files:
+            md += [f"![calibration]({files['calibration'].name})", ""]
         if title == "Decoder study" and "study" in files:
             md += [f"![study]({files['study'].name})", ""]
     md_path = out / "report.md"
@@ -384,6 +426,8 @@ def write_report(paths: list[str], output: str | Path, study_path: str | None = 
         if title == "Failure cases":
             body.append(img("confusion") + img("errors"))
             body.append(f"<h3>Worst sentences ({html.escape(runs[0]['name'])})</h3>" + _examples_html(runs[0], types))
+        if title == "Confidence":
+            body.append(img("calibration"))
         if title == "Decoder study":
             body.append(img("study"))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>llm-ner report</title><style>"

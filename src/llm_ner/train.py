@@ -379,7 +379,9 @@ def test_step(cfg: RunConfig, splits: Splits, progress: bool) -> dict:
     log.info("%s", format_table(m, f"\nTest set ({cfg.data.test}):"))
     return {"test_seconds": round(seconds, 1), "test_words_per_second": round(m["tokens"] / max(seconds, 1e-9), 1),
             "test": {**{k: round(float(m[k]), 2) for k in ("f1", "precision", "recall", "macro_f1", "accuracy")},
-                     "strict_f1": round(float(m["strict"]["f1"]), 2)}}
+                     "strict_f1": round(float(m["strict"]["f1"]), 2),
+                     "entity_score_ece": round(m["calibration"]["ece"], 4),
+                     "temperature": m["calibration"]["temperature"]}}
 
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks: list | None = None) -> dict:

@@ -45,7 +45,7 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
     # curves, per-type, confusion, errors, reliability + threshold curves, study — inlined
     assert html.count("data:image/png;base64,") == 6
     assert "Expected calibration error of the test entities' scores" in md
-    assert "Best on dev: **document context** (dev 4.00, test 3.50): +1.50 dev F1" in md
+    assert "Best on dev: **document context** (dev 4.00, test 3.50, 1 seed): +1.50 dev F1" in md
     assert "more than the larger seed spread" in md and "Fastest prediction: **document context**" in md
     assert "<mark" in html  # displacy-style examples
     assert "{" not in md.split("## Dataset")[1].split("## Model")[0]  # no unfilled template fields

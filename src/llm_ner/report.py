@@ -175,7 +175,7 @@ def _plots(runs: list[dict], out: Path, study: dict | None) -> dict[str, Path]:
                     va="center", fontsize=8)
         ax.invert_yaxis()
         ax.set(xlabel="F1", title="decoder study (quickstart budget)", xlim=(max(0, lo - 10), 100))
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
         fig.tight_layout()
         files["study"] = out / "study.png"
         fig.savefig(files["study"], dpi=110)
@@ -359,9 +359,10 @@ def study_text(study: dict) -> str:
         noise = max(x for x in (best["dev_f1_sd"], base["dev_f1_sd"], 0.0) if x is not None)
         verdict = ("more than the larger seed spread" if best["dev_f1"] - base["dev_f1"] > noise
                    else "within seed noise" if noise else "one seed each, so no spread yet")
+        seeds = len(best["runs"])
         say.append(f"Best on dev: **{best['name']}** (dev {pm(best['dev_f1'], best['dev_f1_sd'])}, test "
-                   f"{pm(best['test_f1'], best['test_f1_sd'])}): {best['dev_f1'] - base['dev_f1']:+.2f} dev F1 over "
-                   f"the quickstart's own setting, {verdict}.")
+                   f"{pm(best['test_f1'], best['test_f1_sd'])}, {seeds} seed{'s' if seeds > 1 else ''}): "
+                   f"{best['dev_f1'] - base['dev_f1']:+.2f} dev F1 over the quickstart's own setting, {verdict}.")
     elif base is not None:
         say.append("Best on dev: the quickstart's own setting.")
     say.append(f"Fastest prediction: **{fastest['name']}** ({fastest['predict_words_per_s']:.0f} words/s, test F1 "

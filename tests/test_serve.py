@@ -171,7 +171,15 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_ner_dir):
     assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
     assert status == 200 and len(body["results"]) == 4
     want = [e.to_dict() for e in NERModel.from_pretrained(tiny_ner_dir).predict(text)]
-    assert body["results"][3]["entities"] == want
+    got = body["results"][3]["entities"]
+
+    def spans(ents):
+        return [(e["start"], e["end"], e["label"]) for e in ents]
+
+    # the same spans; a score (an entity's probability by forward-backward over its window) may move in the 4th
+    # decimal when the window shares a batch with other texts (float sums in another order)
+    assert spans(got) == spans(want)
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want, strict=True)) < 2e-3
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "/health", timeout=2)
     log = proc.stdout.read().decode()

@@ -49,7 +49,7 @@ class EntitiesRequest(BaseModel):
                                                                             {"required": ["texts"]}]})
     text: str = Field(None, description="one text")
     texts: list[str] = Field(None, description="several texts")
-    review: bool = Field(False, description=(
+    review: bool = Field(False, strict=True, description=(
         "also return, per text, the entities scored below the server's thresholds (--min-score, and the per-type "
         "thresholds saved by `llm-ner calibrate --target-precision`) as `needs_review`; without it they are left out"))
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Refresh the lock files (requirements.txt, requirements-test.txt, next to pyproject.toml) from pyproject.toml's ranges:  scripts/lock.sh
+# Refresh the lock files next to pyproject.toml from pyproject.toml's ranges:  scripts/lock.sh
+#   requirements.txt, requirements-test.txt  what the README's two commands install (pip -r)
+#   pylock.toml                               the test lock again in the standard format (PEP 751), with hashes
 # The locks are resolved for CPython 3.11 on Linux x86_64 (the tested platform) with torch's CPU build. uv resolves
 # against the CPU wheel (its metadata has no CUDA packages); the lock then names it `torch==2.13.0`, which the CPU build
 # (2.13.0+cpu, from a find-links dir or https://download.pytorch.org/whl/cpu) satisfies as well as PyPI's.
@@ -18,4 +20,9 @@ for name in quickstart test; do
     sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' "$out.new"; } > "$out"
   rm "$out.new"
 done
-echo "wrote requirements.txt requirements-test.txt"
+# The same resolution as requirements-test.txt, as PEP 751 pylock.toml. A local torch wheel (find-links) is written
+# as the same file on PyTorch's CPU index, so the lock names no path of this machine.
+uv pip compile pyproject.toml --extra test "${links[@]}" --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+   --no-emit-find-links --no-emit-index-url --quiet --format pylock.toml -o pylock.toml
+sed -i -E 's#file://[^"]*/(torch-[0-9.]+)\+(cpu[^"/]*\.whl)#https://download.pytorch.org/whl/cpu/\1%2B\2#' pylock.toml
+echo "wrote requirements.txt requirements-test.txt pylock.toml"

@@ -34,10 +34,9 @@ def log_loss(scored: Sequence[tuple[float, bool, str]]) -> float:
     return -sum(math.log(min(max(sc if ok else 1 - sc, eps), 1.0)) for sc, ok, _ in scored) / max(len(scored), 1)
 
 
-def fit_temperature(scorer: Scorer, grid: Sequence[float] = GRID) -> tuple[float, list[dict]]:
+def fit_temperature(scorer: Scorer, n_gold: int, grid: Sequence[float] = GRID) -> tuple[float, list[dict]]:
     """The T of `grid` with the lowest log loss of entity correctness; and every T's (log loss, ECE)."""
     gold = [s.tags for s in scorer.sentences]
-    n_gold = sum(len(spans(g)) for g in gold)
     rows = []
     for t in grid:
         scored = scored_entities(gold, *scorer.at(t))
@@ -72,7 +71,7 @@ def calibrate(model_dir: str | Path, sentences: Sequence[Sentence], data_name: s
     gold = [s.tags for s in sentences]
     n_gold = sum(len(spans(g)) for g in gold)
     before = calibration_metrics(scored_entities(gold, *scorer.at(1.0)), n_gold)
-    t, grid = fit_temperature(scorer)
+    t, grid = fit_temperature(scorer, n_gold)
     scored = scored_entities(gold, *scorer.at(t))
     after = calibration_metrics(scored, n_gold)
     cal = {"temperature": t, "fitted_on": data_name, "sentences": len(sentences), "ece_before": before["ece"],

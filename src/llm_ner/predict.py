@@ -218,12 +218,24 @@ class NERModel:
     def predict_sentences_scored(self, sentences: Sequence[Sentence], progress: bool = False
                                  ) -> tuple[list[list[str]], list[list[float]]]:
         """Tags and per-word confidences (an entity's words carry its score) for pre-tokenised sentences."""
+        texts, offsets, groups = self.sentence_texts(sentences)
+        return self.per_sentence(*self.predict_words(texts, offsets, progress), groups, sentences)
+
+    def sentence_texts(self, sentences: Sequence[Sentence]) -> tuple[list[str], list, list[list[int]] | None]:
+        """The texts the model reads for pre-tokenised sentences and their word offsets: one text per sentence, or,
+        for a model trained with document context, one per document (then also which sentences each holds)."""
         if self.model.config.context == "document":
-            texts, offsets, groups = document_texts(sentences)
-            tags, confs = self.predict_words(texts, offsets, progress)
-            sizes = [len(s.tokens) for s in sentences]
-            return split_documents(tags, groups, sizes), split_documents(confs, groups, sizes)
-        return self.predict_words(*texts_and_offsets(sentences), progress)
+            return document_texts(sentences)
+        return (*texts_and_offsets(sentences), None)
+
+    @staticmethod
+    def per_sentence(tags: list, confs: list, groups: list[list[int]] | None, sentences: Sequence[Sentence]
+                     ) -> tuple[list[list[str]], list[list[float]]]:
+        """Results per text of `sentence_texts` -> per sentence."""
+        if groups is None:
+            return tags, confs
+        sizes = [len(s.tokens) for s in sentences]
+        return split_documents(tags, groups, sizes), split_documents(confs, groups, sizes)
 
     def predict(self, texts: str | Sequence[str], progress: bool = False) -> list[list[Entity]] | list[Entity]:
         """Raw text(s) -> entity spans with character offsets into each text. A single str gives a single list.
@@ -272,18 +284,11 @@ class Scorer:
 
     def __init__(self, ner: NERModel, sentences: Sequence[Sentence], progress: bool = False):
         self.ner, self.sentences = ner, sentences
-        self.doc = ner.model.config.context == "document"
-        if self.doc:
-            self.texts, self.offsets, self.groups = document_texts(sentences)
-        else:
-            self.texts, self.offsets = texts_and_offsets(sentences)
+        self.texts, self.offsets, self.groups = ner.sentence_texts(sentences)
         self.keep, self.windows = ner.windows_for(self.texts, self.offsets)
         self.logits = [r[2] for r in ner._run(self.windows, progress, keep_logits=True)] if self.windows else []
 
     def at(self, temperature: float) -> tuple[list[list[str]], list[list[float]]]:
         res = self.ner.redecode(self.logits, temperature) if self.logits else []
         tags, confs = self.ner.merge(len(self.texts), self.offsets, self.keep, self.windows, res)
-        if self.doc:
-            sizes = [len(s.tokens) for s in self.sentences]
-            return split_documents(tags, self.groups, sizes), split_documents(confs, self.groups, sizes)
-        return tags, confs
+        return self.ner.per_sentence(tags, confs, self.groups, self.sentences)

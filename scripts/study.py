@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llm_ner import rundir
 from llm_ner.config import load_config
+from llm_ner.report import study_table
 from llm_ner.train import train
 
 # SmolLM2-135M has 30 decoder layers: 2/3 depth = layer 20, 3/4 = 22.5 -> 23.
@@ -61,17 +62,6 @@ def run_row(config: str, name: str, over: dict, seeds: list[int], out: Path) -> 
             "predict_words_per_s": round(statistics.mean(r["predict_words_per_s"] for r in runs), 1)}
 
 
-def table(rows: list[dict]) -> str:
-    def pm(v, sd):
-        return f"{v:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
-
-    lines = ["| variant | seeds | dev F1 | test F1 | train s | predict words/s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {len(r['runs'])} | {pm(r['dev_f1'], r['dev_f1_sd'])} | "
-              f"{pm(r['test_f1'], r['test_f1_sd'])} | {r['train_seconds']:.0f} | {r['predict_words_per_s']:.0f} |"
-              for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="quickstart")
@@ -91,7 +81,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         ordered = [rows[n] for n in ROWS if n in rows]
         res_path.write_text(json.dumps({"config": a.config, "rows": ordered}, indent=2) + "\n")  # resumable
-        (out / "results.md").write_text(table(ordered))
+        (out / "results.md").write_text(study_table(ordered))
     print((out / "results.md").read_text())
 
 

@@ -340,16 +340,22 @@ def _sections(runs: list[dict], study: dict | None) -> list[tuple[str, str]]:
     return out
 
 
+def _pm(v: float, sd: float | None) -> str:
+    return f"{v:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+
+
+def study_table(rows: list[dict]) -> str:
+    """The decoder study's rows (scripts/study.py) as a Markdown table."""
+    lines = ["| variant | seeds | dev F1 | test F1 | train s | predict words/s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {len(r['runs'])} | {_pm(r['dev_f1'], r['dev_f1_sd'])} | "
+              f"{_pm(r['test_f1'], r['test_f1_sd'])} | {r['train_seconds']:.0f} | {r['predict_words_per_s']:.0f} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def study_text(study: dict) -> str:
     """The study's table, and what the numbers say: the best row on dev against the quickstart's, with the spread."""
     rows = study["rows"]
-
-    def pm(v, sd):
-        return f"{v:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
-
-    table = "\n".join(
-        f"| {r['name']} | {len(r['runs'])} | {pm(r['dev_f1'], r['dev_f1_sd'])} | {pm(r['test_f1'], r['test_f1_sd'])} "
-        f"| {r['train_seconds']:.0f} | {r['predict_words_per_s']:.0f} |" for r in rows)
     base = next((r for r in rows if not r["overrides"]), None)
     best = max(rows, key=lambda r: r["dev_f1"])
     fastest = max(rows, key=lambda r: r["predict_words_per_s"])
@@ -360,15 +366,14 @@ def study_text(study: dict) -> str:
         verdict = ("more than the larger seed spread" if best["dev_f1"] - base["dev_f1"] > noise
                    else "within seed noise" if noise else "one seed each, so no spread yet")
         seeds = len(best["runs"])
-        say.append(f"Best on dev: **{best['name']}** (dev {pm(best['dev_f1'], best['dev_f1_sd'])}, test "
-                   f"{pm(best['test_f1'], best['test_f1_sd'])}, {seeds} seed{'s' if seeds > 1 else ''}): "
+        say.append(f"Best on dev: **{best['name']}** (dev {_pm(best['dev_f1'], best['dev_f1_sd'])}, test "
+                   f"{_pm(best['test_f1'], best['test_f1_sd'])}, {seeds} seed{'s' if seeds > 1 else ''}): "
                    f"{best['dev_f1'] - base['dev_f1']:+.2f} dev F1 over the quickstart's own setting, {verdict}.")
     elif base is not None:
         say.append("Best on dev: the quickstart's own setting.")
     say.append(f"Fastest prediction: **{fastest['name']}** ({fastest['predict_words_per_s']:.0f} words/s, test F1 "
                f"{fastest['test_f1']:.2f}).")
-    return (" ".join(say) + "\n\n| variant | seeds | dev F1 | test F1 | train s | predict words/s |\n"
-            "|---|---|---|---|---|---|\n" + table)
+    return " ".join(say) + "\n\n" + study_table(rows).rstrip("\n")
 
 
 def write_report(paths: list[str], output: str | Path, study_path: str | None = None) -> tuple[Path, Path]:

@@ -156,3 +156,26 @@ def test_bf16_autocast_on_a_cpu_with_native_bf16(monkeypatch):
     if not T.torch.cuda.is_available():
         assert T.mixed_precision(cfg) is None  # emulated bf16 is slower than fp32: stay fp32
         assert T.mixed_precision(load_config(None, {}).training) is None  # auto on a CPU: fp32
+
+
+def test_report_to_tensorboard_writes_event_files(tiny_llama, tmp_path):
+    """training.report_to: tensorboard passes through to the Trainer: event files appear in RUN/tensorboard and hold
+    the training loss and the dev F1 the run logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(tiny_cfg(tiny_llama, out, **{"training.report_to": "tensorboard", "training.calibrate": False}),
+          progress=False)
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, list(out.iterdir())
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert "train/loss" in tags and "eval/f1" in tags, tags
+    assert len(acc.Scalars("train/loss")) >= 8  # logging_steps 1, 8 steps
+
+
+def test_report_to_is_validated(tiny_llama, tmp_path):
+    with pytest.raises(ConfigError, match="report_to"):
+        tiny_cfg(tiny_llama, tmp_path / "r", **{"training.report_to": "tensorbored"})
+    assert tiny_cfg(tiny_llama, tmp_path / "r").training.report_to == []  # none by default

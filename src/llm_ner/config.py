@@ -124,6 +124,16 @@ class TrainingConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # After training, fit the temperature of entity scores on the dev set (calibrate.py; tags and F1 unchanged).
     calibrate: bool = True
+    # Experiment tracking, passed to the Trainer: tensorboard (event files in RUN/tensorboard), mlflow (its own
+    # MLFLOW_TRACKING_URI, default ./mlruns), wandb; each needs its package installed. Default: none.
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        if v in (None, "none"):
+            return []
+        return [v] if isinstance(v, str) else v
 
     @field_validator("learning_rate", "head_learning_rate")
     @classmethod
@@ -207,6 +217,13 @@ class NERConfig(_Strict):
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(), indent=2) + "\n"
+
+    # the names transformers' tracking callbacks (TensorBoard, MLflow, W&B) call on `model.config`
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        return self.to_json()
 
 
 def config_path(name: str | Path) -> Path:

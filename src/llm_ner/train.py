@@ -329,6 +329,22 @@ def make_features(cfg: RunConfig, tokenizer, model: LLMForTokenClassification, s
     return features
 
 
+def tracking_callbacks(report_to: list[str], run_dir: Path) -> list:
+    """The Trainer's own TensorBoard callback, writing to RUN/tensorboard (the Trainer's default is a dated folder
+    under the checkpoints); a missing package is a one-line error before training, not a traceback after it."""
+    import importlib.util
+
+    for name, module in (("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")):
+        if name in report_to and importlib.util.find_spec(module) is None:
+            raise TrainError(f"training.report_to: {name} is not installed (pip install {module})")
+    if "tensorboard" not in report_to:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
+
+
 def make_trainer(cfg: RunConfig, model, tokenizer, features: list[dict], dev: list[Sentence] | None,
                  progress: bool, callbacks: list | None) -> NERTrainer:
     t, run_dir = cfg.training, Path(cfg.output)
@@ -345,12 +361,13 @@ def make_trainer(cfg: RunConfig, model, tokenizer, features: list[dict], dev: li
         logging_steps=t.logging_steps, logging_first_step=True,
         train_sampling_strategy="group_by_length", seed=t.seed, data_seed=t.seed,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
-        report_to=[], disable_tqdm=not progress, remove_unused_columns=False, dataloader_num_workers=0,
+        report_to=[r for r in t.report_to if r != "tensorboard"], disable_tqdm=not progress,
+        remove_unused_columns=False, dataloader_num_workers=0,
     )
     return NERTrainer(
         model=model, args=args, train_dataset=features, eval_dataset=features[:1] if dev else None,
         data_collator=lambda b: collate(b, tokenizer.pad_token_id), optimizers=(make_optimizer(model, cfg), None),
-        callbacks=[MetricsLogger(run_dir / R.METRICS), *(callbacks or [])],
+        callbacks=[MetricsLogger(run_dir / R.METRICS), *tracking_callbacks(t.report_to, run_dir), *(callbacks or [])],
         dev=dev, ner_tokenizer=tokenizer, run_dir=run_dir,
         patience=t.early_stopping_patience, eval_batch_size=t.eval_batch_size,
     )

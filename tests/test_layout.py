@@ -11,8 +11,9 @@ PKG = ROOT / "src" / "llm_ner"
 # Bottom to top. Prediction (predict) and scoring (evaluate) sit below train, because training selects its best model
 # by predicting and scoring the dev set and ends with the test step.
 LAYERS = [
-    "errors", "fsutil", "device", "config", "align", "data.schemes", "data.corpus", "data", "labels", "rundir",
-    "crf", "backbones", "model", "batching", "quantize", "predict", "evaluate", "calibrate", "analyze", "train",
+    "errors", "fsutil", "device", "config", "align", "data.schemes", "data.annotation", "data.corpus", "data",
+    "labels", "rundir", "crf", "backbones", "model", "batching", "quantize", "predict", "evaluate", "calibrate",
+    "analyze", "train",
     "baselines.encoder", "baselines.prompt", "baselines", "compare", "systems", "report",
     "serve", "spacy_component", "batch", "cli", "__init__",
 ]

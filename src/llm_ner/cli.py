@@ -273,6 +273,8 @@ def predict(
                                           "token-per-line file; the format is read from the content")] = None,
     format: Annotated[str, Opt(help="auto | text | jsonl | conll: declare the input format")] = "auto",
     output: Annotated[str | None, Opt(help="output file (JSON lines of spans; CoNLL for CoNLL input)")] = None,
+    to: Annotated[str, Opt(help="jsonl | label-studio (a task list with pre-annotations to import and correct) | "
+                                "doccano (JSONL with 'label')")] = "jsonl",
     batch_size: Annotated[int, Opt()] = 16,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
     int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
@@ -292,6 +294,8 @@ def predict(
         _fail("give --text or --input")
     if format not in ("auto", "text", "jsonl", "conll"):
         _fail(f"--format {format!r}: use auto, text, jsonl or conll")
+    if to not in ("jsonl", "label-studio", "doccano"):
+        _fail(f"--to {to!r}: use jsonl, label-studio or doccano")
     kind, items = read_texts(input, format) if input else ("text", list(text))
     _check_score(min_score)
     ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
@@ -304,9 +308,23 @@ def predict(
         return
     if output and not input:
         raise DataError("--output needs --input (--text prints its spans)")
-    lines = [json.dumps({"text": t, "entities": [e.to_dict() for e in kept],
-                         **({"needs_review": [e.to_dict() for e in low]} if review else {})}, ensure_ascii=False) + "\n"
-             for t, (kept, low) in zip(items, ner.predict_with_review(items, progress=bool(input)), strict=True)]
+    res = ner.predict_with_review(items, progress=bool(input))
+    if to == "jsonl":
+        lines = [json.dumps({"text": t, "entities": [e.to_dict() for e in kept],
+                             **({"needs_review": [e.to_dict() for e in low]} if review else {})},
+                            ensure_ascii=False) + "\n" for t, (kept, low) in zip(items, res, strict=True)]
+    else:  # pre-annotations to correct: with --review the low-scored ones too (Label Studio shows each region's score)
+        from .data.annotation import doccano_lines, label_studio_tasks
+        from .rundir import model_identity
+
+        ents = [sorted((e.to_dict() for e in (kept + low if review else kept)), key=lambda e: e["start"])
+                for kept, low in res]
+        if to == "doccano":
+            lines = doccano_lines(items, ents)
+        else:
+            ident = model_identity(model)
+            lines = [json.dumps(label_studio_tasks(items, ents, f"{ident['name']}@{ident['version']}"),
+                                ensure_ascii=False, indent=1) + "\n"]
     if output:
         atomic_write_text(Path(output), "".join(lines))
         typer.echo(f"wrote {output}", err=True)
@@ -427,17 +445,34 @@ def serve(
     bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
     min_score: Annotated[float | None, Opt(help="entities scored below this (0-1) are left out, or returned as "
                                                  "needs_review to requests that ask")] = None,
+    api_key_file: Annotated[str | None, Opt(help="API keys, one per line: every path but /, /health and the docs "
+                                                 "then needs 'Authorization: Bearer KEY' (also: LLM_NER_API_KEYS, "
+                                                 "comma-separated)")] = None,
+    cors_origin: Annotated[list[str] | None, Opt(help="an origin browsers may call from (repeat; '*' for any)")] = None,
+    max_body_bytes: Annotated[int | None, Opt(help="bigger request bodies get 413 before parsing (default: 4 bytes "
+                                                   "per allowed character + 64 KiB)")] = None,
+    max_queue: Annotated[int, Opt(help="requests that may wait for the model; past it: 429 + Retry-After")] = 256,
+    model_name: Annotated[str | None, Opt(help="the name responses give (default: the run's directory name)")] = None,
+    model_version: Annotated[str | None, Opt(help="the version responses give (default: a fingerprint of the "
+                                                  "model files)")] = None,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
-    """HTTP service: POST /v1/entities, GET /v1/labels, GET /health, OpenAPI docs at /docs."""
+    """HTTP service: demo page at /, POST /v1/entities, GET /v1/labels, /health, /metrics, OpenAPI docs at /docs."""
     _setup_logging(verbose)
     from .model import read_model_config
-    from .serve import ServeConfig, run
+    from .serve import ServeConfig, read_api_keys, run
 
     _check_score(min_score)
     read_model_config(model)  # a missing or broken model dir is a one-line error before the server starts
+    keys = read_api_keys(api_key_file, os.environ.get("LLM_NER_API_KEYS"))
+    if api_key_file and not keys:
+        raise UserError(f"{api_key_file}: no API key in it (one per line)")
+    if max_queue < 1:
+        raise UserError("--max-queue must be at least 1")
     run(ServeConfig(model, max_text_chars, max_batch, batch_wait_ms, trust_remote_code=trust_remote_code,
-                    quantize=_precision(int8, bf16), min_score=min_score), host, port, shutdown_timeout)
+                    quantize=_precision(int8, bf16), min_score=min_score, api_keys=keys,
+                    cors_origins=tuple(cors_origin or ()), max_body_bytes=max_body_bytes, max_queue=max_queue,
+                    model_name=model_name, model_version=model_version), host, port, shutdown_timeout)
 
 
 @command("batch-predict")

@@ -10,6 +10,7 @@ for compare, report and systems.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,3 +95,20 @@ def load_run(run_dir: str | Path) -> Run:
         curve = [json.loads(x) for x in (d / METRICS).read_text().splitlines() if x.strip()]
     return Run(d, kind, name, json.loads((d / TEST_METRICS).read_text()), summary, pstats, _json(d / ANALYSIS),
                mcfg, curve)
+
+
+def model_identity(model_dir: str, name: str | None = None, version: str | None = None) -> dict:
+    """What responses say about the model: a name (default: the run's directory — `RUN/model` gives RUN) and a
+    version (default: sha256 of the config files and the weights' names, sizes and first MiB — changes whenever the
+    model is retrained, costs milliseconds to compute)."""
+    d = Path(model_dir).resolve()
+    if not name:
+        name = d.parent.name if d.name == "model" else d.name
+    if not version:
+        h = hashlib.sha256()
+        for f in sorted(p for p in d.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(d)}:{f.stat().st_size}".encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(1 << 20))
+        version = h.hexdigest()[:12]
+    return {"name": name, "version": version}

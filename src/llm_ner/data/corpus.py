@@ -9,6 +9,8 @@ Formats:
   * two-column `token<TAB>tag` (a special case of the above; a token may then contain spaces)
   * JSONL tokens: {"tokens": [...], "tags": [...]}           (also "ner_tags" as strings)
   * JSONL spans:  {"text": "...", "entities": [{"start": 0, "end": 5, "label": "PER"}, ...]}
+  * annotation tools (annotation.py): a Label Studio JSON export, doccano JSONL ({"text", "label": [[s, e, L]]}),
+    a spaCy DocBin (.spacy, what Prodigy's data-to-spacy writes)
   * bundled corpora by name: "conll2003:train", "wnut17:test"; Hugging Face datasets as "hf:NAME:SPLIT" (online only)
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from ..align import split_words
 from ..config import RunConfig
 from ..fsutil import atomic_write_text
+from . import annotation as ann
 from .schemes import SCHEMES, DataError, check_strict_iob2, detect_scheme, is_tag, split_tag, to_iob2
 
 log = logging.getLogger(__name__)
@@ -231,6 +234,40 @@ def read_jsonl_spans(path: str | Path, report: list | None = None) -> list[Sente
     return out
 
 
+def _records_to_sentences(records: list[ann.Record], path: Path) -> list[Sentence]:
+    out = []
+    for text, ents, where, doc_id in records:
+        sent, _ = spans_to_sentence(text, ents, where)
+        sent.doc_id = doc_id
+        if sent.tokens:
+            out.append(sent)
+    if not out:
+        raise DataError(f"{path}: no record has any words")
+    return out
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads("\n".join(_open_text(path)))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def read_label_studio(path: str | Path) -> list[Sentence]:
+    path = Path(path)
+    return _records_to_sentences(ann.label_studio_records(_read_json(path), path), path)
+
+
+def read_doccano(path: str | Path) -> list[Sentence]:
+    path = Path(path)
+    return _records_to_sentences(ann.doccano_records(_read_jsonl(path), path), path)
+
+
+def read_docbin(path: str | Path) -> list[Sentence]:
+    path = Path(path)
+    return _records_to_sentences(ann.docbin_records(path), path)
+
+
 def read_hf(name: str, split: str, tags_field: str = "ner_tags") -> list[Sentence]:  # pragma: no cover - online only
     """A Hugging Face dataset by name (needs internet and `pip install datasets`)."""
     try:
@@ -330,13 +367,22 @@ def _is_column_line(line: str) -> bool:
 def detect_format(path: str | Path, allow_text: bool = False) -> str:
     """A file's format from its content (never its name): 'conll' (token ... tag lines), 'jsonl-spans'
     ({"text", "entities"}), 'jsonl-tokens' ({"tokens", "tags"}), 'multinerd' (integer ner_tags + lang), 'jsonl-text'
-    ({"text"} only) or, with allow_text, 'text' (a plain text per line). Ambiguous content is refused: the message says
+    ({"text"} only), 'doccano' ({"text", "label"}), 'label-studio' (a JSON list of tasks), 'spacy' (a DocBin) or,
+    with allow_text, 'text' (a plain text per line). Ambiguous content is refused: the message says
     how to declare the format."""
     path = Path(path)
+    if ann.is_docbin(path):
+        return "spacy"
     numbered = _first_lines(path)
     if not numbered:
         raise DataError(f"{path}: empty file")
     lines = [ln for _, ln in numbered]
+    if lines[0].lstrip().startswith("["):  # one JSON document: a Label Studio export is a list of tasks
+        tasks = _read_json(path)
+        if isinstance(tasks, list) and tasks and isinstance(tasks[0], dict) and "data" in tasks[0]:
+            return "label-studio"
+        raise DataError(f"{path}: a JSON list, but not a Label Studio export (a list of tasks with 'data'); "
+                        "other JSON data goes one object per line (JSONL)")
     if lines[0].lstrip().startswith("{"):  # JSON lines
         try:
             first = json.loads(lines[0])
@@ -345,6 +391,10 @@ def detect_format(path: str | Path, allow_text: bool = False) -> str:
         if not isinstance(first, dict):
             raise DataError(f"{path}:{numbered[0][0]}: expected a JSON object")
         if "text" in first:
+            ents = first.get("entities")
+            if "label" in first or (isinstance(ents, list) and ents and isinstance(ents[0], dict)
+                                    and "start_offset" in ents[0]):
+                return "doccano"
             return "jsonl-spans" if "entities" in first or "spans" in first else "jsonl-text"
         if "lang" in first and isinstance((first.get("ner_tags") or ["O"])[0], int):
             return "multinerd"
@@ -375,7 +425,9 @@ def read_texts(path: str | Path, fmt: str = "auto") -> tuple[str, list[str] | li
         return "conll", read_conll(path)
     if fmt == "text":
         return "text", _open_text(path)
-    if fmt in ("jsonl", "jsonl-text", "jsonl-spans"):
+    if fmt == "label-studio":
+        return "text", [t for t, *_ in ann.label_studio_records(_read_json(path), path, need_labels=False)]
+    if fmt in ("jsonl", "jsonl-text", "jsonl-spans", "doccano"):
         texts = []
         for lineno, rec in _read_jsonl(path):
             if not isinstance(rec.get("text"), str):
@@ -405,7 +457,8 @@ def _read_file(path: Path, fmt: str) -> list[Sentence]:
     if fmt == "auto":
         fmt = detect_format(path)
     readers = {"conll": read_conll, "jsonl-tokens": read_jsonl_tokens, "jsonl-spans": read_jsonl_spans,
-               "multinerd": read_multinerd}
+               "multinerd": read_multinerd, "label-studio": read_label_studio, "doccano": read_doccano,
+               "spacy": read_docbin}
     if fmt == "jsonl-text":
         raise DataError(f"{path}: records have a 'text' but no 'entities': raw text has no labels to train or score on")
     if fmt not in readers:

@@ -1,6 +1,7 @@
 """The HTTP service, started for real on 127.0.0.1 and called over HTTP."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -27,11 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir, *args, attempts: int = 3) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir, *args, attempts: int = 3, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     for _ in range(attempts):  # a probed-then-freed port can be taken by someone else before uvicorn binds it: retry
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "llm_ner.cli", "serve", "--model", str(model_dir), "--port",
-                                 str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                 str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
         url = f"http://127.0.0.1:{port}"
         for _ in range(120):
             if proc.poll() is not None:

@@ -1,9 +1,17 @@
 """HTTP service over NERModel (FastAPI + uvicorn).
 
+  GET  /              the demo page (web/demo.html: self-contained, works offline)
   POST /v1/entities   {"texts": ["...", ...]} or {"text": "..."} -> {"results": [{"entities": [...]}, ...]}
   GET  /v1/labels     the model's entity types (with descriptions) and tags
-  GET  /health        {"status": "ok", "in_flight": n, ...} once the model is loaded
+  GET  /health        {"status": "ok", "model": {name, version, labels}, "in_flight": n} once the model is loaded
+  GET  /metrics       Prometheus text format: requests by path and status, latency, batch sizes, queue depth
   GET  /docs          OpenAPI UI (FastAPI)
+
+Exposing it: with API keys (`--api-key-file`, or LLM_NER_API_KEYS) every path but /, /health and the OpenAPI docs
+needs `Authorization: Bearer KEY` (401 otherwise, saying nothing else); `--cors-origin` allows browsers on other
+origins; the raw body is capped before any JSON parsing (413); when `max_queue` requests already wait for the model,
+new ones get 429 with Retry-After instead of queueing without bound. Responses name the model (a name and a content
+fingerprint), never the server's filesystem.
 
 The model loads once. Concurrent requests are micro-batched: a single worker drains the queue for up to
 `batch_wait_ms`, runs one batched `predict` in a thread, and answers each request with its own slice, so many small
@@ -15,16 +23,24 @@ sliding window like everywhere else. On SIGTERM the server stops accepting and f
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from .rundir import model_identity
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +56,28 @@ class ServeConfig:
     trust_remote_code: bool = False  # the backbone's own Python code runs only if the user says so
     quantize: str | None = None  # "int8": dynamic int8 Linear layers (CPU); "bf16": the backbone in bf16
     min_score: float | None = None  # entities scored below it (or below their type's calibrated threshold): review
+    api_keys: tuple[str, ...] = ()  # empty: no authentication
+    cors_origins: tuple[str, ...] = ()  # origins allowed to call from a browser ("*" for any)
+    max_body_bytes: int | None = None  # None: 4 bytes per allowed character + 64 KiB of JSON around them
+    max_queue: int = 256  # requests waiting for the model; the next one gets 429
+    model_name: str | None = None  # None: the run's directory name
+    model_version: str | None = None  # None: a fingerprint of the model dir's config and weights
+
+    def body_limit(self) -> int:
+        return self.max_body_bytes or 4 * self.max_text_chars * self.max_batch + 65_536
+
+
+OPEN_PATHS = {"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"}  # no key needed: no data in them
+
+
+def read_api_keys(path: str | None, env_value: str | None) -> tuple[str, ...]:
+    """Keys from a file (one per line; blank lines and # comments skipped) and/or a comma-separated variable."""
+    keys = []
+    if path:
+        keys += [k.strip() for k in Path(path).read_text().splitlines() if k.strip() and not k.startswith("#")]
+    if env_value:
+        keys += [k.strip() for k in env_value.split(",") if k.strip()]
+    return tuple(keys)
 
 
 class EntitiesRequest(BaseModel):
@@ -98,20 +136,148 @@ class TextResult(BaseModel):
                                                                    "request set review: true)")
 
 
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+
+
 class EntitiesResponse(BaseModel):
     results: list[TextResult]
-    model: str
+    model: ModelInfo
     latency_ms: float
+
+
+async def _send_json(send, status: int, body: dict, headers: tuple = ()) -> None:
+    raw = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": raw})
+
+
+class BodyLimit:
+    """ASGI middleware: a body over `limit` bytes gets 413 before anything parses it. A declared Content-Length is
+    checked up front; a chunked body is read up to the limit (never more is held) and replayed to the app."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        too_large = {"detail": f"the request body is over the limit of {self.limit} bytes"}
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await _send_json(send, 413 if length.isdigit() else 400,
+                                    too_large if length.isdigit() else {"detail": "bad Content-Length"})
+        if length is not None:  # the server (h11/httptools) stops at Content-Length: nothing more to guard
+            return await self.app(scope, receive, send)
+        chunks, n = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return
+            chunks.append(msg.get("body", b""))
+            n += len(chunks[-1])
+            if n > self.limit:
+                return await _send_json(send, 413, too_large)
+            if not msg.get("more_body"):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class ApiKeys:
+    """ASGI middleware: with keys configured, every path outside OPEN_PATHS needs `Authorization: Bearer KEY`. Keys
+    are compared in constant time, all of them every time (no early exit that would time which one nearly matched);
+    the 401 says nothing about why."""
+
+    def __init__(self, app, keys: tuple[str, ...]):
+        self.app, self.keys = app, [k.encode() for k in keys]
+
+    def allowed(self, header: bytes | None) -> bool:
+        scheme, _, given = (header or b"").partition(b" ")
+        ok = False
+        for k in self.keys:
+            ok |= hmac.compare_digest(given.strip(), k)
+        return ok and scheme.lower() == b"bearer"
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS
+                or scope["method"] == "OPTIONS"):  # CORS preflight carries no credentials
+            return await self.app(scope, receive, send)
+        if not self.allowed(dict(scope["headers"]).get(b"authorization")):
+            return await _send_json(send, 401, {"detail": "unauthorized"}, ((b"www-authenticate", b"Bearer"),))
+        await self.app(scope, receive, send)
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so two apps in one process do not mix), and the ASGI
+    middleware that counts every request by path and status and times it."""
+
+    BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+    def __init__(self, paths: set[str]):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.paths = paths  # known routes; anything else counts as "other" (bounded label values)
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("llm_ner_requests", "HTTP requests by path and status", ["path", "status"],
+                                registry=r)
+        self.latency = Histogram("llm_ner_request_seconds", "request latency in seconds", ["path"], registry=r)
+        self.batch = Histogram("llm_ner_batch_texts", "texts per model call", buckets=self.BATCH_BUCKETS,
+                               registry=r)
+        self.queue_depth = Gauge("llm_ner_queue_depth", "requests waiting for the model", registry=r)
+        self.in_flight = Gauge("llm_ner_in_flight", "requests accepted and not yet answered", registry=r)
+        self.load_seconds = Gauge("llm_ner_model_load_seconds", "seconds the model took to load", registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def middleware(self, app):
+        async def asgi(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            path = scope["path"] if scope["path"] in self.paths else "other"
+            status, t0 = 500, time.perf_counter()
+
+            async def send_status(msg):
+                nonlocal status
+                if msg["type"] == "http.response.start":
+                    status = msg["status"]
+                await send(msg)
+
+            try:
+                await app(scope, receive, send_status)
+            finally:
+                self.requests.labels(path, str(status)).inc()
+                self.latency.labels(path).observe(time.perf_counter() - t0)
+
+        return asgi
 
 
 class _Batcher:
     """Collects (texts, future) pairs and runs them through the model in combined batches."""
 
-    def __init__(self, ner, cfg: ServeConfig):
-        self.ner, self.cfg = ner, cfg
-        self.queue: asyncio.Queue = asyncio.Queue()
+    def __init__(self, ner, cfg: ServeConfig, metrics: Metrics):
+        self.ner, self.cfg, self.metrics = ner, cfg, metrics
+        # bounded: past max_queue waiting requests, submit refuses (429) rather than holding every body in memory
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.max_queue)
         self.task: asyncio.Task | None = None
         self.in_flight = 0  # requests submitted and not yet answered (queued or in the model): shown by /health
+        self.last_batch_seconds = 1.0  # how long the last model call took: the Retry-After hint
+        metrics.queue_depth.set_function(self.queue.qsize)
+        metrics.in_flight.set_function(lambda: self.in_flight)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._worker())
@@ -126,9 +292,14 @@ class _Batcher:
 
     async def submit(self, texts: list[str]) -> list:
         fut = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((texts, fut))
+        except asyncio.QueueFull:
+            retry = str(max(1, math.ceil(self.last_batch_seconds)))
+            raise HTTPException(429, f"the server is busy ({self.cfg.max_queue} requests are waiting); retry later",
+                                headers={"Retry-After": retry}) from None
         self.in_flight += 1
         try:
-            await self.queue.put((texts, fut))
             return await fut
         finally:
             self.in_flight -= 1
@@ -150,8 +321,11 @@ class _Batcher:
                 items.append(item)
                 n += len(item[0])
             flat = [t for texts, _ in items for t in texts]
+            self.metrics.batch.observe(len(flat))
+            t0 = time.perf_counter()
             try:
                 res = await loop.run_in_executor(None, self.ner.predict_with_review, flat)
+                self.last_batch_seconds = time.perf_counter() - t0
             except Exception as e:  # never leave a request hanging
                 for _, fut in items:
                     if not fut.done():
@@ -165,7 +339,8 @@ class _Batcher:
 
 
 def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
-    state: dict = {}
+    state: dict = {"identity": model_identity(cfg.model_dir, cfg.model_name, cfg.model_version)}
+    metrics = Metrics({"/", "/health", "/metrics", "/v1/labels", "/v1/entities"})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -178,14 +353,24 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         if cfg.min_score is not None:
             state["ner"].min_score = cfg.min_score
         state["load_seconds"] = round(time.time() - t0, 2)
-        state["batcher"] = _Batcher(state["ner"], cfg)
+        metrics.load_seconds.set(state["load_seconds"])
+        state["batcher"] = _Batcher(state["ner"], cfg, metrics)
         state["batcher"].start()
-        log.info("model %s loaded in %.1f s", cfg.model_dir, state["load_seconds"])
+        log.info("model %s (%s) loaded in %.1f s", state["identity"]["name"], state["identity"]["version"],
+                 state["load_seconds"])
         yield
         await state["batcher"].stop()
 
     app = FastAPI(title="llm-ner", version="1", lifespan=lifespan,
                   description="Named-entity recognition with a transformed decoder LLM.")
+    # Starlette runs the last added middleware first: CORS outermost (a preflight is answered, and a 401 or 413
+    # still carries the CORS headers a browser needs to read it), then the counting, the key check, the body cap.
+    app.add_middleware(BodyLimit, limit=cfg.body_limit())
+    app.add_middleware(ApiKeys, keys=cfg.api_keys)
+    app.add_middleware(metrics.middleware)
+    if cfg.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError) -> JSONResponse:
@@ -199,16 +384,29 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
                 for e in errors]
         return JSONResponse(status_code=422, content={"detail": errs})
 
+    def model_info() -> dict:
+        labels = list(state["ner"].labels.types) if "ner" in state else []
+        return {**state["identity"], "labels": labels}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def demo() -> HTMLResponse:
+        return HTMLResponse(resources.files("llm_ner").joinpath("web/demo.html").read_text(encoding="utf-8"))
+
     @app.get("/health")
     async def health() -> dict:
         b = state.get("batcher")
-        return {"status": "ok", "model": cfg.model_dir, "load_seconds": state.get("load_seconds"),
-                "in_flight": b.in_flight if b else 0}
+        return {"status": "ok", "model": model_info(), "load_seconds": state.get("load_seconds"),
+                "in_flight": b.in_flight if b else 0, "queued": b.queue.qsize() if b else 0}
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/labels")
     async def labels() -> dict:
         ls = state["ner"].labels
-        return {"types": list(ls.types), "tags": ls.tags, "descriptions": ls.descriptions}
+        return {"types": list(ls.types), "tags": ls.tags, "descriptions": ls.descriptions, "model": model_info()}
 
     async def entities(req: EntitiesRequest) -> EntitiesResponse:
         texts = req.all_texts()
@@ -218,14 +416,16 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
             results=[TextResult(entities=[EntityOut(**e.to_dict()) for e in kept],
                                 needs_review=[EntityOut(**e.to_dict()) for e in low] if req.review else None)
                      for kept, low in res],
-            model=cfg.model_dir, latency_ms=round(1000 * (time.time() - t0), 2))
+            model=ModelInfo(**state["identity"]), latency_ms=round(1000 * (time.time() - t0), 2))
 
     # the body model carries this server's limits, so it is made here (and set as a real class, not a string
     # annotation, for FastAPI to resolve)
     entities.__annotations__["req"] = request_model(cfg)
     app.post("/v1/entities", response_model=EntitiesResponse,
              responses={400: {"description": "the body is not parseable (e.g. not UTF-8)"},
-                        413: {"description": "a text or the batch is over the limit"}})(entities)
+                        401: {"description": "an API key is required and was missing or wrong"},
+                        413: {"description": "a text, the batch or the raw body is over the limit"},
+                        429: {"description": "the queue is full; retry after the Retry-After seconds"}})(entities)
 
     return app
 

@@ -189,6 +189,14 @@ def write_report(res: dict, out: Path) -> None:
                       f"same batches ({len(tp['rounds'])} rounds, tokens/s fp32 → bf16): "
                       + "; ".join(f"{r['fp32']} → {r['bf16']} ({r['ratio']}×)" for r in tp["rounds"])
                       + f". **Median speed-up {tp['median_ratio']}×.**"]
+    ep = res.get("exit_paired", {})
+    if ep.get("rounds"):
+        lines += ["", f"Early exit, the quickstart recipe with {ep['layers'][0]} layers vs `model.exit_layer: "
+                      f"{ep['layers'][1]}` ({ep['nonembedding_params'][0] / 1e6:.1f}M vs "
+                      f"{ep['nonembedding_params'][1] / 1e6:.1f}M non-embedding parameters), alternated on the same "
+                      f"batches ({len(ep['rounds'])} rounds, training tokens/s): "
+                      + "; ".join(f"{r['layers_30']} → {r['exit_23']} ({r['ratio']}×)" for r in ep["rounds"])
+                      + f". **Median speed-up {ep['median_ratio']}×.**"]
     llm = res.get("llm", {})
     if llm and "error" not in llm:
         b32, params = _grid(llm, 32, "budget"), llm.get("nonembedding_params")

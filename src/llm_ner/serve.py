@@ -74,7 +74,8 @@ def read_api_keys(path: str | None, env_value: str | None) -> tuple[str, ...]:
     """Keys from a file (one per line; blank lines and # comments skipped) and/or a comma-separated variable."""
     keys = []
     if path:
-        keys += [k.strip() for k in Path(path).read_text().splitlines() if k.strip() and not k.startswith("#")]
+        lines = (k.strip() for k in Path(path).read_text().splitlines())
+        keys += [k for k in lines if k and not k.startswith("#")]
     if env_value:
         keys += [k.strip() for k in env_value.split(",") if k.strip()]
     return tuple(keys)

@@ -47,6 +47,7 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
     assert "Expected calibration error of the test entities' scores" in md
     assert "Best on dev: **document context** (dev 4.00, test 3.50, 1 seed): +1.50 dev F1" in md
     assert "more than the larger seed spread" in md and "Fastest prediction: **document context**" in md
+    assert "Why it can help: the other sentences of the document disambiguate a name" in md
     assert "<mark" in html  # displacy-style examples
     assert "{" not in md.split("## Dataset")[1].split("## Model")[0]  # no unfilled template fields
     # the encoder run is the encoder (it trains with unmask: all, like the LLM), so the LLM-vs-encoder line is there

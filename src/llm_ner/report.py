@@ -353,6 +353,21 @@ def study_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Why each kind of change can win — the mechanism, said once, cited where it comes from; the numbers say whether it did.
+STUDY_WHY = {
+    "model.exit_layer": "a decoder's top layers specialise in predicting the next token, while a middle layer's states "
+                        "still describe the word itself (Kukić et al. 2026 read layer 23 of Mistral-7B's 32); dropping "
+                        "the layers above also makes every step cheaper",
+    "data.context": "the other sentences of the document disambiguate a name (the same entity is often spelled out "
+                    "or typed elsewhere in the article), which a sentence-level tagger never sees",
+    "model.transform": "repeating the input lets each word's last copy attend to the whole first copy, so a causal "
+                       "model sees right-hand context without any change to its attention",
+    "model.unmask": "unmasking gives every word its right-hand context; which layers need it decides how much of the "
+                    "pre-trained behaviour is disturbed",
+    "model.backbone": "a different pre-trained model: its size, corpus and tokenizer",
+}
+
+
 def study_text(study: dict) -> str:
     """The study's table, and what the numbers say: the best row on dev against the quickstart's, with the spread."""
     rows = study["rows"]
@@ -369,6 +384,9 @@ def study_text(study: dict) -> str:
         say.append(f"Best on dev: **{best['name']}** (dev {_pm(best['dev_f1'], best['dev_f1_sd'])}, test "
                    f"{_pm(best['test_f1'], best['test_f1_sd'])}, {seeds} seed{'s' if seeds > 1 else ''}): "
                    f"{best['dev_f1'] - base['dev_f1']:+.2f} dev F1 over the quickstart's own setting, {verdict}.")
+        why = [STUDY_WHY[k] for k in best["overrides"] if k in STUDY_WHY]
+        if why:
+            say.append("Why it can help: " + "; ".join(why) + ".")
     elif base is not None:
         say.append("Best on dev: the quickstart's own setting.")
     say.append(f"Fastest prediction: **{fastest['name']}** ({fastest['predict_words_per_s']:.0f} words/s, test F1 "

@@ -179,3 +179,13 @@ def test_report_to_is_validated(tiny_llama, tmp_path):
     with pytest.raises(ConfigError, match="report_to"):
         tiny_cfg(tiny_llama, tmp_path / "r", **{"training.report_to": "tensorbored"})
     assert tiny_cfg(tiny_llama, tmp_path / "r").training.report_to == []  # none by default
+
+
+def test_the_last_step_is_evaluated_once(tiny_llama, tmp_path):
+    """8 steps, evaluations every 3: at 3, 6 and the last step 8 — each once (a second evaluation of the same
+    weights would cost a dev pass and count towards early stopping)."""
+    out = tmp_path / "run"
+    train(tiny_cfg(tiny_llama, out, **{"training.eval_steps": 3, "training.calibrate": False}), progress=False)
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()
+             if "eval_f1" in json.loads(x)]
+    assert steps == [3, 6, 8], steps

@@ -148,11 +148,13 @@ class NERTrainer(Trainer):
         state = json.loads(best.read_text()) if best.is_file() else {}
         self.best_f1 = state.get("f1", -1.0)
         self.bad_evals = state.get("bad_evals", 0)
+        self.last_eval_step = -1  # fit() evaluates after training only if the Trainer has not at the last step
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         if not self.dev:
             return {}
         model = self.model
+        self.last_eval_step = self.state.global_step
         t0 = time.time()
         m, _ = evaluate_model(NERModel(model, self.ner_tokenizer, batch_size=self.eval_batch_size), self.dev)
         model.train()
@@ -379,8 +381,10 @@ def fit(trainer: NERTrainer, last_checkpoint: str | None, run_dir: Path) -> tupl
     with disk_full_is_a_train_error(run_dir):
         result = trainer.train(resume_from_checkpoint=last_checkpoint)
         seconds = time.time() - t0
-        # The last steps may not have been evaluated: do it now so the best model reflects all training.
-        if trainer.dev and trainer.state.global_step % trainer.args.eval_steps != 0:
+        # The last steps may not have been evaluated: do it now so the best model reflects all training. (The
+        # Trainer itself evaluates at the last step in some versions; a second, identical evaluation would cost a dev
+        # pass and count as one "without improvement" towards early stopping.)
+        if trainer.dev and trainer.last_eval_step != trainer.state.global_step:
             trainer.evaluate()
     return result.training_loss, seconds
 

@@ -410,6 +410,51 @@ def w_exit_paired(a) -> dict:
             "peak_mb": peak_mb()}
 
 
+def w_backbone_paired(a) -> dict:
+    """SmolLM2-135M against Gemma 3 270M on the quickstart recipe: each round, both models take optimizer steps on the
+    same `--steps` x 16 CoNLL sentences (each tokenised by its own tokenizer, batched 16 a step), alternated in one
+    process. The tokenizers differ, so the fair unit is sentences (words) per second, not tokens."""
+    from llm_ner.align import collate, encode_sentences, window_feature
+    from llm_ner.config import load_config
+    from llm_ner.data import load_corpus
+    from llm_ner.labels import label_set_for
+    from llm_ner.predict import load_tokenizer
+    from llm_ner.train import build_model, make_optimizer
+
+    q = load_config("quickstart")
+    per_round = a.steps * q.training.batch_size
+    sents = load_corpus("conll2003:train", limit=per_round * (a.rounds + 1))
+    labels = label_set_for(sents)
+    models = {}
+    for name in ("smollm2-135m", "gemma3-270m"):
+        cfg = load_config("quickstart", {"model.backbone": name})
+        tok = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
+        model = build_model(cfg, labels).train()
+        models[name] = (model, make_optimizer(model, cfg), tok)
+
+    def batches(tok, chunk):
+        feats = [window_feature(w) for w in encode_sentences(tok, chunk, labels.encode, 256, 32)]
+        feats.sort(key=lambda f: len(f["input_ids"]))
+        return [collate(feats[i : i + q.training.batch_size], tok.pad_token_id)
+                for i in range(0, len(feats), q.training.batch_size)]
+
+    for model, opt, tok in models.values():  # warm-up: allocations, AdamW state
+        _train_steps(model, opt, batches(tok, sents[:per_round])[:1], q.training.precision)
+    rounds = []
+    for r in range(a.rounds):
+        chunk = sents[per_round * (r + 1) : per_round * (r + 2)]
+        words = sum(len(x) for x in chunk)
+        got = {}
+        for name, (model, opt, tok) in models.items():
+            _, dt = _train_steps(model, opt, batches(tok, chunk), q.training.precision)
+            got[name] = round(words / dt, 1)
+        rounds.append({**got, "ratio": round(got["gemma3-270m"] / got["smollm2-135m"], 2)})
+    ratios = sorted(x["ratio"] for x in rounds)
+    return {"rounds": rounds, "median_ratio": ratios[len(ratios) // 2], "sentences_per_round": per_round,
+            "nonembedding_params": {k: nonembedding_params(m.backbone) for k, (m, _, _) in models.items()},
+            "peak_mb": peak_mb()}
+
+
 def w_raw_text(a) -> dict:
     """What users send is raw text: the full CoNLL-2003 test set as text (each sentence's tokens joined by spaces),
     split by our raw-text word splitter and predicted, scored as exact (start, end, type) character spans against the
@@ -573,7 +618,8 @@ def w_serve(a) -> dict:
 WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "spacy": w_spacy,
            "train": w_train, "raw_text": w_raw_text,
            "train_paired": w_train_paired,
-           "exit_paired": w_exit_paired, "train_recipe": w_train_recipe, "train_padding": w_train_padding,
+           "exit_paired": w_exit_paired,
+           "backbone_paired": w_backbone_paired, "train_recipe": w_train_recipe, "train_padding": w_train_padding,
            "scaling": w_scaling, "paired": w_paired, "serve": w_serve}
 
 
@@ -652,6 +698,8 @@ def main() -> None:
                                            "--rounds", "2" if a.quick else "5"),
         "exit_paired": lambda: run_worker("exit_paired", "--mode", "full", "--steps", "2" if a.quick else "3",
                                           "--rounds", "2" if a.quick else "5"),
+        "backbone_paired": lambda: run_worker("backbone_paired", "--mode", "full", "--steps", "2" if a.quick else "3",
+                                              "--rounds", "2" if a.quick else "5"),
         "train_padding": lambda: run_worker("train_padding"),
         "train_recipe": lambda: run_worker("train_recipe", "--mode", "full", "--steps", "1" if a.quick else "2",
                                            "--rounds", "2" if a.quick else "5"),

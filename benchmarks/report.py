@@ -197,6 +197,15 @@ def write_report(res: dict, out: Path) -> None:
                       f"batches ({len(ep['rounds'])} rounds, training tokens/s): "
                       + "; ".join(f"{r['layers_30']} → {r['exit_23']} ({r['ratio']}×)" for r in ep["rounds"])
                       + f". **Median speed-up {ep['median_ratio']}×.**"]
+    bp = res.get("backbone_paired", {})
+    if bp.get("rounds"):
+        lines += ["", f"Backbones on the quickstart recipe, SmolLM2-135M vs Gemma 3 270M "
+                      f"({bp['nonembedding_params']['smollm2-135m'] / 1e6:.1f}M vs "
+                      f"{bp['nonembedding_params']['gemma3-270m'] / 1e6:.1f}M non-embedding parameters), alternated on "
+                      f"the same {bp['sentences_per_round']} sentences a round ({len(bp['rounds'])} rounds, training "
+                      "words/s): " + "; ".join(f"{r['smollm2-135m']} → {r['gemma3-270m']} ({r['ratio']}×)"
+                                               for r in bp["rounds"])
+                      + f". **Median Gemma / SmolLM2: {bp['median_ratio']}×.**"]
     llm = res.get("llm", {})
     if llm and "error" not in llm:
         b32, params = _grid(llm, 32, "budget"), llm.get("nonembedding_params")

@@ -61,8 +61,16 @@ def nonembedding_params(backbone) -> int:
     return sum(p.numel() for p in backbone.parameters() if p is not emb)
 
 
+def median_ratio(rounds: list[dict]) -> float:
+    """The median of alternated rounds' "ratio" (the upper one of an even count)."""
+    ratios = sorted(r["ratio"] for r in rounds)
+    return ratios[len(ratios) // 2]
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # workers: each prints one JSON line
+
+
 def w_matmul(a) -> dict:
     """The matmul peaks MFU is measured against: fp32, and bf16 (native on CPUs with AVX512-BF16 / AMX)."""
     import torch
@@ -358,8 +366,7 @@ def w_train_recipe(a) -> dict:
             n_tok, dt = _train_steps(model, opt, batches[1 + r * k * a.steps : 1 + (r + 1) * k * a.steps], precision)
             got[name] = round(n_tok / dt, 1)
         rounds.append({**got, "ratio": round(got["fast"] / got["today"], 2)})
-    ratios = sorted(x["ratio"] for x in rounds)
-    return {"rounds": rounds, "median_ratio": ratios[len(ratios) // 2], "fast_batch": fast_cfg.training.batch_size,
+    return {"rounds": rounds, "median_ratio": median_ratio(rounds), "fast_batch": fast_cfg.training.batch_size,
             "nonembedding_params": nonembedding_params(base[0].backbone), "peak_mb": peak_mb()}
 
 
@@ -377,8 +384,7 @@ def w_train_paired(a) -> dict:
             n_tok, dt = _train_steps(model, opt, chunk, precision)
             got[precision] = round(n_tok / dt, 1)
         rounds.append({**got, "ratio": round(got["bf16"] / got["fp32"], 2)})
-    ratios = sorted(x["ratio"] for x in rounds)
-    return {"mode": a.mode, "rounds": rounds, "median_ratio": ratios[len(ratios) // 2],
+    return {"mode": a.mode, "rounds": rounds, "median_ratio": median_ratio(rounds),
             "nonembedding_params": nonembedding_params(model.backbone), "peak_mb": peak_mb()}
 
 
@@ -404,8 +410,7 @@ def w_exit_paired(a) -> dict:
             n_tok, dt = _train_steps(m, opt, batches[chunk], q.training.precision)
             got[name] = round(n_tok / dt, 1)
         rounds.append({**got, "ratio": round(got["exit_23"] / got["layers_30"], 2)})
-    ratios = sorted(x["ratio"] for x in rounds)
-    return {"rounds": rounds, "median_ratio": ratios[len(ratios) // 2],
+    return {"rounds": rounds, "median_ratio": median_ratio(rounds),
             "layers": [m.backbone.config.num_hidden_layers for m, _, _ in (full, exit23)],
             "nonembedding_params": [nonembedding_params(m.backbone) for m, _, _ in (full, exit23)],
             "peak_mb": peak_mb()}
@@ -450,8 +455,7 @@ def w_backbone_paired(a) -> dict:
             _, dt = _train_steps(model, opt, batches(tok, chunk), q.training.precision)
             got[name] = round(words / dt, 1)
         rounds.append({**got, "ratio": round(got["gemma3-270m"] / got["smollm2-135m"], 2)})
-    ratios = sorted(x["ratio"] for x in rounds)
-    return {"rounds": rounds, "median_ratio": ratios[len(ratios) // 2], "sentences_per_round": per_round,
+    return {"rounds": rounds, "median_ratio": median_ratio(rounds), "sentences_per_round": per_round,
             "nonembedding_params": {k: nonembedding_params(m.backbone) for k, (m, _, _) in models.items()},
             "peak_mb": peak_mb()}
 

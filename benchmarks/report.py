@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 
+def _rounds(rounds: list[dict], a: str, b: str) -> str:
+    """Alternated measurements, one per round: "a → b (ratio×); ..."."""
+    return "; ".join(f"{r[a]} → {r[b]} ({r['ratio']}×)" for r in rounds)
+
+
 def _get(d: dict, *keys, default="n/a"):
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -90,7 +95,7 @@ def write_report(res: dict, out: Path) -> None:
             base, other = pr.get("base", "fp32"), pr.get("other", key.split("_")[0])
             lines += ["", f"{other} vs {base} timed alternately in one process on the same {pr['texts']} texts "
                           f"({len(pr['rounds'])} rounds, words/s {base} → {other}): "
-                          + "; ".join(f"{r[base]} → {r[other]} ({r['ratio']}×)" for r in pr["rounds"])
+                          + _rounds(pr["rounds"], base, other)
                           + f". **Median speed-up {pr['median_ratio']}×.**"]
     rt = res.get("raw_text", {})
     if rt.get("raw_text"):
@@ -137,7 +142,7 @@ def write_report(res: dict, out: Path) -> None:
                       f"{ours / hp['pipeline_batch32_words_per_s']:.1f}×."]
     if hp.get("paired_rounds"):
         lines += ["", "The same, timed alternately in one process on the same texts (words/s naive → ours): "
-                      + "; ".join(f"{r['naive']} → {r['ours']} ({r['ratio']}×)" for r in hp["paired_rounds"])
+                      + _rounds(hp["paired_rounds"], "naive", "ours")
                       + f". **Median {hp['paired_median_ratio']}×.**"]
     for key, kind in (("serve", "fp32"), ("serve_int8", "`--int8`")):
         sv = res.get(key, {})
@@ -171,7 +176,7 @@ def write_report(res: dict, out: Path) -> None:
                       "recipe of `configs/conll2003_full.yaml` (bf16 autocast with fp32 master weights, eager "
                       f"attention, input embeddings frozen, {tr['fast_batch']} windows a step), two models in one "
                       f"process timed alternately ({len(tr['rounds'])} rounds, tokens/s today → fast): "
-                      + "; ".join(f"{r['today']} → {r['fast']} ({r['ratio']}×)" for r in tr["rounds"])
+                      + _rounds(tr["rounds"], "today", "fast")
                       + f". **Median speed-up {tr['median_ratio']}×**; median MFU today "
                       f"{_mfu(med['today'], n, peak, 6)} of the fp32 peak, fast {_mfu(med['fast'], n, bf16_peak, 6)} "
                       "of the bf16 peak."]
@@ -187,7 +192,7 @@ def write_report(res: dict, out: Path) -> None:
     if tp.get("rounds"):
         lines += ["", f"Full fine-tuning, fp32 vs bf16 autocast (fp32 master weights) alternated in one process on the "
                       f"same batches ({len(tp['rounds'])} rounds, tokens/s fp32 → bf16): "
-                      + "; ".join(f"{r['fp32']} → {r['bf16']} ({r['ratio']}×)" for r in tp["rounds"])
+                      + _rounds(tp["rounds"], "fp32", "bf16")
                       + f". **Median speed-up {tp['median_ratio']}×.**"]
     ep = res.get("exit_paired", {})
     if ep.get("rounds"):
@@ -195,7 +200,7 @@ def write_report(res: dict, out: Path) -> None:
                       f"{ep['layers'][1]}` ({ep['nonembedding_params'][0] / 1e6:.1f}M vs "
                       f"{ep['nonembedding_params'][1] / 1e6:.1f}M non-embedding parameters), alternated on the same "
                       f"batches ({len(ep['rounds'])} rounds, training tokens/s): "
-                      + "; ".join(f"{r['layers_30']} → {r['exit_23']} ({r['ratio']}×)" for r in ep["rounds"])
+                      + _rounds(ep["rounds"], "layers_30", "exit_23")
                       + f". **Median speed-up {ep['median_ratio']}×.**"]
     bp = res.get("backbone_paired", {})
     if bp.get("rounds"):
@@ -203,8 +208,7 @@ def write_report(res: dict, out: Path) -> None:
                       f"({bp['nonembedding_params']['smollm2-135m'] / 1e6:.1f}M vs "
                       f"{bp['nonembedding_params']['gemma3-270m'] / 1e6:.1f}M non-embedding parameters), alternated on "
                       f"the same {bp['sentences_per_round']} sentences a round ({len(bp['rounds'])} rounds, training "
-                      "words/s): " + "; ".join(f"{r['smollm2-135m']} → {r['gemma3-270m']} ({r['ratio']}×)"
-                                               for r in bp["rounds"])
+                      "words/s): " + _rounds(bp["rounds"], "smollm2-135m", "gemma3-270m")
                       + f". **Median Gemma / SmolLM2: {bp['median_ratio']}×.**"]
     llm = res.get("llm", {})
     if llm and "error" not in llm:

@@ -66,7 +66,7 @@ def _ls_text(task: dict, where: str) -> str:
     raise DataError(f"{where}: data has no 'text' field (string fields: {strings}); name it 'text' in the export")
 
 
-def _ls_result(task: dict, where: str) -> tuple[list[dict], str] | None:
+def _ls_result(task: dict) -> tuple[list[dict], str] | None:
     """The regions to read: the first annotation not cancelled; else the first prediction (said in the log)."""
     for ann in task.get("annotations") or []:
         if isinstance(ann, dict) and not ann.get("was_cancelled"):
@@ -87,7 +87,7 @@ def label_studio_records(tasks: object, path: Path, need_labels: bool = True) ->
         if not isinstance(task, dict):
             raise DataError(f"{where}: expected a JSON object")
         text = _ls_text(task, where)
-        got = _ls_result(task, where)
+        got = _ls_result(task)
         if got is None or not need_labels:
             if need_labels:
                 unlabelled += 1

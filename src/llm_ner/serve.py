@@ -389,9 +389,11 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         labels = list(state["ner"].labels.types) if "ner" in state else []
         return {**state["identity"], "labels": labels}
 
+    page = resources.files("llm_ner").joinpath("web/demo.html").read_text(encoding="utf-8")  # once, not per request
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def demo() -> HTMLResponse:
-        return HTMLResponse(resources.files("llm_ner").joinpath("web/demo.html").read_text(encoding="utf-8"))
+        return HTMLResponse(page)
 
     @app.get("/health")
     async def health() -> dict:

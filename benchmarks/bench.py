@@ -494,6 +494,35 @@ def w_raw_text(a) -> dict:
             "pretokenised": prf(tok), "raw_seconds": round(raw_s, 1)}
 
 
+def w_splitter(a) -> dict:
+    """Raw-text word splitting on adversarial vs ordinary text of the same length (issue 20): "a+a+a+…" made the
+    e-mail alternative of align.WORD_RE rescan the rest of the run from every position — quadratic. The splitter
+    before the fix (the same pattern without the e-mail lookbehind) is timed beside it, up to 32k characters (at
+    100k it takes ~15 s a call). Best of 3 calls, seconds."""
+    import re
+
+    from llm_ner.align import WORD_RE, split_words
+
+    old = re.compile(WORD_RE.pattern.replace("(?<![\\w.+-])", "", 1), WORD_RE.flags)
+    assert old.pattern != WORD_RE.pattern
+    ordinary = " ".join(" ".join(s.tokens) for s in test_texts()[0])
+
+    def best(fn, text: str) -> float:
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn(text)
+            times.append(time.perf_counter() - t)
+        return round(min(times), 5)
+
+    rows = []
+    for n in (8_000, 32_000, 100_000):
+        adv, plain = ("a+" * n)[:n], ordinary[:n]
+        rows.append({"chars": n, "ordinary_s": best(split_words, plain), "adversarial_s": best(split_words, adv),
+                     "adversarial_before_fix_s": best(lambda t: list(old.finditer(t)), adv) if n <= 32_000 else None})
+    return {"rows": rows}
+
+
 def w_scaling(a) -> dict:
     """Throughput and memory vs document length (sliding window), and memory while streaming a corpus."""
     from llm_ner.predict import NERModel
@@ -621,7 +650,7 @@ def w_serve(a) -> dict:
 
 
 WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "spacy": w_spacy,
-           "train": w_train, "raw_text": w_raw_text,
+           "train": w_train, "raw_text": w_raw_text, "splitter": w_splitter,
            "train_paired": w_train_paired,
            "exit_paired": w_exit_paired,
            "backbone_paired": w_backbone_paired, "train_recipe": w_train_recipe, "train_padding": w_train_padding,
@@ -681,6 +710,7 @@ def main() -> None:
                                     ("per_token", "0.8", "down_fp32"), ("per_tensor", "0.8", "all_int8"),
                                     ("per_tensor", "0.8", "down_fp32")]}}),
         "raw_text": lambda: run_worker("raw_text", a.llm_model),
+        "splitter": lambda: run_worker("splitter"),
         "llm_1thread": lambda: run_worker("predict", a.llm_model, "--n", n, "--grid", "32:budget", "--threads", "1"),
         # compiled with dynamic shapes; packed batches (a new segment layout per batch) make it recompile, so it is
         # measured on the unpacked budget too

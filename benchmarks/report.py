@@ -105,6 +105,15 @@ def write_report(res: dict, out: Path) -> None:
                       f"**{r['f1']}** (P {r['precision']} / R {r['recall']}) vs pre-tokenised **{t['f1']}** "
                       f"(P {t['precision']} / R {t['recall']}): gap {round(t['f1'] - r['f1'], 2)}; the raw-text "
                       f"splitter re-splits {rt['resplit_sentences']} of the sentences differently from CoNLL."]
+    sp = res.get("splitter", {})
+    if sp.get("rows"):
+        lines += ["", "Raw-text word splitting, adversarial (`a+a+a+…`) vs ordinary text (CoNLL-2003 test joined) of "
+                      "the same length, best of 3 calls (`--only splitter`):", "",
+                  "| characters | ordinary s | adversarial s | adversarial, splitter before issue 20 s |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['chars']} | {r['ordinary_s']} | {r['adversarial_s']} | "
+                  f"{r['adversarial_before_fix_s'] if r['adversarial_before_fix_s'] is not None else 'not run'} |"
+                  for r in sp["rows"]]
     devs = {k: v for k, v in res.items() if k.startswith("dev_") and isinstance(v, dict) and "valid_f1" in v}
     if devs:
         def name(k: str) -> str:

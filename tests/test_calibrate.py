@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from approx import SCORE_ATOL
 from test_model import LABELS, build
 from typer.testing import CliRunner
 
@@ -98,10 +99,20 @@ def test_thresholds_apply_to_predict_and_the_rest_is_for_review(tiny_ner_dir, tm
     assert all(sorted(k + r, key=lambda e: e.start) == ents for (k, r), ents in zip(both, every, strict=True))
     out = tmp_path / "in.txt"
     out.write_text("\n".join(texts))
+    ner.thresholds = {}
+    scores = sorted(e.score for ents in ner.predict(texts) for e in ents)
+    # the cut in the widest gap between two neighbouring scores: both sides hold entities, and a score moving by the
+    # float tolerance (another batch, another CPU) cannot cross it
+    gap, i = max((b - a, i) for i, (a, b) in enumerate(zip(scores[:-1], scores[1:], strict=True)))
+    assert gap > 2 * SCORE_ATOL, scores
+    cut = (scores[i] + scores[i + 1]) / 2
     r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--input", str(out), "--output",
-                            str(tmp_path / "o.jsonl"), "--min-score", "0.99", "--review"])
+                            str(tmp_path / "o.jsonl"), "--min-score", str(cut), "--review"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
-    assert all(e["score"] >= 0.99 for x in rows for e in x["entities"]) and all("needs_review" in x for x in rows)
+    kept, low = [e for x in rows for e in x["entities"]], [e for x in rows for e in x["needs_review"]]
+    assert kept and low, (kept, low)  # both sides hold entities, so the split is tested
+    assert all(e["score"] >= cut for e in kept) and all(e["score"] < cut for e in low)
+    assert len(kept) + len(low) == len(scores)  # nothing lost
     r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--text", "a", "--min-score", "5"])
     assert r.exit_code == 2 and "between 0 and 1" in r.output

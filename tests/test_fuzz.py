@@ -9,6 +9,7 @@ from tiny import ner_config
 
 from llm_ner.align import split_words
 from llm_ner.data import DataError, load_corpus
+from llm_ner.data.corpus import read_conll
 from llm_ner.labels import LabelSet
 from llm_ner.model import LLMForTokenClassification
 from llm_ner.predict import NERModel
@@ -60,3 +61,42 @@ def test_readers_never_crash(tmp_path_factory, content):
         return
     for s in sents:
         assert len(s.tokens) == len(s.tags) and all(t.strip() for t in s.tokens)
+
+
+# CoNLL-shaped input: most generated files must be read, so the property is exercised (the content fuzzer above is
+# refused as DataError most of the time). Each line is a token, a separator and a tag; a line is bad when its token is
+# empty ("\tB-PER" once read as an empty token) or its tag is not a tag.
+word = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=0, max_size=5)
+line = st.tuples(word, st.sampled_from([" ", "\t", "  ", " \t"]), st.sampled_from(["O", "B-PER", "I-LOC", "B-MISC",
+                                                                                    "B-", "X"]))
+sentence = st.lists(line, min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sents=st.lists(sentence, min_size=1, max_size=4))
+def test_conll_reader_reads_what_is_there_or_names_the_bad_line(tmp_path_factory, sents):
+    rows, bad = [], None
+    for sent in sents:
+        for tok, sep, tag in sent:
+            rows.append(f"{tok}{sep}{tag}")
+            if bad is None and (not tok or tok == "-DOCSTART-" or tag in ("B-", "X")):
+                bad = len(rows)  # the first line that cannot be read (1-based)
+        rows.append("")
+    p = tmp_path_factory.mktemp("fz") / "f.conll"
+    p.write_text("\n".join(rows), encoding="utf-8")
+    if bad is not None and rows[bad - 1].split()[0:1] != ["-DOCSTART-"]:
+        with pytest.raises(DataError, match=rf":{bad}: "):
+            read_conll(p)
+        return
+    if bad is not None:  # a -DOCSTART- token is a document marker, not a word: skip these cases
+        return
+    got = read_conll(p)
+    assert [s.tokens for s in got] == [[tok for tok, _, _ in sent] for sent in sents]
+    assert [s.tags for s in got] == [[tag for _, _, tag in sent] for sent in sents]
+
+
+def test_a_line_with_a_tag_and_no_token_is_refused(tmp_path):
+    p = tmp_path / "f.conll"
+    p.write_text("Peter B-PER\n\tB-PER\n")
+    with pytest.raises(DataError, match=r"f.conll:2: the token \(first column\) is empty"):
+        read_conll(p)

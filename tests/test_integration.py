@@ -32,6 +32,13 @@ def test_real_default_model_trains_saves_and_predicts(tmp_path):
     ents = ner.predict(text)
     for e in ents:
         assert text[e.start : e.end] == e.text and e.label in ("PER", "ORG", "LOC", "MISC")
+    # 3 steps teach it little, and zero entities would pass the loop above: push the head to B-LOC on every word,
+    # and every word (on the real tokenizer's alignment) must come back as a one-word LOC entity at its offsets
+    import torch
+
+    with torch.no_grad():
+        ner.model.classifier.bias[ner.labels.tag2id["B-LOC"]] += 1e4
+    assert [(e.start, e.end, e.label) for e in ner.predict(text)] == [(a, b, "LOC") for a, b in split_words(text)]
     # windowing on the real tokenizer: a text well past max_length still gets every word tagged
     long = " ".join([text] * 40)
     words = split_words(long)

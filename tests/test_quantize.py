@@ -7,7 +7,7 @@ from test_model import batch_for, build
 
 from llm_ner.model import LLMForTokenClassification
 from llm_ner.predict import NERModel
-from llm_ner.quantize import Int8Linear, activation_absmax, quantize_int8, smooth
+from llm_ner.quantize import Int8Linear, activation_absmax, int_mm_is_exact, quantize_int8, smooth
 
 SENTS = ["Peter visited London today .", "EU rejects German call to boycott British lamb .",
          "Apple hired John Smith from Google in London ."]
@@ -45,6 +45,10 @@ def test_int8_keeps_bidirectional_attention_and_stays_close(tiny_llama, tiny_tok
         torch.manual_seed(1)
         big_activations(m)
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in q.backbone.modules())
+    if scheme == "torchao" and not int_mm_is_exact():  # a CPU whose int8 matmul saturates: refused, not wrong
+        with pytest.raises(ValueError, match="saturates"):
+            quantize_int8(q, lambda: q(**batch), scheme=scheme)
+        return
     quantize_int8(q, lambda: q(**batch), scheme=scheme)
     if scheme == "per_token":  # by default every Linear of the backbone (q k v o gate up down)
         assert sum(isinstance(m, Int8Linear) for m in q.backbone.modules()) == n_linear == 7 * len(q.backbone.layers)
@@ -113,3 +117,19 @@ def test_int8_answers_do_not_depend_on_the_batch(tiny_ner_dir):
     alone = [int8.predict([t])[0] for t in texts]
     key = [[(e.start, e.end, e.label) for e in ents] for ents in together]
     assert key == [[(e.start, e.end, e.label) for e in ents] for ents in alone]
+
+
+def test_int8_fallback_for_a_saturating_cpu_gives_the_same_products():
+    """Where torch._int_mm saturates (oneDNN without VNNI: AVX2 CPUs, .ci/run's second pass), Int8Linear multiplies
+    the same int8 values in fp32. Both paths must agree: the integer products are exact in fp32 at this size."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 48)
+    x = torch.randn(3, 9, 256) * 4
+    q = Int8Linear(lin)
+    y = q(x)
+    q.weight_f = q.weight_t.float()  # the fallback, whatever this CPU does
+    torch.testing.assert_close(q(x), y, atol=1e-5, rtol=1e-5)
+    a = torch.randint(-127, 128, (32, 256), dtype=torch.int8)
+    b = torch.randint(-127, 128, (256, 32), dtype=torch.int8)
+    if int_mm_is_exact():  # the probe's verdict holds for other operands too
+        assert torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())

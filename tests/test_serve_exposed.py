@@ -28,7 +28,7 @@ def call(url, path="/v1/entities", body=None, headers=None, method=None):
     try:
         return status, hdrs, json.loads(raw)
     except ValueError:
-        return status, hdrs, raw.decode()
+        return status, hdrs, raw.decode(errors="replace")
 
 
 def stop(proc):
@@ -36,7 +36,25 @@ def stop(proc):
     proc.wait(timeout=30)
 
 
-def test_key_check_is_constant_time_over_all_keys():
+def test_key_check_compares_every_key_in_constant_time(monkeypatch):
+    """No early exit that would time which key nearly matched: whatever the header, every key is compared, each with
+    hmac.compare_digest (constant time for equal-length inputs)."""
+    import llm_ner.serve as serve
+
+    seen = []
+
+    def counting(a, b):
+        seen.append(b)
+        return real(a, b)
+
+    real = serve.hmac.compare_digest
+    monkeypatch.setattr(serve.hmac, "compare_digest", counting)
+    g = ApiKeys(None, ("alpha", "beta", "gamma"))
+    for header in (b"Bearer alpha", b"Bearer gamma", b"Bearer nope", b"Basic alpha", b"", None):
+        seen.clear()
+        g.allowed(header)
+        assert seen == [b"alpha", b"beta", b"gamma"], header
+    monkeypatch.setattr(serve.hmac, "compare_digest", real)
     g = ApiKeys(None, ("alpha", "beta"))
     assert g.allowed(b"Bearer alpha") and g.allowed(b"bearer beta") and g.allowed(b"Bearer  beta")
     for bad in (None, b"", b"alpha", b"Basic alpha", b"Bearer alph", b"Bearer alphaa", b"Bearer "):
@@ -195,3 +213,50 @@ def test_bad_flags_are_one_line_errors(tiny_ner_dir, tmp_path):
         r = subprocess.run([sys.executable, "-m", "llm_ner.cli", "serve", "--model", str(tiny_ner_dir), *args],
                            capture_output=True, text=True, timeout=120, env={**os.environ})
         assert r.returncode == 2 and msg in r.stderr + r.stdout and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_non_loopback_address_needs_keys_or_no_auth(tiny_ner_dir, tmp_path):
+    """Like Jupyter and Ollama: listening where other machines can reach it, without keys, is refused with a message
+    that gives both ways out; --no-auth (or keys) lets it start; loopback needs neither."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "llm_ner.cli", "serve", "--model", str(tiny_ner_dir), "--host",
+                        "0.0.0.0"], capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("LLM_NER_API_KEY")})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "without API keys" in r.stderr and "--api-key-file" in r.stderr and "--no-auth" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    proc, url = start_server(tiny_ner_dir, "--host", "0.0.0.0", "--no-auth")
+    try:
+        assert call(url, body={"text": TEXTS[0]})[0] == 200  # open, as asked
+    finally:
+        stop(proc)
+    keys = tmp_path / "keys.txt"
+    keys.write_text("k\n")
+    proc, url = start_server(tiny_ner_dir, "--host", "0.0.0.0", env={"LLM_NER_API_KEY_FILE": str(keys)})
+    try:
+        assert call(url, body={"text": TEXTS[0]})[0] == 401  # keyed, the file named by the environment
+        assert call(url, body={"text": TEXTS[0]}, headers={"Authorization": "Bearer k"})[0] == 200
+    finally:
+        stop(proc)
+    from llm_ner.serve import is_loopback
+
+    assert all(map(is_loopback, ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost")))
+    assert not any(map(is_loopback, ("0.0.0.0", "::", "192.168.1.5", "example.org")))
+
+
+def test_docs_are_served_offline(tiny_ner_dir, tmp_path):
+    """/docs loads Swagger UI from this server (no CDN), and its files need no key even when keys are set."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text("k\n")
+    proc, url = start_server(tiny_ner_dir, "--api-key-file", str(keys))
+    try:
+        status, _, html = call(url, "/docs")
+        assert status == 200 and "swagger" in html.lower()
+        refs = re.findall(r'(?:src|href)=["\']([^"\']+)', html)
+        assert refs and all(r.startswith("/") for r in refs), refs  # nothing from another host
+        for ref in refs:
+            assert call(url, ref)[0] == 200, ref
+    finally:
+        stop(proc)

@@ -1,9 +1,11 @@
 import json
 
 import pytest
+from approx import SCORE_ATOL
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
+from llm_ner.align import split_words
 from llm_ner.cli import app
 from llm_ner.config import ConfigError, load_config
 from llm_ner.train import TrainError, train
@@ -130,9 +132,10 @@ def test_export_merge_lora_and_pipeline_output(tiny_llama, tmp_path):
     from llm_ner.predict import NERModel
 
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--output", str(out), "--max-steps", "2",
+    # a high learning rate: the adapters must change the model, or merging them would be compared on a no-op
+    r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--output", str(out), "--max-steps", "4",
                             "--mode", "lora", "--set", "data.max_train_sentences=16", "--set", "data.dev=null",
-                            "--set", "data.test=null", "--no-progress"])
+                            "--set", "data.test=null", "--set", "training.learning_rate=0.01", "--no-progress"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["export", "--model", str(out / "model"), "--output", str(tmp_path / "merged"),
                             "--merge-lora"])
@@ -140,7 +143,12 @@ def test_export_merge_lora_and_pipeline_output(tiny_llama, tmp_path):
     assert not (tmp_path / "merged" / "adapter").exists()
     a, b = NERModel.from_pretrained(out / "model"), NERModel.from_pretrained(tmp_path / "merged")
     text = "Peter visited New York and Washington on Monday ."
-    assert [(e.start, e.end, e.label) for e in a.predict(text)] == [(e.start, e.end, e.label) for e in b.predict(text)]
+    words = split_words(text)
+    (tags_a, conf_a), (tags_b, conf_b) = a.predict_words([text], [words]), b.predict_words([text], [words])
+    assert tags_a == tags_b and conf_a[0] == pytest.approx(conf_b[0], abs=SCORE_ATOL)  # merging changes no decision
+    with a.model.backbone.disable_adapter():  # and the adapters do matter: without them the scores move
+        tags_0, conf_0 = a.predict_words([text], [words])
+    assert tags_0 != tags_a or max(abs(x - y) for x, y in zip(conf_0[0], conf_a[0], strict=True)) > 10 * SCORE_ATOL
     for d in b(text):
         assert set(d) == {"entity_group", "score", "word", "start", "end"} and text[d["start"]:d["end"]] == d["word"]
 
@@ -151,11 +159,19 @@ def test_bf16_autocast_on_a_cpu_with_native_bf16(monkeypatch):
 
     cfg = load_config(None, {"training.precision": "bf16"}).training
     monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)
-    assert T.mixed_precision(cfg) == ("bf16" if not T.torch.cuda.is_available() else "bf16")
+    # the CPU rule, tested on a GPU machine too (cuda hidden): the GPU rule has its own cases below
+    monkeypatch.setattr(T.torch.cuda, "is_available", lambda: False)
+    assert T.mixed_precision(cfg) == "bf16"
     monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
-    if not T.torch.cuda.is_available():
-        assert T.mixed_precision(cfg) is None  # emulated bf16 is slower than fp32: stay fp32
-        assert T.mixed_precision(load_config(None, {}).training) is None  # auto on a CPU: fp32
+    assert T.mixed_precision(cfg) is None  # emulated bf16 is slower than fp32: stay fp32
+    assert T.mixed_precision(load_config(None, {}).training) is None  # auto on a CPU: fp32
+    # GPU: bf16 where it has it ("auto" or "bf16"), fp16 only if asked, else fp32
+    monkeypatch.setattr(T.torch.cuda, "is_available", lambda: True)
+    for bf16_ok, precision, want in ((True, "auto", "bf16"), (True, "bf16", "bf16"), (False, "auto", None),
+                                     (False, "fp16", "fp16"), (True, "fp32", None)):
+        monkeypatch.setattr(T.torch.cuda, "is_bf16_supported", lambda ok=bf16_ok: ok)
+        got = T.mixed_precision(load_config(None, {"training.precision": precision}).training)
+        assert got == want, (bf16_ok, precision, got)
 
 
 def test_report_to_tensorboard_writes_event_files(tiny_llama, tmp_path):

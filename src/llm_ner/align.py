@@ -24,7 +24,9 @@ if TYPE_CHECKING:  # annotations only: data imports align (split_words), never t
 _ABBREV = ("Mr|Mrs|Ms|Dr|St|Jr|Sr|Co|Corp|Inc|Ltd|Gen|Gov|Sen|Rep|Mt|Ft|No|vs|Jan|Feb|Mar|Apr|Aug|Sep|Sept|Oct|Nov|"
            "Dec|Messrs|Prof|Lt|Col|Capt|Sgt|Bros|Rev|Calif|Fla")
 WORD_RE = re.compile(
-    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # an e-mail address, whole
+    # an e-mail address, whole; it may only start where a run of [\w.+-] starts (the lookbehind), else every
+    # position of a long run like "a+a+a+…" would rescan the rest of it for an "@": quadratic time (issue 20)
+    r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
     r"|['’](?:[sSdDmM]|ll|LL|re|RE|ve|VE)\b|n['’]t\b"  # clitics on their own: 's 'S 'm 've 're 'll 'd n't
     r"|\w+(?=n['’]t\b)"  # do|n't
     r"|(?:[A-Za-z]\.){2,}"  # dotted acronyms: U.S. a.m. F.A.
@@ -142,12 +144,16 @@ def _map_tokens(text: str, offsets: list[tuple[int, int]], tok_offsets: list[tup
             first[w] = t
     # A word with no token starting inside it (a tokenizer merged it into the previous token, e.g. "can" + "'t")
     # borrows the token that covers its first character.
+    # (A char -> first covering token table, not a scan of every token per word: that was quadratic on a long text
+    # of such words.)
+    char_tok = [-1] * len(text) if -1 in first else []
+    for t, (ts, te) in enumerate(tok_offsets if char_tok else ()):
+        for c in range(ts, min(te, len(text))):
+            if char_tok[c] < 0:
+                char_tok[c] = t
     for w, (s, _) in enumerate(offsets):
-        if first[w] < 0:
-            for t, (ts, te) in enumerate(tok_offsets):
-                if ts <= s < te:
-                    first[w] = t
-                    break
+        if first[w] < 0 and s < len(char_tok):
+            first[w] = char_tok[s]
         if first[w] < 0:  # nothing covers it (should not happen with real tokenizers): use the previous word's
             first[w] = first[w - 1] if w > 0 else 0
     return token_word, first

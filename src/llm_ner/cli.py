@@ -445,13 +445,18 @@ def serve(
     bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
     min_score: Annotated[float | None, Opt(help="entities scored below this (0-1) are left out, or returned as "
                                                  "needs_review to requests that ask")] = None,
-    api_key_file: Annotated[str | None, Opt(help="API keys, one per line: every path but /, /health and the docs "
-                                                 "then needs 'Authorization: Bearer KEY' (also: LLM_NER_API_KEYS, "
-                                                 "comma-separated)")] = None,
+    api_key_file: Annotated[str | None, Opt(envvar="LLM_NER_API_KEY_FILE", help=(
+        "API keys, one per line: every path but /, /health and the docs then needs 'Authorization: Bearer KEY' "
+        "(also: LLM_NER_API_KEYS, comma-separated)"))] = None,
+    no_auth: Annotated[bool, Opt("--no-auth", help="serve without API keys on a non-loopback --host: anyone who can "
+                                                   "reach it may use it")] = False,
     cors_origin: Annotated[list[str] | None, Opt(help="an origin browsers may call from (repeat; '*' for any)")] = None,
     max_body_bytes: Annotated[int | None, Opt(help="bigger request bodies get 413 before parsing (default: 4 bytes "
                                                    "per allowed character + 64 KiB)")] = None,
     max_queue: Annotated[int, Opt(help="requests that may wait for the model; past it: 429 + Retry-After")] = 256,
+    max_request_chars: Annotated[int, Opt(help="characters over all texts of one request; past it: 413")] = 400_000,
+    max_queue_chars: Annotated[int, Opt(help="characters that may wait for the model; past it: 429")] = 2_000_000,
+    request_timeout: Annotated[float, Opt(help="seconds a request may wait and run; past it: 503")] = 300.0,
     model_name: Annotated[str | None, Opt(help="the name responses give (default: the run's directory name)")] = None,
     model_version: Annotated[str | None, Opt(help="the version responses give (default: a fingerprint of the "
                                                   "model files)")] = None,
@@ -460,19 +465,27 @@ def serve(
     """HTTP service: demo page at /, POST /v1/entities, GET /v1/labels, /health, /metrics, OpenAPI docs at /docs."""
     _setup_logging(verbose)
     from .model import read_model_config
-    from .serve import ServeConfig, read_api_keys, run
+    from .serve import ServeConfig, is_loopback, read_api_keys, run
 
     _check_score(min_score)
     read_model_config(model)  # a missing or broken model dir is a one-line error before the server starts
     keys = read_api_keys(api_key_file, os.environ.get("LLM_NER_API_KEYS"))
     if api_key_file and not keys:
         raise UserError(f"{api_key_file}: no API key in it (one per line)")
+    if not keys and not no_auth and not is_loopback(host):
+        raise UserError(f"refusing to serve on {host} without API keys: anyone who can reach it could use it. Give "
+                        "keys (--api-key-file FILE, or LLM_NER_API_KEYS=k1,k2), or say --no-auth to serve it open")
     if max_queue < 1:
         raise UserError("--max-queue must be at least 1")
+    if max_queue_chars < max_request_chars:
+        raise UserError("--max-queue-chars must be at least --max-request-chars (else a request could never queue)")
+    if request_timeout <= 0:
+        raise UserError("--request-timeout must be more than 0 seconds")
     run(ServeConfig(model, max_text_chars, max_batch, batch_wait_ms, trust_remote_code=trust_remote_code,
                     quantize=_precision(int8, bf16), min_score=min_score, api_keys=keys,
                     cors_origins=tuple(cors_origin or ()), max_body_bytes=max_body_bytes, max_queue=max_queue,
-                    model_name=model_name, model_version=model_version), host, port, shutdown_timeout)
+                    model_name=model_name, model_version=model_version, max_request_chars=max_request_chars,
+                    max_queue_chars=max_queue_chars, request_timeout=request_timeout), host, port, shutdown_timeout)
 
 
 @command("batch-predict")

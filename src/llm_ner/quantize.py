@@ -17,6 +17,7 @@ copied backbone silently runs causal attention.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Callable
@@ -114,6 +115,23 @@ def smooth(backbone: nn.Module, amax: dict[str, torch.Tensor], alpha: float = DE
     return len(layers)
 
 
+@functools.cache
+def int_mm_is_exact() -> bool:
+    """Does torch._int_mm give the exact int32 product on this CPU? It runs on oneDNN, whose int8 kernels without VNNI
+    (AVX2 CPUs, AVX-512 before Cascade Lake, or ONEDNN_MAX_CPU_ISA capped below VNNI) add u8 x s8 products in pairs into
+    saturating int16 (vpmaddubsw): full-range operands come out wrong — seen under .ci/run's second pass, an error of
+    37,889 in a 130,097 result, and int8 models far off fp32 (issue 20). Probed once per process, on full-range operands
+    (where saturation shows); the answer decides how Int8Linear multiplies."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (32, 256), dtype=torch.int8, generator=g)
+    b = torch.randint(-127, 128, (256, 32), dtype=torch.int8, generator=g)
+    exact = torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+    if not exact:
+        log.warning("this CPU's int8 matmul (oneDNN without VNNI) saturates: int8 layers multiply their int8 values "
+                    "in fp32 here — the same answers, without int8's speed-up")
+    return exact
+
+
 class Int8Linear(nn.Module):
     """y = x W^T + b with int8 weights (one scale per output channel), int8 activations with one scale per *token*,
     and exact int32 accumulation (torch._int_mm). torch.ao's dynamic int8 takes one activation scale per tensor, i.e.
@@ -131,12 +149,16 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_t", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).t().contiguous())
         self.register_buffer("weight_scale", scale)  # (out,)
         self.register_buffer("bias", None if lin.bias is None else lin.bias.detach().float())
+        # where torch._int_mm saturates, the int8 values are multiplied in fp32 (exact while a dot product of the
+        # integers stays below 2^24, i.e. for in_features up to ~1,000; beyond, fp32's own rounding)
+        self.weight_f = None if int_mm_is_exact() else self.weight_t.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features).float()  # (M, in)
         s = x2.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127  # (M, 1): one scale per token
         xq = (x2 / s).round_().clamp_(-127, 127).to(torch.int8)
-        y = torch._int_mm(xq, self.weight_t).float().mul_(s).mul_(self.weight_scale)  # (M, out)
+        prod = torch._int_mm(xq, self.weight_t).float() if self.weight_f is None else xq.float() @ self.weight_f
+        y = prod.mul_(s).mul_(self.weight_scale)  # (M, out)
         if self.bias is not None:
             y.add_(self.bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -193,6 +215,9 @@ def quantize_int8(model: LLMForTokenClassification, calibrate: Callable[[], obje
             setattr(owner, child, Int8Linear(getattr(owner, child)))
         return model
     if scheme == "torchao":
+        if not int_mm_is_exact():  # torchao's int8 x int8 path is the same saturating matmul: its answers are wrong
+            raise ValueError("int8 scheme 'torchao': this CPU's int8 matmul saturates (oneDNN without VNNI); use the "
+                             "default per_token scheme, which falls back to exact fp32 products here")
         try:
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
         except ImportError as e:

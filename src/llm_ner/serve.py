@@ -3,27 +3,31 @@
   GET  /              the demo page (web/demo.html: self-contained, works offline)
   POST /v1/entities   {"texts": ["...", ...]} or {"text": "..."} -> {"results": [{"entities": [...]}, ...]}
   GET  /v1/labels     the model's entity types (with descriptions) and tags
-  GET  /health        {"status": "ok", "model": {name, version, labels}, "in_flight": n} once the model is loaded
+  GET  /health        {"status": "ok", "model": {name, version, labels}, "in_flight": n} once the model is loaded;
+                      503 {"status": "error"} if the batching worker has stopped
   GET  /metrics       Prometheus text format: requests by path and status, latency, batch sizes, queue depth
-  GET  /docs          OpenAPI UI (FastAPI)
+  GET  /docs          OpenAPI UI (FastAPI's Swagger UI, its files served from the package: works offline)
 
 Exposing it: with API keys (`--api-key-file`, or LLM_NER_API_KEYS) every path but /, /health and the OpenAPI docs
 needs `Authorization: Bearer KEY` (401 otherwise, saying nothing else); `--cors-origin` allows browsers on other
-origins; the raw body is capped before any JSON parsing (413); when `max_queue` requests already wait for the model,
-new ones get 429 with Retry-After instead of queueing without bound. Responses name the model (a name and a content
-fingerprint), never the server's filesystem.
+origins; the raw body is capped before any JSON parsing (413); when `max_queue` requests or `max_queue_chars`
+characters already wait for the model, new ones get 429 with Retry-After instead of queueing without bound; a request
+not answered within `request_timeout` gets 503. Responses name the model (a name and a content fingerprint), never the
+server's filesystem. The CLI refuses a non-loopback host without keys (docs/hardening.md has the threat model).
 
-The model loads once. Concurrent requests are micro-batched: a single worker drains the queue for up to
-`batch_wait_ms`, runs one batched `predict` in a thread, and answers each request with its own slice, so many small
-requests cost about as much as one batch. Limits (text length, texts per request) are part of the OpenAPI
-schema and give 413 with a clear message; other malformed bodies give 422 (pydantic). Long texts go through the
-sliding window like everywhere else. On SIGTERM the server stops accepting and finishes what is in flight.
+The model loads once. Concurrent requests are micro-batched: a single worker waits `batch_wait_ms` for more requests,
+runs one batched `predict` in a thread, and answers each request with its own slice, so many small requests cost
+about as much as one batch; a text the model fails on fails only its own request (422 naming it).
+Limits (text length and texts per request, both in the OpenAPI schema; characters per request) give 413 with a clear
+message; other malformed bodies give 422 (pydantic). Long texts go through the sliding window like everywhere else.
+On SIGTERM the server stops accepting and finishes what is in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -38,6 +42,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from .rundir import model_identity
@@ -60,14 +65,29 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()  # origins allowed to call from a browser ("*" for any)
     max_body_bytes: int | None = None  # None: 4 bytes per allowed character + 64 KiB of JSON around them
     max_queue: int = 256  # requests waiting for the model; the next one gets 429
+    max_request_chars: int = 400_000  # characters over all texts of one request (what costs work): 413 past it
+    max_queue_chars: int = 2_000_000  # characters waiting for the model; a request that would pass it gets 429
+    request_timeout: float = 300.0  # seconds a request may wait and run; then 503 (if still queued, it costs nothing)
     model_name: str | None = None  # None: the run's directory name
     model_version: str | None = None  # None: a fingerprint of the model dir's config and weights
 
     def body_limit(self) -> int:
-        return self.max_body_bytes or 4 * self.max_text_chars * self.max_batch + 65_536
+        # 6 bytes per character: a JSON string may escape any character as \uXXXX; 64 KiB for the JSON around them
+        return self.max_body_bytes or 6 * self.max_request_chars + 65_536
 
 
 OPEN_PATHS = {"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"}  # no key needed: no data in them
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's own files, served by us (fastapi-offline): /docs needs no CDN
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach `host` (127.0.0.0/8, ::1, localhost): serving there without keys is safe."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 def read_api_keys(path: str | None, env_value: str | None) -> tuple[str, ...]:
@@ -213,6 +233,7 @@ class ApiKeys:
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS
+                or scope["path"].startswith(DOCS_ASSETS + "/")  # Swagger UI's scripts and styles
                 or scope["method"] == "OPTIONS"):  # CORS preflight carries no credentials
             return await self.app(scope, receive, send)
         if not self.allowed(dict(scope["headers"]).get(b"authorization")):
@@ -237,6 +258,7 @@ class Metrics:
         self.batch = Histogram("llm_ner_batch_texts", "texts per model call", buckets=self.BATCH_BUCKETS,
                                registry=r)
         self.queue_depth = Gauge("llm_ner_queue_depth", "requests waiting for the model", registry=r)
+        self.queue_chars = Gauge("llm_ner_queue_chars", "characters waiting for the model", registry=r)
         self.in_flight = Gauge("llm_ner_in_flight", "requests accepted and not yet answered", registry=r)
         self.load_seconds = Gauge("llm_ner_model_load_seconds", "seconds the model took to load", registry=r)
 
@@ -267,76 +289,137 @@ class Metrics:
         return asgi
 
 
+class TextFailed(Exception):
+    """The model raised on one text of a request (found by running the texts alone): that request fails, no other."""
+
+    def __init__(self, index: int | None, error: BaseException):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.index, self.error = index, error
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    fut: asyncio.Future
+    chars: int
+
+
 class _Batcher:
-    """Collects (texts, future) pairs and runs them through the model in combined batches."""
+    """Collects requests and runs them through the model in combined batches, one batch at a time.
+
+    What a request costs is counted in texts and characters, not requests: the queue refuses (429) past `max_queue`
+    requests or `max_queue_chars` characters waiting. A request not answered within `request_timeout` gets 503; if it
+    is still queued then, it is dropped before it costs any work. One text that makes the model raise fails only its
+    own request: a failed batch is re-run request by request, and the failing request text by text, to name the text.
+    """
 
     def __init__(self, ner, cfg: ServeConfig, metrics: Metrics):
         self.ner, self.cfg, self.metrics = ner, cfg, metrics
-        # bounded: past max_queue waiting requests, submit refuses (429) rather than holding every body in memory
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.max_queue)
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=cfg.max_queue)
+        self.queued_chars = 0
         self.task: asyncio.Task | None = None
         self.in_flight = 0  # requests submitted and not yet answered (queued or in the model): shown by /health
         self.last_batch_seconds = 1.0  # how long the last model call took: the Retry-After hint
         metrics.queue_depth.set_function(self.queue.qsize)
+        metrics.queue_chars.set_function(lambda: self.queued_chars)
         metrics.in_flight.set_function(lambda: self.in_flight)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._worker())
+
+    def dead(self) -> str | None:
+        """Why the worker is not running (None while it is): /health reports it, so a supervisor restarts us."""
+        if self.task is None or not self.task.done():
+            return None
+        err = None if self.task.cancelled() else self.task.exception()
+        return f"the batching worker stopped ({type(err).__name__}: {err})" if err else "the batching worker stopped"
 
     async def stop(self) -> None:
         if self.task:
             self.task.cancel()
             try:
                 await self.task
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Exception):
                 pass
 
+    def _busy(self) -> HTTPException:
+        retry = str(max(1, math.ceil(self.last_batch_seconds)))
+        return HTTPException(429, f"the server is busy ({self.queue.qsize()} requests, {self.queued_chars} characters "
+                                  "are waiting); retry later", headers={"Retry-After": retry})
+
     async def submit(self, texts: list[str]) -> list:
-        fut = asyncio.get_running_loop().create_future()
+        if self.dead():
+            raise HTTPException(503, self.dead())
+        chars = sum(map(len, texts))
+        # an empty queue takes any request the size limits let through; otherwise the characters waiting are capped
+        if self.queue.qsize() and self.queued_chars + chars > self.cfg.max_queue_chars:
+            raise self._busy()
+        job = _Job(texts, asyncio.get_running_loop().create_future(), chars)
         try:
-            self.queue.put_nowait((texts, fut))
+            self.queue.put_nowait(job)
         except asyncio.QueueFull:
-            retry = str(max(1, math.ceil(self.last_batch_seconds)))
-            raise HTTPException(429, f"the server is busy ({self.cfg.max_queue} requests are waiting); retry later",
-                                headers={"Retry-After": retry}) from None
+            raise self._busy() from None
+        self.queued_chars += chars
         self.in_flight += 1
         try:
-            return await fut
+            async with asyncio.timeout(self.cfg.request_timeout):
+                return await asyncio.shield(job.fut)
+        except TimeoutError:
+            job.fut.cancel()  # still queued: the worker skips it; already running: its answer is dropped
+            raise HTTPException(503, f"the request was not answered within {self.cfg.request_timeout:g} s "
+                                     "(--request-timeout); send fewer or shorter texts, or retry later") from None
         finally:
             self.in_flight -= 1
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            items = [await self.queue.get()]
-            deadline = loop.time() + self.cfg.batch_wait_ms / 1000
-            n = len(items[0][0])
-            while n < self.cfg.max_batch_texts:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout)
-                except TimeoutError:
-                    break
-                items.append(item)
-                n += len(item[0])
-            flat = [t for texts, _ in items for t in texts]
-            self.metrics.batch.observe(len(flat))
-            t0 = time.perf_counter()
+            jobs = [await self.queue.get()]
+            await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # let requests that arrive together share a batch
+            while not self.queue.empty() and sum(len(j.texts) for j in jobs) < self.cfg.max_batch_texts:
+                jobs.append(self.queue.get_nowait())
+            self.queued_chars -= sum(j.chars for j in jobs)
+            jobs = [j for j in jobs if not j.fut.done()]  # timed out while queued: no work for them
             try:
-                res = await loop.run_in_executor(None, self.ner.predict_with_review, flat)
-                self.last_batch_seconds = time.perf_counter() - t0
-            except Exception as e:  # never leave a request hanging
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            k = 0
-            for texts, fut in items:
-                if not fut.done():
-                    fut.set_result(res[k : k + len(texts)])
-                k += len(texts)
+                await self._run(jobs)
+            except Exception as e:  # a bug here must not leave requests hanging, nor stop the worker
+                log.exception("batch failed")
+                for j in jobs:
+                    if not j.fut.done():
+                        j.fut.set_exception(e)
+
+    async def _predict(self, texts: list[str]) -> list:
+        self.metrics.batch.observe(len(texts))
+        t0 = time.perf_counter()
+        res = await asyncio.get_running_loop().run_in_executor(None, self.ner.predict_with_review, texts)
+        self.last_batch_seconds = time.perf_counter() - t0
+        return res
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        try:
+            res = await self._predict([t for j in jobs for t in j.texts])
+        except Exception as e:
+            if len(jobs) > 1:  # isolate: each request alone, so only the one holding the bad text fails
+                for j in jobs:
+                    await self._run([j])
+            elif not jobs[0].fut.done():
+                jobs[0].fut.set_exception(await self._name_failing_text(jobs[0].texts, e))
+            return
+        k = 0
+        for j in jobs:
+            if not j.fut.done():
+                j.fut.set_result(res[k : k + len(j.texts)])
+            k += len(j.texts)
+
+    async def _name_failing_text(self, texts: list[str], error: Exception) -> TextFailed:
+        if len(texts) > 1:
+            for i, t in enumerate(texts):
+                try:
+                    await self._predict([t])
+                except Exception as e:
+                    return TextFailed(i, e)
+        return TextFailed(0 if len(texts) == 1 else None, error)  # None: the texts fail only together
 
 
 def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
@@ -355,15 +438,17 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
             state["ner"].min_score = cfg.min_score
         state["load_seconds"] = round(time.time() - t0, 2)
         metrics.load_seconds.set(state["load_seconds"])
-        state["batcher"] = _Batcher(state["ner"], cfg, metrics)
+        state["batcher"] = app.state.batcher = _Batcher(state["ner"], cfg, metrics)
         state["batcher"].start()
         log.info("model %s (%s) loaded in %.1f s", state["identity"]["name"], state["identity"]["version"],
                  state["load_seconds"])
         yield
         await state["batcher"].stop()
 
-    app = FastAPI(title="llm-ner", version="1", lifespan=lifespan,
-                  description="Named-entity recognition with a transformed decoder LLM.")
+    # FastAPIOffline: /docs is FastAPI's Swagger UI with its files served from the package, not from a CDN (an
+    # exposed or air-gapped server must not make browsers load scripts from elsewhere)
+    app = FastAPIOffline(title="llm-ner", version="1", lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS,
+                         description="Named-entity recognition with a transformed decoder LLM.")
     # Starlette runs the last added middleware first: CORS outermost (a preflight is answered, and a 401 or 413
     # still carries the CORS headers a browser needs to read it), then the counting, the key check, the body cap.
     app.add_middleware(BodyLimit, limit=cfg.body_limit())
@@ -395,11 +480,15 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
     async def demo() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/health")
-    async def health() -> dict:
+    @app.get("/health", responses={503: {"description": "the batching worker has stopped: requests cannot be "
+                                                        "answered (restart the server)"}})
+    async def health() -> JSONResponse:
         b = state.get("batcher")
-        return {"status": "ok", "model": model_info(), "load_seconds": state.get("load_seconds"),
-                "in_flight": b.in_flight if b else 0, "queued": b.queue.qsize() if b else 0}
+        dead = b.dead() if b else None
+        body = {"status": "error" if dead else "ok", "model": model_info(), "load_seconds": state.get("load_seconds"),
+                "in_flight": b.in_flight if b else 0, "queued": b.queue.qsize() if b else 0,
+                "queued_chars": b.queued_chars if b else 0}
+        return JSONResponse(body | ({"detail": dead} if dead else {}), status_code=503 if dead else 200)
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:
@@ -413,8 +502,16 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
 
     async def entities(req: EntitiesRequest) -> EntitiesResponse:
         texts = req.all_texts()
+        if (n := sum(map(len, texts))) > cfg.max_request_chars:
+            raise HTTPException(413, f"the texts have {n} characters in all; the limit is {cfg.max_request_chars}")
         t0 = time.time()
-        res = await state["batcher"].submit(texts) if texts else []
+        try:
+            res = await state["batcher"].submit(texts) if texts else []
+        except TextFailed as e:
+            where = "text" if req.text is not None else (f"texts[{e.index}]" if e.index is not None else "the texts")
+            log.error("%s of a request could not be processed: %s", where, e)
+            raise HTTPException(422, f"{where} could not be processed ({type(e.error).__name__}); other requests "
+                                     "were not affected") from None
         return EntitiesResponse(
             results=[TextResult(entities=[EntityOut(**e.to_dict()) for e in kept],
                                 needs_review=[EntityOut(**e.to_dict()) for e in low] if req.review else None)
@@ -427,8 +524,12 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
     app.post("/v1/entities", response_model=EntitiesResponse,
              responses={400: {"description": "the body is not parseable (e.g. not UTF-8)"},
                         401: {"description": "an API key is required and was missing or wrong"},
-                        413: {"description": "a text, the batch or the raw body is over the limit"},
-                        429: {"description": "the queue is full; retry after the Retry-After seconds"}})(entities)
+                        413: {"description": "a text, the batch, its characters or the raw body is over the limit"},
+                        422: {"description": "the body is malformed, or the model failed on one of its texts "
+                                             "(named in detail)"},
+                        429: {"description": "the queue is full; retry after the Retry-After seconds"},
+                        503: {"description": "not answered within the request time limit, or the server is "
+                                             "unhealthy"}})(entities)
 
     return app
 

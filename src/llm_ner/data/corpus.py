@@ -102,6 +102,8 @@ def read_conll(path: str | Path, tag_col: int = -1) -> list[Sentence]:
         if len(cols) < 1 - tag_col or not cols[tag_col]:
             want = "'token ... tag' (tag in the last column)" if tag_col == -1 else f"at least {1 - tag_col} columns"
             raise DataError(f"{path}:{lineno}: expected {want}, got {line!r}")
+        if not cols[0]:  # "\tB-PER": a tag with no token (the fuzz test's generator writes such lines)
+            raise DataError(f"{path}:{lineno}: the token (first column) is empty in {line!r}")
         try:
             split_tag(cols[tag_col])
         except ValueError as e:

@@ -464,8 +464,9 @@ def w_raw_text(a) -> dict:
     """What users send is raw text: the full CoNLL-2003 test set as text (each sentence's tokens joined by spaces),
     split by our raw-text word splitter and predicted, scored as exact (start, end, type) character spans against the
     gold spans — beside the same model on the pre-tokenised sentences, scored the same way."""
-    from llm_ner.align import sentence_text, split_words
+    from llm_ner.align import sentence_text
     from llm_ner.data import spans
+    from llm_ner.data.words import split_words
     from llm_ner.predict import NERModel
 
     sents, _ = test_texts()
@@ -501,7 +502,7 @@ def w_splitter(a) -> dict:
     100k it takes ~15 s a call). Best of 3 calls, seconds."""
     import re
 
-    from llm_ner.align import WORD_RE, split_words
+    from llm_ner.data.words import WORD_RE, split_words
 
     old = re.compile(WORD_RE.pattern.replace("(?<![\\w.+-])", "", 1), WORD_RE.flags)
     assert old.pattern != WORD_RE.pattern

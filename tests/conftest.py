@@ -12,9 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach for the h
 # The tests whose results come from running a model (tags, spans, scores, losses): .ci/run runs them a second time
 # with the CPU kernels forced down (`pytest -m outputs`), as another CPU rounds, so a float compared too exactly fails
 # in CI rather than on a user's machine. (The rest — readers, config, CLI errors, layout — compute no floats.)
-OUTPUT_MODULES = {"test_annotation", "test_batch", "test_calibrate", "test_crf", "test_decoder_options",
-                  "test_demo_page", "test_fuzz", "test_hardening", "test_integration", "test_model", "test_predict",
-                  "test_quantize", "test_serve", "test_serve_exposed", "test_serve_robust", "test_spacy", "test_train"}
+OUTPUT_MODULES = {"test_annotation", "test_batch", "test_calibrate", "test_cli", "test_crf", "test_decoder_options",
+                  "test_demo_page", "test_entry_points", "test_fuzz", "test_hardening", "test_integration",
+                  "test_model", "test_predict", "test_quantize", "test_serve", "test_serve_exposed",
+                  "test_serve_robust", "test_spacy", "test_train"}
 
 
 def pytest_configure(config):
@@ -50,6 +51,18 @@ def pytest_make_collect_report(collector):
     if os.environ.get("CI") and rep.skipped:
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.outcome, rep.longrepr = "failed", f"{collector.nodeid} skipped under CI=true: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def _llm_ner_logs_reach_caplog():
+    """The CLI (run in-process by CliRunner) gives the llm_ner logger its own stderr handler and stops propagation;
+    undo that after each test, so a later test's caplog still sees llm_ner's warnings whatever ran before it."""
+    yield
+    import logging
+
+    ours = logging.getLogger("llm_ner")
+    ours.handlers.clear()
+    ours.propagate = True
 
 
 @pytest.fixture(scope="session")

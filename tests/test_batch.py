@@ -23,3 +23,16 @@ def test_ray_batch_predict_matches_direct_prediction(tiny_ner_dir, tmp_path):
     assert sum(map(len, want)) > 0
     for i, ents in enumerate(want):
         assert [(e["start"], e["end"], e["label"]) for e in got[i]] == [(e.start, e.end, e.label) for e in ents]
+
+
+def test_a_bad_line_is_named_before_ray_starts(tiny_ner_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from llm_ner.cli import app
+
+    src = tmp_path / "corpus.jsonl"
+    src.write_text('{"text": "Peter ran"}\n{"text": "Ann", oops}\n')
+    r = CliRunner().invoke(app, ["batch-predict", "--model", str(tiny_ner_dir), "--input", str(src), "--output",
+                                 str(tmp_path / "out")])
+    assert r.exit_code == 2 and "corpus.jsonl:2: invalid JSON" in r.output and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -84,3 +84,49 @@ def test_test_set_of_other_types_is_refused(tiny_llama, tmp_path):
     assert r.exit_code == 2
     assert "conll2003:test: its entity types ['LOC', 'MISC', 'ORG', 'PER'] do not overlap" in r.output
     assert "['Chemical', 'Disease']" in r.output and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_predict_on_token_input_honours_every_option(tiny_ner_dir, tmp_path):
+    """CoNLL input went its own way and lost --min-score, the calibrated thresholds, --review and --to (issue 21):
+    now each applies as for raw text."""
+    from approx import SCORE_ATOL
+
+    from llm_ner.data import read_conll
+    from llm_ner.predict import NERModel
+
+    src = tmp_path / "in.conll"
+    src.write_text("Peter B-PER\nvisited O\nNew B-LOC\nYork I-LOC\nand O\nWashington B-LOC\non O\nMonday O\n. O\n\n"
+                   "Apple B-ORG\nhired O\nJohn B-PER\nSmith I-PER\nfrom O\nGoogle B-ORG\nin O\nLondon B-LOC\n. O\n")
+    _, _, res = NERModel.from_pretrained(tiny_ner_dir).predict_sentences_with_review(read_conll(src))
+    scores = sorted(e.score for kept, _ in res for e in kept)
+    gap, i = max((b - a, i) for i, (a, b) in enumerate(zip(scores[:-1], scores[1:], strict=True)))
+    assert len(scores) >= 2 and gap > 2 * SCORE_ATOL, scores
+    cut = (scores[i] + scores[i + 1]) / 2
+    n_above = sum(s >= cut for s in scores)
+
+    def run(*args):
+        r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--input", str(src), *args])
+        assert r.exit_code == 0, r.output
+
+    def b_tags(path):
+        return sum(line.split()[-1].startswith("B-") for line in path.read_text().splitlines() if line.strip())
+
+    run("--output", str(tmp_path / "all.conll"))
+    assert b_tags(tmp_path / "all.conll") == len(scores)
+    run("--output", str(tmp_path / "cut.conll"), "--min-score", str(cut))
+    assert b_tags(tmp_path / "cut.conll") == n_above < len(scores)
+    run("--output", str(tmp_path / "o.jsonl"), "--to", "jsonl", "--min-score", str(cut), "--review")
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert rows[0]["text"] == "Peter visited New York and Washington on Monday ."
+    assert sum(len(x["entities"]) for x in rows) == n_above
+    assert sum(len(x["needs_review"]) for x in rows) == len(scores) - n_above
+    run("--output", str(tmp_path / "ls.json"), "--to", "label-studio")
+    tasks = json.loads((tmp_path / "ls.json").read_text())
+    assert sum(len(t["predictions"][0]["result"]) for t in tasks) == len(scores)
+    run("--output", str(tmp_path / "d.jsonl"), "--to", "doccano", "--min-score", str(cut))
+    assert sum(len(json.loads(x)["label"]) for x in (tmp_path / "d.jsonl").read_text().splitlines()) == n_above
+    r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--input", str(src), "--to", "conll",
+                            "--review"])
+    assert r.exit_code == 2 and "CoNLL has no place" in r.output
+    r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--text", "Peter ran", "--to", "conll"])
+    assert r.exit_code == 2 and "needs token input" in r.output

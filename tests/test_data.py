@@ -2,7 +2,6 @@ import json
 
 import pytest
 
-from llm_ner.align import split_words
 from llm_ner.data import (
     DataError,
     detect_scheme,
@@ -13,6 +12,7 @@ from llm_ner.data import (
     spans_to_sentence,
     to_iob2,
 )
+from llm_ner.data.words import split_words
 from llm_ner.labels import LabelSet
 
 
@@ -164,7 +164,9 @@ def test_multinerd_jsonl_fixture(tmp_path):
     from llm_ner.data import MULTINERD_TAGS
 
     fx = Path(__file__).parent / "fixtures" / "multinerd_en_sample.jsonl"
-    sents = load_corpus(fx)  # format detected from the integer tags + lang field
+    with pytest.raises(DataError, match="integer tags need the label names"):
+        load_corpus(fx)  # integer tags are never guessed to be MultiNERD's (issue 21)
+    sents = load_corpus(fx, fmt="multinerd")
     assert len(sents) == 4  # the German record is filtered out
     assert sents[0].tags == ["B-PER", "I-PER", "O", "O", "B-ORG", "O", "B-LOC", "O"]
     assert sents[1].tags[8:10] == ["B-TIME", "I-TIME"] and sents[1].tags[5] == "B-FOOD"

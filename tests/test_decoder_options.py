@@ -144,8 +144,8 @@ def test_document_context_predicts_sentences_with_their_neighbours(tiny_llama, t
     model.config.context = "document"
     ner = NERModel(model, tiny_tokenizer)
     fed = []
-    run = NERModel._run
-    monkeypatch.setattr(NERModel, "_run", lambda self, windows, progress=False: fed.extend(windows)
+    run = NERModel.run_windows
+    monkeypatch.setattr(NERModel, "run_windows", lambda self, windows, progress=False: fed.extend(windows)
                         or run(self, windows, progress))
     tags = ner.predict_sentences(DOC)
     assert [len(t) for t in tags] == [len(s) for s in DOC]

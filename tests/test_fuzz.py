@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny import ner_config
 
-from llm_ner.align import split_words
 from llm_ner.data import DataError, load_corpus
 from llm_ner.data.corpus import read_conll
+from llm_ner.data.words import split_words
 from llm_ner.labels import LabelSet
 from llm_ner.model import LLMForTokenClassification
 from llm_ner.predict import NERModel
@@ -98,5 +98,8 @@ def test_conll_reader_reads_what_is_there_or_names_the_bad_line(tmp_path_factory
 def test_a_line_with_a_tag_and_no_token_is_refused(tmp_path):
     p = tmp_path / "f.conll"
     p.write_text("Peter B-PER\n\tB-PER\n")
+    with pytest.raises(DataError, match=r"f.conll:2: expected 'token ... tag'"):  # columns split at whitespace
+        read_conll(p)
+    p.write_text("Peter\tB-PER\n\tB-PER\n")  # every line has a tab: tab-separated, and the token is empty
     with pytest.raises(DataError, match=r"f.conll:2: the token \(first column\) is empty"):
         read_conll(p)

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from llm_ner.align import split_words
 from llm_ner.config import load_config
+from llm_ner.data.words import split_words
 from llm_ner.predict import NERModel
 from llm_ner.train import train
 

@@ -11,7 +11,8 @@ PKG = ROOT / "src" / "llm_ner"
 # Bottom to top. Prediction (predict) and scoring (evaluate) sit below train, because training selects its best model
 # by predicting and scoring the dev set and ends with the test step.
 LAYERS = [
-    "errors", "fsutil", "device", "config", "align", "data.schemes", "data.annotation", "data.corpus", "data",
+    "errors", "fsutil", "device", "config", "align", "data.schemes", "data.words", "data.annotation", "data.corpus",
+    "data.formats", "data",
     "labels", "rundir", "crf", "backbones", "model", "batching", "quantize", "predict", "evaluate", "calibrate",
     "analyze", "train",
     "baselines.encoder", "baselines.prompt", "baselines", "compare", "systems", "report",

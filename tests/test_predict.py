@@ -2,8 +2,9 @@ import pytest
 import torch
 from tiny import ner_config
 
-from llm_ner.align import encode_texts, merge_windows, sentence_text, split_words
+from llm_ner.align import encode_texts, merge_windows, sentence_text
 from llm_ner.batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
+from llm_ner.data.words import split_words
 from llm_ner.labels import LabelSet
 from llm_ner.model import LLMForTokenClassification
 from llm_ner.predict import NERModel, tags_to_entities

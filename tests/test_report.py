@@ -53,6 +53,17 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
     # the encoder run is the encoder (it trains with unmask: all, like the LLM), so the LLM-vs-encoder line is there
     assert "(encoder): test F1" in md and "(llm): test F1" in md
     assert "F1 points above the encoder baseline" in md or "F1 points below the encoder baseline" in md
+    assert "this run reads single sentences" in md and "quantisation in the GGUF" not in md  # the facts of this run
+
+    # the prose follows the run's saved config: document context and a quantised bundled backbone
+    saved = tmp_path / "llm" / "model" / "llm_ner_config.json"
+    mcfg = json.loads(saved.read_text())
+    saved.write_text(json.dumps({**mcfg, "context": "document", "model": {**mcfg["model"], "backbone": "gemma3-270m"}}))
+    r = runner.invoke(app, ["report", str(tmp_path / "cmp"), "--output", str(tmp_path / "rep2")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "rep2" / "report.md").read_text()
+    assert "Document context is used" in md and "this run reads single sentences" not in md
+    assert "4-bit Q4_K_M quantisation in the GGUF" in md and "Q4_1" not in md
 
 
 def test_report_names_the_prompted_model_not_its_cache_path(tiny_llama, tmp_path):

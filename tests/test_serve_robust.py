@@ -16,7 +16,7 @@ import pytest
 from approx import assert_same_entities
 from test_serve import free_port
 
-from llm_ner.align import split_words
+from llm_ner.data.words import split_words
 from llm_ner.predict import NERModel
 from llm_ner.serve import ServeConfig, create_app
 

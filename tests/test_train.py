@@ -5,9 +5,9 @@ from approx import SCORE_ATOL
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
-from llm_ner.align import split_words
 from llm_ner.cli import app
 from llm_ner.config import ConfigError, load_config
+from llm_ner.data.words import split_words
 from llm_ner.train import TrainError, train
 
 runner = CliRunner()

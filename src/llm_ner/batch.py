@@ -14,19 +14,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .data.formats import FORMATS, format_names
+
 
 class NERBatchPredictor:
     """For `ray.data.Dataset.map_batches` (batch_format="numpy"): {"text": array} -> adds "entities" (JSON strings)."""
 
-    def __init__(self, model_dir: str, batch_size: int = 32, threads: int | None = None, int8: bool = False):
+    def __init__(self, model_dir: str, batch_size: int = 32, threads: int | None = None, quantize: str | None = None,
+                 min_score: float | None = None):
         import torch
 
         from .predict import NERModel
 
         if threads:
             torch.set_num_threads(threads)
-        self.ner = NERModel.from_pretrained(model_dir, batch_size=batch_size, device="cpu",
-                                            quantize="int8" if int8 else None)
+        self.ner = NERModel.from_pretrained(model_dir, batch_size=batch_size, device="cpu", quantize=quantize)
+        self.ner.min_score = min_score
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch["text"]]
@@ -35,8 +38,30 @@ class NERBatchPredictor:
         return batch
 
 
+# The registry's formats whose texts Ray can read line by line: a text per line, or JSON lines with a 'text' field
+# (other fields kept). Token formats need sentence grouping, Label Studio / DocBin a whole-file parse.
+STREAMED = [n for n in format_names(texts=True) if n == "text" or FORMATS[n].texts is FORMATS["jsonl-text"].texts]
+
+
+def check_jsonl_texts(path: str) -> None:
+    """Every line of a JSON-lines input is a JSON object with a string 'text' (streamed: the file may be huge)."""
+    from .data import DataError
+
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise DataError(f"{path}:{lineno}: expected a JSON object with a string 'text' field")
+
+
 def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str | None = None, concurrency: int = 1,
-                batch_size: int = 64, threads: int | None = None, int8: bool = False) -> int:
+                batch_size: int = 64, threads: int | None = None, quantize: str | None = None,
+                min_score: float | None = None) -> int:
     """Read {"text": ...} JSON lines or plain text (a text per line; the format is detected from the content),
     predict, write JSON lines to output_dir."""
     import ray
@@ -44,16 +69,19 @@ def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str |
     from .data import DataError, detect_format
 
     fmt = detect_format(input_path, allow_text=True)
-    if fmt not in ("text", "jsonl-text", "jsonl-spans"):
-        raise DataError(f"{input_path}: batch-predict reads texts (a text per line, or JSON lines with 'text'), "
-                        f"not {fmt}; use `llm-ner predict --input` for token-per-line files")
+    if fmt not in STREAMED:
+        raise DataError(f"{input_path}: batch-predict reads texts ({', '.join(STREAMED)}), not {fmt}; use "
+                        "`llm-ner predict --input` for the other formats")
+    if fmt != "text":
+        check_jsonl_texts(input_path)  # here, with the line named, not as a Ray traceback from inside a worker
 
     ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
         # text: one row per line, column "text"; JSON lines: one row per record, other fields kept
         ds = ray.data.read_text(input_path) if fmt == "text" else ray.data.read_json(input_path, lines=True)
         ds = ds.map_batches(NERBatchPredictor, fn_constructor_kwargs={
-            "model_dir": str(Path(model_dir).resolve()), "threads": threads, "int8": int8},
+            "model_dir": str(Path(model_dir).resolve()), "threads": threads, "quantize": quantize,
+            "min_score": min_score},
             batch_size=batch_size, batch_format="numpy", concurrency=concurrency)
         ds.write_json(output_dir)
         return sum(1 for f in Path(output_dir).glob("*.json") for _ in f.open())

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from .data.formats import format_names
 from .errors import UserError
 
 app = typer.Typer(help="Turn a decoder LLM into a named-entity recogniser: train, evaluate, predict.",
@@ -73,7 +74,7 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def command(name: str | None = None, group: typer.Typer = app):
+def command(name: str | None = None, group: typer.Typer = app, help: str | None = None):
     """Register a CLI command whose user errors (any UserError, a missing file, a CalledProcessError of a system
     run by `compare`) end in one line `error: ...` and exit status 2 — never a traceback."""
 
@@ -85,7 +86,7 @@ def command(name: str | None = None, group: typer.Typer = app):
             except (UserError, FileNotFoundError, NotADirectoryError, subprocess.CalledProcessError) as e:
                 _fail(str(e))
 
-        return group.command(name)(wrapper)
+        return group.command(name, help=help)(wrapper)
 
     return deco
 
@@ -181,13 +182,22 @@ def baseline_prompt(
     pb.run(load_config(config), pb.PromptConfig.from_options(opts), output, max_sentences or None, progress)
 
 
-@command()
+def _quickstart_help() -> str:
+    """The quickstart's --help, from its config (a help typed by hand went stale: it named SmolLM2 and "~10 min")."""
+    from .config import load_config
+
+    c = load_config("quickstart", {})
+    return (f"Train -> evaluate the quickstart, offline: {c.model.backbone}, {c.training.mode} fine-tuning on the "
+            f"first {c.data.max_train_sentences} sentences of {c.data.train} for {c.training.epochs:g} epoch(s), the "
+            f"best model on {c.data.max_dev_sentences} sentences of {c.data.dev}, tested on all of {c.data.test}.")
+
+
+@command(help=_quickstart_help())
 def quickstart(
     output: Annotated[str, Opt(help="run directory")] = "runs/quickstart",
     resume: Annotated[bool, Opt(help="continue an interrupted quickstart")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
-    """Train -> evaluate on the offline default model (SmolLM2-135M) and bundled CoNLL-2003 subset (~10 min on CPU)."""
     _setup_logging(verbose)
     from .config import load_config
     from .train import train as run_train
@@ -271,10 +281,12 @@ def predict(
     text: Annotated[list[str] | None, Opt(help="text to tag (repeatable)")] = None,
     input: Annotated[str | None, Opt(help="texts (a text per line), JSON lines with 'text', or a CoNLL "
                                           "token-per-line file; the format is read from the content")] = None,
-    format: Annotated[str, Opt(help="auto | text | jsonl | conll: declare the input format")] = "auto",
-    output: Annotated[str | None, Opt(help="output file (JSON lines of spans; CoNLL for CoNLL input)")] = None,
-    to: Annotated[str, Opt(help="jsonl | label-studio (a task list with pre-annotations to import and correct) | "
-                                "doccano (JSONL with 'label')")] = "jsonl",
+    format: Annotated[str, Opt(help="declare the input format: auto (from the content) | "
+                                    + " | ".join(format_names(texts=True)))] = "auto",
+    output: Annotated[str | None, Opt(help="output file (JSON lines of spans; CoNLL for token input)")] = None,
+    to: Annotated[str | None, Opt(help="jsonl | conll (token input only) | label-studio (a task list with "
+                                       "pre-annotations to import and correct) | doccano (JSONL with 'label'); "
+                                       "default: conll for token input, else jsonl")] = None,
     batch_size: Annotated[int, Opt()] = 16,
     trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
     int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
@@ -284,7 +296,8 @@ def predict(
     review: Annotated[bool, Opt("--review", help="write the entities below the thresholds as 'needs_review'")] = False,
     verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
 ) -> None:
-    """Entity spans (character offsets, label, text, confidence) for raw text; CoNLL in -> CoNLL out."""
+    """Entity spans (character offsets, label, text, confidence) for raw text; token input (CoNLL, a token per line)
+    -> CoNLL, or any --to. --min-score, the calibrated thresholds and --review apply to every input and output."""
     _setup_logging(verbose)
     from .data import DataError, read_texts, write_conll
     from .fsutil import atomic_write_text
@@ -292,27 +305,40 @@ def predict(
 
     if not text and not input:
         _fail("give --text or --input")
-    if format not in ("auto", "text", "jsonl", "conll"):
-        _fail(f"--format {format!r}: use auto, text, jsonl or conll")
-    if to not in ("jsonl", "label-studio", "doccano"):
-        _fail(f"--to {to!r}: use jsonl, label-studio or doccano")
+    if to not in (None, "jsonl", "conll", "label-studio", "doccano"):
+        _fail(f"--to {to!r}: use jsonl, conll, label-studio or doccano")
     kind, items = read_texts(input, format) if input else ("text", list(text))
+    tokens_in = kind in ("conll", "tokens")
+    to = to or ("conll" if tokens_in else "jsonl")
+    if to == "conll" and not tokens_in:
+        _fail("--to conll needs token input (a CoNLL file, or a token per line): raw text has no words to tag")
+    if to == "conll" and review:
+        _fail("--review: CoNLL has no place for entities to review; use --to jsonl, label-studio or doccano")
     _check_score(min_score)
     ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
                                    quantize=_precision(int8, bf16))
     ner.min_score = min_score
-    if kind == "conll":
-        target = Path(output) if output else Path(input).with_suffix(".pred.conll")
-        write_conll(target, items, ner.predict_sentences(items, progress=True))
-        typer.echo(f"wrote {target}", err=True)
-        return
-    if output and not input:
-        raise DataError("--output needs --input (--text prints its spans)")
-    res = ner.predict_with_review(items, progress=bool(input))
+    if tokens_in:  # the same thresholds and outputs as raw text: entities per sentence, then the chosen shape
+        from .predict import entities_to_tags
+
+        texts, offsets, res = ner.predict_sentences_with_review(items, progress=True)
+        if to == "conll":
+            target = Path(output) if output else Path(input).with_suffix(".pred.conll")
+            tags = [entities_to_tags(o, kept) for o, (kept, _) in zip(offsets, res, strict=True)]
+            write_conll(target, items, tags, gold=kind == "conll")
+            typer.echo(f"wrote {target}", err=True)
+            return
+        items = texts
+    else:
+        if output and not input:
+            raise DataError("--output needs --input (--text prints its spans)")
+        res = ner.predict_with_review(items, progress=bool(input))
     if to == "jsonl":
-        lines = [json.dumps({"text": t, "entities": [e.to_dict() for e in kept],
-                             **({"needs_review": [e.to_dict() for e in low]} if review else {})},
-                            ensure_ascii=False) + "\n" for t, (kept, low) in zip(items, res, strict=True)]
+        from .data.annotation import json_line
+
+        lines = [json_line({"text": t, "entities": [e.to_dict() for e in kept],
+                            **({"needs_review": [e.to_dict() for e in low]} if review else {})}) + "\n"
+                 for t, (kept, low) in zip(items, res, strict=True)]
     else:  # pre-annotations to correct: with --review the low-scored ones too (Label Studio shows each region's score)
         from .data.annotation import doccano_lines, label_studio_tasks
         from .rundir import model_identity
@@ -498,13 +524,18 @@ def batch_predict(
     batch_size: Annotated[int, Opt()] = 64,
     threads: Annotated[int | None, Opt(help="torch threads per replica")] = None,
     int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU)")] = False,
+    bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
+    min_score: Annotated[float | None, Opt(help="leave out entities scored below this (0-1); with the per-type "
+                                                 "thresholds saved by `calibrate --target-precision`")] = None,
 ) -> None:
     """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
     from .batch import ray_predict
     from .model import read_model_config
 
+    _check_score(min_score)
     read_model_config(model)  # fail here, not inside a Ray actor
-    n = ray_predict(model, input, output, address, concurrency, batch_size, threads, int8)
+    n = ray_predict(model, input, output, address, concurrency, batch_size, threads, _precision(int8, bf16),
+                    min_score)
     typer.echo(f"{n} texts -> {output}")
 
 
@@ -534,6 +565,18 @@ def stats(
     from .data import stats as corpus_stats
 
     typer.echo(json.dumps(corpus_stats(load_corpus(data, scheme=scheme, strict=strict)), indent=2))
+
+
+@command()
+def formats() -> None:
+    """The input formats (the registry): which carry labels, which `predict` reads, which are recognised by content."""
+    from .data import FORMATS
+
+    typer.echo("| format | labels (train, evaluate) | texts (predict) | recognised from content | what it is |")
+    typer.echo("|---|---|---|---|---|")
+    for f in FORMATS.values():
+        typer.echo(f"| {f.name} | {'yes' if f.read else '—'} | {'yes' if f.texts else '—'} | "
+                   f"{'yes' if f.detected else 'declared only'} | {f.summary} |")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ class DataConfig(_Strict):
     train: str = "conll2003:train"  # file path, bundled name (conll2003:train) or hf:NAME:SPLIT
     dev: str | None = None  # not given: the bundled corpus's valid split when train is bundled, else none
     test: str | None = None  # not given: the bundled corpus's test split when train is bundled, else none (no test)
-    format: Literal["auto", "conll", "jsonl-tokens", "jsonl-spans", "multinerd"] = "auto"
+    # auto (recognised from the content) or a name from the format registry, llm_ner.data.formats.FORMATS (checked
+    # there when the data is read: config sits below data, so it cannot list them itself)
+    format: str = "auto"
     scheme: Literal["auto", "iob1", "iob2", "bio", "bioes", "bilou"] = "auto"
     strict: bool = False  # strict IOB2: an I-X after O is an error instead of being read as B-X
     max_train_sentences: int | None = None  # first N (deterministic subset)

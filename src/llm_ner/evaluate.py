@@ -143,9 +143,10 @@ def evaluate_model(ner, sentences: Sequence[Sentence], progress: bool = False, m
 
 
 def score_files(gold_path: str | Path, pred_path: str | Path) -> dict:
-    """Score two CoNLL files (tag = last column). Sentences must align token by token; the first mismatch is an
-    error naming the line. Tags are read as conlleval does (IOB1 and IOB2 both work)."""
-    gold, pred = read_conll(gold_path), read_conll(pred_path)
+    """Score two CoNLL files (tag = last column; a `token gold pred` file given as gold gives its gold column, as
+    pred its predictions). Sentences must align token by token; the first mismatch is an error naming the line. Tags
+    are read as conlleval does (IOB1 and IOB2 both work)."""
+    gold, pred = read_conll(gold_path, pairs="gold"), read_conll(pred_path, pairs="pred")
     if len(gold) != len(pred):
         raise DataError(f"{gold_path} has {len(gold)} sentences but {pred_path} has {len(pred)}")
     for g, p in zip(gold, pred, strict=True):

@@ -24,12 +24,12 @@ from .align import (
     encode_texts,
     merge_windows,
     split_documents,
-    split_words,
     texts_and_offsets,
     window_feature,
 )
 from .batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
 from .data import Sentence, spans
+from .data.words import split_words
 from .model import LLMForTokenClassification
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,19 @@ def tags_to_entities(text: str, offsets: Sequence[tuple[int, int]], tags: Sequen
     return ents
 
 
+def entities_to_tags(offsets: Sequence[tuple[int, int]], entities: Sequence[Entity]) -> list[str]:
+    """Entities back to IOB2 word tags (the words whose offsets they span): CoNLL output of thresholded entities."""
+    first = {s: i for i, (s, _) in enumerate(offsets)}
+    tags = ["O"] * len(offsets)
+    for e in entities:
+        i = first[e.start]
+        tags[i] = f"B-{e.label}"
+        while i + 1 < len(offsets) and offsets[i + 1][1] <= e.end:
+            i += 1
+            tags[i] = f"I-{e.label}"
+    return tags
+
+
 class NERModel:
     def __init__(self, model: LLMForTokenClassification, tokenizer, batch_size: int = 16, device: str | None = None,
                  sort_by_length: bool = True, max_batch_tokens: int | None = -1, pack: bool = True):
@@ -98,8 +111,19 @@ class NERModel:
         # Acting on scores: an entity is returned if its score reaches both the global floor (`min_score`, e.g.
         # --min-score) and its type's threshold (calibrate --target-precision, saved in calibration.json); the rest
         # are "needs review" — `predict_with_review` returns them separately, `predict` leaves them out.
-        self.min_score: float | None = None
+        self._min_score: float | None = None
         self.thresholds: dict[str, float] = {}
+
+    @property
+    def min_score(self) -> float | None:
+        return self._min_score
+
+    @min_score.setter
+    def min_score(self, value: float | None) -> None:
+        # checked here, where every caller (CLI, service, spaCy, batch) sets it: an entity score is a probability
+        if value is not None and not (isinstance(value, int | float) and 0 <= value <= 1):
+            raise ValueError(f"min_score {value!r}: an entity score is a probability, give a number between 0 and 1")
+        self._min_score = None if value is None else float(value)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
@@ -128,7 +152,7 @@ class NERModel:
         return ner
 
     @torch.no_grad()
-    def _run(self, windows: list[Window], progress: bool = False, keep_logits: bool = False) -> list[tuple]:
+    def run_windows(self, windows: list[Window], progress: bool = False, keep_logits: bool = False) -> list[tuple]:
         """Forward + decode every window, longest first in batches; results (tag ids, confidences[, word logits
         (W,C) on the CPU if keep_logits]) in the windows' order."""
         lengths = [len(w.input_ids) * self.model.length_factor for w in windows]  # what the backbone sees
@@ -181,7 +205,8 @@ class NERModel:
                       progress: bool = False) -> tuple[list[list[str]], list[list[float]]]:
         """Tags and confidences per word for texts whose word offsets are given."""
         keep, windows = self.windows_for(texts, word_offsets)
-        return self.merge(len(texts), word_offsets, keep, windows, self._run(windows, progress) if windows else [])
+        res = self.run_windows(windows, progress) if windows else []
+        return self.merge(len(texts), word_offsets, keep, windows, res)
 
     def windows_for(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]]
                     ) -> tuple[list[int], list[Window]]:
@@ -257,6 +282,19 @@ class NERModel:
                         [e for e in ents if e.score < self.threshold(e.label)]))
         return out
 
+    def predict_sentences_with_review(self, sentences: Sequence[Sentence], progress: bool = False
+                                      ) -> tuple[list[str], list[list[tuple[int, int]]], list[tuple[list, list]]]:
+        """Pre-tokenised sentences -> (each sentence's text, its words' offsets, (entities at or above the thresholds,
+        entities below them)): the thresholds and review of raw-text prediction, for token input (CoNLL) too."""
+        texts, offsets = texts_and_offsets(sentences)
+        tags, confs = self.predict_sentences_scored(sentences, progress)
+        out = []
+        for t, o, tg, c in zip(texts, offsets, tags, confs, strict=True):
+            ents = tags_to_entities(t, o, tg, c)
+            out.append(([e for e in ents if e.score >= self.threshold(e.label)],
+                        [e for e in ents if e.score < self.threshold(e.label)]))
+        return texts, offsets, out
+
     def threshold(self, label: str) -> float:
         return max(self.min_score or 0.0, self.thresholds.get(label, 0.0))
 
@@ -286,7 +324,7 @@ class Scorer:
         self.ner, self.sentences = ner, sentences
         self.texts, self.offsets, self.groups = ner.sentence_texts(sentences)
         self.keep, self.windows = ner.windows_for(self.texts, self.offsets)
-        self.logits = [r[2] for r in ner._run(self.windows, progress, keep_logits=True)] if self.windows else []
+        self.logits = [r[2] for r in ner.run_windows(self.windows, progress, keep_logits=True)] if self.windows else []
 
     def at(self, temperature: float) -> tuple[list[list[str]], list[list[float]]]:
         res = self.ner.redecode(self.logits, temperature) if self.logits else []

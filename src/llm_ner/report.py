@@ -322,10 +322,7 @@ def _sections(runs: list[dict], study: dict | None) -> list[tuple[str, str]]:
     lim = [
         f"- Trained on {tr.get('sentences', 0):,} sentences on a CPU; the full training set and a GPU would close "
         "much of the gap to published numbers.",
-        "- The backbone went through Q4_1 quantisation before we de-quantised it.",
-        "- Wrong entity type is a large share of the errors (e.g. sports teams named after cities: ORG vs LOC; "
-        "nationalities: MISC vs LOC) — document context (`-DOCSTART-` documents) is not used; feeding neighbouring "
-        "sentences into the window is the obvious next step.",
+        *_fact_limits(str(llm["model"]), cfg),
         "- Larger decoders (Qwen2.5-0.5B/1.5B, Llama-3.2-1B) with LoRA and a GPU, layer-mixing heads, and a dev-set "
         "learning-rate sweep per model are the improvements to try first.",
     ]
@@ -335,6 +332,27 @@ def _sections(runs: list[dict], study: dict | None) -> list[tuple[str, str]]:
     out.append(("Limitations and improvements", "\n".join(lim)))
     if study:
         out.append(("Decoder study", study_text(study)))
+    return out
+
+
+def _fact_limits(backbone: str, cfg: dict) -> list[str]:
+    """The limitations that depend on the run: what its backbone's weights went through, and whether it saw document
+    context — from the backbone table and the run's saved config, so the prose cannot go stale."""
+    from .backbones import ALIASES
+
+    out = []
+    q = ALIASES[backbone].quantisation if backbone in ALIASES else None
+    if q:
+        out.append(f"- The backbone's weights went through {q} quantisation in the GGUF they ship in, before we "
+                   "de-quantised them: some quality is lost against the original weights.")
+    if cfg.get("context") == "document":
+        out.append("- Document context is used: each window holds a sentence's neighbours from its document, which "
+                   "helps with the wrong-type errors (sports teams named after cities: ORG vs LOC) that single "
+                   "sentences cannot settle.")
+    else:
+        out.append("- Wrong entity type is a large share of the errors (e.g. sports teams named after cities: ORG vs "
+                   "LOC; nationalities: MISC vs LOC) — this run reads single sentences; document context "
+                   "(`data.context: document`) feeds the neighbouring sentences into the window.")
     return out
 
 

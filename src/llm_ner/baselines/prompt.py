@@ -31,9 +31,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .. import rundir as R
-from ..align import split_words
 from ..config import ConfigError
 from ..data import Sentence, load_split, spans, write_conll
+from ..data.words import split_words
 from ..errors import UserError
 from ..evaluate import compute_metrics, format_table
 from ..fsutil import atomic_write_text

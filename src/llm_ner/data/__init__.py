@@ -1,4 +1,5 @@
-"""Data: tag schemes (schemes.py) and corpora (corpus.py). The names below are the public API, re-exported so that
+"""Data: tag schemes (schemes.py), annotation-tool layouts (annotation.py), the readers (corpus.py) and the format
+registry with detection and the entry points (formats.py). The names below are the public API, re-exported so that
 `from llm_ner.data import load_corpus` keeps working."""
 
 from .corpus import (
@@ -7,27 +8,25 @@ from .corpus import (
     MULTINERD_TYPES,
     Sentence,
     bundled_names,
-    detect_format,
     entity_types,
-    load_corpus,
-    load_split,
     normalise,
     read_conll,
     read_jsonl_spans,
     read_jsonl_tokens,
     read_multinerd,
     read_predictions,
-    read_texts,
     remap,
     spans_to_sentence,
     stats,
     write_conll,
 )
+from .formats import FORMATS, check_format, detect_format, format_names, load_corpus, load_split, read_texts
 from .schemes import DataError, detect_scheme, iob2_to_bioes, is_tag, spans, split_tag, to_iob2
 
 __all__ = [
-    "BUNDLED", "MULTINERD_TAGS", "MULTINERD_TYPES", "DataError", "Sentence", "bundled_names",
-    "detect_format", "detect_scheme", "entity_types", "iob2_to_bioes", "is_tag", "load_corpus", "load_split",
+    "BUNDLED", "FORMATS", "MULTINERD_TAGS", "MULTINERD_TYPES", "DataError", "Sentence", "bundled_names",
+    "check_format", "detect_format", "format_names", "detect_scheme", "entity_types", "iob2_to_bioes", "is_tag",
+    "load_corpus", "load_split",
     "normalise", "read_conll", "read_jsonl_spans", "read_jsonl_tokens", "read_multinerd", "read_predictions",
     "read_texts", "remap", "spans", "spans_to_sentence", "split_tag", "stats", "to_iob2", "write_conll",
 ]

@@ -43,10 +43,34 @@ def _utf16_to_codepoints(text: str, offset: int) -> int:
     return len(text)
 
 
+def json_line(obj: object) -> str:
+    """One JSON-lines record: UTF-8 as it is, but the characters other tools take for line breaks (U+2028, U+2029,
+    U+0085) escaped, so a reader that splits at them (Python's str.splitlines, JavaScript) still sees one record."""
+    return (json.dumps(obj, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+            .replace("\x85", "\\u0085"))
+
+
+def offset(value: object, where: str) -> int:
+    """A character offset as the file gives it: an integer (a float only if whole, e.g. 3.0). 3.9 is refused, not
+    truncated to 3."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{where}: offset {value!r} is not a whole number of characters")
+    return value
+
+
 def _checked_span(text: str, start: int, end: int, said: str | None, where: str) -> tuple[int, int]:
     """(start, end) in code points. When the tool stored the span's text, offsets must reproduce it, either as
-    code points or as UTF-16 units (then converted) — never guessed past that."""
-    if said is None or text[start:end] == said:
+    code points or as UTF-16 units (then converted) — never guessed past that. Without the stored text, offsets are
+    ambiguous exactly when a character outside the BMP (an emoji) precedes the span's end: refused there."""
+    if said is None:
+        if any(ord(c) > 0xFFFF for c in text[:end]):
+            raise DataError(f"{where}: span [{start},{end}) has no stored text ('value.text') and the text holds "
+                            "characters outside the BMP (emoji) before it, where Label Studio's older UTF-16 offsets "
+                            "and code points differ; export the regions with their text")
+        return start, end
+    if text[start:end] == said:
         return start, end
     s, e = _utf16_to_codepoints(text, start), _utf16_to_codepoints(text, end)
     if text[s:e] == said:
@@ -98,16 +122,20 @@ def label_studio_records(tasks: object, path: Path, need_labels: bool = True) ->
         from_predictions += kind == "prediction"
         ents = []
         for r, region in enumerate(result):
-            if not isinstance(region, dict) or region.get("type", "labels") != "labels":
+            kind = region.get("type", "labels") if isinstance(region, dict) else None
+            if kind != "labels" and str(kind).endswith("labels"):  # hypertextlabels, paragraphlabels, …
+                raise DataError(f"{where}: result[{r}] is a {kind!r} region (offsets into HTML or dialogue, not into "
+                                "the text): only 'labels' regions on plain text are read; label the project with a "
+                                "<Text> tag and <Labels>")
+            if kind != "labels":
                 continue  # choices, relations, text areas: not entity spans
             v = region.get("value") or {}
             labels = v.get("labels")
             if not isinstance(labels, list) or len(labels) != 1 or not isinstance(labels[0], str):
                 raise DataError(f"{where}: result[{r}].value.labels must hold exactly one label, got {labels!r}")
-            try:
-                start, end = int(v["start"]), int(v["end"])
-            except (KeyError, TypeError, ValueError):
-                raise DataError(f"{where}: result[{r}].value needs integer 'start' and 'end'") from None
+            if "start" not in v or "end" not in v:
+                raise DataError(f"{where}: result[{r}].value needs integer 'start' and 'end'")
+            start, end = offset(v["start"], f"{where} result[{r}]"), offset(v["end"], f"{where} result[{r}]")
             s, e = _checked_span(text, start, end, v.get("text"), where)
             ents.append({"start": s, "end": e, "label": labels[0]})
         records.append((text, ents, where, task.get("id")))
@@ -127,6 +155,9 @@ def doccano_records(lines: list[tuple[int, dict]], path: Path) -> list[Record]:
         if not isinstance(text, str):
             raise DataError(f"{where}: a doccano record needs a string 'text'")
         ents = []
+        if "label" not in rec and "entities" not in rec:  # a misspelt key would read as "no entities": refuse
+            raise DataError(f"{where}: a doccano record needs 'label' (a list of [start, end, label]; [] for a text "
+                            f"with no entities); found keys {sorted(rec)}")
         if "label" in rec:
             spans = rec["label"]
             if not isinstance(spans, list):
@@ -187,5 +218,5 @@ def label_studio_tasks(texts: list[str], entities: list[list[dict]], model_versi
 
 
 def doccano_lines(texts: list[str], entities: list[list[dict]]) -> list[str]:
-    return [json.dumps({"text": t, "label": [[e["start"], e["end"], e["label"]] for e in ents]}, ensure_ascii=False)
+    return [json_line({"text": t, "label": [[e["start"], e["end"], e["label"]] for e in ents]})
             + "\n" for t, ents in zip(texts, entities, strict=True)]

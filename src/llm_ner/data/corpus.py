@@ -20,19 +20,20 @@ import gzip
 import io
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..align import split_words
-from ..config import RunConfig
 from ..fsutil import atomic_write_text
 from . import annotation as ann
 from .schemes import SCHEMES, DataError, check_strict_iob2, detect_scheme, is_tag, split_tag, to_iob2
+from .words import split_words
 
 log = logging.getLogger(__name__)
+_NEWLINE = re.compile(r"\r\n|\r|\n")
 
 BUNDLED = {"conll2003": ("train", "valid", "test"), "wnut17": ("train", "valid", "test"),
            "cleanconll": ("valid", "test")}  # CleanCoNLL relabels CoNLL-2003 dev/test; train on conll2003:train
@@ -70,17 +71,38 @@ def _open_text(path: Path) -> list[str]:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
-    return text.splitlines()  # handles \n, \r\n and \r
+    # \n, \r\n and \r only: str.splitlines also breaks at U+2028, U+0085, form feeds…, which are characters inside a
+    # line of text (predict wrote more records than the input had lines)
+    lines = _NEWLINE.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
-def read_conll(path: str | Path, tag_col: int = -1) -> list[Sentence]:
+# syntactic chunk types (CoNLL-2000 / the chunk column of CoNLL-2003): a last column of these is not entity tags
+CHUNK_TYPES = {"NP", "VP", "PP", "ADJP", "ADVP", "SBAR", "PRT", "CONJP", "INTJ", "LST", "UCP"}
+
+
+def _columns(line: str, tabs: bool) -> list[str]:
+    return [c.strip() for c in line.split("\t")] if tabs else line.split()
+
+
+def read_conll(path: str | Path, tag_col: int = -1, pairs: str = "refuse") -> list[Sentence]:
     """CoNLL-style column file: one token per line, tag in the last column (or column `tag_col`, counted from the
-    end, e.g. -2 for the gold column of a `token gold pred` file), blank line between sentences."""
+    end, e.g. -2 for the gold column of a `token gold pred` file), blank line between sentences. Columns are split at
+    tabs if every line has one (a token may then hold spaces), else at any whitespace — decided for the whole file,
+    not per line. With the default last column, a file whose last column holds chunk tags (B-NP…) is refused, and so
+    is one whose last two columns are both entity tags (`token gold pred`) unless `pairs` says which
+    to read: "gold" (the second-to-last column) or "pred" (the last)."""
     path = Path(path)
     lines = _open_text(path)
+    content = [ln for ln in lines if ln.strip() and ln.split()[0] != "-DOCSTART-"]
+    tabs = bool(content) and all("\t" in ln for ln in content)
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
+    last_two: list[set] = [set(), set()]  # the types in the last two columns, while both hold tags
+    two_tag_columns = True
     doc, start = 0, 0
 
     def flush() -> None:
@@ -93,8 +115,7 @@ def read_conll(path: str | Path, tag_col: int = -1) -> list[Sentence]:
         if not line.strip():
             flush()
             continue
-        cols = line.rstrip("\n").split("\t") if "\t" in line else line.split()
-        cols = [c.strip() for c in cols]
+        cols = _columns(line, tabs)
         if cols[0] == "-DOCSTART-":
             flush()
             doc += 1
@@ -102,12 +123,18 @@ def read_conll(path: str | Path, tag_col: int = -1) -> list[Sentence]:
         if len(cols) < 1 - tag_col or not cols[tag_col]:
             want = "'token ... tag' (tag in the last column)" if tag_col == -1 else f"at least {1 - tag_col} columns"
             raise DataError(f"{path}:{lineno}: expected {want}, got {line!r}")
-        if not cols[0]:  # "\tB-PER": a tag with no token (the fuzz test's generator writes such lines)
+        if not cols[0]:  # "\tB-PER": a tag with no token
             raise DataError(f"{path}:{lineno}: the token (first column) is empty in {line!r}")
         try:
             split_tag(cols[tag_col])
         except ValueError as e:
             raise DataError(f"{path}:{lineno}: {e}") from None
+        if two_tag_columns:
+            if len(cols) >= 3 and is_tag(cols[-2]):
+                for k in (0, 1):
+                    last_two[k].add(split_tag(cols[k - 2])[1])
+            else:
+                two_tag_columns = False
         if not tokens:
             start = lineno
         tokens.append(cols[0])
@@ -115,13 +142,33 @@ def read_conll(path: str | Path, tag_col: int = -1) -> list[Sentence]:
     flush()
     if not sentences:
         raise DataError(f"{path}: no sentences found (empty file?)")
+    if tag_col == -1:
+        def chunks(types: set) -> bool:
+            return bool(types - {None}) and types - {None} <= CHUNK_TYPES
+
+        # two entity-tag columns at the end (neither one a chunk column, as in CoNLL-2003's `... chunk NER`)
+        pair = two_tag_columns and not chunks(last_two[0]) and not chunks(last_two[1])
+        if pair and pairs == "gold":
+            return read_conll(path, tag_col=-2)
+        _check_tag_column(path, {t for s in sentences for tag in s.tags if (t := split_tag(tag)[1])},
+                          pair and pairs == "refuse")
     return sentences
+
+
+def _check_tag_column(path: Path, types: set[str], gold_and_pred: bool) -> None:
+    if types and types <= CHUNK_TYPES:
+        raise DataError(f"{path}: the last column holds syntactic chunk tags ({', '.join(sorted(types))}), not entity "
+                        "types; put the entity tags in the last column")
+    if gold_and_pred:
+        raise DataError(f"{path}: the last two columns are both entity tags (a 'token gold pred' "
+                        "file?); training and evaluation read one tag column: keep only the gold tags, or score the "
+                        "file with `llm-ner score`")
 
 
 def read_predictions(path: str | Path) -> tuple[list[Sentence], list[list[str]]]:
     """A `token gold pred` file (what `write_conll` writes): gold = second-to-last column, pred = last; both read as
     conlleval does (IOB1 or IOB2)."""
-    gold, pred = read_conll(path, tag_col=-2), read_conll(path)
+    gold, pred = read_conll(path, tag_col=-2), read_conll(path, pairs="pred")
     for s in gold:
         s.tags = to_iob2(s.tags, "iob1")
     return gold, [to_iob2(p.tags, "iob1") for p in pred]
@@ -178,11 +225,12 @@ def spans_to_sentence(text: str, entities: list[dict], where: str) -> tuple[Sent
     ends = {e: i for i, (_, e) in enumerate(words)}
     report = []
     taken: list[tuple[int, int, str]] = []
-    for k, ent in enumerate(sorted(entities, key=lambda e: (e.get("start", 0), e.get("end", 0)))):
-        try:
-            s, e, label = int(ent["start"]), int(ent["end"]), str(ent["label"])
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{where}: entity {k} needs integer 'start', 'end' and a 'label': {ent!r}") from None
+    checked = []
+    for k, ent in enumerate(entities):
+        if not isinstance(ent, dict) or not {"start", "end", "label"} <= set(ent):
+            raise DataError(f"{where}: entity {k} needs integer 'start', 'end' and a 'label': {ent!r}")
+        checked.append((ann.offset(ent["start"], where), ann.offset(ent["end"], where), str(ent["label"])))
+    for s, e, label in sorted(checked, key=lambda x: (x[0], x[1])):
         if not (0 <= s < e <= len(text)):
             raise DataError(f"{where}: entity {label} [{s},{e}) lies outside the text (length {len(text)})")
         for ps, pe, pl in taken:
@@ -217,10 +265,11 @@ def read_jsonl_spans(path: str | Path, report: list | None = None) -> list[Sente
     empty = 0
     for lineno, rec in _read_jsonl(path):
         text = rec.get("text")
-        ents = rec.get("entities", rec.get("spans", []))
-        where = f"{path}:{lineno} (record {len(out) + 1})"
-        if not isinstance(text, str) or not isinstance(ents, list):
-            raise DataError(f"{where}: record needs a string 'text' and a list 'entities'")
+        ents = rec.get("entities", rec.get("spans"))
+        where = f"{path}:{lineno} (record {len(out) + empty + 1})"
+        if not isinstance(text, str) or not isinstance(ents, list):  # a missing or misspelt key is not "no entities"
+            raise DataError(f"{where}: record needs a string 'text' and a list 'entities' ([] for a text with no "
+                            f"entities); found keys {sorted(rec)}")
         sent, rep = spans_to_sentence(text, ents, where)
         sent.doc_id = rec.get("doc_id")  # data.context: document joins consecutive records of one doc_id
         if report is not None:
@@ -307,11 +356,14 @@ def _multinerd_record(tokens, tags, lang, want_lang: str | None, where: str) -> 
 def read_multinerd(path: str | Path, lang: str | None = "en") -> list[Sentence]:
     """MultiNERD JSONL on disk ({"tokens", "ner_tags": [int], "lang"}), keeping one language."""
     path = Path(path)
-    out = []
+    out, langs = [], Counter()
     for lineno, rec in _read_jsonl(path):
+        langs[rec.get("lang")] += 1
         s = _multinerd_record(rec.get("tokens"), rec.get("ner_tags"), rec.get("lang"), lang, f"{path}:{lineno}")
         if s is not None:
             out.append(s)
+    if not out:
+        raise DataError(f"{path}: no record has lang={lang!r} (found: {dict(langs.most_common(5))})")
     log.info("%s: %d sentences with lang=%s", path, len(out), lang)
     return out
 
@@ -343,100 +395,25 @@ def bundled_names() -> list[str]:
     return [f"{n}:{s}" for n, splits in BUNDLED.items() for s in splits]
 
 
-def _first_lines(path: Path, n: int = 200) -> list[tuple[int, str]]:
-    """The first n non-blank lines with their line numbers, read without loading the whole file (batch prediction
-    inputs can be huge)."""
-    out: list[tuple[int, str]] = []
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    out.append((lineno, line.rstrip("\r\n")))
-                    if len(out) == n:
-                        break
-    except UnicodeDecodeError:
-        _open_text(path)  # raises the DataError that names the line
+def read_tokens(path: str | Path) -> list[Sentence]:
+    """A token per line, blank lines between sentences, no tags (what a tokenizer writes): sentences tagged O, to be
+    predicted."""
+    path = Path(path)
+    out: list[Sentence] = []
+    tokens: list[str] = []
+    start = 0
+    for lineno, line in enumerate([*_open_text(path), ""], 1):
+        if line.strip():
+            if len(line.split()) != 1:
+                raise DataError(f"{path}:{lineno}: expected one token per line (no tags), got {line!r}")
+            start = start or lineno
+            tokens.append(line.strip())
+        elif tokens:
+            out.append(Sentence(tokens, ["O"] * len(tokens), None, f"{path}:{start}"))
+            tokens, start = [], 0
+    if not out:
+        raise DataError(f"{path}: no tokens found (empty file?)")
     return out
-
-
-def _is_column_line(line: str) -> bool:
-    """`token ... tag`: at least two columns and a tag in the last one (or a -DOCSTART- line)."""
-    cols = line.split("\t") if "\t" in line else line.split()
-    return cols[0].strip() == "-DOCSTART-" or (len(cols) >= 2 and is_tag(cols[-1].strip()))
-
-
-def detect_format(path: str | Path, allow_text: bool = False) -> str:
-    """A file's format from its content (never its name): 'conll' (token ... tag lines), 'jsonl-spans'
-    ({"text", "entities"}), 'jsonl-tokens' ({"tokens", "tags"}), 'multinerd' (integer ner_tags + lang), 'jsonl-text'
-    ({"text"} only), 'doccano' ({"text", "label"}), 'label-studio' (a JSON list of tasks), 'spacy' (a DocBin) or,
-    with allow_text, 'text' (a plain text per line). Ambiguous content is refused: the message says
-    how to declare the format."""
-    path = Path(path)
-    if ann.is_docbin(path):
-        return "spacy"
-    numbered = _first_lines(path)
-    if not numbered:
-        raise DataError(f"{path}: empty file")
-    lines = [ln for _, ln in numbered]
-    if lines[0].lstrip().startswith("["):  # one JSON document: a Label Studio export is a list of tasks
-        tasks = _read_json(path)
-        if isinstance(tasks, list) and tasks and isinstance(tasks[0], dict) and "data" in tasks[0]:
-            return "label-studio"
-        raise DataError(f"{path}: a JSON list, but not a Label Studio export (a list of tasks with 'data'); "
-                        "other JSON data goes one object per line (JSONL)")
-    if lines[0].lstrip().startswith("{"):  # JSON lines
-        try:
-            first = json.loads(lines[0])
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{numbered[0][0]}: invalid JSON ({e.msg})") from None
-        if not isinstance(first, dict):
-            raise DataError(f"{path}:{numbered[0][0]}: expected a JSON object")
-        if "text" in first:
-            ents = first.get("entities")
-            if "label" in first or (isinstance(ents, list) and ents and isinstance(ents[0], dict)
-                                    and "start_offset" in ents[0]):
-                return "doccano"
-            return "jsonl-spans" if "entities" in first or "spans" in first else "jsonl-text"
-        if "lang" in first and isinstance((first.get("ner_tags") or ["O"])[0], int):
-            return "multinerd"
-        if "tokens" in first:
-            return "jsonl-tokens"
-        raise DataError(f"{path}:1: a JSON record needs 'text' or 'tokens' (found keys {sorted(first)})")
-    columns = sum(_is_column_line(ln) for ln in lines)
-    if columns == len(lines) or (columns and not allow_text):  # labelled data: the reader names any bad line
-        return "conll"
-    if columns == 0 and allow_text:
-        return "text"
-    if columns == 0:
-        raise DataError(f"{path}: neither CoNLL columns ('token ... tag') nor JSON lines; first line {lines[0]!r}")
-    bad = next(ln for ln in lines if not _is_column_line(ln))
-    raise DataError(f"{path}: ambiguous format: {columns} of the first {len(lines)} lines look like CoNLL "
-                    f"'token ... tag' columns, but not e.g. {bad!r}; declare it with --format text, jsonl or conll")
-
-
-def read_texts(path: str | Path, fmt: str = "auto") -> tuple[str, list[str] | list[Sentence]]:
-    """Prediction input: ('text', [texts]) from a text-per-line or {"text"} JSONL file, or ('conll', sentences) from
-    a token-per-line file (whose tags, if any, are replaced by the predictions). `fmt`: auto | text | jsonl | conll."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if fmt == "auto":
-        fmt = detect_format(path, allow_text=True)
-    if fmt == "conll":
-        return "conll", read_conll(path)
-    if fmt == "text":
-        return "text", _open_text(path)
-    if fmt == "label-studio":
-        return "text", [t for t, *_ in ann.label_studio_records(_read_json(path), path, need_labels=False)]
-    if fmt in ("jsonl", "jsonl-text", "jsonl-spans", "doccano"):
-        texts = []
-        for lineno, rec in _read_jsonl(path):
-            if not isinstance(rec.get("text"), str):
-                raise DataError(f"{path}:{lineno}: expected a JSON object with a string 'text' field")
-            texts.append(rec["text"])
-        return "text", texts
-    raise DataError(f"{path}: format {fmt!r} has no text to predict; use text, jsonl or conll")
 
 
 def normalise(sentences: list[Sentence], scheme: str = "auto", strict: bool = False, name: str = "data") -> str:
@@ -444,70 +421,17 @@ def normalise(sentences: list[Sentence], scheme: str = "auto", strict: bool = Fa
     if scheme not in ("auto", *SCHEMES, "bio", "bilou"):
         raise DataError(f"{name}: unknown tag scheme {scheme!r}; use auto, iob1, iob2 (bio) or bioes (bilou)")
     scheme = {"bio": "iob2", "bilou": "bioes"}.get(scheme, scheme)
+    if strict and scheme not in ("auto", "iob2"):  # strict means "valid IOB2 as written": it cannot hold for these
+        raise DataError(f"{name}: strict mode checks IOB2, but the scheme is declared {scheme}; drop one of the two")
+    if strict:  # whatever detection would say: with auto, `said O` / `York I-LOC` would be read as IOB1 silently
+        for s in sentences:
+            check_strict_iob2(s.tags, [f"{s.origin or name} token {i + 1}" for i in range(len(s))])
+        scheme = "iob2"
     if scheme == "auto":
         scheme = detect_scheme(s.tags for s in sentences)
     for s in sentences:
-        if strict and scheme == "iob2":
-            check_strict_iob2(s.tags, [f"{s.origin or name} token {i + 1}" for i in range(len(s))])
         s.tags = to_iob2(s.tags, scheme)
     return scheme
-
-
-def _read_file(path: Path, fmt: str) -> list[Sentence]:
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (bundled corpora: {', '.join(bundled_names())})")
-    if fmt == "auto":
-        fmt = detect_format(path)
-    readers = {"conll": read_conll, "jsonl-tokens": read_jsonl_tokens, "jsonl-spans": read_jsonl_spans,
-               "multinerd": read_multinerd, "label-studio": read_label_studio, "doccano": read_doccano,
-               "spacy": read_docbin}
-    if fmt == "jsonl-text":
-        raise DataError(f"{path}: records have a 'text' but no 'entities': raw text has no labels to train or score on")
-    if fmt not in readers:
-        raise DataError(f"{path}: unknown format {fmt!r}; use one of {sorted(readers)} or auto")
-    return readers[fmt](path)
-
-
-def load_corpus(
-    source: str | Path,
-    fmt: str = "auto",
-    scheme: str = "auto",
-    strict: bool = False,
-    limit: int | None = None,
-) -> list[Sentence]:
-    """Read any supported source and normalise it to IOB2. `limit` keeps the first N sentences (a deterministic
-    subset, so runs are comparable)."""
-    src = str(source)
-    if src.startswith("hf:"):
-        _, name, split = src.split(":", 2)
-        sents = read_hf(name, split)
-    elif src.startswith("multinerd:") and not Path(src).exists():
-        sents = read_multinerd_hf(SPLIT_ALIASES.get(src.split(":", 1)[1], src.split(":", 1)[1]).replace(
-            "valid", "validation"))
-    elif ":" in src and src.split(":", 1)[0] in BUNDLED and not Path(src).exists():
-        sents = _bundled(*src.split(":", 1))
-    else:
-        sents = _read_file(Path(src), fmt)
-    if limit is not None:
-        sents = sents[:limit]
-    found = normalise(sents, scheme, strict, src)
-    n_ent = sum(t.startswith("B-") for s in sents for t in s.tags)
-    log.info("read %s: %d sentences, %d tokens, %d entities (scheme %s -> iob2)", src, len(sents),
-             sum(len(s) for s in sents), n_ent, found)
-    return sents
-
-
-def load_split(cfg: RunConfig, which: str) -> list[Sentence] | None:
-    """The run config's train / dev / test split, read, limited and remapped as its data section says."""
-    d = cfg.data
-    src = getattr(d, which)
-    if src is None:
-        return None
-    limit = {"train": d.max_train_sentences, "dev": d.max_dev_sentences, "test": d.max_test_sentences}[which]
-    sents = load_corpus(src, d.format, d.scheme, d.strict, limit)
-    if d.keep_types is not None or d.rename:
-        sents = remap(sents, d.keep_types, d.rename)
-    return sents
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -548,12 +472,14 @@ def stats(sentences: Sequence[Sentence]) -> dict:
     }
 
 
-def write_conll(path: str | Path, sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]] | None) -> None:
-    """token gold [pred] per line, blank line between sentences; written atomically."""
+def write_conll(path: str | Path, sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]] | None,
+                gold: bool = True) -> None:
+    """token gold [pred] per line (token pred with gold=False: the input had no tags), blank line between sentences;
+    written atomically."""
     buf = io.StringIO()
     for i, s in enumerate(sentences):
-        for j, (tok, gold) in enumerate(zip(s.tokens, s.tags, strict=True)):
-            cols = [tok, gold] + ([pred_tags[i][j]] if pred_tags is not None else [])
+        for j, (tok, g) in enumerate(zip(s.tokens, s.tags, strict=True)):
+            cols = [tok] + ([g] if gold else []) + ([pred_tags[i][j]] if pred_tags is not None else [])
             buf.write(" ".join(cols) + "\n")
         buf.write("\n")
     atomic_write_text(Path(path), buf.getvalue())

@@ -1,0 +1,120 @@
+"""Every entry point honours every prediction option (issue 21): a table of entry points x options, each cell the same
+check against NERModel's own answer. Options: a global `min_score`, the per-type thresholds saved by `calibrate`
+(calibration.json), and an out-of-range min_score refused. Entry points: NERModel, `llm-ner predict` on text and on
+CoNLL, `batch-predict` (Ray), the HTTP service, the spaCy component."""
+
+import json
+import shutil
+
+import pytest
+from approx import SCORE_ATOL
+from test_serve_robust import call, running
+from typer.testing import CliRunner
+
+from llm_ner.cli import app
+from llm_ner.predict import NERModel
+
+runner = CliRunner()
+TEXTS = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London ."]
+
+
+@pytest.fixture(scope="module")
+def cut(tiny_ner_dir) -> float:
+    """A score in the widest gap between two of the model's entity scores: both sides hold entities, and a score
+    moving by the float tolerance cannot cross it."""
+    scores = sorted(e.score for ents in NERModel.from_pretrained(tiny_ner_dir).predict(TEXTS) for e in ents)
+    gap, i = max((b - a, i) for i, (a, b) in enumerate(zip(scores[:-1], scores[1:], strict=True)))
+    assert gap > 2 * SCORE_ATOL and 0 < i + 1 < len(scores), scores
+    return (scores[i] + scores[i + 1]) / 2
+
+
+def spans_from_cli_text(model, tmp_path, *opts):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS) + "\n")
+    r = runner.invoke(app, ["predict", "--model", str(model), "--input", str(src), "--output",
+                            str(tmp_path / "o.jsonl"), *opts])
+    assert r.exit_code == 0, r.output
+    return [[(e["start"], e["end"], e["label"]) for e in json.loads(x)["entities"]]
+            for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+
+
+def spans_from_cli_conll(model, tmp_path, *opts):
+    src = tmp_path / "in.conll"
+    src.write_text("\n\n".join("\n".join(f"{w} O" for w in t.split()) for t in TEXTS) + "\n")
+    r = runner.invoke(app, ["predict", "--model", str(model), "--input", str(src), "--to", "jsonl", "--output",
+                            str(tmp_path / "c.jsonl"), *opts])
+    assert r.exit_code == 0, r.output
+    return [[(e["start"], e["end"], e["label"]) for e in json.loads(x)["entities"]]
+            for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+
+
+def spans_from_batch(model, tmp_path, *opts):
+    from llm_ner.batch import ray_predict
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    min_score = float(opts[1]) if opts else None
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)
+    ray_predict(str(model), str(src), str(tmp_path / "out"), batch_size=8, threads=1, min_score=min_score)
+    rows = sorted((json.loads(x) for f in (tmp_path / "out").glob("*.json") for x in f.open()), key=lambda r: r["id"])
+    return [[(e["start"], e["end"], e["label"]) for e in json.loads(r["entities"])] for r in rows]
+
+
+def spans_from_service(model, tmp_path, *opts):
+    from llm_ner.serve import ServeConfig, create_app
+
+    cfg = ServeConfig(str(model), min_score=float(opts[1]) if opts else None)
+    with running(create_app(cfg)) as url:
+        status, body = call(url, {"texts": TEXTS})
+    assert status == 200, body
+    return [[(e["start"], e["end"], e["label"]) for e in r["entities"]] for r in body["results"]]
+
+
+def spans_from_spacy(model, tmp_path, *opts):
+    spacy = pytest.importorskip("spacy")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("llm_ner", config={"model": str(model), "min_score": float(opts[1]) if opts else None})
+    return [[(s.start_char, s.end_char, s.label_) for s in doc.ents] for doc in nlp.pipe(TEXTS)]
+
+
+ENTRY_POINTS = {"cli_text": spans_from_cli_text, "cli_conll": spans_from_cli_conll, "batch": spans_from_batch,
+                "service": spans_from_service, "spacy": spans_from_spacy}
+
+
+def want(model, min_score=None) -> list:
+    ner = NERModel.from_pretrained(model)
+    ner.min_score = min_score
+    return [[(e.start, e.end, e.label) for e in ents] for ents in ner.predict(TEXTS)]
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_min_score(entry, tiny_ner_dir, tmp_path, cut):
+    every, kept = want(tiny_ner_dir), want(tiny_ner_dir, cut)
+    assert sum(map(len, kept)) < sum(map(len, every))  # the cut drops some: the cell can fail
+    assert ENTRY_POINTS[entry](tiny_ner_dir, tmp_path) == every
+    assert ENTRY_POINTS[entry](tiny_ner_dir, tmp_path, "--min-score", str(cut)) == kept
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_calibrated_thresholds(entry, tiny_ner_dir, tmp_path, cut):
+    """A type's threshold from calibration.json (what `calibrate --target-precision` writes) applies everywhere."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_ner_dir, model)
+    label = want(tiny_ner_dir)[0][0][2]
+    (model / "calibration.json").write_text(json.dumps({"temperature": 1.0, "thresholds": {label: 1.01}}))
+    expected = want(model)
+    assert all(lab != label for ents in expected for *_, lab in ents) and any(expected)
+    assert ENTRY_POINTS[entry](model, tmp_path) == expected
+
+
+def test_an_out_of_range_min_score_is_refused_everywhere(tiny_ner_dir, tmp_path):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        NERModel.from_pretrained(tiny_ner_dir).min_score = 5
+    for args in (["predict", "--model", str(tiny_ner_dir), "--text", "a", "--min-score", "5"],
+                 ["batch-predict", "--model", str(tiny_ner_dir), "--input", "x", "--output", "y", "--min-score", "-1"],
+                 ["serve", "--model", str(tiny_ner_dir), "--min-score", "1.5"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "between 0 and 1" in r.output, (args, r.output)
+    spacy = pytest.importorskip("spacy")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        spacy.blank("en").add_pipe("llm_ner", config={"model": str(tiny_ner_dir), "min_score": 2.0})

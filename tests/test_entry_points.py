@@ -118,3 +118,22 @@ def test_an_out_of_range_min_score_is_refused_everywhere(tiny_ner_dir, tmp_path)
     spacy = pytest.importorskip("spacy")
     with pytest.raises(ValueError, match="between 0 and 1"):
         spacy.blank("en").add_pipe("llm_ner", config={"model": str(tiny_ner_dir), "min_score": 2.0})
+
+
+def test_prediction_commands_share_one_set_of_options(tiny_ner_dir):
+    """--int8 / --bf16 / --min-score are declared once (cli.Int8, Bf16, MinScore): every command that predicts offers
+    them with the same help, and refuses the same contradiction."""
+    import typer
+
+    group = typer.main.get_command(app)
+
+    def opts(cmd):
+        return {p.name: (p.opts, p.help) for p in group.commands[cmd].params if p.name in ("int8", "bf16", "min_score")}
+
+    helps = [opts(c) for c in ("predict", "serve", "batch-predict")]
+    assert all(h == helps[0] and set(h) == {"int8", "bf16", "min_score"} for h in helps), helps
+    assert {k: v for k, v in opts("evaluate").items()} == {k: helps[0][k] for k in ("int8", "bf16")}
+    for cmd in (["predict", "--text", "a"], ["evaluate", "--data", "conll2003:test"], ["serve"],
+                ["batch-predict", "--input", "x", "--output", "y"]):
+        r = runner.invoke(app, [cmd[0], "--model", str(tiny_ner_dir), *cmd[1:], "--int8", "--bf16"])
+        assert r.exit_code == 2 and "choose one of --int8 and --bf16" in r.output, (cmd, r.output)

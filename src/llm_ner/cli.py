@@ -24,6 +24,16 @@ app.add_typer(baseline_app, name="baseline")
 
 Opt = typer.Option
 
+# Options every command that loads a model for prediction shares: declared once, so each offers the same choices with
+# the same help (issue 21: --int8 / --bf16 were declared four times, with different help).
+TrustRemoteCode = Annotated[bool, Opt(help="allow the backbone's own Python code to run")]
+Int8 = Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")]
+Bf16 = Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")]
+MinScore = Annotated[float | None, Opt(help="entities scored below this (0-1), or below their type's threshold saved "
+                                            "by `calibrate --target-precision`, are left out (returned as "
+                                            "needs_review where asked)")]
+Verbose = Annotated[bool, Opt("--verbose", "-v")]
+
 
 class _Stderr(logging.StreamHandler):
     """A handler that writes to whatever sys.stderr is now (not the stream it saw when created)."""
@@ -122,7 +132,7 @@ def train(
     set_: Annotated[list[str] | None, Opt("--set", help="override a key: --set loss.label_smoothing=0.1")] = None,
     resume: Annotated[bool, Opt(help="continue from the last checkpoint in OUTPUT/checkpoints")] = False,
     progress: Annotated[bool, Opt(help="progress bars")] = True,
-    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train a model from a config (+ overrides), keep the best on dev, evaluate on test."""
     _setup_logging(verbose)
@@ -146,7 +156,7 @@ def baseline_encoder(
     set_: Annotated[list[str] | None, Opt("--set", help="override a key: --set data.max_train_sentences=2000")] = None,
     resume: Annotated[bool, Opt()] = False,
     progress: Annotated[bool, Opt()] = True,
-    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Fine-tune a BERT-style encoder token classifier (dropout + linear, cross-entropy) on the same data."""
     _setup_logging(verbose)
@@ -169,7 +179,7 @@ def baseline_prompt(
     output: Annotated[str, Opt(help="run directory")] = "runs/prompt",
     set_: Annotated[list[str] | None, Opt("--set", help="prompt settings: --set price_in_per_1m=0.15")] = None,
     progress: Annotated[bool, Opt()] = True,
-    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Prompt a chat LLM for the entities of each test sentence (JSON), align, score with the same scorer."""
     _setup_logging(verbose)
@@ -196,7 +206,7 @@ def _quickstart_help() -> str:
 def quickstart(
     output: Annotated[str, Opt(help="run directory")] = "runs/quickstart",
     resume: Annotated[bool, Opt(help="continue an interrupted quickstart")] = False,
-    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     _setup_logging(verbose)
     from .config import load_config
@@ -215,10 +225,10 @@ def evaluate(
     output: Annotated[str | None, Opt(help="write metrics JSON (and predictions .conll beside it)")] = None,
     limit: Annotated[int | None, Opt(help="first N sentences only")] = None,
     batch_size: Annotated[int, Opt()] = 32,
-    trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
-    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
-    bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
-    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+    trust_remote_code: TrustRemoteCode = False,
+    int8: Int8 = False,
+    bf16: Bf16 = False,
+    verbose: Verbose = False,
 ) -> None:
     """Score a saved model on labelled data: token accuracy, entity P/R/F1 (micro, macro, per type)."""
     _setup_logging(verbose)
@@ -242,7 +252,7 @@ def calibrate(
     limit: Annotated[int | None, Opt(help="first N sentences only")] = None,
     target_precision: Annotated[float | None, Opt(help="also choose per-type score thresholds reaching this "
                                                       "precision (0-1) on the data")] = None,
-    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Fit the temperature of entity scores on held-out data (tags and F1 unchanged); optionally thresholds."""
     _setup_logging(verbose)
@@ -288,13 +298,12 @@ def predict(
                                        "pre-annotations to import and correct) | doccano (JSONL with 'label'); "
                                        "default: conll for token input, else jsonl")] = None,
     batch_size: Annotated[int, Opt()] = 16,
-    trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
-    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
-    bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
-    min_score: Annotated[float | None, Opt(help="leave out entities scored below this (0-1); with the per-type "
-                                                 "thresholds saved by `calibrate --target-precision`")] = None,
+    trust_remote_code: TrustRemoteCode = False,
+    int8: Int8 = False,
+    bf16: Bf16 = False,
+    min_score: MinScore = None,
     review: Annotated[bool, Opt("--review", help="write the entities below the thresholds as 'needs_review'")] = False,
-    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Entity spans (character offsets, label, text, confidence) for raw text; token input (CoNLL, a token per line)
     -> CoNLL, or any --to. --min-score, the calibrated thresholds and --review apply to every input and output."""
@@ -466,11 +475,10 @@ def serve(
     max_batch: Annotated[int, Opt(help="more texts per request get 413")] = 64,
     batch_wait_ms: Annotated[float, Opt(help="micro-batching window")] = 5.0,
     shutdown_timeout: Annotated[int, Opt(help="on SIGTERM, seconds the requests in flight get to finish")] = 30,
-    trust_remote_code: Annotated[bool, Opt(help="allow the backbone's own Python code to run")] = False,
-    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU); benchmarks/results/results.md")] = False,
-    bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
-    min_score: Annotated[float | None, Opt(help="entities scored below this (0-1) are left out, or returned as "
-                                                 "needs_review to requests that ask")] = None,
+    trust_remote_code: TrustRemoteCode = False,
+    int8: Int8 = False,
+    bf16: Bf16 = False,
+    min_score: MinScore = None,
     api_key_file: Annotated[str | None, Opt(envvar="LLM_NER_API_KEY_FILE", help=(
         "API keys, one per line: every path but /, /health and the docs then needs 'Authorization: Bearer KEY' "
         "(also: LLM_NER_API_KEYS, comma-separated)"))] = None,
@@ -486,7 +494,7 @@ def serve(
     model_name: Annotated[str | None, Opt(help="the name responses give (default: the run's directory name)")] = None,
     model_version: Annotated[str | None, Opt(help="the version responses give (default: a fingerprint of the "
                                                   "model files)")] = None,
-    verbose: Annotated[bool, Opt("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """HTTP service: demo page at /, POST /v1/entities, GET /v1/labels, /health, /metrics, OpenAPI docs at /docs."""
     _setup_logging(verbose)
@@ -523,10 +531,9 @@ def batch_predict(
     concurrency: Annotated[int, Opt(help="model replicas (Ray actors)")] = 1,
     batch_size: Annotated[int, Opt()] = 64,
     threads: Annotated[int | None, Opt(help="torch threads per replica")] = None,
-    int8: Annotated[bool, Opt("--int8", help="int8 dynamic quantisation (CPU)")] = False,
-    bf16: Annotated[bool, Opt("--bf16", help="the backbone in bf16 (fast on CPUs with native bf16, and GPUs)")] = False,
-    min_score: Annotated[float | None, Opt(help="leave out entities scored below this (0-1); with the per-type "
-                                                 "thresholds saved by `calibrate --target-precision`")] = None,
+    int8: Int8 = False,
+    bf16: Bf16 = False,
+    min_score: MinScore = None,
 ) -> None:
     """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
     from .batch import ray_predict

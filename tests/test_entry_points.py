@@ -1,7 +1,8 @@
 """Every entry point honours every prediction option (issue 21): a table of entry points x options, each cell the same
-check against NERModel's own answer. Options: a global `min_score`, the per-type thresholds saved by `calibrate`
-(calibration.json), and an out-of-range min_score refused. Entry points: NERModel, `llm-ner predict` on text and on
-CoNLL, `batch-predict` (Ray), the HTTP service, the spaCy component."""
+check against NERModel's own answer. Options: a global `min_score`, review (what falls below the thresholds, returned
+when asked), the precision chosen at load time (bf16, int8), the per-type thresholds saved by `calibrate`
+(calibration.json), and an out-of-range min_score refused. Entry points: `llm-ner predict` on text and on CoNLL,
+`batch-predict` (Ray), the HTTP service, the spaCy component."""
 
 import json
 import shutil
@@ -28,71 +29,103 @@ def cut(tiny_ner_dir) -> float:
     return (scores[i] + scores[i + 1]) / 2
 
 
-def spans_from_cli_text(model, tmp_path, *opts):
+def _spans(ents) -> list:
+    return [(e["start"], e["end"], e["label"]) for e in ents]
+
+
+def _cli_args(min_score, precision, review) -> list[str]:
+    return ([*(["--min-score", str(min_score)] if min_score is not None else []),
+             *([f"--{precision}"] if precision else []), *(["--review"] if review else [])])
+
+
+def from_cli_text(model, tmp_path, min_score=None, precision=None, review=False):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(TEXTS) + "\n")
     r = runner.invoke(app, ["predict", "--model", str(model), "--input", str(src), "--output",
-                            str(tmp_path / "o.jsonl"), *opts])
+                            str(tmp_path / "o.jsonl"), *_cli_args(min_score, precision, review)])
     assert r.exit_code == 0, r.output
-    return [[(e["start"], e["end"], e["label"]) for e in json.loads(x)["entities"]]
-            for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    return [_spans(x["entities"]) for x in rows], [_spans(x["needs_review"]) for x in rows] if review else None
 
 
-def spans_from_cli_conll(model, tmp_path, *opts):
+def from_cli_conll(model, tmp_path, min_score=None, precision=None, review=False):
     src = tmp_path / "in.conll"
     src.write_text("\n\n".join("\n".join(f"{w} O" for w in t.split()) for t in TEXTS) + "\n")
     r = runner.invoke(app, ["predict", "--model", str(model), "--input", str(src), "--to", "jsonl", "--output",
-                            str(tmp_path / "c.jsonl"), *opts])
+                            str(tmp_path / "c.jsonl"), *_cli_args(min_score, precision, review)])
     assert r.exit_code == 0, r.output
-    return [[(e["start"], e["end"], e["label"]) for e in json.loads(x)["entities"]]
-            for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    return [_spans(x["entities"]) for x in rows], [_spans(x["needs_review"]) for x in rows] if review else None
 
 
-def spans_from_batch(model, tmp_path, *opts):
+def from_batch(model, tmp_path, min_score=None, precision=None, review=False):
     from llm_ner.batch import ray_predict
 
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(TEXTS)))
-    min_score = float(opts[1]) if opts else None
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
-    ray_predict(str(model), str(src), str(tmp_path / "out"), batch_size=8, threads=1, min_score=min_score)
+    ray_predict(str(model), str(src), str(tmp_path / "out"), batch_size=8, threads=1, quantize=precision,
+                min_score=min_score, review=review)
     rows = sorted((json.loads(x) for f in (tmp_path / "out").glob("*.json") for x in f.open()), key=lambda r: r["id"])
-    return [[(e["start"], e["end"], e["label"]) for e in json.loads(r["entities"])] for r in rows]
+    return ([_spans(json.loads(r["entities"])) for r in rows],
+            [_spans(json.loads(r["needs_review"])) for r in rows] if review else None)
 
 
-def spans_from_service(model, tmp_path, *opts):
+def from_service(model, tmp_path, min_score=None, precision=None, review=False):
     from llm_ner.serve import ServeConfig, create_app
 
-    cfg = ServeConfig(str(model), min_score=float(opts[1]) if opts else None)
-    with running(create_app(cfg)) as url:
-        status, body = call(url, {"texts": TEXTS})
+    with running(create_app(ServeConfig(str(model), min_score=min_score, quantize=precision))) as url:
+        status, body = call(url, {"texts": TEXTS, "review": review})
     assert status == 200, body
-    return [[(e["start"], e["end"], e["label"]) for e in r["entities"]] for r in body["results"]]
+    res = body["results"]
+    return [_spans(r["entities"]) for r in res], [_spans(r["needs_review"]) for r in res] if review else None
 
 
-def spans_from_spacy(model, tmp_path, *opts):
+def from_spacy(model, tmp_path, min_score=None, precision=None, review=False):
     spacy = pytest.importorskip("spacy")
     nlp = spacy.blank("en")
-    nlp.add_pipe("llm_ner", config={"model": str(model), "min_score": float(opts[1]) if opts else None})
-    return [[(s.start_char, s.end_char, s.label_) for s in doc.ents] for doc in nlp.pipe(TEXTS)]
+    nlp.add_pipe("llm_ner", config={"model": str(model), "min_score": min_score, "quantize": precision})
+    docs = list(nlp.pipe(TEXTS))
+    return ([[(s.start_char, s.end_char, s.label_) for s in d.ents] for d in docs],
+            [[(s.start_char, s.end_char, s.label_) for s in d.spans["llm_ner_review"]] for d in docs]
+            if review else None)
 
 
-ENTRY_POINTS = {"cli_text": spans_from_cli_text, "cli_conll": spans_from_cli_conll, "batch": spans_from_batch,
-                "service": spans_from_service, "spacy": spans_from_spacy}
+ENTRY_POINTS = {"cli_text": from_cli_text, "cli_conll": from_cli_conll, "batch": from_batch,
+                "service": from_service, "spacy": from_spacy}
 
 
-def want(model, min_score=None) -> list:
-    ner = NERModel.from_pretrained(model)
+def want(model, min_score=None, precision=None) -> tuple[list, list]:
+    ner = NERModel.from_pretrained(model, quantize=precision)
     ner.min_score = min_score
-    return [[(e.start, e.end, e.label) for e in ents] for ents in ner.predict(TEXTS)]
+    res = ner.predict_with_review(TEXTS)
+    return ([[(e.start, e.end, e.label) for e in kept] for kept, _ in res],
+            [[(e.start, e.end, e.label) for e in low] for _, low in res])
 
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 def test_min_score(entry, tiny_ner_dir, tmp_path, cut):
-    every, kept = want(tiny_ner_dir), want(tiny_ner_dir, cut)
+    every, (kept, _) = want(tiny_ner_dir)[0], want(tiny_ner_dir, cut)
     assert sum(map(len, kept)) < sum(map(len, every))  # the cut drops some: the cell can fail
-    assert ENTRY_POINTS[entry](tiny_ner_dir, tmp_path) == every
-    assert ENTRY_POINTS[entry](tiny_ner_dir, tmp_path, "--min-score", str(cut)) == kept
+    assert ENTRY_POINTS[entry](tiny_ner_dir, tmp_path)[0] == every
+    assert ENTRY_POINTS[entry](tiny_ner_dir, tmp_path, min_score=cut)[0] == kept
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_review(entry, tiny_ner_dir, tmp_path, cut):
+    """What falls below the thresholds comes back for review (asked for), from every entry point."""
+    kept, low = want(tiny_ner_dir, cut)
+    assert any(low) and any(kept)
+    assert ENTRY_POINTS[entry](tiny_ner_dir, tmp_path, min_score=cut, review=True) == (kept, low)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_precision(entry, precision, tiny_ner_dir, tmp_path):
+    """The precision chosen at load time (bf16 backbone, int8 Linear layers) is what every entry point runs: the
+    spans equal NERModel's at that precision."""
+    assert ENTRY_POINTS[entry](tiny_ner_dir, tmp_path, precision=precision)[0] == want(tiny_ner_dir,
+                                                                                          precision=precision)[0]
 
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
@@ -100,11 +133,11 @@ def test_calibrated_thresholds(entry, tiny_ner_dir, tmp_path, cut):
     """A type's threshold from calibration.json (what `calibrate --target-precision` writes) applies everywhere."""
     model = tmp_path / "model"
     shutil.copytree(tiny_ner_dir, model)
-    label = want(tiny_ner_dir)[0][0][2]
+    label = want(tiny_ner_dir)[0][0][0][2]
     (model / "calibration.json").write_text(json.dumps({"temperature": 1.0, "thresholds": {label: 1.01}}))
-    expected = want(model)
+    expected = want(model)[0]
     assert all(lab != label for ents in expected for *_, lab in ents) and any(expected)
-    assert ENTRY_POINTS[entry](model, tmp_path) == expected
+    assert ENTRY_POINTS[entry](model, tmp_path)[0] == expected
 
 
 def test_an_out_of_range_min_score_is_refused_everywhere(tiny_ner_dir, tmp_path):

@@ -21,7 +21,7 @@ class NERBatchPredictor:
     """For `ray.data.Dataset.map_batches` (batch_format="numpy"): {"text": array} -> adds "entities" (JSON strings)."""
 
     def __init__(self, model_dir: str, batch_size: int = 32, threads: int | None = None, quantize: str | None = None,
-                 min_score: float | None = None):
+                 min_score: float | None = None, review: bool = False):
         import torch
 
         from .predict import NERModel
@@ -30,11 +30,14 @@ class NERBatchPredictor:
             torch.set_num_threads(threads)
         self.ner = NERModel.from_pretrained(model_dir, batch_size=batch_size, device="cpu", quantize=quantize)
         self.ner.min_score = min_score
+        self.review = review
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch["text"]]
-        batch["entities"] = [json.dumps([e.to_dict() for e in ents], ensure_ascii=False)
-                             for ents in self.ner.predict(texts)]
+        res = self.ner.predict_with_review(texts)
+        batch["entities"] = [json.dumps([e.to_dict() for e in kept], ensure_ascii=False) for kept, _ in res]
+        if self.review:  # the entities below the thresholds, for a person to check
+            batch["needs_review"] = [json.dumps([e.to_dict() for e in low], ensure_ascii=False) for _, low in res]
         return batch
 
 
@@ -61,7 +64,7 @@ def check_jsonl_texts(path: str) -> None:
 
 def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str | None = None, concurrency: int = 1,
                 batch_size: int = 64, threads: int | None = None, quantize: str | None = None,
-                min_score: float | None = None) -> int:
+                min_score: float | None = None, review: bool = False) -> int:
     """Read {"text": ...} JSON lines or plain text (a text per line; the format is detected from the content),
     predict, write JSON lines to output_dir."""
     import ray
@@ -81,7 +84,7 @@ def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str |
         ds = ray.data.read_text(input_path) if fmt == "text" else ray.data.read_json(input_path, lines=True)
         ds = ds.map_batches(NERBatchPredictor, fn_constructor_kwargs={
             "model_dir": str(Path(model_dir).resolve()), "threads": threads, "quantize": quantize,
-            "min_score": min_score},
+            "min_score": min_score, "review": review},
             batch_size=batch_size, batch_format="numpy", concurrency=concurrency)
         ds.write_json(output_dir)
         return sum(1 for f in Path(output_dir).glob("*.json") for _ in f.open())

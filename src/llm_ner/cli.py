@@ -534,6 +534,8 @@ def batch_predict(
     int8: Int8 = False,
     bf16: Bf16 = False,
     min_score: MinScore = None,
+    review: Annotated[bool, Opt("--review", help="also write the entities below the thresholds, as needs_review")
+                      ] = False,
 ) -> None:
     """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
     from .batch import ray_predict
@@ -542,7 +544,7 @@ def batch_predict(
     _check_score(min_score)
     read_model_config(model)  # fail here, not inside a Ray actor
     n = ray_predict(model, input, output, address, concurrency, batch_size, threads, _precision(int8, bf16),
-                    min_score)
+                    min_score, review)
     typer.echo(f"{n} texts -> {output}")
 
 

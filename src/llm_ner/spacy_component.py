@@ -27,12 +27,14 @@ REVIEW_KEY = "llm_ner_review"
 
 class LLMNERComponent:
     def __init__(self, nlp: Language, name: str, model: str, batch_size: int = 16, device: str | None = None,
-                 alignment_mode: str = "expand", overwrite_ents: bool = True, min_score: float | None = None):
+                 alignment_mode: str = "expand", overwrite_ents: bool = True, min_score: float | None = None,
+                 quantize: str | None = None):
         from .predict import NERModel
 
         self.name = name
         self.model_dir = model
-        self.ner = NERModel.from_pretrained(model, device=device, batch_size=batch_size)
+        # quantize: None (fp32), "bf16" or "int8" — the precisions every entry point offers
+        self.ner = NERModel.from_pretrained(model, device=device, batch_size=batch_size, quantize=quantize)
         self.ner.min_score = min_score
         self.batch_size = batch_size
         # "expand": a span that cuts a spaCy token grows to cover it; "strict" drops it; "contract" shrinks it.
@@ -75,9 +77,10 @@ class LLMNERComponent:
 
 
 @Language.factory("llm_ner", default_config={"model": None, "batch_size": 16, "device": None,
-                                               "alignment_mode": "expand", "overwrite_ents": True, "min_score": None})
+                                               "alignment_mode": "expand", "overwrite_ents": True, "min_score": None,
+                                               "quantize": None})
 def make_llm_ner(nlp: Language, name: str, model: str | None, batch_size: int, device: str | None, alignment_mode: str,
-                 overwrite_ents: bool, min_score: float | None) -> LLMNERComponent:
+                 overwrite_ents: bool, min_score: float | None, quantize: str | None) -> LLMNERComponent:
     if not model:
         raise ValueError('llm_ner needs a saved model dir: nlp.add_pipe("llm_ner", config={"model": "DIR"})')
-    return LLMNERComponent(nlp, name, model, batch_size, device, alignment_mode, overwrite_ents, min_score)
+    return LLMNERComponent(nlp, name, model, batch_size, device, alignment_mode, overwrite_ents, min_score, quantize)

@@ -82,3 +82,20 @@ def test_report_names_the_prompted_model_not_its_cache_path(tiny_llama, tmp_path
     assert r.exit_code == 0, r.output
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "The prompted baseline (smollm2-135m, 3-shot)" in md and "/root/.cache" not in md
+
+
+def test_backbone_prose_comes_from_the_backbone_table():
+    """'Model and why' is the backbone table's text plus its quantisation field: changing the table changes it."""
+    from dataclasses import replace
+
+    from llm_ner import backbones, report
+
+    text = report._backbone_why("gemma3-270m")
+    assert text.startswith(backbones.ALIASES["gemma3-270m"].why) and "4-bit Q4_K_M quantisation" in text
+    saved = backbones.ALIASES["gemma3-270m"]
+    try:
+        backbones.ALIASES["gemma3-270m"] = replace(saved, why="A test backbone.", quantisation=None)
+        assert report._backbone_why("gemma3-270m") == "A test backbone."
+    finally:
+        backbones.ALIASES["gemma3-270m"] = saved
+    assert "the transformation does not depend on it" in report._backbone_why("/some/local/model")

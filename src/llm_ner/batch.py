@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .data.formats import FORMATS, format_names
+from .data.corpus import iter_jsonl
+from .data.formats import FORMATS, format_names, record_text
 
 
 class NERBatchPredictor:
@@ -47,19 +48,11 @@ STREAMED = [n for n in format_names(texts=True) if n == "text" or FORMATS[n].tex
 
 
 def check_jsonl_texts(path: str) -> None:
-    """Every line of a JSON-lines input is a JSON object with a string 'text' (streamed: the file may be huge)."""
-    from .data import DataError
-
+    """Every line of a JSON-lines input is a JSON object with a string 'text': the readers' own checks, on a stream
+    (the file may be huge)."""
     with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise DataError(f"{path}:{lineno}: expected a JSON object with a string 'text' field")
+        for lineno, rec in iter_jsonl(f, path):
+            record_text(rec, path, lineno)
 
 
 def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str | None = None, concurrency: int = 1,

@@ -75,8 +75,10 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _check_score(score: float | None) -> None:
-    if score is not None and not 0 <= score <= 1:
-        _fail(f"--min-score {score}: an entity score is a probability, give a number between 0 and 1")
+    """Before the model loads: the same check NERModel makes (config.check_min_score), as a one-line CLI error."""
+    from .config import check_min_score
+
+    check_min_score(score, "--min-score")
 
 
 def _fail(msg: str) -> None:

@@ -157,6 +157,13 @@ class ConfigError(UserError, ValueError):
     """A bad config file, --set override or saved model config; the message names the key."""
 
 
+def check_min_score(value: float | None, name: str = "min_score") -> float | None:
+    """The one check of a score threshold, wherever it is set (CLI flag, service, spaCy, batch): a probability."""
+    if value is not None and not (isinstance(value, int | float) and 0 <= value <= 1):
+        raise ConfigError(f"{name} {value!r}: an entity score is a probability, give a number between 0 and 1")
+    return None if value is None else float(value)
+
+
 NER_CONFIG_VERSION = 2
 
 

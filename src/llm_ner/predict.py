@@ -28,6 +28,7 @@ from .align import (
     window_feature,
 )
 from .batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
+from .config import check_min_score
 from .data import Sentence, spans
 from .data.words import split_words
 from .model import LLMForTokenClassification
@@ -120,10 +121,7 @@ class NERModel:
 
     @min_score.setter
     def min_score(self, value: float | None) -> None:
-        # checked here, where every caller (CLI, service, spaCy, batch) sets it: an entity score is a probability
-        if value is not None and not (isinstance(value, int | float) and 0 <= value <= 1):
-            raise ValueError(f"min_score {value!r}: an entity score is a probability, give a number between 0 and 1")
-        self._min_score = None if value is None else float(value)
+        self._min_score = check_min_score(value)  # here, where every caller (CLI, service, spaCy, batch) sets it
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
@@ -274,26 +272,23 @@ class NERModel:
         """Per text: (entities at or above the thresholds, entities below them — for a human to review)."""
         texts = list(texts)
         offsets = [split_words(t) for t in texts]
-        tags, confs = self.predict_words(texts, offsets, progress)
-        out = []
-        for t, o, tg, c in zip(texts, offsets, tags, confs, strict=True):
-            ents = tags_to_entities(t, o, tg, c)
-            out.append(([e for e in ents if e.score >= self.threshold(e.label)],
-                        [e for e in ents if e.score < self.threshold(e.label)]))
-        return out
+        return self._with_review(texts, offsets, *self.predict_words(texts, offsets, progress))
 
     def predict_sentences_with_review(self, sentences: Sequence[Sentence], progress: bool = False
                                       ) -> tuple[list[str], list[list[tuple[int, int]]], list[tuple[list, list]]]:
         """Pre-tokenised sentences -> (each sentence's text, its words' offsets, (entities at or above the thresholds,
         entities below them)): the thresholds and review of raw-text prediction, for token input (CoNLL) too."""
         texts, offsets = texts_and_offsets(sentences)
-        tags, confs = self.predict_sentences_scored(sentences, progress)
+        return texts, offsets, self._with_review(texts, offsets, *self.predict_sentences_scored(sentences, progress))
+
+    def _with_review(self, texts, offsets, tags, confs) -> list[tuple[list[Entity], list[Entity]]]:
+        """Word tags -> entities per text, split at the thresholds: (kept, below them — for review)."""
         out = []
         for t, o, tg, c in zip(texts, offsets, tags, confs, strict=True):
             ents = tags_to_entities(t, o, tg, c)
             out.append(([e for e in ents if e.score >= self.threshold(e.label)],
                         [e for e in ents if e.score < self.threshold(e.label)]))
-        return texts, offsets, out
+        return out
 
     def threshold(self, label: str) -> float:
         return max(self.min_score or 0.0, self.thresholds.get(label, 0.0))

@@ -348,8 +348,8 @@ class _Batcher:
                                   "are waiting); retry later", headers={"Retry-After": retry})
 
     async def submit(self, texts: list[str]) -> list:
-        if self.dead():
-            raise HTTPException(503, self.dead())
+        if why := self.dead():
+            raise HTTPException(503, why)
         chars = sum(map(len, texts))
         # an empty queue takes any request the size limits let through; otherwise the characters waiting are capped
         if self.queue.qsize() and self.queued_chars + chars > self.cfg.max_queue_chars:

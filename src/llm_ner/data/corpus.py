@@ -22,7 +22,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -174,9 +174,10 @@ def read_predictions(path: str | Path) -> tuple[list[Sentence], list[list[str]]]
     return gold, [to_iob2(p.tags, "iob1") for p in pred]
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    records = []
-    for lineno, line in enumerate(_open_text(path), 1):
+def iter_jsonl(lines: Iterable[str], path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of each non-blank line; an error names the line. Lazy, so a huge file can be checked
+    as a stream (batch-predict)."""
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -185,7 +186,11 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
             raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
         if not isinstance(rec, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-        records.append((lineno, rec))
+        yield lineno, rec
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    records = list(iter_jsonl(_open_text(path), path))
     if not records:
         raise DataError(f"{path}: no records found (empty file?)")
     return records

@@ -49,13 +49,15 @@ log = logging.getLogger(__name__)
 Texts = tuple[str, list]  # ("text", [str]) | ("conll" | "tokens", [Sentence]): what `predict` reads from a file
 
 
+def record_text(rec: dict, path: str | Path, lineno: int) -> str:
+    """The 'text' of a JSON-lines record that prediction reads; an error names the line."""
+    if not isinstance(rec.get("text"), str):
+        raise DataError(f"{path}:{lineno}: expected a JSON object with a string 'text' field")
+    return rec["text"]
+
+
 def _jsonl_texts(path: Path) -> Texts:
-    texts = []
-    for lineno, rec in _read_jsonl(path):
-        if not isinstance(rec.get("text"), str):
-            raise DataError(f"{path}:{lineno}: expected a JSON object with a string 'text' field")
-        texts.append(rec["text"])
-    return "text", texts
+    return "text", [record_text(rec, path, lineno) for lineno, rec in _read_jsonl(path)]
 
 
 def _sentence_texts(read: Callable[[Path], list[Sentence]]) -> Callable[[Path], Texts]:
@@ -226,8 +228,7 @@ def read_texts(path: str | Path, fmt: str = "auto") -> Texts:
 def _read_file(path: Path, fmt: str) -> list[Sentence]:
     if not path.is_file():
         raise DataError(f"{path}: no such file (bundled corpora: {', '.join(bundled_names())})")
-    fmt = check_format(fmt)
-    if fmt == "auto":
+    if fmt == "auto":  # (load_corpus checked fmt)
         fmt = detect_format(path)
     if FORMATS[fmt].read is None:
         raise DataError(f"{path}: {fmt}: no labels to train or score on (labelled formats: "

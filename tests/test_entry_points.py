@@ -38,24 +38,24 @@ def _cli_args(min_score, precision, review) -> list[str]:
              *([f"--{precision}"] if precision else []), *(["--review"] if review else [])])
 
 
-def from_cli_text(model, tmp_path, min_score=None, precision=None, review=False):
-    src = tmp_path / "in.txt"
-    src.write_text("\n".join(TEXTS) + "\n")
-    r = runner.invoke(app, ["predict", "--model", str(model), "--input", str(src), "--output",
+def _from_cli(model, tmp_path, src, min_score, precision, review):
+    r = runner.invoke(app, ["predict", "--model", str(model), "--input", str(src), "--to", "jsonl", "--output",
                             str(tmp_path / "o.jsonl"), *_cli_args(min_score, precision, review)])
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     return [_spans(x["entities"]) for x in rows], [_spans(x["needs_review"]) for x in rows] if review else None
 
 
+def from_cli_text(model, tmp_path, min_score=None, precision=None, review=False):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS) + "\n")
+    return _from_cli(model, tmp_path, src, min_score, precision, review)
+
+
 def from_cli_conll(model, tmp_path, min_score=None, precision=None, review=False):
     src = tmp_path / "in.conll"
     src.write_text("\n\n".join("\n".join(f"{w} O" for w in t.split()) for t in TEXTS) + "\n")
-    r = runner.invoke(app, ["predict", "--model", str(model), "--input", str(src), "--to", "jsonl", "--output",
-                            str(tmp_path / "c.jsonl"), *_cli_args(min_score, precision, review)])
-    assert r.exit_code == 0, r.output
-    rows = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
-    return [_spans(x["entities"]) for x in rows], [_spans(x["needs_review"]) for x in rows] if review else None
+    return _from_cli(model, tmp_path, src, min_score, precision, review)
 
 
 def from_batch(model, tmp_path, min_score=None, precision=None, review=False):

@@ -38,6 +38,15 @@ ROWS: dict[str, dict] = {
     "document context, 16 windows a step": {"data.context": "document"},
     "Gemma 3 270M (unmask all)": {"model.backbone": "gemma3-270m"},
     "document context, 2 windows a step": {"data.context": "document", "training.batch_size": 2},
+    # Gemma 3 270M (issue 22): 18 layers, every 6th global (5, 11, 17), the others sliding with a 512-token window --
+    # longer than any window we feed (<= 256 tokens), so unmasked, a sliding layer sees the whole window both ways.
+    # What is left to choose: whether the sliding layers are unmasked at all, where to exit, and document context.
+    "Gemma: unmask all (the quickstart)": {"model.backbone": "gemma3-270m"},
+    "Gemma: unmask the global layers only (5, 11, 17)": {"model.backbone": "gemma3-270m", "model.unmask": [5, 11, 17]},
+    "Gemma: exit at 2/3 depth (layer 12)": {"model.backbone": "gemma3-270m", "model.exit_layer": 12},
+    "Gemma: exit at 5/6 depth (layer 15)": {"model.backbone": "gemma3-270m", "model.exit_layer": 15},
+    "Gemma: document context, 2 windows a step": {"model.backbone": "gemma3-270m", "data.context": "document",
+                                                  "training.batch_size": 2},
 }
 # Run directories are named by a row's position above: add rows at the end.
 

@@ -44,8 +44,8 @@ def rss_mb() -> float:
 
 
 def test_texts(n: int | None = None, split: str = "test") -> tuple[list, list[str]]:
-    from llm_ner.align import sentence_text
     from llm_ner.data import load_corpus
+    from llm_ner.modeling.align import sentence_text
 
     sents = load_corpus(f"conll2003:{split}", limit=n)
     return sents, [sentence_text(s.tokens)[0] for s in sents]
@@ -117,9 +117,9 @@ def w_predict(a) -> dict:
     """Load time, throughput grid, optional full-test F1 for one saved model (optionally int8 / merged LoRA)."""
     import torch
 
-    from llm_ner.evaluate import compute_metrics
-    from llm_ner.predict import NERModel
-    from llm_ner.quantize import DEFAULT_ALPHA, DEFAULT_KEEP_FP32, DEFAULT_SCHEME, Int8Spec, merge_lora
+    from llm_ner.evaluation.evaluate import compute_metrics
+    from llm_ner.inference.engine import NERModel
+    from llm_ner.inference.quantize import DEFAULT_ALPHA, DEFAULT_KEEP_FP32, DEFAULT_SCHEME, Int8Spec, merge_lora
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -185,7 +185,7 @@ def w_pipeline(a) -> dict:
     import torch
     from transformers import AutoModelForTokenClassification, pipeline
 
-    from llm_ner.predict import NERModel
+    from llm_ner.inference.engine import NERModel
 
     _, texts = test_texts(a.n)
     t = time.perf_counter()
@@ -223,7 +223,7 @@ def w_spacy(a) -> dict:
     import spacy
     from spacy.tokens import Doc
 
-    from llm_ner.evaluate import compute_metrics
+    from llm_ner.evaluation.evaluate import compute_metrics
 
     sents, texts = test_texts(a.n)
     t = time.perf_counter()
@@ -261,12 +261,12 @@ def _train_setup(a, config: str = "quickstart", overrides: dict | None = None):
     buckets as the Trainer's group_by_length), as `llm-ner train` builds them from `config`."""
     import torch
 
-    from llm_ner.align import collate, encode_sentences, window_feature
     from llm_ner.config import load_config
     from llm_ner.data import load_corpus
+    from llm_ner.inference.engine import load_tokenizer
     from llm_ner.labels import label_set_for
-    from llm_ner.predict import load_tokenizer
-    from llm_ner.train import build_model, make_optimizer
+    from llm_ner.modeling.align import collate, encode_sentences, window_feature
+    from llm_ner.training.train import build_model, make_optimizer
 
     # SmolLM2-135M unless told otherwise: the benchmark rows were measured with it (the quickstart now uses Gemma)
     cfg = load_config(config, {"training.mode": a.mode, "model.backbone": "smollm2-135m", **(overrides or {})})
@@ -318,10 +318,10 @@ def w_train_padding(a) -> dict:
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from llm_ner.align import encode_sentences
     from llm_ner.data import load_corpus
+    from llm_ner.inference.engine import load_tokenizer
     from llm_ner.labels import label_set_for
-    from llm_ner.predict import load_tokenizer
+    from llm_ner.modeling.align import encode_sentences
 
     out = {}
     tok = load_tokenizer("smollm2-135m")
@@ -420,12 +420,12 @@ def w_backbone_paired(a) -> dict:
     """SmolLM2-135M against Gemma 3 270M on the quickstart recipe: each round, both models take optimizer steps on the
     same `--steps` x 16 CoNLL sentences (each tokenised by its own tokenizer, batched 16 a step), alternated in one
     process. The tokenizers differ, so the fair unit is sentences (words) per second, not tokens."""
-    from llm_ner.align import collate, encode_sentences, window_feature
     from llm_ner.config import load_config
     from llm_ner.data import load_corpus
+    from llm_ner.inference.engine import load_tokenizer
     from llm_ner.labels import label_set_for
-    from llm_ner.predict import load_tokenizer
-    from llm_ner.train import build_model, make_optimizer
+    from llm_ner.modeling.align import collate, encode_sentences, window_feature
+    from llm_ner.training.train import build_model, make_optimizer
 
     q = load_config("quickstart")
     per_round = a.steps * q.training.batch_size
@@ -464,10 +464,10 @@ def w_raw_text(a) -> dict:
     """What users send is raw text: the full CoNLL-2003 test set as text (each sentence's tokens joined by spaces),
     split by our raw-text word splitter and predicted, scored as exact (start, end, type) character spans against the
     gold spans — beside the same model on the pre-tokenised sentences, scored the same way."""
-    from llm_ner.align import sentence_text
     from llm_ner.data import spans
     from llm_ner.data.words import split_words
-    from llm_ner.predict import NERModel
+    from llm_ner.inference.engine import NERModel
+    from llm_ner.modeling.align import sentence_text
 
     sents, _ = test_texts()
     ner = NERModel.from_pretrained(a.model, device="cpu")
@@ -526,7 +526,7 @@ def w_splitter(a) -> dict:
 
 def w_scaling(a) -> dict:
     """Throughput and memory vs document length (sliding window), and memory while streaming a corpus."""
-    from llm_ner.predict import NERModel
+    from llm_ner.inference.engine import NERModel
 
     _, texts = test_texts()
     ner = NERModel.from_pretrained(a.model, device="cpu", batch_size=32)
@@ -573,8 +573,8 @@ QUANT = {"fp32": None, "bf16": "bf16", "int8": "int8", "int8-torchao": "torchao"
 
 def _load_as(model: str, kind: str):
     """A saved model as fp32, bf16, int8 (ours) or int8-torchao (torchao's int8 dynamic quantisation)."""
-    from llm_ner.predict import NERModel
-    from llm_ner.quantize import Int8Spec
+    from llm_ner.inference.engine import NERModel
+    from llm_ner.inference.quantize import Int8Spec
 
     q = QUANT[kind]
     return NERModel.from_pretrained(model, device="cpu", quantize=Int8Spec(scheme="torchao") if q == "torchao" else q)
@@ -635,7 +635,7 @@ def w_serve(a) -> dict:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    from llm_ner.predict import NERModel
+    from llm_ner.inference.engine import NERModel
 
     ner = NERModel.from_pretrained(a.model, device="cpu", quantize="int8" if a.int8 else None)
     def spans(ents: list) -> list:

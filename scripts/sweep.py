@@ -23,7 +23,7 @@ import yaml
 from llm_ner import rundir
 from llm_ner.baselines.encoder import encoder_config
 from llm_ner.config import load_config, parse_set
-from llm_ner.train import train
+from llm_ner.training.train import train
 
 
 def spread(values: list[float]) -> str:

@@ -74,7 +74,7 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_llama):
-    from llm_ner.predict import load_tokenizer
+    from llm_ner.inference.engine import load_tokenizer
 
     return load_tokenizer(str(tiny_llama))
 
@@ -86,7 +86,7 @@ def tiny_ner_dir(tiny_llama, tiny_tokenizer, tmp_path_factory) -> Path:
     from tiny import ner_config
 
     from llm_ner.labels import LabelSet
-    from llm_ner.model import LLMForTokenClassification
+    from llm_ner.modeling.model import LLMForTokenClassification
 
     torch.manual_seed(0)
     model = LLMForTokenClassification.from_backbone(

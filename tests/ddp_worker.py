@@ -1,5 +1,5 @@
-"""Run by tests/test_distributed.py under torchrun: plain `llm_ner.train.train` (no code change for DDP), plus a
-callback that writes a digest of this rank's weights when training ends, so the test can compare ranks."""
+"""Run by tests/test_distributed.py under torchrun: plain `llm_ner.training.train.train` (no code change for DDP),
+plus a callback that writes a digest of this rank's weights when training ends, so the test can compare ranks."""
 
 import hashlib
 import json
@@ -11,7 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 from llm_ner.config import load_config
-from llm_ner.train import train
+from llm_ner.training.train import train
 
 
 class WeightDigest(TrainerCallback):

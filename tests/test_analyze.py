@@ -1,5 +1,5 @@
-from llm_ner.analyze import analyze, classify, spans
 from llm_ner.data import Sentence
+from llm_ner.evaluation.analyze import analyze, classify, spans
 
 
 def test_spans_iob1_and_iob2():

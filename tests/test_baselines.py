@@ -19,7 +19,7 @@ def test_encoder_baseline_trains_with_same_outputs(tmp_path):
     # "all" on an encoder = its own bidirectional mask, put in by our hook; it makes prediction packable
     assert cfg["model"]["unmask"] == "all" and cfg["model"]["crf"] is False and cfg["backbone_saved"] == "full"
     assert json.loads((out / "summary.json").read_text())["system"] == "encoder"  # a BERT backbone: the encoder
-    from llm_ner.predict import NERModel
+    from llm_ner.inference.engine import NERModel
 
     assert NERModel.from_pretrained(out / "model").model.packable
     m = json.loads((out / "test_metrics.json").read_text())

@@ -6,8 +6,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from llm_ner.batch import ray_predict  # noqa: E402
-from llm_ner.predict import NERModel  # noqa: E402
+from llm_ner.inference.engine import NERModel  # noqa: E402
+from llm_ner.serving.batch import ray_predict  # noqa: E402
 
 
 def test_ray_batch_predict_matches_direct_prediction(tiny_ner_dir, tmp_path):

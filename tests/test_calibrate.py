@@ -8,11 +8,11 @@ from approx import SCORE_ATOL
 from test_model import LABELS, build
 from typer.testing import CliRunner
 
-from llm_ner.calibrate import calibrate, thresholds_for_precision
 from llm_ner.cli import app
 from llm_ner.data import load_corpus
-from llm_ner.evaluate import calibration_metrics, evaluate_model, scored_entities
-from llm_ner.predict import NERModel
+from llm_ner.evaluation.calibrate import calibrate, thresholds_for_precision
+from llm_ner.evaluation.evaluate import calibration_metrics, evaluate_model, scored_entities
+from llm_ner.inference.engine import NERModel
 
 runner = CliRunner()
 

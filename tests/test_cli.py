@@ -92,7 +92,7 @@ def test_predict_on_token_input_honours_every_option(tiny_ner_dir, tmp_path):
     from approx import SCORE_ATOL
 
     from llm_ner.data import read_conll
-    from llm_ner.predict import NERModel
+    from llm_ner.inference.engine import NERModel
 
     src = tmp_path / "in.conll"
     src.write_text("Peter B-PER\nvisited O\nNew B-LOC\nYork I-LOC\nand O\nWashington B-LOC\non O\nMonday O\n. O\n\n"
@@ -127,6 +127,6 @@ def test_predict_on_token_input_honours_every_option(tiny_ner_dir, tmp_path):
     assert sum(len(json.loads(x)["label"]) for x in (tmp_path / "d.jsonl").read_text().splitlines()) == n_above
     r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--input", str(src), "--to", "conll",
                             "--review"])
-    assert r.exit_code == 2 and "CoNLL has no place" in r.output
+    assert r.exit_code == 2 and "conll has no place" in r.output
     r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--text", "Peter ran", "--to", "conll"])
     assert r.exit_code == 2 and "needs token input" in r.output

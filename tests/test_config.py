@@ -9,7 +9,7 @@ from tiny import ner_config
 
 from llm_ner.config import ConfigError, NERConfig, RunConfig, config_path, load_config
 from llm_ner.labels import LabelSet
-from llm_ner.model import LLMForTokenClassification
+from llm_ner.modeling.model import LLMForTokenClassification
 
 LABELS = LabelSet.from_types(["PER", "LOC"])
 

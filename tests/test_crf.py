@@ -2,8 +2,8 @@ import itertools
 
 import torch
 
-from llm_ner.crf import CRF
 from llm_ner.labels import LabelSet
+from llm_ner.modeling.crf import CRF
 
 
 def brute_force(crf, em, n):

@@ -6,12 +6,12 @@ from test_model import LABELS, batch_for, build, head_input
 from test_train import tiny_cfg
 from tiny import ner_config
 
-from llm_ner.align import document_groups, document_texts, encode_sentences, merge_windows, split_documents
 from llm_ner.config import ConfigError, load_config
 from llm_ner.data import Sentence
-from llm_ner.model import LLMForTokenClassification, repeat_rows
-from llm_ner.predict import NERModel
-from llm_ner.train import train
+from llm_ner.inference.engine import NERModel
+from llm_ner.modeling.align import document_groups, document_texts, encode_sentences, merge_windows, split_documents
+from llm_ner.modeling.model import LLMForTokenClassification, repeat_rows
+from llm_ner.training.train import train
 
 # ----------------------------------------------------------------------------------------------------------------
 # sequence repetition
@@ -210,7 +210,7 @@ def test_gemma3_unmasking_keeps_each_layer_kind(tmp_path, attn):
 
 
 def test_band_mask_never_leaves_a_query_without_keys():
-    from llm_ner.model import band, padding_only_mask
+    from llm_ner.modeling.model import band, padding_only_mask
 
     am = torch.zeros(1, 12, dtype=torch.long)
     am[0, :3] = 1  # 3 tokens, 9 padding: pad queries 3+ positions past the last token see nothing in a window of 3

@@ -13,7 +13,7 @@ from test_serve_robust import call, running
 from typer.testing import CliRunner
 
 from llm_ner.cli import app
-from llm_ner.predict import NERModel
+from llm_ner.inference.engine import NERModel
 
 runner = CliRunner()
 TEXTS = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London ."]
@@ -59,7 +59,7 @@ def from_cli_conll(model, tmp_path, min_score=None, precision=None, review=False
 
 
 def from_batch(model, tmp_path, min_score=None, precision=None, review=False):
-    from llm_ner.batch import ray_predict
+    from llm_ner.serving.batch import ray_predict
 
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(TEXTS)))
@@ -72,7 +72,7 @@ def from_batch(model, tmp_path, min_score=None, precision=None, review=False):
 
 
 def from_service(model, tmp_path, min_score=None, precision=None, review=False):
-    from llm_ner.serve import ServeConfig, create_app
+    from llm_ner.serving.serve import ServeConfig, create_app
 
     with running(create_app(ServeConfig(str(model), min_score=min_score, quantize=precision))) as url:
         status, body = call(url, {"texts": TEXTS, "review": review})

@@ -1,7 +1,7 @@
 import pytest
 
 from llm_ner.data import DataError
-from llm_ner.evaluate import compute_metrics, format_table, score_files
+from llm_ner.evaluation.evaluate import compute_metrics, format_table, score_files
 
 
 def test_hand_checked_case():

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from llm_ner.cli import app
 from llm_ner.data import DataError, detect_format, load_corpus, read_conll, read_texts
-from llm_ner.evaluate import score_files
+from llm_ner.evaluation.evaluate import score_files
 
 runner = CliRunner()
 
@@ -142,9 +142,9 @@ def test_fractional_offsets_are_refused_not_truncated(tmp_path):
 
 
 def test_every_list_of_formats_comes_from_the_registry(tmp_path):
-    from llm_ner.batch import STREAMED
     from llm_ner.config import load_config
     from llm_ner.data import FORMATS, load_split
+    from llm_ner.serving.batch import STREAMED
 
     assert load_config(None, {"data.format": "label-studio"}).data.format == "label-studio"  # refused before
     with pytest.raises(DataError, match="unknown format 'labelstudio'; use auto or one of conll, jsonl-tokens"):

@@ -10,9 +10,9 @@ from tiny import ner_config
 from llm_ner.data import DataError, load_corpus
 from llm_ner.data.corpus import read_conll
 from llm_ner.data.words import split_words
+from llm_ner.inference.engine import NERModel
 from llm_ner.labels import LabelSet
-from llm_ner.model import LLMForTokenClassification
-from llm_ner.predict import NERModel
+from llm_ner.modeling.model import LLMForTokenClassification
 
 SPECIAL = ["\u200d", "\u200b", "\u202e", "\r\n", "\t", "\x00", "\x1b", "ש", "ﺝ", "😀", "👩‍👩‍👧", "e\u0301", " "]
 texts = st.lists(st.one_of(st.text(max_size=12), st.sampled_from(SPECIAL), st.sampled_from(["Peter", "New York",

@@ -96,7 +96,7 @@ def test_disk_filling_during_training_is_one_error_then_resumes(tiny_llama, smal
     from transformers import TrainerCallback
 
     from llm_ner.config import load_config
-    from llm_ner.train import TrainError, train
+    from llm_ner.training.train import TrainError, train
 
     filler = small_disk / "filler"
 

@@ -7,8 +7,8 @@ import pytest
 
 from llm_ner.config import load_config
 from llm_ner.data.words import split_words
-from llm_ner.predict import NERModel
-from llm_ner.train import train
+from llm_ner.inference.engine import NERModel
+from llm_ner.training.train import train
 
 pytestmark = pytest.mark.integration
 
@@ -56,10 +56,10 @@ def test_int8_per_token_tracks_fp32_on_the_real_model():
     from tiny import ner_config
 
     from llm_ner.data import load_corpus
+    from llm_ner.inference.engine import load_tokenizer
+    from llm_ner.inference.quantize import calibration_texts, quantize_int8
     from llm_ner.labels import LabelSet
-    from llm_ner.model import LLMForTokenClassification
-    from llm_ner.predict import load_tokenizer
-    from llm_ner.quantize import calibration_texts, quantize_int8
+    from llm_ner.modeling.model import LLMForTokenClassification
 
     tok = load_tokenizer("smollm2-135m")
     batch = batch_for(tok, [" ".join(s.tokens) for s in load_corpus("conll2003:test", limit=16)])

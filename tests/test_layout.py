@@ -1,6 +1,7 @@
-"""The folder layout shows the pipeline, and imports only run downwards: a module imports only modules before it in
-LAYERS (lazy imports inside functions count too; `if TYPE_CHECKING:` imports are annotations, not imports). Also:
-the README's layout section names every module."""
+"""The folder layout shows the pipeline, and imports only run downwards: a module imports only modules of its own
+stage or of stages before it in STAGES (a stage is a top-level folder, or one of the few core modules); inside a
+stage, imports form no circle. Lazy imports inside functions count too; `if TYPE_CHECKING:` imports are annotations,
+not imports. Also: the README's layout section names every module."""
 
 import ast
 from pathlib import Path
@@ -8,16 +9,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "llm_ner"
 
-# Bottom to top. Prediction (predict) and scoring (evaluate) sit below train, because training selects its best model
-# by predicting and scoring the dev set and ends with the test step.
-LAYERS = [
-    "errors", "fsutil", "device", "config", "align", "data.schemes", "data.words", "data.annotation", "data.corpus",
-    "data.formats", "data",
-    "labels", "rundir", "crf", "backbones", "model", "batching", "quantize", "predict", "evaluate", "calibrate",
-    "analyze", "train",
-    "baselines.encoder", "baselines.prompt", "baselines", "compare", "systems", "report",
-    "serve", "spacy_component", "batch", "cli", "__init__",
+# Bottom to top: data -> labels -> model -> inference -> evaluation -> training -> baselines / comparison -> report ->
+# serving -> cli. Inference and evaluation sit below training, because training selects its best model by predicting
+# and scoring the dev set and ends with the test step.
+STAGES = [
+    "errors", "fsutil", "device", "config",  # core: every stage may use them
+    "data", "labels", "rundir",
+    "modeling", "inference", "evaluation", "training",
+    "baselines", "comparison", "report",
+    "serving", "cli", "__init__",
 ]
+
+
+def stage(module: str) -> str:
+    return module.split(".")[0]
 
 
 def module_name(path: Path, pkg: Path = PKG) -> str:
@@ -49,22 +54,52 @@ def imports(path: Path, pkg: Path = PKG) -> set[str]:
     return {m for m in found if m}
 
 
-def test_every_module_has_a_layer():
+def graph() -> dict[str, set[str]]:
+    """module -> the llm_ner modules it imports (`from .data import x` counts as data, the package)."""
+    modules = {module_name(p): p for p in PKG.rglob("*.py")}
+    out = {}
+    for me, path in modules.items():
+        deps = set()
+        for dep in imports(path):
+            while dep not in modules and "." in dep:  # `from .x import name`: name is not a module
+                dep = dep.rsplit(".", 1)[0]
+            if dep in modules and dep != me:
+                deps.add(dep)
+        out[me] = deps
+    return out
+
+
+def test_every_module_is_in_a_stage_folder():
     modules = {module_name(p) for p in PKG.rglob("*.py")}
-    assert modules == set(LAYERS), f"add to LAYERS: {modules - set(LAYERS)}; gone: {set(LAYERS) - modules}"
+    assert {stage(m) for m in modules} == set(STAGES), f"stages: {sorted({stage(m) for m in modules} ^ set(STAGES))}"
+    core = STAGES[:4] + ["labels", "rundir", "cli", "__init__"]
+    flat = sorted(p.stem for p in PKG.glob("*.py") if p.stem not in core)
+    assert not flat, f"put these in a stage folder: {flat}"
 
 
 def test_imports_run_only_downwards():
-    rank = {m: i for i, m in enumerate(LAYERS)}
-    upward = []
-    for path in PKG.rglob("*.py"):
-        me = module_name(path)
-        for dep in imports(path):
-            dep = dep if dep in rank else dep.rsplit(".", 1)[0]  # `from .data import x` -> data
-            if rank[dep] >= rank[me] and not (me == "data" and dep.startswith("data.")) and not (
-                    me == "baselines" and dep.startswith("baselines.")):
-                upward.append(f"{me} imports {dep}")
+    rank = {s: i for i, s in enumerate(STAGES)}
+    upward = [f"{me} imports {dep}" for me, deps in graph().items() for dep in deps
+              if rank[stage(dep)] > rank[stage(me)]]
     assert not upward, upward
+
+
+def test_no_import_circle():
+    g, state, circles = graph(), {}, []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for d in sorted(g[m]):
+            if state.get(d) == "open":
+                circles.append(path[path.index(d):] + [d] if d in path else [m, d])
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = "done"
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m, [m])
+    assert not circles, circles
 
 
 def test_the_checker_sees_lazy_imports_and_skips_annotations(tmp_path):
@@ -75,9 +110,21 @@ def test_the_checker_sees_lazy_imports_and_skips_annotations(tmp_path):
     assert imports(tmp_path / "sub" / "m.py", tmp_path) == {"train", "cli", "sub.sibling"}
 
 
+def readme_tree(readme: str) -> set[str]:
+    """The files the README's layout tree names, as paths: `  data/` opens a folder, `    corpus.py` is in it."""
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    names, folder = set(), ""
+    for line in block.splitlines():
+        indent, head = len(line) - len(line.lstrip()), line.strip().split("  ")[0]
+        if indent == 2:
+            folder = head if head.endswith("/") else ""
+        if indent in (2, 4) and head:
+            names |= {(folder if indent == 4 else "") + n.strip() for n in head.split(",")}
+    return names
+
+
 def test_readme_layout_names_every_module():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = readme_tree((ROOT / "README.md").read_text())
     missing = [p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py")
-               if p.name != "__init__.py" and p.relative_to(PKG).as_posix() not in section]
+               if p.name != "__init__.py" and p.relative_to(PKG).as_posix() not in named]
     assert not missing, f"README layout section does not mention {missing}"

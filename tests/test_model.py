@@ -4,10 +4,10 @@ import pytest
 import torch
 from tiny import ner_config
 
-from llm_ner.align import collate, encode_sentences, window_feature
 from llm_ner.data import Sentence
 from llm_ner.labels import LabelSet
-from llm_ner.model import LLMForTokenClassification, ModelLoadError, resolve_layers
+from llm_ner.modeling.align import collate, encode_sentences, window_feature
+from llm_ner.modeling.model import LLMForTokenClassification, ModelLoadError, resolve_layers
 
 LABELS = LabelSet.from_types(["PER", "LOC"])
 
@@ -58,7 +58,7 @@ def test_per_layer_unmasking_touches_only_chosen_layers(tiny_llama, tiny_tokeniz
     def states(batch):
         with torch.no_grad():
             model._mask = None
-            from llm_ner.model import padding_only_mask
+            from llm_ner.modeling.model import padding_only_mask
 
             model._mask = padding_only_mask(batch["attention_mask"], torch.float32)
             out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

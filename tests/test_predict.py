@@ -2,12 +2,13 @@ import pytest
 import torch
 from tiny import ner_config
 
-from llm_ner.align import encode_texts, merge_windows, sentence_text
-from llm_ner.batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
 from llm_ner.data.words import split_words
+from llm_ner.inference.batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
+from llm_ner.inference.engine import NERModel
+from llm_ner.inference.outputs import tags_to_entities
 from llm_ner.labels import LabelSet
-from llm_ner.model import LLMForTokenClassification
-from llm_ner.predict import NERModel, tags_to_entities
+from llm_ner.modeling.align import encode_texts, merge_windows, sentence_text
+from llm_ner.modeling.model import LLMForTokenClassification
 
 LABELS = LabelSet.from_types(["PER", "LOC", "ORG"])
 WORDS = (
@@ -49,7 +50,7 @@ def test_windows_cover_every_word_within_budget(tiny_tokenizer):
 
 
 def test_merge_prefers_the_most_central_window():
-    from llm_ner.align import Window
+    from llm_ner.modeling.align import Window
 
     w1 = Window(0, 0, [], [0] * 6, [])  # words 0..5
     w2 = Window(0, 3, [], [0] * 6, [])  # words 3..8
@@ -166,7 +167,7 @@ def test_budget_batches_respect_the_budget_and_keep_order():
 
 
 def test_packed_inputs_round_trip_through_unpack():
-    from llm_ner.align import Window
+    from llm_ner.modeling.align import Window
 
     wins = [Window(k, 0, list(range(1, n + 1)), list(range(0, n, 2)), [0] * n) for k, n in enumerate((6, 4, 2))]
     batch, where = packed_inputs(wins, [[0, 2], [1]], pad_id=0)

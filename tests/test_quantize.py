@@ -5,9 +5,9 @@ import pytest
 import torch
 from test_model import batch_for, build
 
-from llm_ner.model import LLMForTokenClassification
-from llm_ner.predict import NERModel
-from llm_ner.quantize import Int8Linear, activation_absmax, int_mm_is_exact, quantize_int8, smooth
+from llm_ner.inference.engine import NERModel
+from llm_ner.inference.quantize import Int8Linear, activation_absmax, int_mm_is_exact, quantize_int8, smooth
+from llm_ner.modeling.model import LLMForTokenClassification
 
 SENTS = ["Peter visited London today .", "EU rejects German call to boycott British lamb .",
          "Apple hired John Smith from Google in London ."]

@@ -85,17 +85,36 @@ def test_report_names_the_prompted_model_not_its_cache_path(tiny_llama, tmp_path
 
 
 def test_backbone_prose_comes_from_the_backbone_table():
-    """'Model and why' is the backbone table's text plus its quantisation field: changing the table changes it."""
+    """'Model and why' is the backbone table's text plus its quantisation field and its family's quirks: changing the
+    table changes the prose."""
     from dataclasses import replace
 
-    from llm_ner import backbones, report
+    from llm_ner.modeling import backbones
+    from llm_ner.report import sections
 
-    text = report._backbone_why("gemma3-270m")
-    assert text.startswith(backbones.ALIASES["gemma3-270m"].why) and "4-bit Q4_K_M quantisation" in text
+    def model_prose(backbone: str, model_type: str = "gemma3_text") -> str:
+        run = {"model": backbone, "summary": {"model_type": model_type}, "config": {}, "run": type("R", (), {
+            "config": None})()}
+        return sections.render("model.md.j2", sections.facts(run))
+
+    text = model_prose("gemma3-270m")
+    assert backbones.ALIASES["gemma3-270m"].why in text and "4-bit Q4_K_M quantisation" in text
+    assert backbones.FAMILIES["gemma3_text"].quirks in text and "sliding-window" in text
     saved = backbones.ALIASES["gemma3-270m"]
     try:
         backbones.ALIASES["gemma3-270m"] = replace(saved, why="A test backbone.", quantisation=None)
-        assert report._backbone_why("gemma3-270m") == "A test backbone."
+        assert "A test backbone." in model_prose("gemma3-270m") and "quantisation" not in model_prose(
+            "gemma3-270m", "llama")
     finally:
         backbones.ALIASES["gemma3-270m"] = saved
-    assert "the transformation does not depend on it" in report._backbone_why("/some/local/model")
+    assert "the transformation does not depend on it" in model_prose("/some/local/model", "llama")
+
+
+def test_backbone_family_table_drives_lora_and_int8():
+    """model.py takes LoRA targets from the family table when the config names none; quantize.py skips SmoothQuant
+    for a family whose table says so."""
+    from llm_ner.modeling import backbones
+
+    assert backbones.family("llama").int8_smoothing and not backbones.family("gemma3_text").int8_smoothing
+    assert backbones.family("some-new-arch") is backbones.family("llama")
+    assert "query" in backbones.family("bert").lora_targets

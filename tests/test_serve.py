@@ -17,7 +17,7 @@ from approx import assert_same_entities
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_ner.predict import NERModel
+from llm_ner.inference.engine import NERModel
 
 TEXTS = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London .",
          "", "😀 EU rejects German call", "The European Commission said on Thursday it disagreed ."]

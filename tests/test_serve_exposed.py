@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from test_serve import TEXTS, get_json, start_server
 
-from llm_ner.serve import ApiKeys, read_api_keys
+from llm_ner.serving.serve import ApiKeys, read_api_keys
 
 
 def call(url, path="/v1/entities", body=None, headers=None, method=None):
@@ -39,7 +39,7 @@ def stop(proc):
 def test_key_check_compares_every_key_in_constant_time(monkeypatch):
     """No early exit that would time which key nearly matched: whatever the header, every key is compared, each with
     hmac.compare_digest (constant time for equal-length inputs)."""
-    import llm_ner.serve as serve
+    import llm_ner.serving.serve as serve
 
     seen = []
 
@@ -240,7 +240,7 @@ def test_a_non_loopback_address_needs_keys_or_no_auth(tiny_ner_dir, tmp_path):
         assert call(url, body={"text": TEXTS[0]}, headers={"Authorization": "Bearer k"})[0] == 200
     finally:
         stop(proc)
-    from llm_ner.serve import is_loopback
+    from llm_ner.serving.serve import is_loopback
 
     assert all(map(is_loopback, ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost")))
     assert not any(map(is_loopback, ("0.0.0.0", "::", "192.168.1.5", "example.org")))

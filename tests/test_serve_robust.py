@@ -17,8 +17,8 @@ from approx import assert_same_entities
 from test_serve import free_port
 
 from llm_ner.data.words import split_words
-from llm_ner.predict import NERModel
-from llm_ner.serve import ServeConfig, create_app
+from llm_ner.inference.engine import NERModel
+from llm_ner.serving.serve import ServeConfig, create_app
 
 GOOD = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London ."]
 

@@ -4,7 +4,7 @@ import pytest
 
 spacy = pytest.importorskip("spacy")
 
-from llm_ner.predict import NERModel  # noqa: E402
+from llm_ner.inference.engine import NERModel  # noqa: E402
 
 TEXTS = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London .",
          "", "The European Commission said on Thursday it disagreed ."]

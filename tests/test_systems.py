@@ -41,7 +41,7 @@ def test_validate_pii_examples_and_errors(tmp_path):
 
 
 def test_schema_travels_with_model_and_odd_inputs(tiny_llama, tmp_path):
-    from llm_ner.predict import NERModel
+    from llm_ner.inference.engine import NERModel
 
     r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--train", str(ROOT / "examples/pii/train.jsonl"),
                             "--set", "data.dev=null", "--set", f"data.test={ROOT / 'examples/pii/test.jsonl'}",

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from llm_ner.cli import app
 from llm_ner.config import ConfigError, load_config
 from llm_ner.data.words import split_words
-from llm_ner.train import TrainError, train
+from llm_ner.training.train import TrainError, train
 
 runner = CliRunner()
 
@@ -129,7 +129,7 @@ def test_bad_data_file_is_one_line_cli_error(tiny_llama, tmp_path):
 
 
 def test_export_merge_lora_and_pipeline_output(tiny_llama, tmp_path):
-    from llm_ner.predict import NERModel
+    from llm_ner.inference.engine import NERModel
 
     out = tmp_path / "run"
     # a high learning rate: the adapters must change the model, or merging them would be compared on a no-op
@@ -154,8 +154,8 @@ def test_export_merge_lora_and_pipeline_output(tiny_llama, tmp_path):
 
 
 def test_bf16_autocast_on_a_cpu_with_native_bf16(monkeypatch):
-    from llm_ner import train as T
     from llm_ner.config import load_config
+    from llm_ner.training import train as T
 
     cfg = load_config(None, {"training.precision": "bf16"}).training
     monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)

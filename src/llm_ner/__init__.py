@@ -7,11 +7,11 @@ __all__ = ["NERModel", "LLMForTokenClassification", "NERConfig", "__version__"]
 
 def __getattr__(name: str):  # lazy: `import llm_ner` stays fast and torch-free until a model is needed
     if name == "NERModel":
-        from .predict import NERModel
+        from .inference.engine import NERModel
 
         return NERModel
     if name in ("LLMForTokenClassification", "NERConfig"):
-        from . import model
+        from .modeling import model
 
         return getattr(model, name)
     raise AttributeError(name)

@@ -74,6 +74,13 @@ def _setup_logging(verbose: bool = False) -> None:
     hf_logging.set_verbosity_error()
 
 
+def _outputs_help() -> str:
+    from .inference.outputs import OUTPUTS
+
+    return (" | ".join(f"{o.name}: {o.summary}" for o in OUTPUTS.values())
+            + "; default: conll for token input, else jsonl")
+
+
 def _check_score(score: float | None) -> None:
     """Before the model loads: the same check NERModel makes (config.check_min_score), as a one-line CLI error."""
     from .config import check_min_score
@@ -139,7 +146,7 @@ def train(
     """Train a model from a config (+ overrides), keep the best on dev, evaluate on test."""
     _setup_logging(verbose)
     from .config import load_config
-    from .train import train as run_train
+    from .training.train import train as run_train
 
     flags = {"model.backbone": model, "data.train": train_data, "data.dev": dev, "data.test": test, "output": output,
              "training.mode": mode, "training.max_steps": max_steps, "training.epochs": epochs,
@@ -163,7 +170,7 @@ def baseline_encoder(
     """Fine-tune a BERT-style encoder token classifier (dropout + linear, cross-entropy) on the same data."""
     _setup_logging(verbose)
     from .baselines.encoder import encoder_config
-    from .train import train as run_train
+    from .training.train import train as run_train
 
     flags = {"model.backbone": model, "training.epochs": epochs, "training.max_steps": max_steps,
              "training.learning_rate": lr, "output": output}
@@ -212,7 +219,7 @@ def quickstart(
 ) -> None:
     _setup_logging(verbose)
     from .config import load_config
-    from .train import train as run_train
+    from .training.train import train as run_train
 
     cfg = load_config("quickstart", {"output": output})
     typer.echo(f"llm-ner quickstart: {cfg.model.backbone}, {cfg.training.mode} fine-tuning on the first "
@@ -235,8 +242,8 @@ def evaluate(
     """Score a saved model on labelled data: token accuracy, entity P/R/F1 (micro, macro, per type)."""
     _setup_logging(verbose)
     from .data import load_corpus
-    from .evaluate import evaluate_model, format_table
-    from .predict import NERModel
+    from .evaluation.evaluate import evaluate_model, format_table
+    from .inference.engine import NERModel
 
     sents = load_corpus(data, limit=limit)
     ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
@@ -258,8 +265,8 @@ def calibrate(
 ) -> None:
     """Fit the temperature of entity scores on held-out data (tags and F1 unchanged); optionally thresholds."""
     _setup_logging(verbose)
-    from .calibrate import calibrate as fit
     from .data import load_corpus
+    from .evaluation.calibrate import calibrate as fit
 
     if target_precision is not None and not 0 < target_precision <= 1:
         _fail(f"--target-precision {target_precision}: give a precision between 0 and 1, e.g. 0.95")
@@ -278,7 +285,7 @@ def score(
     as_json: Annotated[bool, Opt("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Score two aligned CoNLL files like conlleval (IOB1 or IOB2)."""
-    from .evaluate import format_table, score_files
+    from .evaluation.evaluate import format_table, score_files
     from .fsutil import atomic_write_text
 
     m = score_files(gold, pred)
@@ -296,9 +303,7 @@ def predict(
     format: Annotated[str, Opt(help="declare the input format: auto (from the content) | "
                                     + " | ".join(format_names(texts=True)))] = "auto",
     output: Annotated[str | None, Opt(help="output file (JSON lines of spans; CoNLL for token input)")] = None,
-    to: Annotated[str | None, Opt(help="jsonl | conll (token input only) | label-studio (a task list with "
-                                       "pre-annotations to import and correct) | doccano (JSONL with 'label'); "
-                                       "default: conll for token input, else jsonl")] = None,
+    to: Annotated[str | None, Opt(help=_outputs_help())] = None,
     batch_size: Annotated[int, Opt()] = 16,
     trust_remote_code: TrustRemoteCode = False,
     int8: Int8 = False,
@@ -310,63 +315,35 @@ def predict(
     """Entity spans (character offsets, label, text, confidence) for raw text; token input (CoNLL, a token per line)
     -> CoNLL, or any --to. --min-score, the calibrated thresholds and --review apply to every input and output."""
     _setup_logging(verbose)
-    from .data import DataError, read_texts, write_conll
+    from .data import DataError, read_texts
     from .fsutil import atomic_write_text
-    from .predict import NERModel
+    from .inference.engine import NERModel
+    from .inference.outputs import check_output
+    from .rundir import model_identity
 
     if not text and not input:
         _fail("give --text or --input")
-    if to not in (None, "jsonl", "conll", "label-studio", "doccano"):
-        _fail(f"--to {to!r}: use jsonl, conll, label-studio or doccano")
     kind, items = read_texts(input, format) if input else ("text", list(text))
     tokens_in = kind in ("conll", "tokens")
     to = to or ("conll" if tokens_in else "jsonl")
-    if to == "conll" and not tokens_in:
-        _fail("--to conll needs token input (a CoNLL file, or a token per line): raw text has no words to tag")
-    if to == "conll" and review:
-        _fail("--review: CoNLL has no place for entities to review; use --to jsonl, label-studio or doccano")
+    out = check_output(to, tokens_in, review)
+    if output and not input:
+        raise DataError("--output needs --input (--text prints its spans)")
     _check_score(min_score)
     ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                   quantize=_precision(int8, bf16))
-    ner.min_score = min_score
-    if tokens_in:  # the same thresholds and outputs as raw text: entities per sentence, then the chosen shape
-        from .predict import entities_to_tags
-
-        texts, offsets, res = ner.predict_sentences_with_review(items, progress=True)
-        if to == "conll":
-            target = Path(output) if output else Path(input).with_suffix(".pred.conll")
-            tags = [entities_to_tags(o, kept) for o, (kept, _) in zip(offsets, res, strict=True)]
-            write_conll(target, items, tags, gold=kind == "conll")
-            typer.echo(f"wrote {target}", err=True)
-            return
-        items = texts
-    else:
-        if output and not input:
-            raise DataError("--output needs --input (--text prints its spans)")
-        res = ner.predict_with_review(items, progress=bool(input))
-    if to == "jsonl":
-        from .data.annotation import json_line
-
-        lines = [json_line({"text": t, "entities": [e.to_dict() for e in kept],
-                            **({"needs_review": [e.to_dict() for e in low]} if review else {})}) + "\n"
-                 for t, (kept, low) in zip(items, res, strict=True)]
-    else:  # pre-annotations to correct: with --review the low-scored ones too (Label Studio shows each region's score)
-        from .data.annotation import doccano_lines, label_studio_tasks
-        from .rundir import model_identity
-
-        ents = [sorted((e.to_dict() for e in (kept + low if review else kept)), key=lambda e: e["start"])
-                for kept, low in res]
-        if to == "doccano":
-            lines = doccano_lines(items, ents)
-        else:
-            ident = model_identity(model)
-            lines = [json.dumps(label_studio_tasks(items, ents, f"{ident['name']}@{ident['version']}"),
-                                ensure_ascii=False, indent=1) + "\n"]
+                                   quantize=_precision(int8, bf16), min_score=min_score)
+    # token input gets the same thresholds and outputs as raw text: entities per sentence, then the chosen shape
+    preds = (ner.predict_tokens(items, gold=kind == "conll", progress=True) if tokens_in
+             else ner.predict_texts(items, progress=bool(input)))
+    ident = model_identity(model)
+    body = out.write(preds, review, f"{ident['name']}@{ident['version']}")
+    if to == "conll" and not output:  # CoNLL goes beside its input unless told
+        output = str(Path(input).with_suffix(".pred.conll"))
     if output:
-        atomic_write_text(Path(output), "".join(lines))
+        atomic_write_text(Path(output), body)
         typer.echo(f"wrote {output}", err=True)
     else:
-        sys.stdout.write("".join(lines))
+        sys.stdout.write(body)
 
 
 @command()
@@ -377,9 +354,9 @@ def analyze(
     worst: Annotated[int, Opt(help="how many worst sentences to list")] = 10,
 ) -> None:
     """Error taxonomy, type confusion, confused surface forms, worst sentences, F1 by length and seen/unseen."""
-    from .analyze import analyze as run_analysis
-    from .analyze import summary_lines
     from .data import load_corpus, read_predictions
+    from .evaluation.analyze import analyze as run_analysis
+    from .evaluation.analyze import summary_lines
     from .fsutil import atomic_write_text
 
     sents, pred = read_predictions(predictions)
@@ -403,8 +380,8 @@ def compare(
 ) -> None:
     """Train/evaluate (or reuse) the LLM model, the encoder and the prompted baseline; print one table."""
     _setup_logging()
-    from .compare import compare as run_compare
-    from .compare import table_markdown
+    from .comparison.compare import compare as run_compare
+    from .comparison.compare import table_markdown
     from .config import config_path
 
     config = str(config_path(config))  # the systems run in subprocesses: pass them a path
@@ -420,7 +397,7 @@ def report(
     study: Annotated[str | None, Opt(help="decoder study results.json (scripts/study.py)")] = None,
 ) -> None:
     """Markdown + self-contained HTML report with plots from finished runs."""
-    from .report import write_report
+    from .report.build import write_report
 
     md, html = write_report(runs, output, study)
     typer.echo(f"wrote {md} and {html}")
@@ -437,8 +414,8 @@ def systems(
 ) -> None:
     """System A (all entity types) vs system B (kept subset, others -> O) on the same test set and scorer."""
     _setup_logging()
+    from .comparison.systems import run_ab, table
     from .config import load_config
-    from .systems import run_ab, table
 
     cfg = load_config(config, _overrides({}, set_))
     typer.echo(table(run_ab(cfg, [k.strip() for k in keep.split(",") if k.strip()], output, rerun, progress)))
@@ -500,8 +477,8 @@ def serve(
 ) -> None:
     """HTTP service: demo page at /, POST /v1/entities, GET /v1/labels, /health, /metrics, OpenAPI docs at /docs."""
     _setup_logging(verbose)
-    from .model import read_model_config
-    from .serve import ServeConfig, is_loopback, read_api_keys, run
+    from .modeling.model import read_model_config
+    from .serving.serve import ServeConfig, is_loopback, read_api_keys, run
 
     _check_score(min_score)
     read_model_config(model)  # a missing or broken model dir is a one-line error before the server starts
@@ -540,8 +517,8 @@ def batch_predict(
                       ] = False,
 ) -> None:
     """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
-    from .batch import ray_predict
-    from .model import read_model_config
+    from .modeling.model import read_model_config
+    from .serving.batch import ray_predict
 
     _check_score(min_score)
     read_model_config(model)  # fail here, not inside a Ray actor
@@ -557,8 +534,8 @@ def export(
     merge_lora: Annotated[bool, Opt("--merge-lora", help="fold LoRA adapters into the backbone weights")] = False,
 ) -> None:
     """Write a standalone copy of a model dir (safetensors); --merge-lora folds the adapters in (no peft at load)."""
-    from .model import LLMForTokenClassification, read_model_config
-    from .predict import load_tokenizer
+    from .inference.engine import load_tokenizer
+    from .modeling.model import LLMForTokenClassification, read_model_config
 
     m = LLMForTokenClassification.from_pretrained(model)
     m.save_pretrained(output, tokenizer=load_tokenizer(model), merge_lora=merge_lora)

@@ -98,9 +98,8 @@ class LoraConfig(_Strict):
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    targets: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    # None: the backbone family's attention and MLP projections (modeling/backbones.py FAMILIES)
+    targets: list[str] | None = None
 
 
 class TrainingConfig(_Strict):

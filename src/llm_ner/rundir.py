@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from .config import NERConfig
 from .data import DataError, Sentence, read_predictions
 
@@ -58,6 +60,7 @@ class Run:
     analysis: dict | None = None
     model_config: dict | None = None  # model/llm_ner_config.json in the version 2 layout
     curve: list[dict] = field(default_factory=list)
+    config: dict | None = None  # config.yaml: the resolved run config (data, training, seed)
 
     @property
     def name(self) -> str:
@@ -93,8 +96,9 @@ def load_run(run_dir: str | Path) -> Run:
     curve = []
     if (d / METRICS).is_file():
         curve = [json.loads(x) for x in (d / METRICS).read_text().splitlines() if x.strip()]
+    run_cfg = yaml.safe_load((d / CONFIG).read_text()) if (d / CONFIG).is_file() else None
     return Run(d, kind, name, json.loads((d / TEST_METRICS).read_text()), summary, pstats, _json(d / ANALYSIS),
-               mcfg, curve)
+               mcfg, curve, run_cfg if isinstance(run_cfg, dict) else None)
 
 
 def model_identity(model_dir: str, name: str | None = None, version: str | None = None) -> dict:

@@ -35,7 +35,7 @@ from ..config import ConfigError
 from ..data import Sentence, load_split, spans, write_conll
 from ..data.words import split_words
 from ..errors import UserError
-from ..evaluate import compute_metrics, format_table
+from ..evaluation.evaluate import compute_metrics, format_table
 from ..fsutil import atomic_write_text
 from ..labels import LabelSet, label_set_for
 
@@ -382,7 +382,7 @@ class LocalServer:
         if _port_open(port):
             log.info("using the server already running on 127.0.0.1:%d", port)
             return self
-        from .. import backbones
+        from ..modeling import backbones
 
         path, _ = backbones.resolve(self.cfg.local_model)
         try:

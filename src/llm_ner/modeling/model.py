@@ -39,12 +39,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from ..config import ConfigError, NERConfig
+from ..errors import UserError
+from ..fsutil import atomic_write_text
+from ..labels import LabelSet
 from . import backbones
-from .config import ConfigError, NERConfig
 from .crf import CRF
-from .errors import UserError
-from .fsutil import atomic_write_text
-from .labels import LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -393,9 +393,10 @@ class LLMForTokenClassification(nn.Module):
             from peft import LoraConfig, get_peft_model
 
             lo = self.config.lora
-            targets = [t for t in lo.targets if any(n.endswith(t) for n, _ in self.backbone.named_modules())]
+            wanted = lo.targets or list(backbones.family(self.backbone.config.model_type).lora_targets)
+            targets = [t for t in wanted if any(n.endswith(t) for n, _ in self.backbone.named_modules())]
             if not targets:
-                raise ConfigError(f"training.lora.targets {lo.targets} match no module of the backbone")
+                raise ConfigError(f"training.lora.targets {wanted} match no module of the backbone")
             lcfg = LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=targets)
             self.backbone = get_peft_model(self.backbone, lcfg)
         else:

@@ -14,9 +14,9 @@ from pathlib import Path
 from seqeval.metrics import accuracy_score, classification_report
 from seqeval.scheme import IOB2
 
-from .data import DataError, Sentence, entity_types, read_conll, spans, to_iob2, write_conll
-from .fsutil import atomic_write_text
-from .predict import Scorer
+from ..data import DataError, Sentence, entity_types, read_conll, spans, to_iob2, write_conll
+from ..fsutil import atomic_write_text
+from ..inference.engine import Scorer
 
 log = logging.getLogger(__name__)
 

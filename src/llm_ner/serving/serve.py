@@ -45,7 +45,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from .rundir import model_identity
+from ..inference.outputs import entity_dicts
+from ..rundir import model_identity
 
 log = logging.getLogger(__name__)
 
@@ -428,14 +429,14 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from .predict import NERModel
+        from ..inference.engine import NERModel
 
         t0 = time.time()
         state["ner"] = ner or NERModel.from_pretrained(cfg.model_dir, device=cfg.device,
                                                           trust_remote_code=cfg.trust_remote_code,
-                                                          quantize=cfg.quantize)
-        if cfg.min_score is not None:
-            state["ner"].min_score = cfg.min_score
+                                                          quantize=cfg.quantize, min_score=cfg.min_score)
+        if ner is not None and cfg.min_score is not None:  # a model handed in (tests, embedding) gets it too
+            ner.min_score = cfg.min_score
         state["load_seconds"] = round(time.time() - t0, 2)
         metrics.load_seconds.set(state["load_seconds"])
         state["batcher"] = app.state.batcher = _Batcher(state["ner"], cfg, metrics)
@@ -474,7 +475,7 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         labels = list(state["ner"].labels.types) if "ner" in state else []
         return {**state["identity"], "labels": labels}
 
-    page = resources.files("llm_ner").joinpath("web/demo.html").read_text(encoding="utf-8")  # once, not per request
+    page = resources.files("llm_ner").joinpath("serving/web/demo.html").read_text(encoding="utf-8")  # read once
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def demo() -> HTMLResponse:
@@ -513,8 +514,8 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
             raise HTTPException(422, f"{where} could not be processed ({type(e.error).__name__}); other requests "
                                      "were not affected") from None
         return EntitiesResponse(
-            results=[TextResult(entities=[EntityOut(**e.to_dict()) for e in kept],
-                                needs_review=[EntityOut(**e.to_dict()) for e in low] if req.review else None)
+            results=[TextResult(entities=[EntityOut(**d) for d in entity_dicts(kept)],
+                                needs_review=[EntityOut(**d) for d in entity_dicts(low)] if req.review else None)
                      for kept, low in res],
             model=ModelInfo(**state["identity"]), latency_ms=round(1000 * (time.time() - t0), 2))
 

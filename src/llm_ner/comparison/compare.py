@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import rundir as R
-from .evaluate import compute_metrics
-from .fsutil import atomic_write_text
+from .. import rundir as R
+from ..evaluation.evaluate import compute_metrics
+from ..fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: align never imports data at run time
-    from .data import Sentence
+    from ..data import Sentence
 
 @dataclass
 class Window:

@@ -18,11 +18,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import rundir
-from .data import Sentence, spans
+from .. import rundir
+from ..data import Sentence, spans
+from ..fsutil import atomic_write_text
+from ..inference.engine import NERModel, Scorer
 from .evaluate import calibration_metrics, scored_entities
-from .fsutil import atomic_write_text
-from .predict import NERModel, Scorer
 
 log = logging.getLogger(__name__)
 

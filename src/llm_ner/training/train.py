@@ -31,19 +31,19 @@ import torch
 from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from . import rundir as R
-from .align import collate, encode_sentences, window_feature
-from .analyze import analyze
-from .calibrate import calibrate
-from .config import NERConfig, RunConfig, TrainingConfig, dump_config
-from .data import DataError, Sentence, entity_types, load_split, stats
-from .device import cpu_has_native_bf16
-from .errors import UserError
-from .evaluate import evaluate_model, format_table
-from .fsutil import atomic_write_text, replace_dir
-from .labels import LabelSet, label_set_for
-from .model import LLMForTokenClassification
-from .predict import NERModel, load_tokenizer
+from .. import rundir as R
+from ..config import NERConfig, RunConfig, TrainingConfig, dump_config
+from ..data import DataError, Sentence, entity_types, load_split, stats
+from ..device import cpu_has_native_bf16
+from ..errors import UserError
+from ..evaluation.analyze import analyze
+from ..evaluation.calibrate import calibrate
+from ..evaluation.evaluate import evaluate_model, format_table
+from ..fsutil import atomic_write_text, replace_dir
+from ..inference.engine import NERModel, load_tokenizer
+from ..labels import LabelSet, label_set_for
+from ..modeling.align import collate, encode_sentences, window_feature
+from ..modeling.model import LLMForTokenClassification
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from .data import Sentence, spans
+from ..data import Sentence, spans
 
 Span = tuple[str, int, int]  # (type, first token, last token) inclusive
 

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 
 from spacy.language import Language
-from spacy.tokens import Doc, SpanGroup
-from spacy.util import filter_spans
+from spacy.tokens import Doc
+
+from ..inference.outputs import to_doc
 
 SPANS_KEY = "llm_ner"
 REVIEW_KEY = "llm_ner_review"
@@ -29,13 +30,13 @@ class LLMNERComponent:
     def __init__(self, nlp: Language, name: str, model: str, batch_size: int = 16, device: str | None = None,
                  alignment_mode: str = "expand", overwrite_ents: bool = True, min_score: float | None = None,
                  quantize: str | None = None):
-        from .predict import NERModel
+        from ..inference.engine import NERModel
 
         self.name = name
         self.model_dir = model
         # quantize: None (fp32), "bf16" or "int8" — the precisions every entry point offers
-        self.ner = NERModel.from_pretrained(model, device=device, batch_size=batch_size, quantize=quantize)
-        self.ner.min_score = min_score
+        self.ner = NERModel.from_pretrained(model, device=device, batch_size=batch_size, quantize=quantize,
+                                           min_score=min_score)
         self.batch_size = batch_size
         # "expand": a span that cuts a spaCy token grows to cover it; "strict" drops it; "contract" shrinks it.
         self.alignment_mode = alignment_mode
@@ -55,25 +56,7 @@ class LLMNERComponent:
                 yield self._set(doc, ents, low)
 
     def _set(self, doc: Doc, ents, low=()) -> Doc:
-        review = [(sp, e.score) for e in low
-                  if (sp := doc.char_span(e.start, e.end, label=e.label, alignment_mode=self.alignment_mode))]
-        doc.spans[REVIEW_KEY] = SpanGroup(doc, name=REVIEW_KEY, spans=[sp for sp, _ in review],
-                                          attrs={"scores": [sc for _, sc in review]})
-        spans, scores = [], []
-        for e in ents:
-            span = doc.char_span(e.start, e.end, label=e.label, alignment_mode=self.alignment_mode)
-            if span is not None:  # None: "strict" and the span cuts a token, or only whitespace
-                spans.append(span)
-                scores.append(e.score)
-        kept = filter_spans(spans)  # expansion can make neighbours overlap; keep the longest, as spaCy does
-        if self.overwrite_ents:
-            doc.ents = kept
-        else:  # keep entities set by earlier components, add ours where they do not clash
-            doc.ents = filter_spans(list(doc.ents) + kept)
-        by_span = {(s.start, s.end, s.label_): sc for s, sc in zip(spans, scores, strict=True)}
-        doc.spans[SPANS_KEY] = SpanGroup(doc, name=SPANS_KEY, spans=kept,
-                                         attrs={"scores": [by_span[(s.start, s.end, s.label_)] for s in kept]})
-        return doc
+        return to_doc(doc, ents, low, self.alignment_mode, self.overwrite_ents, SPANS_KEY, REVIEW_KEY)
 
 
 @Language.factory("llm_ner", default_config={"model": None, "batch_size": 16, "device": None,

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .data.corpus import iter_jsonl
-from .data.formats import FORMATS, format_names, record_text
+from ..data.corpus import iter_jsonl
+from ..data.formats import FORMATS, format_names, record_text
+from ..inference.outputs import entity_dicts
 
 
 class NERBatchPredictor:
@@ -25,20 +26,20 @@ class NERBatchPredictor:
                  min_score: float | None = None, review: bool = False):
         import torch
 
-        from .predict import NERModel
+        from ..inference.engine import NERModel
 
         if threads:
             torch.set_num_threads(threads)
-        self.ner = NERModel.from_pretrained(model_dir, batch_size=batch_size, device="cpu", quantize=quantize)
-        self.ner.min_score = min_score
+        self.ner = NERModel.from_pretrained(model_dir, batch_size=batch_size, device="cpu", quantize=quantize,
+                                            min_score=min_score)
         self.review = review
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch["text"]]
         res = self.ner.predict_with_review(texts)
-        batch["entities"] = [json.dumps([e.to_dict() for e in kept], ensure_ascii=False) for kept, _ in res]
+        batch["entities"] = [json.dumps(entity_dicts(kept), ensure_ascii=False) for kept, _ in res]
         if self.review:  # the entities below the thresholds, for a person to check
-            batch["needs_review"] = [json.dumps([e.to_dict() for e in low], ensure_ascii=False) for _, low in res]
+            batch["needs_review"] = [json.dumps(entity_dicts(low), ensure_ascii=False) for _, low in res]
         return batch
 
 
@@ -62,7 +63,7 @@ def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str |
     predict, write JSON lines to output_dir."""
     import ray
 
-    from .data import DataError, detect_format
+    from ..data import DataError, detect_format
 
     fmt = detect_format(input_path, allow_text=True)
     if fmt not in STREAMED:

@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import rundir as R
-from .config import ConfigError, RunConfig
-from .data import Sentence, remap
-from .evaluate import compute_metrics
-from .fsutil import atomic_write_text
+from .. import rundir as R
+from ..config import ConfigError, RunConfig
+from ..data import Sentence, remap
+from ..evaluation.evaluate import compute_metrics
+from ..fsutil import atomic_write_text
 
 
 def _run(cfg: RunConfig, out: Path, keep: list[str] | None, rerun: bool, progress: bool) -> Path:
-    from .train import train
+    from ..training.train import train
 
     c = cfg.model_copy(deep=True)
     c.output = str(out)

@@ -8,16 +8,18 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import backbones, rundir
-from . import quantize as q
-from .align import (
+from .. import rundir
+from ..config import check_min_score
+from ..data import Sentence
+from ..data.words import split_words
+from ..modeling import backbones
+from ..modeling.align import (
     Window,
     collate,
     document_texts,
@@ -27,25 +29,12 @@ from .align import (
     texts_and_offsets,
     window_feature,
 )
+from ..modeling.model import LLMForTokenClassification
+from . import quantize as q
 from .batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
-from .config import check_min_score
-from .data import Sentence, spans
-from .data.words import split_words
-from .model import LLMForTokenClassification
+from .outputs import Entity, Predictions, pipeline_dicts, tags_to_entities
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Entity:
-    start: int  # character offsets into the text, end exclusive
-    end: int
-    label: str
-    text: str
-    score: float  # the model's probability of exactly this entity (model.decode), after the model's temperature
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def load_tokenizer(path_or_name: str | Path, gguf_file: str | None = None):
@@ -57,30 +46,6 @@ def load_tokenizer(path_or_name: str | Path, gguf_file: str | None = None):
     if tok.pad_token_id is None:  # decoders often have none; any id works, padding is masked
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
-
-
-def tags_to_entities(text: str, offsets: Sequence[tuple[int, int]], tags: Sequence[str], conf: Sequence[float]):
-    """IOB2 word tags -> character spans (an I-X without a matching B-X starts an entity, as in conlleval)."""
-    ents = []
-    for label, a, b in spans(tags):
-        s, e = offsets[a][0], offsets[b][1]
-        # every word of an entity carries its score (model.decode); the mean only matters where overlapping windows
-        # scored the entity's words differently
-        ents.append(Entity(s, e, label, text[s:e], round(float(sum(conf[a : b + 1]) / (b - a + 1)), 4)))
-    return ents
-
-
-def entities_to_tags(offsets: Sequence[tuple[int, int]], entities: Sequence[Entity]) -> list[str]:
-    """Entities back to IOB2 word tags (the words whose offsets they span): CoNLL output of thresholded entities."""
-    first = {s: i for i, (s, _) in enumerate(offsets)}
-    tags = ["O"] * len(offsets)
-    for e in entities:
-        i = first[e.start]
-        tags[i] = f"B-{e.label}"
-        while i + 1 < len(offsets) and offsets[i + 1][1] <= e.end:
-            i += 1
-            tags[i] = f"I-{e.label}"
-    return tags
 
 
 class NERModel:
@@ -126,9 +91,13 @@ class NERModel:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
                         trust_remote_code: bool = False, quantize: str | q.Int8Spec | None = None,
-                        max_batch_tokens: int | None = -1) -> NERModel:
-        """`quantize="int8"` (or a `quantize.Int8Spec`): SmoothQuant-calibrated int8 Linear layers (CPU only).
-        `quantize="bf16"`: the backbone's weights and activations in bf16 (head and CRF stay fp32)."""
+                        max_batch_tokens: int | None = -1, min_score: float | None = None) -> NERModel:
+        """The one way every caller loads a model for prediction (predict, batch-predict, serve, the spaCy component,
+        evaluation): precision and thresholds are chosen and checked here, once.
+        `quantize="int8"` (or a `quantize.Int8Spec`): SmoothQuant-calibrated int8 Linear layers (CPU only).
+        `quantize="bf16"`: the backbone's weights and activations in bf16 (head and CRF stay fp32).
+        `min_score`: entities below it (or below their type's calibrated threshold) are left out / for review."""
+        check_min_score(min_score)  # before minutes of loading
         bf16 = quantize == "bf16"
         spec = None if bf16 else q.Int8Spec.parse(quantize)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -143,6 +112,7 @@ class NERModel:
             ner.calibration = json.loads(cal.read_text())
             ner.temperature = float(ner.calibration.get("temperature", 1.0))
             ner.thresholds = dict(ner.calibration.get("thresholds", {}))
+        ner.min_score = min_score
         if spec:
             texts = q.calibration_texts()
             q.quantize_int8(model, lambda: ner.predict(texts), spec.alpha, spec.keep_fp32, spec.scheme)
@@ -274,6 +244,17 @@ class NERModel:
         offsets = [split_words(t) for t in texts]
         return self._with_review(texts, offsets, *self.predict_words(texts, offsets, progress))
 
+    def predict_texts(self, texts: Sequence[str], progress: bool = False) -> Predictions:
+        """Raw texts -> `Predictions` (kept and for-review entities per text), for `outputs.OUTPUTS` to shape."""
+        texts = list(texts)
+        return Predictions(texts, self.predict_with_review(texts, progress))
+
+    def predict_tokens(self, sentences: Sequence[Sentence], gold: bool = False, progress: bool = False
+                       ) -> Predictions:
+        """Token input (`gold`: it carried tags) -> `Predictions` with the same thresholds as raw text."""
+        texts, offsets, res = self.predict_sentences_with_review(sentences, progress)
+        return Predictions(texts, res, sentences, offsets, gold)
+
     def predict_sentences_with_review(self, sentences: Sequence[Sentence], progress: bool = False
                                       ) -> tuple[list[str], list[list[tuple[int, int]]], list[tuple[list, list]]]:
         """Pre-tokenised sentences -> (each sentence's text, its words' offsets, (entities at or above the thresholds,
@@ -304,9 +285,7 @@ class NERModel:
         """Output shaped like transformers' `pipeline("token-classification", aggregation_strategy="simple")`:
         dicts with entity_group, score, word, start, end — a drop-in for code written against that pipeline."""
         single = isinstance(texts, str)
-        res = self.predict([texts] if single else list(texts))
-        out = [[{"entity_group": e.label, "score": e.score, "word": e.text, "start": e.start, "end": e.end}
-                for e in ents] for ents in res]
+        out = [pipeline_dicts(ents) for ents in self.predict([texts] if single else list(texts))]
         return out[0] if single else out
 
 

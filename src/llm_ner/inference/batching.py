@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .align import Window
+from ..modeling.align import Window
 
 
 def budget_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int,

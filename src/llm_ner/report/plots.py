@@ -1,0 +1,153 @@
+"""The report's figures: one function a figure, each (runs or study, output dir) -> the PNG it wrote, or None when the
+runs hold nothing to draw. `FIGURES` lists them in the order the report shows them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+CATS = ["correct", "wrong_type", "boundary_short", "boundary_long", "boundary_shift", "type_and_boundary", "missed",
+        "spurious"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def curves(runs: list[dict], out: Path) -> Path | None:
+    """Training loss and dev F1 per step, every trained run."""
+    trained = [r for r in runs if r["curve"]]
+    if not trained:
+        return None
+    fig, (a1, a2) = _plt().subplots(1, 2, figsize=(11, 3.8))
+    for r in trained:
+        tl = [(c["step"], c["loss"]) for c in r["curve"] if "loss" in c]
+        ev = [(c["step"], c["eval_f1"]) for c in r["curve"] if "eval_f1" in c]
+        if tl:
+            a1.plot(*zip(*tl, strict=True), label=r["name"], lw=1)
+        if ev:
+            a2.plot(*zip(*ev, strict=True), marker="o", label=r["name"])
+    a1.set(title="training loss", xlabel="step", yscale="log")
+    a2.set(title="dev entity F1", xlabel="step", ylabel="F1")
+    a1.legend()
+    a2.legend()
+    return _save(fig, out / "curves.png")
+
+
+def _grouped_bars(ax, runs: list[dict], keys: list[str], value: Callable[[dict, str], float]) -> None:
+    w = 0.8 / max(1, len(runs))
+    for k, r in enumerate(runs):
+        ax.bar([i + k * w for i in range(len(keys))], [value(r, c) for c in keys], w, label=r["name"])
+    ax.set_xticks([i + w * (len(runs) - 1) / 2 for i in range(len(keys))], keys)
+    ax.legend()
+
+
+def per_type(runs: list[dict], out: Path) -> Path:
+    """Test F1 per entity type, a bar per system."""
+    types = sorted({t for r in runs for t in r["metrics"]["per_type"]})
+    fig, ax = _plt().subplots(figsize=(max(6, 1.6 * len(types)), 3.8))
+    _grouped_bars(ax, runs, types, lambda r, t: r["metrics"]["per_type"].get(t, {}).get("f1", 0))
+    ax.set(title="test F1 per entity type", ylabel="F1", ylim=(0, 100))
+    return _save(fig, out / "per_type_f1.png")
+
+
+def confusion(runs: list[dict], out: Path) -> Path:
+    """Gold type x predicted type of the first run's entities (O: none)."""
+    main = runs[0]
+    conf = main["analysis"]["confusion"]
+    labels = sorted(({g for g in conf} | {p for c in conf.values() for p in c}) - {"O"}) + ["O"]
+    mat = [[conf.get(g, {}).get(p, 0) for p in labels] for g in labels]
+    fig, ax = _plt().subplots(figsize=(5.5, 4.6))
+    im = ax.imshow(mat, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="gold", title=f"entity type confusion ({main['name']})")
+    vmax = max(max(row) for row in mat) or 1
+    for i, row in enumerate(mat):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > vmax / 2 else "black")
+    fig.colorbar(im)
+    return _save(fig, out / "confusion.png")
+
+
+def errors(runs: list[dict], out: Path) -> Path:
+    """Errors by category (analyze.py's taxonomy), a bar per system."""
+    fig, ax = _plt().subplots(figsize=(10, 3.8))
+    _grouped_bars(ax, runs, CATS[1:], lambda r, c: r["analysis"]["taxonomy_total"].get(c, 0))
+    ax.tick_params(axis="x", rotation=20)
+    ax.set(title="errors by category (test set)", ylabel="entities")
+    return _save(fig, out / "errors.png")
+
+
+def calibration(runs: list[dict], out: Path) -> Path | None:
+    """Reliability diagram (as trained and calibrated) and precision/recall by score threshold, first scored run."""
+    r = next((r for r in runs if r["metrics"].get("calibration", {}).get("bins")), None)
+    if r is None:
+        return None
+    fig, (a1, a2) = _plt().subplots(1, 2, figsize=(11, 4))
+    a1.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
+    for key in ("calibration_uncalibrated", "calibration"):
+        c = r["metrics"].get(key)
+        if c:
+            label = "as trained (T = 1)" if key == "calibration_uncalibrated" else f"T = {c['temperature']:.2f}"
+            a1.plot([b["mean_score"] for b in c["bins"]], [b["accuracy"] for b in c["bins"]], marker="o",
+                    label=f"{label}: ECE {c['ece']:.3f}")
+    a1.set(title=f"reliability of entity scores ({r['name']})", xlabel="mean score in bin",
+           ylabel="share of entities right", xlim=(0, 1), ylim=(0, 1))
+    a1.legend(fontsize=8)
+    th = r["metrics"]["calibration"]["thresholds"]
+    a2.plot([t["threshold"] for t in th], [t["precision"] for t in th], marker="o", label="precision")
+    a2.plot([t["threshold"] for t in th], [t["recall"] for t in th], marker="s", label="recall")
+    a2.set(title="entities kept at score >= threshold", xlabel="threshold", ylabel="%")
+    a2.legend(fontsize=8)
+    return _save(fig, out / "calibration.png")
+
+
+def study(study: dict | None, out: Path) -> Path | None:
+    """The decoder study's rows: test F1 (mean ± sd over seeds), dev F1, training time and prediction speed."""
+    if not study:
+        return None
+    rows = study["rows"]
+    fig, ax = _plt().subplots(figsize=(9, 0.5 * len(rows) + 1.5))
+    ax.barh([r["name"] for r in rows], [r["test_f1"] for r in rows], color="#6a9fd8",
+            xerr=[r["test_f1_sd"] or 0 for r in rows], label="test F1 (mean ± sd over seeds)")
+    ax.plot([r["dev_f1"] for r in rows], list(range(len(rows))), "k|", markersize=14, label="dev F1")
+    lo = min(min(r["test_f1"] for r in rows), min(r["dev_f1"] for r in rows))
+    for i, r in enumerate(rows):
+        ax.text(max(r["test_f1"], r["dev_f1"]) + 0.4, i,
+                f"{r['test_f1']:.1f}  ({r['train_seconds']:.0f} s, {r['predict_words_per_s']:.0f} w/s)",
+                va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="F1", title="decoder study (quickstart budget)", xlim=(max(0, lo - 10), 100))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
+    return _save(fig, out / "study.png")
+
+
+# figure -> (the function that draws it, the section it is shown under)
+FIGURES: dict[str, tuple[Callable, str]] = {
+    "curves": (curves, "Results"), "per_type": (per_type, "Results"), "confusion": (confusion, "Failure cases"),
+    "errors": (errors, "Failure cases"), "calibration": (calibration, "Confidence"),
+    "study": (study, "Decoder study"),
+}
+
+
+def draw(runs: list[dict], out: Path, study_results: dict | None) -> dict[str, Path]:
+    """Every figure the runs hold data for: name -> PNG."""
+    files = {}
+    for name, (fn, _) in FIGURES.items():
+        path = fn(study_results, out) if fn is study else fn(runs, out)
+        if path is not None:
+            files[name] = path
+    return files

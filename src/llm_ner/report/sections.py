@@ -1,0 +1,141 @@
+"""The report's sections, one short function each: (title, Markdown) from one run's facts. Fixed prose lives in
+templates/*.md.j2; every fact in it (backbone, quantisation, context, exit layer, data sizes, seed) comes from the
+run's saved config and summary (`facts`), and the backbone's "why" and quirks from the backbone table
+(modeling/backbones.py), so the prose follows the run and cannot go stale."""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+from ..modeling.backbones import ALIASES, family
+
+
+@functools.cache
+def _env():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FunctionLoader(
+        lambda name: (resources.files("llm_ner") / "report" / "templates" / name).read_text(encoding="utf-8")),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+def render(template: str, facts: dict) -> str:
+    """A template filled with facts; a fact the template names but the run lacks is an error, never a blank."""
+    return _env().get_template(template).render(**facts).strip()
+
+
+class _Sizes(dict):
+    """A data split's counts, with 0 for what a run did not record (attribute access for the templates)."""
+
+    def __getattr__(self, key: str) -> int:
+        return self.get(key, 0)
+
+
+def backbone_why(name: str) -> str:
+    """Why a bundled backbone was chosen: the backbone table's own text (backbones.ALIASES), said once."""
+    m = ALIASES.get(name)
+    if m is None or not m.why:
+        return "A decoder the user chose; the transformation does not depend on it."
+    return m.why
+
+
+def facts(llm: dict) -> dict:
+    """Everything the templates may say about one run: from its saved model config, run config and summary."""
+    s, mcfg, rcfg = llm["summary"] or {}, llm["config"] or {}, llm["run"].config or {}
+    model, loss, train = mcfg.get("model", {}), mcfg.get("loss", {}), rcfg.get("training", {})
+    data = s.get("data", {})
+    backbone = str(llm["model"])
+    bundled = ALIASES.get(backbone)
+    unmask = model.get("unmask")
+    return {
+        "backbone": backbone, "why": backbone_why(backbone), "quantisation": bundled.quantisation if bundled else None,
+        "quirks": family(s.get("model_type")).quirks, "mode": mcfg.get("mode"),
+        "params_total": s.get("parameters", {}).get("total", 0),
+        "params_trained": s.get("parameters", {}).get("trainable", 0),
+        "unmask": len(unmask) if isinstance(unmask, list) else unmask, "exit_layer": model.get("exit_layer"),
+        "head_dropout": model.get("head_dropout"), "crf": model.get("crf"), "max_length": model.get("max_length"),
+        "stride": model.get("stride"), "context": mcfg.get("context", "sentence"),
+        "ce_weight": loss.get("ce_weight"), "crf_weight": loss.get("crf_weight"),
+        "label_smoothing": loss.get("label_smoothing"),
+        "train": _Sizes(data.get("train", {})), "test": _Sizes(data.get("test", {})),
+        "types": sorted({t[2:] for t in (s.get("labels") or []) if t != "O"}),
+        "subset": rcfg.get("data", {}).get("max_train_sentences") is not None,
+        "epochs": train.get("epochs"), "batch_size": train.get("batch_size"), "seed": train.get("seed"),
+        "lr": train.get("learning_rate"), "head_lr": train.get("head_learning_rate"),
+    }
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def results(runs: list[dict], llm: dict) -> str:
+    lines = [f"- **{r['name']}** ({r['kind']}): test F1 {_pct(r['metrics']['f1'])} (P "
+             f"{_pct(r['metrics']['precision'])}, R {_pct(r['metrics']['recall'])}, macro F1 "
+             f"{_pct(r['metrics']['macro_f1'])}; strict IOB2 F1 {_pct(r['metrics'].get('strict', {}).get('f1'))}) on "
+             f"{r['metrics']['sentences']:,} sentences" for r in runs]
+    enc = next((r for r in runs if r["kind"] == "encoder"), None)
+    if enc:
+        d = llm["metrics"]["f1"] - enc["metrics"]["f1"]
+        lines.append(f"- The LLM model is {abs(d):.1f} F1 points {'above' if d >= 0 else 'below'} the encoder "
+                     "baseline on the same split and scorer.")
+    pr = next((r for r in runs if r["kind"] == "prompt"), None)
+    if pr:
+        c, ps = pr["prompt_stats"]["counts"], pr["prompt_stats"]
+        lines.append(f"- The prompted baseline ({pr['model']}, {ps['k_shot']}-shot) made {c.get('requests', 0)} "
+                     f"requests: {c.get('malformed', 0)} malformed answers, {c.get('hallucinated', 0)} entities not "
+                     f"in the sentence, {c.get('unknown_type', 0)} with an unknown type, {c.get('refusal', 0)} "
+                     f"refusals; latency p50 {ps.get('latency_p50')} s.")
+    return "\n".join(lines)
+
+
+def confidence(llm: dict) -> str | None:
+    cal = llm["metrics"].get("calibration")
+    if not cal:
+        return None
+    th = {t["threshold"]: t for t in cal["thresholds"]}
+    txt = ("Every entity's score is the model's probability of exactly that entity (CRF forward-backward), divided "
+           f"by a temperature fitted on dev after training (T = {cal.get('temperature', 1.0):.2f}; the tags, and so "
+           f"F1, do not change). Expected calibration error of the test entities' scores (10 bins): "
+           f"**{cal['ece']:.3f}**")
+    unc = llm["metrics"].get("calibration_uncalibrated")
+    if unc:
+        txt += f" (as trained, T = 1: {unc['ece']:.3f})"
+    kept = "; ".join(f"≥ {k}: precision {th[k]['precision']:.1f}, recall {th[k]['recall']:.1f}"
+                     for k in (0.5, 0.9, 0.95) if k in th)
+    return txt + (f". Entities kept above a score threshold: {kept}. `llm-ner calibrate --target-precision 0.95` "
+                  "saves per-type thresholds that `predict`, `serve` and the spaCy component apply (the rest is "
+                  "returned as needs-review when asked).")
+
+
+def failures(llm: dict) -> str:
+    a = llm["analysis"]
+    errs = sorted(((k, v) for k, v in a["taxonomy_total"].items() if k != "correct"), key=lambda kv: -kv[1])
+    forms = "; ".join(f"“{f['text']}” {f['gold']}→{f['pred']} ×{f['count']}" for f in a["confused_forms"][:6])
+    out = [f"Largest error categories for {llm['name']}: " + ", ".join(f"{k} {v}" for k, v in errs[:4]) + ".",
+           f"Most frequent confusions: {forms}."]
+    su = a.get("seen_unseen") or {}
+    if su:
+        out.append(f"Entities seen in training (same surface form and type): F1 {su.get('seen', {}).get('f1')}; "
+                   f"unseen: F1 {su.get('unseen', {}).get('f1')} — most of the gap to the reference comes from "
+                   "names the training data never showed.")
+    bl = a.get("by_entity_length", {})
+    if bl:
+        out.append("F1 by entity length (tokens): " + ", ".join(f"{k}: {v['f1']}" for k, v in bl.items()) + ".")
+    return "\n\n".join(out)
+
+
+def sections(runs: list[dict], study: dict | None) -> list[tuple[str, str]]:
+    """The report's sections in order; a section without facts to show is left out."""
+    from .study import study_text
+
+    llm = next((r for r in runs if r["kind"] == "llm"), runs[0])
+    f = {**facts(llm), "prompted": any(r["kind"] == "prompt" for r in runs)}
+    out = [("Dataset and why", render("dataset.md.j2", f)), ("Model and why", render("model.md.j2", f)),
+           ("How the LLM was transformed", render("transformed.md.j2", f)),
+           ("How training differs from language-model training", render("training.md.j2", f)),
+           ("Results", results(runs, llm)), ("Confidence", confidence(llm)), ("Failure cases", failures(llm)),
+           ("Limitations and improvements", render("limitations.md.j2", f)),
+           ("Decoder study", study_text(study) if study else None)]
+    return [(t, body) for t, body in out if body]

@@ -93,7 +93,7 @@ def test_backbone_prose_comes_from_the_backbone_table():
     from llm_ner.report import sections
 
     def model_prose(backbone: str, model_type: str = "gemma3_text") -> str:
-        run = {"model": backbone, "summary": {"model_type": model_type}, "config": {}, "run": type("R", (), {
+        run = {"name": "r", "model": backbone, "summary": {"model_type": model_type}, "config": {}, "run": type("R", (), {
             "config": None})()}
         return sections.render("model.md.j2", sections.facts(run))
 

@@ -93,8 +93,8 @@ def test_backbone_prose_comes_from_the_backbone_table():
     from llm_ner.report import sections
 
     def model_prose(backbone: str, model_type: str = "gemma3_text") -> str:
-        run = {"name": "r", "model": backbone, "summary": {"model_type": model_type}, "config": {}, "run": type("R", (), {
-            "config": None})()}
+        run = {"name": "r", "model": backbone, "summary": {"model_type": model_type}, "config": {},
+               "run": type("R", (), {"config": None})()}
         return sections.render("model.md.j2", sections.facts(run))
 
     text = model_prose("gemma3-270m")

@@ -49,7 +49,8 @@ def facts(llm: dict) -> dict:
     bundled = ALIASES.get(backbone)
     unmask = model.get("unmask")
     return {
-        "run": llm["name"], "backbone": backbone, "why": backbone_why(backbone), "quantisation": bundled.quantisation if bundled else None,
+        "run": llm["name"], "backbone": backbone, "why": backbone_why(backbone),
+        "quantisation": bundled.quantisation if bundled else None,
         "quirks": family(s.get("model_type")).quirks, "mode": mcfg.get("mode"),
         "params_total": s.get("parameters", {}).get("total", 0),
         "params_trained": s.get("parameters", {}).get("trainable", 0),

@@ -416,6 +416,41 @@ def w_exit_paired(a) -> dict:
             "peak_mb": peak_mb()}
 
 
+def w_compile_paired(a) -> dict:
+    """Issue 22 item 1: the quickstart's training step (Gemma 3 270M, bf16 autocast, eager attention, frozen input
+    embeddings, 16 windows a step) eager against the same model under `torch.compile` (inductor's CPU backend fuses
+    norms, activations and casts; dynamic shapes, as batch lengths vary). Two models from the same seed in one
+    process, alternated on the same batches; compilation (the first steps) is timed apart, not in the ratio."""
+    import torch
+
+    from llm_ner.config import load_config
+
+    q = load_config("quickstart")
+    over = {"model.backbone": q.model.backbone, "training.precision": q.training.precision,
+            "model.attn_implementation": q.model.attn_implementation,
+            "model.train_embeddings": q.model.train_embeddings}
+    b = argparse.Namespace(**{**vars(a), "batch": q.training.batch_size})
+    torch.manual_seed(0)
+    eager = _train_setup(b, "quickstart", over)
+    torch.manual_seed(0)
+    comp = list(_train_setup(b, "quickstart", over))
+    comp[0] = torch.compile(comp[0], dynamic=True)
+    _train_steps(*eager[:2], eager[2][:1], q.training.precision)
+    t0 = time.perf_counter()
+    _train_steps(comp[0], comp[1], comp[2][:2], q.training.precision)  # compiles (two shapes: dynamic from then on)
+    compile_s = time.perf_counter() - t0
+    rounds = []
+    for r in range(a.rounds):
+        chunk = slice(2 + r * a.steps, 2 + (r + 1) * a.steps)
+        got = {}
+        for name, (m, opt, batches) in (("eager", eager), ("compiled", comp)):
+            n_tok, dt = _train_steps(m, opt, batches[chunk], q.training.precision)
+            got[name] = round(n_tok / dt, 1)
+        rounds.append({**got, "ratio": round(got["compiled"] / got["eager"], 2)})
+    return {"rounds": rounds, "median_ratio": median_ratio(rounds), "compile_seconds": round(compile_s, 1),
+            "peak_mb": peak_mb()}
+
+
 def w_backbone_paired(a) -> dict:
     """SmolLM2-135M against Gemma 3 270M on the quickstart recipe: each round, both models take optimizer steps on the
     same `--steps` x 16 CoNLL sentences (each tokenised by its own tokenizer, batched 16 a step), alternated in one
@@ -654,7 +689,8 @@ WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "sp
            "train": w_train, "raw_text": w_raw_text, "splitter": w_splitter,
            "train_paired": w_train_paired,
            "exit_paired": w_exit_paired,
-           "backbone_paired": w_backbone_paired, "train_recipe": w_train_recipe, "train_padding": w_train_padding,
+           "backbone_paired": w_backbone_paired, "compile_paired": w_compile_paired, "train_recipe": w_train_recipe,
+           "train_padding": w_train_padding,
            "scaling": w_scaling, "paired": w_paired, "serve": w_serve}
 
 
@@ -736,6 +772,8 @@ def main() -> None:
                                           "--rounds", "2" if a.quick else "5"),
         "backbone_paired": lambda: run_worker("backbone_paired", "--mode", "full", "--steps", "2" if a.quick else "3",
                                               "--rounds", "2" if a.quick else "5"),
+        "compile_paired": lambda: run_worker("compile_paired", "--mode", "full", "--steps", "2" if a.quick else "3",
+                                             "--rounds", "2" if a.quick else "5"),
         "train_padding": lambda: run_worker("train_padding"),
         "train_recipe": lambda: run_worker("train_recipe", "--mode", "full", "--steps", "1" if a.quick else "2",
                                            "--rounds", "2" if a.quick else "5"),

@@ -388,28 +388,41 @@ def w_train_paired(a) -> dict:
             "nonembedding_params": nonembedding_params(model.backbone), "peak_mb": peak_mb()}
 
 
-def w_exit_paired(a) -> dict:
-    """Training steps of the quickstart recipe (bf16 autocast, eager, frozen embeddings, 16 windows a step) with all
-    30 layers against `model.exit_layer: 23`: two models in one process, alternated on the same batches, so the
-    VM's drift cancels out. Do 7 fewer layers make a step faster, and by how much?"""
+def _quickstart_recipe(a):
+    """The quickstart config, its CPU training recipe as `_train_setup` overrides, and `a` at its batch size."""
     from llm_ner.config import load_config
 
     q = load_config("quickstart")
     over = {"training.precision": q.training.precision, "model.attn_implementation": q.model.attn_implementation,
             "model.train_embeddings": q.model.train_embeddings}
-    b = argparse.Namespace(**{**vars(a), "batch": q.training.batch_size})
+    return q, over, argparse.Namespace(**{**vars(a), "batch": q.training.batch_size})
+
+
+def _paired_rounds(arms: dict, precision: str, a, start: int) -> list[dict]:
+    """`a.rounds` rounds; in each, every arm (name -> (model, optimizer, batches)) takes the same `a.steps` batches
+    from `start` on, in turn: training tokens/s per arm and the ratio last arm / first."""
+    first, last = list(arms)[0], list(arms)[-1]
+    rounds = []
+    for r in range(a.rounds):
+        chunk = slice(start + r * a.steps, start + (r + 1) * a.steps)
+        got = {}
+        for name, (m, opt, batches) in arms.items():
+            n_tok, dt = _train_steps(m, opt, batches[chunk], precision)
+            got[name] = round(n_tok / dt, 1)
+        rounds.append({**got, "ratio": round(got[last] / got[first], 2)})
+    return rounds
+
+
+def w_exit_paired(a) -> dict:
+    """Training steps of the quickstart recipe (bf16 autocast, eager, frozen embeddings, 16 windows a step) with all
+    30 layers against `model.exit_layer: 23`: two models in one process, alternated on the same batches, so the
+    VM's drift cancels out. Do 7 fewer layers make a step faster, and by how much?"""
+    q, over, b = _quickstart_recipe(a)
     full = _train_setup(b, "quickstart", over)
     exit23 = _train_setup(b, "quickstart", {**over, "model.exit_layer": 23})
     for m, opt, batches in (full, exit23):
         _train_steps(m, opt, batches[:1], q.training.precision)
-    rounds = []
-    for r in range(a.rounds):
-        chunk = slice(1 + r * a.steps, 1 + (r + 1) * a.steps)
-        got = {}
-        for name, (m, opt, batches) in (("layers_30", full), ("exit_23", exit23)):
-            n_tok, dt = _train_steps(m, opt, batches[chunk], q.training.precision)
-            got[name] = round(n_tok / dt, 1)
-        rounds.append({**got, "ratio": round(got["exit_23"] / got["layers_30"], 2)})
+    rounds = _paired_rounds({"layers_30": full, "exit_23": exit23}, q.training.precision, a, start=1)
     return {"rounds": rounds, "median_ratio": median_ratio(rounds),
             "layers": [m.backbone.config.num_hidden_layers for m, _, _ in (full, exit23)],
             "nonembedding_params": [nonembedding_params(m.backbone) for m, _, _ in (full, exit23)],
@@ -423,13 +436,8 @@ def w_compile_paired(a) -> dict:
     process, alternated on the same batches; compilation (the first steps) is timed apart, not in the ratio."""
     import torch
 
-    from llm_ner.config import load_config
-
-    q = load_config("quickstart")
-    over = {"model.backbone": q.model.backbone, "training.precision": q.training.precision,
-            "model.attn_implementation": q.model.attn_implementation,
-            "model.train_embeddings": q.model.train_embeddings}
-    b = argparse.Namespace(**{**vars(a), "batch": q.training.batch_size})
+    q, over, b = _quickstart_recipe(a)
+    over = {**over, "model.backbone": q.model.backbone}
     torch.manual_seed(0)
     eager = _train_setup(b, "quickstart", over)
     torch.manual_seed(0)
@@ -439,14 +447,7 @@ def w_compile_paired(a) -> dict:
     t0 = time.perf_counter()
     _train_steps(comp[0], comp[1], comp[2][:2], q.training.precision)  # compiles (two shapes: dynamic from then on)
     compile_s = time.perf_counter() - t0
-    rounds = []
-    for r in range(a.rounds):
-        chunk = slice(2 + r * a.steps, 2 + (r + 1) * a.steps)
-        got = {}
-        for name, (m, opt, batches) in (("eager", eager), ("compiled", comp)):
-            n_tok, dt = _train_steps(m, opt, batches[chunk], q.training.precision)
-            got[name] = round(n_tok / dt, 1)
-        rounds.append({**got, "ratio": round(got["compiled"] / got["eager"], 2)})
+    rounds = _paired_rounds({"eager": eager, "compiled": comp}, q.training.precision, a, start=2)
     return {"rounds": rounds, "median_ratio": median_ratio(rounds), "compile_seconds": round(compile_s, 1),
             "peak_mb": peak_mb()}
 

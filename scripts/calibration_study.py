@@ -25,7 +25,7 @@ from llm_ner.evaluation.evaluate import calibration_metrics
 from llm_ner.inference.engine import NERModel, Scorer
 
 
-def load(spec: str, limit_seen: int | None = None):
+def load(spec: str):
     """name:split[:N | :A-B] -> sentences."""
     parts = spec.split(":")
     sents = load_corpus(":".join(parts[:2]))

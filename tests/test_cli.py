@@ -97,7 +97,7 @@ def test_predict_on_token_input_honours_every_option(tiny_ner_dir, tmp_path):
     src = tmp_path / "in.conll"
     src.write_text("Peter B-PER\nvisited O\nNew B-LOC\nYork I-LOC\nand O\nWashington B-LOC\non O\nMonday O\n. O\n\n"
                    "Apple B-ORG\nhired O\nJohn B-PER\nSmith I-PER\nfrom O\nGoogle B-ORG\nin O\nLondon B-LOC\n. O\n")
-    _, _, res = NERModel.from_pretrained(tiny_ner_dir).predict_sentences_with_review(read_conll(src))
+    res = NERModel.from_pretrained(tiny_ner_dir).predict_tokens(read_conll(src)).results
     scores = sorted(e.score for kept, _ in res for e in kept)
     gap, i = max((b - a, i) for i, (a, b) in enumerate(zip(scores[:-1], scores[1:], strict=True)))
     assert len(scores) >= 2 and gap > 2 * SCORE_ATOL, scores

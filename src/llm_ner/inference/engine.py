@@ -251,16 +251,11 @@ class NERModel:
 
     def predict_tokens(self, sentences: Sequence[Sentence], gold: bool = False, progress: bool = False
                        ) -> Predictions:
-        """Token input (`gold`: it carried tags) -> `Predictions` with the same thresholds as raw text."""
-        texts, offsets, res = self.predict_sentences_with_review(sentences, progress)
-        return Predictions(texts, res, sentences, offsets, gold)
-
-    def predict_sentences_with_review(self, sentences: Sequence[Sentence], progress: bool = False
-                                      ) -> tuple[list[str], list[list[tuple[int, int]]], list[tuple[list, list]]]:
-        """Pre-tokenised sentences -> (each sentence's text, its words' offsets, (entities at or above the thresholds,
-        entities below them)): the thresholds and review of raw-text prediction, for token input (CoNLL) too."""
+        """Token input (`gold`: it carried tags) -> `Predictions` with the same thresholds and review as raw text:
+        each sentence's text, its words' offsets, and (entities at or above the thresholds, those below them)."""
         texts, offsets = texts_and_offsets(sentences)
-        return texts, offsets, self._with_review(texts, offsets, *self.predict_sentences_scored(sentences, progress))
+        res = self._with_review(texts, offsets, *self.predict_sentences_scored(sentences, progress))
+        return Predictions(texts, res, sentences, offsets, gold)
 
     def _with_review(self, texts, offsets, tags, confs) -> list[tuple[list[Entity], list[Entity]]]:
         """Word tags -> entities per text, split at the thresholds: (kept, below them — for review)."""

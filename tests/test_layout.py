@@ -15,7 +15,7 @@ PKG = ROOT / "src" / "llm_ner"
 STAGES = [
     "errors", "fsutil", "device", "config",  # core: every stage may use them
     "data", "labels", "rundir",
-    "modeling", "inference", "evaluation", "training",
+    "modeling", "inference", "evaluation", "training", "active",
     "baselines", "comparison", "report",
     "serving", "cli", "__init__",
 ]

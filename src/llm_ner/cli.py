@@ -346,6 +346,51 @@ def predict(
         sys.stdout.write(body)
 
 
+@command("select")
+def select_texts(
+    model: Annotated[str, Opt(help="saved model dir (RUN/model)")],
+    pool: Annotated[str, Opt(help="unlabelled texts, in any format `predict` reads (`llm-ner formats`)")],
+    n: Annotated[int, Opt(help="how many texts to choose")],
+    output: Annotated[str, Opt(help="where to write the chosen texts with their pre-annotations")],
+    strategy: Annotated[str, Opt(help="uncertainty (least sure first: mean log-probability per word of the tags) | "
+                                      "random")] = "uncertainty",
+    to: Annotated[str, Opt(help="label-studio | doccano | jsonl (each record with its confidence)")] = "label-studio",
+    format: Annotated[str, Opt(help="declare the pool's format: auto (from the content) | "
+                                    + " | ".join(format_names(texts=True)))] = "auto",
+    exclude: Annotated[list[str] | None, Opt(help="labelled data whose texts are never chosen (repeat); the model's "
+                                                  "own training data is left out anyway")] = None,
+    seed: Annotated[int, Opt(help="random strategy's seed")] = 0,
+    batch_size: Annotated[int, Opt()] = 16,
+    trust_remote_code: TrustRemoteCode = False,
+    int8: Int8 = False,
+    bf16: Bf16 = False,
+    min_score: MinScore = None,
+    review: Annotated[bool, Opt("--review", help="pre-annotate the entities below the thresholds too")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Choose the texts to label next from a pool (active learning) and write them pre-annotated for correction."""
+    _setup_logging(verbose)
+    from .active.select import candidates, labelled_keys, select, training_keys
+    from .data import read_texts
+    from .fsutil import atomic_write_text
+    from .inference.engine import NERModel
+    from .inference.outputs import check_output
+    from .modeling.align import texts_and_offsets
+    from .rundir import model_identity
+
+    out = check_output(to, False, review)
+    kind, items = read_texts(pool, format)
+    texts = list(items) if kind == "text" else texts_and_offsets(items)[0]
+    chosen_from = candidates(texts, n, strategy, training_keys(model) | labelled_keys(exclude or []), pool)
+    _check_score(min_score)
+    ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                                   quantize=_precision(int8, bf16), min_score=min_score)
+    chosen = select(ner, chosen_from, n, strategy, seed, progress=True)
+    ident = model_identity(model)
+    atomic_write_text(Path(output), out.write(chosen, review, f"{ident['name']}@{ident['version']}"))
+    typer.echo(f"chose {len(chosen.texts)} of {len(texts)} texts ({strategy}) -> {output}", err=True)
+
+
 @command()
 def analyze(
     predictions: Annotated[str, typer.Argument(help="'token gold pred' file, e.g. RUN/test_predictions.conll")],

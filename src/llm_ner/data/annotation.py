@@ -204,19 +204,24 @@ def docbin_records(path: Path) -> list[Record]:
 
 # --- writing predictions as pre-annotations ---
 
-def label_studio_tasks(texts: list[str], entities: list[list[dict]], model_version: str) -> list[dict]:
-    """Label Studio import with pre-annotations: each region carries the entity's score, the task the mean."""
+def label_studio_tasks(texts: list[str], entities: list[list[dict]], model_version: str,
+                       task_scores: list[float | None] | None = None) -> list[dict]:
+    """Label Studio import with pre-annotations: each region carries the entity's score; the prediction carries
+    `task_scores` where given (active learning: how sure the model is of the whole text), else the regions' mean."""
     tasks = []
-    for text, ents in zip(texts, entities, strict=True):
+    for text, ents, given in zip(texts, entities, task_scores or [None] * len(texts), strict=True):
         result = [{"id": f"e{i}", "from_name": LS_FROM, "to_name": LS_TO, "type": "labels", "score": e["score"],
                    "value": {"start": e["start"], "end": e["end"], "text": e["text"], "labels": [e["label"]]}}
                   for i, e in enumerate(ents)]
-        score = sum(e["score"] for e in ents) / len(ents) if ents else 1.0
+        score = given if given is not None else sum(e["score"] for e in ents) / len(ents) if ents else 1.0
         tasks.append({"data": {"text": text},
                       "predictions": [{"model_version": model_version, "score": score, "result": result}]})
     return tasks
 
 
-def doccano_lines(texts: list[str], entities: list[list[dict]]) -> list[str]:
-    return [json_line({"text": t, "label": [[e["start"], e["end"], e["label"]] for e in ents]})
-            + "\n" for t, ents in zip(texts, entities, strict=True)]
+def doccano_lines(texts: list[str], entities: list[list[dict]], confidences: list[float | None] | None = None
+                  ) -> list[str]:
+    """doccano JSONL; a `confidence` field (kept by doccano as metadata) where given."""
+    return [json_line({"text": t, "label": [[e["start"], e["end"], e["label"]] for e in ents],
+                       **({"confidence": c} if c is not None else {})})
+            + "\n" for t, ents, c in zip(texts, entities, confidences or [None] * len(texts), strict=True)]

@@ -159,14 +159,21 @@ class NERModel:
         """Decode kept word logits again at another temperature (calibration: no forward pass needed)."""
         out: list[tuple] = []
         for i in range(0, len(logits), batch):
-            chunk = logits[i : i + batch]
-            W, C = max(len(x) for x in chunk), chunk[0].shape[-1]
-            lg = torch.zeros(len(chunk), max(W, 1), C)
-            mask = torch.zeros(len(chunk), max(W, 1), dtype=torch.bool)
-            for b, x in enumerate(chunk):
-                lg[b, : len(x)], mask[b, : len(x)] = x, True
+            lg, mask = _padded(logits[i : i + batch])
             paths, conf = self.model.decode(lg, mask, temperature)
             out += list(zip(paths, conf, strict=True))
+        return out
+
+    @torch.no_grad()
+    def mean_logprobs(self, res: Sequence[tuple], batch: int = 256) -> list[float]:
+        """Per window of `run_windows(keep_logits=True)`: the mean over its words of log p(decoded tags), as trained —
+        the "maximum normalised log-probability" of Shen et al. (2018): near 0 sure, very negative unsure."""
+        out: list[float] = []
+        for i in range(0, len(res), batch):
+            chunk = res[i : i + batch]
+            lg, mask = _padded([r[2] for r in chunk])
+            lp = self.model.path_logprob(lg, mask, [list(r[0]) for r in chunk])
+            out += (lp / mask.sum(1).clamp(min=1)).tolist()
         return out
 
     def predict_words(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]],
@@ -249,6 +256,20 @@ class NERModel:
         texts = list(texts)
         return Predictions(texts, self.predict_with_review(texts, progress))
 
+    def predict_texts_scored(self, texts: Sequence[str], progress: bool = False) -> Predictions:
+        """`predict_texts`, plus each text's sequence score (`Predictions.scores`): the mean log-probability per word
+        of its tags (`mean_logprobs`); a text cut into windows takes its least sure window's; a text without words
+        scores 0."""
+        texts = list(texts)
+        offsets = [split_words(t) for t in texts]
+        keep, windows = self.windows_for(texts, offsets)
+        res = self.run_windows(windows, progress, keep_logits=True) if windows else []
+        scores = [0.0] * len(texts)
+        for win, lp in zip(windows, self.mean_logprobs(res), strict=True):
+            scores[keep[win.item]] = min(scores[keep[win.item]], lp)
+        tags, confs = self.merge(len(texts), offsets, keep, windows, res)
+        return Predictions(texts, self._with_review(texts, offsets, tags, confs), scores=scores)
+
     def predict_tokens(self, sentences: Sequence[Sentence], gold: bool = False, progress: bool = False
                        ) -> Predictions:
         """Token input (`gold`: it carried tags) -> `Predictions` with the same thresholds and review as raw text:
@@ -282,6 +303,16 @@ class NERModel:
         single = isinstance(texts, str)
         out = [pipeline_dicts(ents) for ents in self.predict([texts] if single else list(texts))]
         return out[0] if single else out
+
+
+def _padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word logits of several windows, (W_i, C) each -> (B, max W, C) zero-padded, and the (B, max W) word mask."""
+    W, C = max(len(x) for x in rows), rows[0].shape[-1]
+    lg = torch.zeros(len(rows), max(W, 1), C)
+    mask = torch.zeros(len(rows), max(W, 1), dtype=torch.bool)
+    for b, x in enumerate(rows):
+        lg[b, : len(x)], mask[b, : len(x)] = x, True
+    return lg, mask
 
 
 class Scorer:

@@ -5,6 +5,7 @@ spans. Every entry point (predict, batch-predict, serve, the spaCy component) sh
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -69,6 +70,12 @@ class Predictions:
     sentences: Sequence[Sentence] | None = None  # token input (CoNLL, a token per line)
     offsets: list[list[tuple[int, int]]] | None = None
     gold: bool = False  # the token input carried tags: CoNLL output keeps them beside the predictions
+    # Per text, how sure the model is of its whole tagging (`NERModel.predict_texts_scored`: mean log-probability per
+    # word, <= 0); writers then give each record `confidence` = exp(score), the per-word geometric mean probability.
+    scores: list[float] | None = None
+
+    def confidences(self) -> list[float | None]:
+        return [round(math.exp(s), 4) for s in self.scores] if self.scores is not None else [None] * len(self.texts)
 
     def shown(self, review: bool) -> list[list[dict]]:
         """Per text, the entities a pre-annotation shows: the kept ones, with --review the ones below too."""
@@ -87,8 +94,9 @@ class Output:
 
 def _jsonl(p: Predictions, review: bool, _model: str) -> str:
     return "".join(json_line({"text": t, "entities": entity_dicts(kept),
-                              **({"needs_review": entity_dicts(low)} if review else {})}) + "\n"
-                   for t, (kept, low) in zip(p.texts, p.results, strict=True))
+                              **({"needs_review": entity_dicts(low)} if review else {}),
+                              **({"confidence": c} if c is not None else {})}) + "\n"
+                   for t, (kept, low), c in zip(p.texts, p.results, p.confidences(), strict=True))
 
 
 def _conll(p: Predictions, _review: bool, _model: str) -> str:
@@ -97,11 +105,12 @@ def _conll(p: Predictions, _review: bool, _model: str) -> str:
 
 
 def _label_studio(p: Predictions, review: bool, model: str) -> str:
-    return json.dumps(label_studio_tasks(p.texts, p.shown(review), model), ensure_ascii=False, indent=1) + "\n"
+    return json.dumps(label_studio_tasks(p.texts, p.shown(review), model, p.confidences()), ensure_ascii=False,
+                      indent=1) + "\n"
 
 
 def _doccano(p: Predictions, review: bool, _model: str) -> str:
-    return "".join(doccano_lines(p.texts, p.shown(review)))
+    return "".join(doccano_lines(p.texts, p.shown(review), p.confidences()))
 
 
 OUTPUTS: dict[str, Output] = {o.name: o for o in [

@@ -350,6 +350,18 @@ class LLMForTokenClassification(nn.Module):
             conf[b][s : e + 1] = [score] * (e - s + 1)
         return paths, conf
 
+    @torch.no_grad()
+    def path_logprob(self, word_logits: torch.Tensor, word_mask: torch.Tensor, paths: list[list[int]]) -> torch.Tensor:
+        """(B,) log-probability of each row's decoded tag path: with a CRF, log p(path | words) (forward algorithm);
+        without one, the sum of the per-word log-softmax of its tags. Active learning ranks texts by it."""
+        tags = torch.zeros(word_mask.shape, dtype=torch.long, device=word_logits.device)  # (B,W)
+        for b, p in enumerate(paths):
+            tags[b, : len(p)] = torch.tensor(p, dtype=torch.long)
+        if self.crf is not None:
+            return self.crf.log_likelihood(word_logits, tags, word_mask)
+        logp = F.log_softmax(word_logits.float(), -1).gather(2, tags.unsqueeze(2)).squeeze(2)  # (B,W)
+        return (logp * word_mask).sum(1)
+
     def span_scores(self, word_logits, word_mask, spans, probs, temperature: float) -> list[float]:
         """The probability that the model puts exactly this entity here: its tags B-X I-X ... and the next word not
         I-X. With a CRF, the exact marginal (forward-backward); without one, the same event under independent

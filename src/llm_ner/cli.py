@@ -138,6 +138,8 @@ def train(
     lr: Annotated[float | None, Opt(help="backbone learning rate")] = None,
     seed: Annotated[int | None, Opt(help="random seed")] = None,
     max_train_sentences: Annotated[int | None, Opt(help="use the first N training sentences")] = None,
+    init: Annotated[str | None, Opt(help="continue from this saved model dir (RUN/model): its weights, labels and "
+                                         "model section; types new in the data are added (training.init)")] = None,
     set_: Annotated[list[str] | None, Opt("--set", help="override a key: --set loss.label_smoothing=0.1")] = None,
     resume: Annotated[bool, Opt(help="continue from the last checkpoint in OUTPUT/checkpoints")] = False,
     progress: Annotated[bool, Opt(help="progress bars")] = True,
@@ -150,7 +152,8 @@ def train(
 
     flags = {"model.backbone": model, "data.train": train_data, "data.dev": dev, "data.test": test, "output": output,
              "training.mode": mode, "training.max_steps": max_steps, "training.epochs": epochs,
-             "training.learning_rate": lr, "training.seed": seed, "data.max_train_sentences": max_train_sentences}
+             "training.learning_rate": lr, "training.seed": seed, "data.max_train_sentences": max_train_sentences,
+             "training.init": init}
     run_train(load_config(config, _overrides(flags, set_)), resume=resume, progress=progress)
 
 

@@ -120,6 +120,10 @@ class TrainingConfig(_Strict):
     logging_steps: int = 10
     early_stopping_patience: int | None = 3  # evaluations without dev-F1 gain before stopping; None = never
     seed: int = 42
+    # Continue from a saved model dir (llm-ner train --init RUN/model): its backbone as trained, its head and CRF, and
+    # its model section (unmasking, exit layer, ...). Its labels stay; entity types new in the data are added with
+    # fresh head rows. None: start from model.backbone.
+    init: str | None = None
     threads: int | None = None  # torch CPU threads; None = torch's default
     # auto: bf16 autocast on a GPU that has it, else fp32. bf16 on a CPU: autocast where the CPU has native bf16.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

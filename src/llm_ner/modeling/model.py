@@ -236,6 +236,9 @@ class LLMForTokenClassification(nn.Module):
                     if m.crf else None)
         # Per-class weights for the cross-entropy (all 1 unless train.py sets "balanced" weights).
         self.register_buffer("ce_weights", torch.ones(n_tags))
+        # The backbone's weights are no longer model.backbone's (continued from a fine-tuned model): saving must then
+        # write them in full, whatever the mode (`from_init`).
+        self.backbone_changed = False
 
     @property
     def packable(self) -> bool:
@@ -427,7 +430,7 @@ class LLMForTokenClassification(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         cfg = self.config.model_copy(deep=True)
         is_peft = hasattr(self.backbone, "peft_config")
-        if cfg.mode == "full" or (is_peft and merge_lora):
+        if cfg.mode == "full" or (is_peft and merge_lora) or self.backbone_changed:
             bb = self.backbone
             if is_peft:  # merge a copy so the live model keeps its adapters
                 bb = copy.deepcopy(self.backbone).merge_and_unload()
@@ -448,26 +451,8 @@ class LLMForTokenClassification(nn.Module):
                         dtype=None) -> LLMForTokenClassification:
         path = Path(path)
         cfg = read_model_config(path)
-        m = cfg.model
-        m.trust_remote_code = trust_remote_code
-        try:
-            if cfg.backbone_saved == "full":
-                backbone = load_backbone(str(path / "backbone"), None, m.attn_implementation, trust_remote_code, dtype)
-            else:
-                backbone = load_backbone(m.backbone, m.gguf_file, m.attn_implementation, trust_remote_code, dtype)
-            model = cls(cfg, backbone)
-            if cfg.backbone_saved == "lora":
-                from peft import PeftModel
-
-                model.backbone = PeftModel.from_pretrained(backbone, path / "adapter")
-            state = load_file(str(path / HEAD_NAME))
-        except (ModelLoadError, backbones.BackboneError):
-            raise
-        except Exception as e:  # safetensors/json/peft errors have many types; all mean "this dir is broken"
-            msg = f"{path}: cannot load model ({type(e).__name__}: {str(e).splitlines()[0]})"
-            if "custom code" in str(e) and not trust_remote_code:
-                msg += " - its code was not run; pass trust_remote_code=True (--trust-remote-code) only if you trust it"
-            raise ModelLoadError(msg) from e
+        cfg.model.trust_remote_code = trust_remote_code
+        model, state = cls._from_saved(path, cfg, cfg, dtype)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
@@ -476,3 +461,67 @@ class LLMForTokenClassification(nn.Module):
         if device:
             model.to(device)
         return model
+
+    @classmethod
+    def from_init(cls, path: str | Path, config: NERConfig, dtype=None) -> LLMForTokenClassification:
+        """A model to train further (config.mode) that starts from a saved one: its backbone as trained (LoRA adapters
+        merged in), head and CRF. `config.labels` may add types to the saved ones: each saved tag keeps its head row,
+        CRF scores and class weight; a new tag starts fresh. `config.model` must be the saved model's."""
+        path = Path(path)
+        saved = read_model_config(path)
+        if config.model.model_dump(exclude={"trust_remote_code"}) != saved.model.model_dump(
+                exclude={"trust_remote_code"}):
+            raise ConfigError(f"{path}: --init continues this model, so the run's model section must be the saved one")
+        model, state = cls._from_saved(path, config, saved, dtype)
+        if hasattr(model.backbone, "peft_config"):
+            model.backbone = model.backbone.merge_and_unload()
+        old = {t: i for i, t in enumerate(LabelSet.from_dict(saved.labels).tags)}
+        lost = set(old) - set(model.labels.tags)
+        if lost:
+            raise ConfigError(f"{path}: --init keeps the saved model's labels, but {sorted(lost)} are missing")
+        new_ids = {i: model.labels.tags.index(t) for t, i in old.items()}  # saved tag id -> its id now
+        own = model.state_dict()
+        for key, value in state.items():
+            target = own[key].clone()
+            if key.endswith("_mask"):  # the CRF's IOB2 constraints: built from the labels, not learned
+                continue
+            if key == "crf.transitions":
+                for i, a in new_ids.items():
+                    for j, b in new_ids.items():
+                        target[a, b] = value[i, j]
+            elif value.shape[:1] == (len(old),) and key != "layer_mix":  # per-tag rows: classifier, CRF start/end
+                for i, a in new_ids.items():
+                    target[a] = value[i]
+            else:
+                target = value
+            own[key] = target
+        model.load_state_dict({k: v for k, v in own.items() if not k.startswith("backbone.")}, strict=False)
+        model.backbone_changed = saved.backbone_saved != "none"
+        model.setup_mode()
+        return model
+
+    @classmethod
+    def _from_saved(cls, path: Path, config: NERConfig, saved: NERConfig, dtype) -> tuple[LLMForTokenClassification,
+                                                                                          dict]:
+        """A model of `config` on the backbone saved in `path` (as `saved` describes it), and the saved head's
+        tensors, not yet loaded. A broken dir is one ModelLoadError."""
+        m, trust = saved.model, config.model.trust_remote_code
+        try:
+            if saved.backbone_saved == "full":
+                backbone = load_backbone(str(path / "backbone"), None, m.attn_implementation, trust, dtype)
+            else:
+                backbone = load_backbone(m.backbone, m.gguf_file, m.attn_implementation, trust, dtype)
+            model = cls(config, backbone)
+            if saved.backbone_saved == "lora":
+                from peft import PeftModel
+
+                model.backbone = PeftModel.from_pretrained(backbone, path / "adapter")
+            state = load_file(str(path / HEAD_NAME))
+        except (ModelLoadError, backbones.BackboneError):
+            raise
+        except Exception as e:  # safetensors/json/peft errors have many types; all mean "this dir is broken"
+            msg = f"{path}: cannot load model ({type(e).__name__}: {str(e).splitlines()[0]})"
+            if "custom code" in str(e) and not trust:
+                msg += " - its code was not run; pass trust_remote_code=True (--trust-remote-code) only if you trust it"
+            raise ModelLoadError(msg) from e
+        return model, state

@@ -43,7 +43,7 @@ from ..fsutil import atomic_write_text, replace_dir
 from ..inference.engine import NERModel, load_tokenizer
 from ..labels import LabelSet, label_set_for
 from ..modeling.align import collate, encode_sentences, window_feature
-from ..modeling.model import LLMForTokenClassification
+from ..modeling.model import LLMForTokenClassification, read_model_config
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +255,33 @@ def mixed_precision(t: TrainingConfig) -> str | None:
     return None
 
 
-def load_data(cfg: RunConfig) -> Splits:
-    """The splits and the model's labels. A dev/test set must share entity types with the labels: scoring a model on
-    types it never learned (another corpus's test set) is refused, naming both."""
+def continue_from(cfg: RunConfig) -> tuple[RunConfig, LabelSet | None]:
+    """With `training.init`: the run takes the saved model's model section (the run's config.yaml then records what
+    was continued) and starts from its labels. Without: the run as configured, no labels yet."""
+    if not cfg.training.init:
+        return cfg, None
+    saved = read_model_config(cfg.training.init)  # a missing or broken model dir: a one-line error, before any work
+    model = saved.model.model_copy(update={"trust_remote_code": cfg.model.trust_remote_code})
+    if model != cfg.model:
+        log.info("--init: the model section is %s's", cfg.training.init)
+    return cfg.model_copy(update={"model": model}), LabelSet.from_dict(saved.labels)
+
+
+def load_data(cfg: RunConfig, start: LabelSet | None = None) -> Splits:
+    """The splits and the model's labels (`start`'s, plus any type new in the training data, when a run continues a
+    model). A dev/test set must share entity types with the labels: scoring a model on types it never learned
+    (another corpus's test set) is refused, naming both."""
     train_s = load_split(cfg, "train")
     labels = label_set_for(train_s, cfg.data.label_schema, cfg.data.train)
+    if start is not None:
+        if not set(labels.types) & set(start.types):
+            raise DataError(f"{cfg.data.train}: its entity types {list(labels.types)} share none with the model it "
+                            f"continues ({cfg.training.init}: {list(start.types)}); train from the backbone instead "
+                            "(no --init), or give data with the model's types")
+        added = sorted(set(labels.types) - set(start.types))
+        if added:
+            log.info("--init: new entity types %s get fresh head rows", added)
+        labels = LabelSet.from_types([*start.types, *added], {**start.descriptions, **labels.descriptions})
     splits = Splits(train_s, load_split(cfg, "dev"), load_split(cfg, "test"), labels)
     for which in ("dev", "test"):
         sents = getattr(splits, which)
@@ -313,8 +335,10 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, main: bool) -> str | None:
 def build_model(cfg: RunConfig, labels: LabelSet) -> LLMForTokenClassification:
     # LoRA/frozen on a bf16 GPU: the frozen weights in bf16. Full fine-tuning keeps fp32 master weights (autocast).
     bf16_weights = mixed_precision(cfg.training) == "bf16" and cfg.training.mode != "full"
-    return LLMForTokenClassification.from_backbone(NERConfig.from_run(cfg, labels.to_dict()),
-                                                   dtype=torch.bfloat16 if bf16_weights else None)
+    config, dtype = NERConfig.from_run(cfg, labels.to_dict()), torch.bfloat16 if bf16_weights else None
+    if cfg.training.init:
+        return LLMForTokenClassification.from_init(cfg.training.init, config, dtype)
+    return LLMForTokenClassification.from_backbone(config, dtype)
 
 
 def make_features(cfg: RunConfig, tokenizer, model: LLMForTokenClassification, sents: list[Sentence]) -> list[dict]:
@@ -413,7 +437,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
     set_seed(t.seed)
     rank = int(os.environ.get("RANK", "0"))  # torchrun: every rank trains, rank 0 writes the run dir's files
 
-    splits = load_data(cfg)
+    cfg, start = continue_from(cfg)
+    splits = load_data(cfg, start)
     last = prepare_run_dir(cfg, resume, main=rank == 0)
     tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
     model = build_model(cfg, splits.labels)
@@ -440,6 +465,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
         "data": {k: stats(v) for k, v in (("train", splits.train), ("dev", splits.dev), ("test", splits.test)) if v},
         "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available()
         else f"cpu ({torch.get_num_threads()} threads)",
+        "init": {"model_dir": cfg.training.init, **R.model_identity(cfg.training.init)} if cfg.training.init else None,
         "train_words_per_second": round(stats(splits.train)["tokens"] * (trainer.state.epoch or 0.0)
                                         / max(train_seconds, 1e-9), 1),
     }

@@ -260,3 +260,15 @@ def test_docs_are_served_offline(tiny_ner_dir, tmp_path):
             assert call(url, ref)[0] == 200, ref
     finally:
         stop(proc)
+
+
+def test_basic_auth_carries_a_key_for_label_studio():
+    """Label Studio authenticates to an ML backend with HTTP basic auth only: any user name, the key as password."""
+    import base64
+
+    g = ApiKeys(None, ("alpha", "beta"))
+    for user in (b"", b"label-studio"):
+        assert g.allowed(b"Basic " + base64.b64encode(user + b":beta"))
+    for bad in (b"Basic " + base64.b64encode(b"u:alph"), b"Basic " + base64.b64encode(b"alpha"),
+                b"Basic !!notbase64", b"Digest " + base64.b64encode(b"u:alpha")):
+        assert not g.allowed(bad), bad

@@ -521,9 +521,15 @@ def serve(
     model_name: Annotated[str | None, Opt(help="the name responses give (default: the run's directory name)")] = None,
     model_version: Annotated[str | None, Opt(help="the version responses give (default: a fingerprint of the "
                                                   "model files)")] = None,
+    train_dir: Annotated[str | None, Opt(help="as a Label Studio ML backend, retrain on the project's annotations "
+                                              "(`train --init` this model) into DIR/round_K and serve the result; "
+                                              "off by default")] = None,
+    train_config: Annotated[str | None, Opt(help="run config for retraining (default: the built-in defaults)")] = None,
+    train_set: Annotated[list[str] | None, Opt(help="a --set override for retraining (repeat)")] = None,
     verbose: Verbose = False,
 ) -> None:
-    """HTTP service: demo page at /, POST /v1/entities, GET /v1/labels, /health, /metrics, OpenAPI docs at /docs."""
+    """HTTP service: demo page at /, POST /v1/entities, GET /v1/labels, /health, /metrics, OpenAPI docs at /docs;
+    a Label Studio ML backend at /setup, /predict, /webhook (point a project's Model settings at this URL)."""
     _setup_logging(verbose)
     from .modeling.model import read_model_config
     from .serving.serve import ServeConfig, is_loopback, read_api_keys, run
@@ -546,7 +552,8 @@ def serve(
                     quantize=_precision(int8, bf16), min_score=min_score, api_keys=keys,
                     cors_origins=tuple(cors_origin or ()), max_body_bytes=max_body_bytes, max_queue=max_queue,
                     model_name=model_name, model_version=model_version, max_request_chars=max_request_chars,
-                    max_queue_chars=max_queue_chars, request_timeout=request_timeout), host, port, shutdown_timeout)
+                    max_queue_chars=max_queue_chars, request_timeout=request_timeout, train_dir=train_dir,
+                    train_config=train_config, train_set=tuple(train_set or ())), host, port, shutdown_timeout)
 
 
 @command("batch-predict")

@@ -204,19 +204,23 @@ def docbin_records(path: Path) -> list[Record]:
 
 # --- writing predictions as pre-annotations ---
 
+def label_studio_prediction(ents: list[dict], model_version: str, score: float | None = None,
+                            from_name: str = LS_FROM, to_name: str = LS_TO) -> dict:
+    """One Label Studio prediction: a region per entity (with its score), `score` for the whole task where given
+    (active learning: how sure the model is of the whole text), else the regions' mean."""
+    result = [{"id": f"e{i}", "from_name": from_name, "to_name": to_name, "type": "labels", "score": e["score"],
+               "value": {"start": e["start"], "end": e["end"], "text": e["text"], "labels": [e["label"]]}}
+              for i, e in enumerate(ents)]
+    if score is None:
+        score = sum(e["score"] for e in ents) / len(ents) if ents else 1.0
+    return {"model_version": model_version, "score": score, "result": result}
+
+
 def label_studio_tasks(texts: list[str], entities: list[list[dict]], model_version: str,
                        task_scores: list[float | None] | None = None) -> list[dict]:
-    """Label Studio import with pre-annotations: each region carries the entity's score; the prediction carries
-    `task_scores` where given (active learning: how sure the model is of the whole text), else the regions' mean."""
-    tasks = []
-    for text, ents, given in zip(texts, entities, task_scores or [None] * len(texts), strict=True):
-        result = [{"id": f"e{i}", "from_name": LS_FROM, "to_name": LS_TO, "type": "labels", "score": e["score"],
-                   "value": {"start": e["start"], "end": e["end"], "text": e["text"], "labels": [e["label"]]}}
-                  for i, e in enumerate(ents)]
-        score = given if given is not None else sum(e["score"] for e in ents) / len(ents) if ents else 1.0
-        tasks.append({"data": {"text": text},
-                      "predictions": [{"model_version": model_version, "score": score, "result": result}]})
-    return tasks
+    """Label Studio import: a task per text, with its prediction (`label_studio_prediction`) as pre-annotation."""
+    return [{"data": {"text": text}, "predictions": [label_studio_prediction(ents, model_version, given)]}
+            for text, ents, given in zip(texts, entities, task_scores or [None] * len(texts), strict=True)]
 
 
 def doccano_lines(texts: list[str], entities: list[list[dict]], confidences: list[float | None] | None = None

@@ -26,6 +26,7 @@ On SIGTERM the server stops accepting and finishes what is in flight.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import ipaddress
 import json
@@ -47,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from ..inference.outputs import entity_dicts
 from ..rundir import model_identity
+from . import label_studio
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,11 @@ class ServeConfig:
     request_timeout: float = 300.0  # seconds a request may wait and run; then 503 (if still queued, it costs nothing)
     model_name: str | None = None  # None: the run's directory name
     model_version: str | None = None  # None: a fingerprint of the model dir's config and weights
+    # Label Studio ML backend retraining (label_studio.py): runs go to train_dir (None: retraining off), with this run
+    # config (None: the defaults; --init brings the model section) and --set overrides
+    train_dir: str | None = None
+    train_config: str | None = None
+    train_set: tuple[str, ...] = ()
 
     def body_limit(self) -> int:
         # 6 bytes per character: a JSON string may escape any character as \uXXXX; 64 KiB for the JSON around them
@@ -226,11 +233,19 @@ class ApiKeys:
         self.app, self.keys = app, [k.encode() for k in keys]
 
     def allowed(self, header: bytes | None) -> bool:
+        """`Bearer KEY`, or `Basic base64(any-user:KEY)` — what Label Studio sends to an ML backend with basic auth."""
         scheme, _, given = (header or b"").partition(b" ")
+        given, scheme = given.strip(), scheme.lower()
+        known = scheme in (b"bearer", b"basic")
+        if scheme == b"basic":
+            try:
+                given = base64.b64decode(given, validate=True).partition(b":")[2]
+            except ValueError:
+                known = False
         ok = False
-        for k in self.keys:
-            ok |= hmac.compare_digest(given.strip(), k)
-        return ok and scheme.lower() == b"bearer"
+        for k in self.keys:  # every key, whatever the header: no early exit to time
+            ok |= hmac.compare_digest(given, k)
+        return ok and known
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS
@@ -424,8 +439,9 @@ class _Batcher:
 
 
 def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
-    state: dict = {"identity": model_identity(cfg.model_dir, cfg.model_name, cfg.model_version)}
-    metrics = Metrics({"/", "/health", "/metrics", "/v1/labels", "/v1/entities"})
+    state: dict = {"identity": model_identity(cfg.model_dir, cfg.model_name, cfg.model_version),
+                   "model_dir": cfg.model_dir}
+    metrics = Metrics({"/", "/health", "/metrics", "/v1/labels", "/v1/entities"} | label_studio.PATHS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -518,6 +534,19 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
                                 needs_review=[EntityOut(**d) for d in entity_dicts(low)] if req.review else None)
                      for kept, low in res],
             model=ModelInfo(**state["identity"]), latency_ms=round(1000 * (time.time() - t0), 2))
+
+    async def reload(model_dir: str) -> None:
+        """Serve a retrained model from now on (Label Studio retraining): loaded beside the old one, then swapped."""
+        from ..inference.engine import NERModel
+
+        new = await asyncio.get_running_loop().run_in_executor(None, lambda: NERModel.from_pretrained(
+            model_dir, device=cfg.device, trust_remote_code=cfg.trust_remote_code, quantize=cfg.quantize,
+            min_score=cfg.min_score))
+        state["ner"] = state["batcher"].ner = new
+        state["model_dir"], state["identity"] = model_dir, model_identity(model_dir, cfg.model_name)
+        log.info("now serving %s (%s)", model_dir, state["identity"]["version"])
+
+    label_studio.add_routes(app, cfg, state, reload)
 
     # the body model carries this server's limits, so it is made here (and set as a real class, not a string
     # annotation, for FastAPI to resolve)

@@ -1,0 +1,155 @@
+"""Label Studio calls us (issue 23 item 3): the real Label Studio (1.23.2, in its own virtual environment — its
+Django stack does not install beside ours) connects a project to `llm-ner serve` as an ML backend, asks for
+predictions, and starts training on its annotations; the server retrains (`train --init`) and serves the new model.
+No mock on either side."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_serve import free_port, get_json, start_server
+
+from llm_ner.inference.engine import NERModel
+
+LABEL_STUDIO = "label-studio==1.23.2"
+TOKEN = "llmnertesttoken0123456789abcdef"
+CONFIG = ('<View><Labels name="label" toName="text"><Label value="PER"/><Label value="LOC"/><Label value="ORG"/>'
+          '</Labels><Text name="text" value="$text"/></View>')
+TEXTS = ["Peter Blackburn visited New York on Monday .", "Apple hired John Smith from Google in London .",
+         "The weather was fine .", "Angela Merkel met Emmanuel Macron in Paris ."]
+# Label Studio's own settings read after Django starts: legacy tokens (what it hands an ML backend in /setup, to fetch
+# the project's export) are off by default for a new organisation since 1.20; an administrator turns them on.
+LEGACY_TOKENS = """
+import os, sys
+import label_studio
+sys.path.insert(0, os.path.dirname(label_studio.__file__))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings.label_studio")
+import django
+django.setup()
+from organizations.models import Organization
+for o in Organization.objects.all():
+    o.jwt.legacy_api_tokens_enabled = True
+    o.jwt.save()
+"""
+
+
+def label_studio_venv() -> Path:
+    """A virtual environment with Label Studio, made once and kept under the user cache (pip's cache makes a rebuild
+    about a minute)."""
+    venv = Path(os.environ.get("LLM_NER_CACHE", Path.home() / ".cache" / "llm-ner")) / "test-venvs" / LABEL_STUDIO
+    if not (venv / "bin" / "label-studio").is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", LABEL_STUDIO], capture_output=True, text=True)
+        if r.returncode:
+            pytest.fail(f"could not install {LABEL_STUDIO}: {r.stderr[-1500:]}")
+    return venv
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    venv, data, port = label_studio_venv(), tmp_path_factory.mktemp("ls"), free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_HOST": url,
+           # our backend listens on 127.0.0.1, which Label Studio refuses to call by default (its SSRF guard)
+           "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false"}
+    proc = subprocess.Popen([str(venv / "bin" / "label-studio"), "start", "--no-browser", "--port", str(port),
+                             "--username", "test@example.org", "--password", "test-password-1", "--user-token",
+                             TOKEN], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while True:
+        try:
+            if get_json(url + "/health").get("status") == "UP":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("Label Studio did not start: " + proc.stdout.read().decode()[-2000:])
+        time.sleep(1)
+    subprocess.run([str(venv / "bin" / "python"), "-c", LEGACY_TOKENS], env=env, check=True, capture_output=True)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def ls(url: str, path: str, body=None, method: str | None = None):
+    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"},
+                                 method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def regions(prediction: dict) -> list[tuple]:
+    return sorted((r["value"]["start"], r["value"]["end"], r["value"]["labels"][0]) for r in prediction["result"])
+
+
+def test_label_studio_predicts_and_retrains_through_us(label_studio, tiny_ner_dir, tmp_path):
+    proc, backend = start_server(tiny_ner_dir, "--train-dir", str(tmp_path / "rounds"), "--train-set",
+                                 "training.max_steps=2")
+    try:
+        status, project = ls(label_studio, "/api/projects", {"title": "ner", "label_config": CONFIG})
+        assert status == 201, project
+        pid = project["id"]
+        assert ls(label_studio, f"/api/projects/{pid}/import", [{"text": t} for t in TEXTS])[0] == 201
+        status, ml = ls(label_studio, "/api/ml", {"url": backend, "project": pid, "title": "llm-ner"})
+        assert status == 201 and ml["readable_state"] == "Connected", ml  # Label Studio called /health and /setup
+        ident = get_json(backend + "/health")["model"]
+        assert ml["model_version"] == f"{ident['name']}@{ident['version']}"
+
+        # predictions: Label Studio calls /predict and stores what we return
+        status, res = ls(label_studio, f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
+                         {"selectedItems": {"all": True, "excluded": []}})
+        assert status == 200 and res["processed_items"] == len(TEXTS), res
+        _, preds = ls(label_studio, f"/api/predictions?project={pid}")
+        _, tasks = ls(label_studio, f"/api/tasks?project={pid}&fields=all")
+        text_of = {t["id"]: t["data"]["text"] for t in tasks["tasks"]}
+        ner = NERModel.from_pretrained(tiny_ner_dir)
+        assert len(preds) == len(TEXTS)
+        for p in preds:
+            want = sorted((e.start, e.end, e.label) for e in ner.predict(text_of[p["task"]]))
+            assert regions(p) == want and p["model_version"] == ml["model_version"]
+            assert all(0 <= r["score"] <= 1 and r["from_name"] == "label" and r["to_name"] == "text"
+                       for r in p["result"])
+
+        # two tasks annotated in Label Studio, then "Start training": Label Studio sends START_TRAINING, we fetch the
+        # project's export (hostname and token from /setup), retrain from the served model and serve the result
+        for task_id, (start, end, label) in zip(sorted(text_of)[:2], [(0, 15, "PER"), (0, 5, "ORG")], strict=True):
+            text = text_of[task_id]
+            result = [{"from_name": "label", "to_name": "text", "type": "labels",
+                       "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]}}]
+            assert ls(label_studio, f"/api/tasks/{task_id}/annotations", {"result": result})[0] == 201
+        status, _ = ls(label_studio, f"/api/ml/{ml['id']}/train", {}, "POST")
+        assert status == 200, _
+        deadline = time.time() + 300
+        while (jobs := get_json(backend + "/v1/training")["jobs"]) == [] or jobs[0]["status"] == "running":
+            assert time.time() < deadline, jobs
+            time.sleep(1)
+        assert jobs[0]["status"] == "done", jobs
+        run = Path(jobs[0]["run_dir"])
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["init"]["model_dir"] == str(tiny_ner_dir) and summary["train_sentences"] == 2
+        new = get_json(backend + "/health")["model"]
+        assert new["version"] != ident["version"] and jobs[0]["detail"] == f"{new['name']}@{new['version']}"
+        # Label Studio sees the new version at its next setup, and the predictions come from the new model
+        status, ml2 = ls(label_studio, f"/api/ml/{ml['id']}")  # Label Studio asks /setup again
+        assert status == 200 and ml2["model_version"] == jobs[0]["detail"], ml2
+
+        # a project whose labels the model does not have cannot connect: /setup refuses it
+        status, other = ls(label_studio, "/api/projects", {"title": "pii", "label_config": CONFIG.replace(
+            '<Label value="PER"/><Label value="LOC"/><Label value="ORG"/>', '<Label value="EMAIL"/>')})
+        status, refused = ls(label_studio, "/api/ml", {"url": backend, "project": other["id"], "title": "x"})
+        assert status == 400 and "422" in json.dumps(refused), refused
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

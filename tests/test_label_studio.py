@@ -24,7 +24,7 @@ CONFIG = ('<View><Labels name="label" toName="text"><Label value="PER"/><Label v
 TEXTS = ["Peter Blackburn visited New York on Monday .", "Apple hired John Smith from Google in London .",
          "The weather was fine .", "Angela Merkel met Emmanuel Macron in Paris ."]
 # Label Studio's own settings read after Django starts: legacy tokens (what it hands an ML backend in /setup, to fetch
-# the project's export) are off by default for a new organisation since 1.20; an administrator turns them on.
+# the project's export) are off by default for a new organisation in 1.23; an administrator turns them on.
 LEGACY_TOKENS = """
 import os, sys
 import label_studio

@@ -1,0 +1,119 @@
+"""Issue 23 item 5: active learning simulated on CoNLL-2003, the labels hidden until "annotated". Per seed: a shuffled
+train split; the first `--start` sentences are labelled, a pool of the next `--pool` sentences is unlabelled; each
+round trains the quickstart recipe from the backbone on what is labelled, scores dev and test, then "annotates"
+`--step` more pool sentences chosen by the strategy (`uncertainty`: the least sure by MNLP, `llm-ner select`'s own
+function; `random`). Both strategies share a seed's start set and pool, so they are compared paired. A finished
+round is reused: an interrupted simulation continues. Results: OUTPUT/results.json and results.md (read by
+`llm-ner report --al`).
+
+    python scripts/simulate_al.py --output runs/al --seeds 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+from llm_ner import rundir
+from llm_ner.active.select import candidates, select, text_key
+from llm_ner.config import load_config
+from llm_ner.data import load_corpus, write_conll
+from llm_ner.inference.engine import NERModel
+from llm_ner.modeling.align import texts_and_offsets
+from llm_ner.training.train import train
+
+
+def run_round(config: str, labelled: list, seed: int, run_dir: Path) -> dict:
+    """Train on the labelled sentences (or reuse a finished run): dev / test F1 and training seconds."""
+    if not (run_dir / rundir.SUMMARY).is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_conll(run_dir / "labelled.conll", labelled, None)
+        train(load_config(config, {"data.train": str(run_dir / "labelled.conll"), "data.max_train_sentences": None,
+                                   "training.seed": seed, "output": str(run_dir)}), progress=False)
+    s = json.loads((run_dir / rundir.SUMMARY).read_text())
+    return {"labelled": len(labelled), "dev_f1": s["best_dev_f1"], "test_f1": s["test"]["f1"],
+            "train_seconds": s["train_seconds"]}
+
+
+def choose(strategy: str, run_dir: Path, pool: list, labelled: list, n: int, seed: int) -> tuple[list[int], float]:
+    """Indices into `pool` of the next `n` to annotate, and the seconds the choice took. As `llm-ner select` does:
+    a repeat of a labelled sentence (CoNLL has many, e.g. score lines) is never chosen."""
+    t0 = time.perf_counter()
+    texts = texts_and_offsets(pool)[0]
+    allowed = candidates(texts, n, strategy, {text_key(t) for t in texts_and_offsets(labelled)[0]}, "pool")
+    if strategy == "random":
+        chosen = random.Random(seed).sample(allowed, n)
+    else:
+        chosen = select(NERModel.from_pretrained(run_dir / rundir.MODEL), allowed, n, "uncertainty").texts
+    where = {t: i for i, t in enumerate(texts)}
+    return [where[t] for t in chosen], time.perf_counter() - t0
+
+
+def simulate(a, seed: int, strategy: str, train_s: list) -> list[dict]:
+    order = list(range(len(train_s)))
+    random.Random(seed).shuffle(order)
+    labelled = [train_s[i] for i in order[: a.start]]
+    pool = [train_s[i] for i in order[a.start : a.start + a.pool]]
+    rows, out = [], Path(a.output) / f"seed_{seed}"
+    for r in range(a.rounds + 1):
+        # round 0 is the same for both strategies: one run
+        run_dir = out / ("round_0" if r == 0 else f"{strategy}_round_{r}")
+        rows.append({"round": r, **run_round(a.config, labelled, seed, run_dir)})
+        if r == a.rounds:
+            break
+        picks_file = out / f"{strategy}_picks_{r + 1}.json"
+        if not picks_file.is_file():
+            picks, secs = choose(strategy, run_dir, pool, labelled, a.step, seed * 1000 + r)
+            picks_file.write_text(json.dumps({"picks": picks, "seconds": round(secs, 1)}))
+        chosen = json.loads(picks_file.read_text())
+        picks, rows[-1]["select_seconds"] = chosen["picks"], chosen["seconds"]
+        labelled += [pool[i] for i in picks]
+        taken = set(picks)
+        pool = [p for i, p in enumerate(pool) if i not in taken]
+    return rows
+
+
+def _pm(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.2f}" + (f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else "")
+
+
+def table(results: dict) -> str:
+    lines = ["| strategy | labelled | dev F1 | test F1 | train s (mean) | seeds |", "|---|---|---|---|---|---|"]
+    for strategy, runs in results.items():
+        for r in range(max((len(rows) for rows in runs.values()), default=0)):
+            pts = [rows[r] for rows in runs.values() if len(rows) > r]
+            dev, test = [p["dev_f1"] for p in pts], [p["test_f1"] for p in pts]
+            lines.append(f"| {strategy} | {pts[0]['labelled']} | {_pm(dev)} | {_pm(test)} | "
+                         f"{statistics.mean(p['train_seconds'] for p in pts):.0f} | {len(pts)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="quickstart")
+    ap.add_argument("--output", default="runs/al")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--strategies", nargs="+", default=["uncertainty", "random"])
+    ap.add_argument("--start", type=int, default=200)
+    ap.add_argument("--step", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pool", type=int, default=4000, help="unlabelled sentences to choose from (scored each round)")
+    a = ap.parse_args()
+    train_s = load_corpus("conll2003:train")
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {s: {} for s in a.strategies}
+    for seed in a.seeds:
+        for strategy in a.strategies:
+            results[strategy][str(seed)] = simulate(a, seed, strategy, train_s)
+            (out / "results.json").write_text(json.dumps({"args": vars(a), "results": results}, indent=2) + "\n")
+            (out / "results.md").write_text(table(results))
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -19,22 +19,17 @@ import time
 from pathlib import Path
 
 from llm_ner import rundir
+from llm_ner.active.curve import shuffled, train_on
 from llm_ner.active.select import candidates, select, text_key
 from llm_ner.config import load_config
-from llm_ner.data import load_corpus, write_conll
+from llm_ner.data import load_corpus
 from llm_ner.inference.engine import NERModel
 from llm_ner.modeling.align import texts_and_offsets
-from llm_ner.training.train import train
 
 
 def run_round(config: str, labelled: list, seed: int, run_dir: Path) -> dict:
     """Train on the labelled sentences (or reuse a finished run): dev / test F1 and training seconds."""
-    if not (run_dir / rundir.SUMMARY).is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_conll(run_dir / "labelled.conll", labelled, None)
-        train(load_config(config, {"data.train": str(run_dir / "labelled.conll"), "data.max_train_sentences": None,
-                                   "training.seed": seed, "output": str(run_dir)}), progress=False)
-    s = json.loads((run_dir / rundir.SUMMARY).read_text())
+    s = train_on(load_config(config, {"training.seed": seed}), labelled, run_dir)
     return {"labelled": len(labelled), "dev_f1": s["best_dev_f1"], "test_f1": s["test"]["f1"],
             "train_seconds": s["train_seconds"]}
 
@@ -54,10 +49,8 @@ def choose(strategy: str, run_dir: Path, pool: list, labelled: list, n: int, see
 
 
 def simulate(a, seed: int, strategy: str, train_s: list) -> list[dict]:
-    order = list(range(len(train_s)))
-    random.Random(seed).shuffle(order)
-    labelled = [train_s[i] for i in order[: a.start]]
-    pool = [train_s[i] for i in order[a.start : a.start + a.pool]]
+    order = shuffled(train_s, seed)  # the learning curve's order: its first points are this random arm's
+    labelled, pool = order[: a.start], order[a.start : a.start + a.pool]
     rows, out = [], Path(a.output) / f"seed_{seed}"
     for r in range(a.rounds + 1):
         # round 0 is the same for both strategies: one run

@@ -15,8 +15,8 @@ PKG = ROOT / "src" / "llm_ner"
 STAGES = [
     "errors", "fsutil", "device", "config",  # core: every stage may use them
     "data", "labels", "rundir",
-    "modeling", "inference", "evaluation", "training", "active",
-    "baselines", "comparison", "report",
+    "modeling", "inference", "evaluation", "training",
+    "baselines", "active", "comparison", "report",
     "serving", "cli", "__init__",
 ]
 

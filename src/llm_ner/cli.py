@@ -394,6 +394,42 @@ def select_texts(
     typer.echo(f"chose {len(chosen.texts)} of {len(texts)} texts ({strategy}) -> {output}", err=True)
 
 
+@command("learning-curve")
+def learning_curve(
+    config: Annotated[str, Opt(help="run config whose data and LLM recipe to use")] = "quickstart",
+    sizes: Annotated[str, Opt(help="training sentences per point, comma-separated; 'all' = the whole split")
+                     ] = "250,500,1000,2000,4000,all",
+    seeds: Annotated[str, Opt(help="seeds, comma-separated (a seed is also the subset's shuffle)")] = "1,2,3",
+    seeds_up_to: Annotated[int, Opt(help="sizes above this run the first seed only")] = 2000,
+    systems: Annotated[str, Opt(help="llm,encoder or one of them")] = "llm,encoder",
+    llm_model: Annotated[str | None, Opt(help="the LLM backbone (default: the config's)")] = None,
+    encoder_model: Annotated[str | None, Opt(help="the encoder (default: minilm-l6)")] = None,
+    output: Annotated[str, Opt(help="directory for the runs and results.{json,md}")] = "runs/curve",
+    set_: Annotated[list[str] | None, Opt("--set", help="override a config key for every run")] = None,
+    progress: Annotated[bool, Opt()] = True,
+    verbose: Verbose = False,
+) -> None:
+    """How much labelled data is needed: test F1 of the LLM and the encoder against training sentences, over seeds."""
+    _setup_logging(verbose)
+    from .active.curve import SYSTEMS, table
+    from .active.curve import learning_curve as run_curve
+    from .config import parse_set
+
+    chosen = [s.strip() for s in systems.split(",") if s.strip()]
+    if not chosen or set(chosen) - set(SYSTEMS):
+        _fail(f"--systems {systems!r}: choose from {', '.join(SYSTEMS)}")
+    try:
+        points = [None if x.strip() == "all" else int(x) for x in sizes.split(",") if x.strip()]
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--sizes {sizes!r} / --seeds {seeds!r}: give whole numbers (sizes may say 'all'), comma-separated")
+    if not points or not seed_list or any(p is not None and p < 1 for p in points):
+        _fail("--sizes and --seeds need at least one value each, sizes at least 1")
+    rows = run_curve(config, points, seed_list, chosen, output, seeds_up_to, parse_set(set_),
+                     {"llm": llm_model, "encoder": encoder_model}, progress)
+    typer.echo(table(rows))
+
+
 @command()
 def analyze(
     predictions: Annotated[str, typer.Argument(help="'token gold pred' file, e.g. RUN/test_predictions.conll")],

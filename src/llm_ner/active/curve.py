@@ -1,0 +1,97 @@
+"""How much labelled data does a user need? A learning curve: the LLM (a run config's recipe) against the encoder
+baseline (its own recipe, `baselines.encoder`), trained on random subsets of the training data of growing size, over
+seeds, each scored on the same dev and test sets. A subset is the first N sentences of a seed's shuffle of the
+training split, so the sizes of one seed are nested (and are the random arm of the active-learning simulation,
+scripts/simulate_al.py). Finished runs are reused: an interrupted curve continues."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import rundir
+from ..baselines.encoder import encoder_config
+from ..config import RunConfig, load_config
+from ..data import Sentence, load_split, write_conll
+from ..fsutil import atomic_write_text
+from ..training.train import train
+
+SYSTEMS = {"llm": load_config, "encoder": encoder_config}  # name -> (config, overrides) -> RunConfig
+
+
+def shuffled(sentences: Sequence[Sentence], seed: int) -> list[Sentence]:
+    order = list(range(len(sentences)))
+    random.Random(seed).shuffle(order)
+    return [sentences[i] for i in order]
+
+
+def train_on(cfg: RunConfig, sentences: Sequence[Sentence], run_dir: Path, progress: bool = False) -> dict:
+    """`cfg` trained on exactly `sentences` (written into the run dir as CoNLL) — or the finished run's summary."""
+    if not (run_dir / rundir.SUMMARY).is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_conll(run_dir / "labelled.conll", sentences, None)
+        cfg = cfg.model_copy(update={"output": str(run_dir), "data": cfg.data.model_copy(update={
+            "train": str(run_dir / "labelled.conll"), "max_train_sentences": None})})
+        train(cfg, progress=progress)
+    return json.loads((run_dir / rundir.SUMMARY).read_text())
+
+
+def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int], systems: Sequence[str],
+                   output: str | Path, seeds_up_to: int = 2000, overrides: dict | None = None,
+                   backbones: dict[str, str] | None = None, progress: bool = False) -> list[dict]:
+    """One row per (system, size, seed) run; a size above `seeds_up_to` (or None: all) runs the first seed only.
+    `backbones`: a system's backbone instead of its default (system -> alias, hub id or dir)."""
+    out = Path(output)
+    base = load_config(config, overrides or {})
+    train_s = load_split(base, "train") or []
+    prev = json.loads((out / "results.json").read_text())["rows"] if (out / "results.json").is_file() else []
+    done = {(r["system"], r["sentences"], r["seed"]): r for r in prev}  # earlier calls' points stay in the results
+    for seed in seeds:
+        order = shuffled(train_s, seed)
+        for size in sizes:
+            if seed != seeds[0] and (size is None or size > seeds_up_to):
+                continue
+            n = len(order) if size is None else min(size, len(order))
+            for system in systems:
+                own = {"model.backbone": backbones[system]} if (backbones or {}).get(system) else {}
+                cfg = SYSTEMS[system](config, {**(overrides or {}), **own, "training.seed": seed})
+                s = train_on(cfg, order[:n], out / f"{system}_{n}_{seed}", progress)
+                done[(system, n, seed)] = {"system": system, "sentences": n, "seed": seed,
+                                           "dev_f1": s["best_dev_f1"], "test_f1": (s.get("test") or {}).get("f1"),
+                                           "train_seconds": s["train_seconds"]}
+                save(out, config, list(done.values()))
+    return list(done.values())
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and sample sd over seeds per (system, size)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["system"], r["sentences"]), []).append(r)
+    out = []
+    for (system, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        test = [r["test_f1"] for r in rs if r["test_f1"] is not None]
+        out.append({"system": system, "sentences": n, "seeds": len(rs),
+                    "test_f1": round(statistics.mean(test), 2) if test else None,
+                    "test_f1_sd": round(statistics.stdev(test), 2) if len(test) > 1 else None,
+                    "train_minutes": round(statistics.mean(r["train_seconds"] for r in rs) / 60, 2)})
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| training sentences | system | seeds | test F1 | train min |", "|---|---|---|---|---|"]
+    for r in summarise(rows):
+        f1 = "n/a" if r["test_f1"] is None else f"{r['test_f1']:.2f}" + (
+            f" ± {r['test_f1_sd']:.2f}" if r["test_f1_sd"] is not None else "")
+        lines.append(f"| {r['sentences']:,} | {r['system']} | {r['seeds']} | {f1} | {r['train_minutes']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def save(out: Path, config: str, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps({"config": config, "rows": rows,
+                                                        "summary": summarise(rows)}, indent=2) + "\n")
+    atomic_write_text(out / "results.md", table(rows))

@@ -1,0 +1,47 @@
+"""Issue 23 item 4: `llm-ner learning-curve` — the LLM and the encoder on the same nested random subsets, over seeds,
+one row per run, a summary per size; bad input as one-line errors. Tiny models, a few steps."""
+
+import json
+
+from typer.testing import CliRunner
+
+from llm_ner.cli import app
+from llm_ner.data import read_conll
+
+runner = CliRunner()
+QUICK = ["--set", "training.max_steps=1", "--set", "data.max_dev_sentences=8", "--set", "data.max_test_sentences=8",
+         "--no-progress"]
+
+
+def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_path):
+    from tiny import make_bert
+
+    out = tmp_path / "curve"
+    r = runner.invoke(app, ["learning-curve", "--sizes", "8,16", "--seeds", "1,2", "--seeds-up-to", "8",
+                            "--llm-model", str(tiny_llama), "--encoder-model", str(make_bert(tmp_path / "bert")),
+                            "--output", str(out), *QUICK])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    runs = {(x["system"], x["sentences"], x["seed"]) for x in res["rows"]}
+    assert runs == {(s, n, seed) for s in ("llm", "encoder") for n, seed in ((8, 1), (16, 1), (8, 2))}
+    seeds = {(x["system"], x["sentences"]): x["seeds"] for x in res["summary"]}
+    assert seeds == {("llm", 8): 2, ("encoder", 8): 2, ("llm", 16): 1, ("encoder", 16): 1}
+    assert all(x["test_f1"] is not None for x in res["summary"])
+
+    def tokens(run):
+        return [s.tokens for s in read_conll(out / run / "labelled.conll")]
+
+    assert tokens("llm_8_1") == tokens("encoder_8_1") == tokens("llm_16_1")[:8]  # same subset, nested by size
+    assert tokens("llm_8_1") != tokens("llm_8_2")  # another seed, another subset
+    r2 = runner.invoke(app, ["learning-curve", "--sizes", "8", "--seeds", "1", "--llm-model", str(tiny_llama),
+                             "--systems", "llm", "--output", str(out), *QUICK])
+    assert r2.exit_code == 0, r2.output
+    again = json.loads((out / "results.json").read_text())
+    assert again["rows"] == res["rows"]  # finished runs are reused, not retrained; earlier points stay
+
+
+def test_bad_curve_arguments_are_one_line_errors(tmp_path):
+    for args, want in ((["--systems", "llm,gpt"], "--systems"), (["--sizes", "10,x"], "whole numbers"),
+                       (["--sizes", "0"], "at least 1")):
+        r = runner.invoke(app, ["learning-curve", "--output", str(tmp_path), *args])
+        assert r.exit_code == 2 and want in r.output and len(r.output.strip().splitlines()) == 1, r.output

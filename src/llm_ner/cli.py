@@ -479,11 +479,14 @@ def report(
     runs: Annotated[list[str], typer.Argument(help="run dirs (LLM first), or a compare dir")],
     output: Annotated[str, Opt(help="report directory (report.md, report.html, plots)")] = "runs/report",
     study: Annotated[str | None, Opt(help="decoder study results.json (scripts/study.py)")] = None,
+    curve: Annotated[str | None, Opt(help="learning curve results.json (llm-ner learning-curve)")] = None,
+    al: Annotated[str | None, Opt("--al", help="active-learning simulation results.json (scripts/simulate_al.py)")
+                  ] = None,
 ) -> None:
     """Markdown + self-contained HTML report with plots from finished runs."""
     from .report.build import write_report
 
-    md, html = write_report(runs, output, study)
+    md, html = write_report(runs, output, study, curve, al)
     typer.echo(f"wrote {md} and {html}")
 
 

@@ -86,14 +86,17 @@ def _examples_html(run: dict, types: list[str], n: int = 6) -> str:
     return "\n".join(rows)
 
 
-def write_report(paths: list[str], output: str | Path, study_path: str | None = None) -> tuple[Path, Path]:
-    """`study_path`: scripts/study.py's results.json."""
+def write_report(paths: list[str], output: str | Path, study_path: str | None = None, curve_path: str | None = None,
+                 al_path: str | None = None) -> tuple[Path, Path]:
+    """Extra results (each a results.json): `study_path` scripts/study.py's, `curve_path` `llm-ner learning-curve`'s,
+    `al_path` scripts/simulate_al.py's."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     runs = [_load(p) for p in _expand(paths)]
-    study = json.loads(Path(study_path).read_text()) if study_path else None
-    files = draw(runs, out, study)
-    sections = section_list(runs, study)
+    extras = {k: json.loads(Path(p).read_text()) for k, p in (("study", study_path), ("curve", curve_path),
+                                                              ("al", al_path)) if p}
+    files = draw(runs, out, extras)
+    sections = section_list(runs, extras)
     subset = runs[[r["kind"] for r in runs].index("prompt")]["metrics"]["sentences"] if any(
         r["kind"] == "prompt" for r in runs) else None
     table = table_markdown([system_row(r["run"], subset, r["name"]) for r in runs])

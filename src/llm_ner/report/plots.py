@@ -115,10 +115,8 @@ def calibration(runs: list[dict], out: Path) -> Path | None:
     return _save(fig, out / "calibration.png")
 
 
-def study(study: dict | None, out: Path) -> Path | None:
+def study(study: dict, out: Path) -> Path:
     """The decoder study's rows: test F1 (mean ± sd over seeds), dev F1, training time and prediction speed."""
-    if not study:
-        return None
     rows = study["rows"]
     fig, ax = _plt().subplots(figsize=(9, 0.5 * len(rows) + 1.5))
     ax.barh([r["name"] for r in rows], [r["test_f1"] for r in rows], color="#6a9fd8",
@@ -135,19 +133,47 @@ def study(study: dict | None, out: Path) -> Path | None:
     return _save(fig, out / "study.png")
 
 
-# figure -> (the function that draws it, the section it is shown under)
-FIGURES: dict[str, tuple[Callable, str]] = {
-    "curves": (curves, "Results"), "per_type": (per_type, "Results"), "confusion": (confusion, "Failure cases"),
-    "errors": (errors, "Failure cases"), "calibration": (calibration, "Confidence"),
-    "study": (study, "Decoder study"),
+def learning_curve(curve: dict, out: Path) -> Path:
+    """Test F1 (mean ± sd over seeds) against training sentences, a line per system (active/curve.py)."""
+    fig, ax = _plt().subplots(figsize=(7, 4))
+    for system in sorted({r["system"] for r in curve["summary"]}):
+        pts = [r for r in curve["summary"] if r["system"] == system and r["test_f1"] is not None]
+        ax.errorbar([r["sentences"] for r in pts], [r["test_f1"] for r in pts], marker="o", capsize=3,
+                    yerr=[r["test_f1_sd"] or 0 for r in pts], label=system)
+    ax.set(xscale="log", xlabel="training sentences", ylabel="test F1", title="how much labelled data")
+    ax.legend()
+    return _save(fig, out / "learning_curve.png")
+
+
+def active_learning(al: dict, out: Path) -> Path:
+    """Test F1 (mean ± sd over seeds) after each round of the active-learning simulation, a line per strategy."""
+    from .sections import al_points
+
+    fig, ax = _plt().subplots(figsize=(7, 4))
+    for strategy, pts in al_points(al).items():
+        ax.errorbar([p["labelled"] for p in pts], [p["test_f1"] for p in pts], yerr=[p["test_sd"] for p in pts],
+                    marker="o", capsize=3, label=strategy)
+    ax.set(xlabel="labelled sentences", ylabel="test F1", title="active learning (simulated on CoNLL-2003)")
+    ax.legend()
+    return _save(fig, out / "active_learning.png")
+
+
+# figure -> (the function that draws it, the section it is shown under, what it draws: the runs, or an extra result
+# file given to `llm-ner report`)
+FIGURES: dict[str, tuple[Callable, str, str]] = {
+    "curves": (curves, "Results", "runs"), "per_type": (per_type, "Results", "runs"),
+    "confusion": (confusion, "Failure cases", "runs"), "errors": (errors, "Failure cases", "runs"),
+    "calibration": (calibration, "Confidence", "runs"), "study": (study, "Decoder study", "study"),
+    "learning_curve": (learning_curve, "How much labelled data", "curve"),
+    "active_learning": (active_learning, "Active learning", "al"),
 }
 
 
-def draw(runs: list[dict], out: Path, study_results: dict | None) -> dict[str, Path]:
-    """Every figure the runs hold data for: name -> PNG."""
+def draw(runs: list[dict], out: Path, extras: dict[str, dict]) -> dict[str, Path]:
+    """Every figure there is data for: name -> PNG."""
     files = {}
-    for name, (fn, _) in FIGURES.items():
-        path = fn(study_results, out) if fn is study else fn(runs, out)
-        if path is not None:
+    for name, (fn, _, source) in FIGURES.items():
+        data = runs if source == "runs" else extras.get(source)
+        if data and (path := fn(data, out)) is not None:
             files[name] = path
     return files

@@ -6,6 +6,7 @@ run's saved config and summary (`facts`), and the backbone's "why" and quirks fr
 from __future__ import annotations
 
 import functools
+import statistics
 from importlib import resources
 
 from ..modeling.backbones import ALIASES, family
@@ -127,9 +128,71 @@ def failures(llm: dict) -> str:
     return "\n\n".join(out)
 
 
-def sections(runs: list[dict], study: dict | None) -> list[tuple[str, str]]:
+def _pm(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def learning_curve_text(curve: dict) -> str:
+    """The curve's table, and where the LLM's lead over the encoder is largest (from active/curve.py's summary)."""
+    from ..active.curve import table
+
+    by = {(r["system"], r["sentences"]): r for r in curve["summary"] if r["test_f1"] is not None}
+    leads = [(by[("llm", n)]["test_f1"] - by[("encoder", n)]["test_f1"], n) for s, n in by if s == "llm"
+             and ("encoder", n) in by]
+    say = [f"Each point trains the `{curve['config']}` recipe (LLM) and the encoder baseline on the same random "
+           "subset of the training split (nested sizes per seed), scored on the same test set; mean ± sd over seeds "
+           "(`llm-ner learning-curve`)."]
+    if leads:
+        lead, n = max(leads)
+        small = [d for d, m in leads if m <= 1000]
+        say.append(f"The LLM's lead is largest at {n:,} sentences: {lead:+.2f} F1" + (
+            f"; at ≤ 1,000 sentences it is {min(small):+.2f} to {max(small):+.2f}." if small else "."))
+    return " ".join(say) + "\n\n" + table(curve["rows"]).rstrip("\n")
+
+
+def al_points(al: dict) -> dict[str, list[dict]]:
+    """Per strategy, per round: labelled sentences, test F1 mean and sd over seeds, CPU seconds (training + choosing)
+    summed over the rounds so far, mean over seeds."""
+    out = {}
+    for strategy, seeds in al["results"].items():
+        n_rounds = min((len(rows) for rows in seeds.values()), default=0)
+        pts = []
+        for r in range(n_rounds):
+            rows = [rs[r] for rs in seeds.values()]
+            f1, sd = _pm([x["test_f1"] for x in rows])
+            cpu = statistics.mean(sum(x["train_seconds"] + (x.get("select_seconds") or 0) for x in rs[: r + 1])
+                                  for rs in seeds.values())
+            pts.append({"labelled": rows[0]["labelled"], "test_f1": f1, "test_sd": sd, "cpu_s": cpu,
+                        "seeds": len(rows)})
+        if pts:
+            out[strategy] = pts
+    return out
+
+
+def active_learning_text(al: dict) -> str:
+    """Per round and strategy, test F1; and the labels (and CPU minutes) uncertainty needed to reach random's last."""
+    pts = al_points(al)
+    lines = ["| strategy | labelled | test F1 | seeds | CPU min so far |", "|---|---|---|---|---|"]
+    lines += [f"| {s} | {p['labelled']:,} | {p['test_f1']:.2f} ± {p['test_sd']:.2f} | {p['seeds']} | "
+              f"{p['cpu_s'] / 60:.1f} |" for s, ps in pts.items() for p in ps]
+    say = ["Simulated on CoNLL-2003 with the labels hidden until chosen (`scripts/simulate_al.py`): each round "
+           "trains the quickstart recipe on what is labelled, then labels more; both strategies start from the same "
+           "sentences per seed."]
+    if "uncertainty" in pts and "random" in pts:
+        goal = pts["random"][-1]
+        hit = next((p for p in pts["uncertainty"] if p["test_f1"] >= goal["test_f1"]), None)
+        say.append(f"Random sampling's last round: {goal['test_f1']:.2f} test F1 with {goal['labelled']:,} labels. "
+                   + (f"Uncertainty sampling reached it with {hit['labelled']:,} labels "
+                      f"({100 * hit['labelled'] / goal['labelled']:.0f} %) and {hit['cpu_s'] / 60:.1f} CPU minutes "
+                      f"against {goal['cpu_s'] / 60:.1f}." if hit else "Uncertainty sampling did not reach it."))
+    return " ".join(say) + "\n\n" + "\n".join(lines)
+
+
+def sections(runs: list[dict], extras: dict[str, dict]) -> list[tuple[str, str]]:
     """The report's sections in order; a section without facts to show is left out."""
     from .study import study_text
+
+    study, curve, al = extras.get("study"), extras.get("curve"), extras.get("al")
 
     llm = next((r for r in runs if r["kind"] == "llm"), runs[0])
     f = {**facts(llm), "prompted": any(r["kind"] == "prompt" for r in runs)}
@@ -138,5 +201,7 @@ def sections(runs: list[dict], study: dict | None) -> list[tuple[str, str]]:
            ("How training differs from language-model training", render("training.md.j2", f)),
            ("Results", results(runs, llm)), ("Confidence", confidence(llm)), ("Failure cases", failures(llm)),
            ("Limitations and improvements", render("limitations.md.j2", f)),
-           ("Decoder study", study_text(study) if study else None)]
+           ("Decoder study", study_text(study) if study else None),
+           ("How much labelled data", learning_curve_text(curve) if curve else None),
+           ("Active learning", active_learning_text(al) if al else None)]
     return [(t, body) for t, body in out if body]

@@ -146,6 +146,7 @@ class Projects:
     """What /setup told us per project (the Label Studio host and token to fetch its export), and the jobs."""
     hosts: dict[str, tuple[str, str]] = field(default_factory=dict)  # project id -> (hostname, access token)
     jobs: list[Job] = field(default_factory=list)
+    running: set = field(default_factory=set)  # the jobs' asyncio tasks: held, or the loop may drop them mid-run
 
 
 def fetch_export(hostname: str, token: str, project_id: str) -> list[dict]:
@@ -196,7 +197,9 @@ def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
         export = Path(job.run_dir) / "label_studio_export.json"
         export.write_text(json.dumps(tasks, ensure_ascii=False))
         projects.jobs.append(job)
-        asyncio.create_task(_train(job, export))
+        task = asyncio.create_task(_train(job, export))
+        projects.running.add(task)
+        task.add_done_callback(projects.running.discard)
         return JSONResponse({"status": "ok", "result": {"job": job.id, "run_dir": job.run_dir}}, 201)
 
     async def _train(job: Job, export: Path) -> None:
@@ -212,7 +215,11 @@ def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
             job.status, job.detail = "failed", lines[-1] if lines else f"exit {proc.returncode}"
             log.error("retraining job %d failed: %s", job.id, job.detail)
             return
-        await reload(str(Path(job.run_dir) / "model"))
+        try:
+            await reload(str(Path(job.run_dir) / "model"))
+        except Exception as e:  # the old model keeps serving; the job says why the new one did not load
+            job.status, job.detail = "failed", f"the retrained model did not load ({type(e).__name__}: {e})"
+            return
         job.status, job.detail = "done", version()
 
     @app.post("/webhook", tags=["label-studio"], responses={**ERRORS, **STARTED,
@@ -231,7 +238,7 @@ def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
                                      "fetch its annotations")
         try:
             tasks = await asyncio.get_running_loop().run_in_executor(None, fetch_export, *projects.hosts[pid], pid)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # unreachable, refused, or not JSON
             raise HTTPException(502, f"could not fetch project {pid}'s annotations from Label Studio ({e})") from None
         return await start_training(tasks)
 

@@ -33,6 +33,8 @@ MinScore = Annotated[float | None, Opt(help="entities scored below this (0-1), o
                                             "by `calibrate --target-precision`, are left out (returned as "
                                             "needs_review where asked)")]
 Verbose = Annotated[bool, Opt("--verbose", "-v")]
+InputFormat = Annotated[str, Opt(help="declare the input format: auto (from the content) | "
+                                      + " | ".join(format_names(texts=True)))]
 
 
 class _Stderr(logging.StreamHandler):
@@ -108,6 +110,16 @@ def command(name: str | None = None, group: typer.Typer = app, help: str | None 
         return group.command(name, help=help)(wrapper)
 
     return deco
+
+
+def _load_model(model: str, batch_size: int, trust_remote_code: bool, int8: bool, bf16: bool,
+                min_score: float | None = None):
+    """The model for prediction, at the chosen precision and score floor (checked before minutes of loading)."""
+    from .inference.engine import NERModel
+
+    _check_score(min_score)
+    return NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                                    quantize=_precision(int8, bf16), min_score=min_score)
 
 
 def _precision(int8: bool, bf16: bool) -> str | None:
@@ -246,11 +258,9 @@ def evaluate(
     _setup_logging(verbose)
     from .data import load_corpus
     from .evaluation.evaluate import evaluate_model, format_table
-    from .inference.engine import NERModel
 
     sents = load_corpus(data, limit=limit)
-    ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                   quantize=_precision(int8, bf16))
+    ner = _load_model(model, batch_size, trust_remote_code, int8, bf16)
     m, _ = evaluate_model(ner, sents, True, output, Path(output).with_suffix(".conll") if output else None)
     typer.echo(format_table(m, f"{data}:"))
     if output:
@@ -303,8 +313,7 @@ def predict(
     text: Annotated[list[str] | None, Opt(help="text to tag (repeatable)")] = None,
     input: Annotated[str | None, Opt(help="texts (a text per line), JSON lines with 'text', or a CoNLL "
                                           "token-per-line file; the format is read from the content")] = None,
-    format: Annotated[str, Opt(help="declare the input format: auto (from the content) | "
-                                    + " | ".join(format_names(texts=True)))] = "auto",
+    format: InputFormat = "auto",
     output: Annotated[str | None, Opt(help="output file (JSON lines of spans; CoNLL for token input)")] = None,
     to: Annotated[str | None, Opt(help=_outputs_help())] = None,
     batch_size: Annotated[int, Opt()] = 16,
@@ -320,9 +329,8 @@ def predict(
     _setup_logging(verbose)
     from .data import DataError, read_texts
     from .fsutil import atomic_write_text
-    from .inference.engine import NERModel
     from .inference.outputs import check_output
-    from .rundir import model_identity
+    from .rundir import model_identity, model_tag
 
     if not text and not input:
         _fail("give --text or --input")
@@ -332,14 +340,11 @@ def predict(
     out = check_output(to, tokens_in, review)
     if output and not input:
         raise DataError("--output needs --input (--text prints its spans)")
-    _check_score(min_score)
-    ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                   quantize=_precision(int8, bf16), min_score=min_score)
+    ner = _load_model(model, batch_size, trust_remote_code, int8, bf16, min_score)
     # token input gets the same thresholds and outputs as raw text: entities per sentence, then the chosen shape
     preds = (ner.predict_tokens(items, gold=kind == "conll", progress=True) if tokens_in
              else ner.predict_texts(items, progress=bool(input)))
-    ident = model_identity(model)
-    body = out.write(preds, review, f"{ident['name']}@{ident['version']}")
+    body = out.write(preds, review, model_tag(model_identity(model)))
     if to == "conll" and not output:  # CoNLL goes beside its input unless told
         output = str(Path(input).with_suffix(".pred.conll"))
     if output:
@@ -358,8 +363,7 @@ def select_texts(
     strategy: Annotated[str, Opt(help="uncertainty (least sure first: mean log-probability per word of the tags) | "
                                       "random")] = "uncertainty",
     to: Annotated[str, Opt(help="label-studio | doccano | jsonl (each record with its confidence)")] = "label-studio",
-    format: Annotated[str, Opt(help="declare the pool's format: auto (from the content) | "
-                                    + " | ".join(format_names(texts=True)))] = "auto",
+    format: InputFormat = "auto",
     exclude: Annotated[list[str] | None, Opt(help="labelled data whose texts are never chosen (repeat); the model's "
                                                   "own training data is left out anyway")] = None,
     seed: Annotated[int, Opt(help="random strategy's seed")] = 0,
@@ -376,21 +380,17 @@ def select_texts(
     from .active.select import candidates, labelled_keys, select, training_keys
     from .data import read_texts
     from .fsutil import atomic_write_text
-    from .inference.engine import NERModel
     from .inference.outputs import check_output
     from .modeling.align import texts_and_offsets
-    from .rundir import model_identity
+    from .rundir import model_identity, model_tag
 
     out = check_output(to, False, review)
     kind, items = read_texts(pool, format)
     texts = list(items) if kind == "text" else texts_and_offsets(items)[0]
     chosen_from = candidates(texts, n, strategy, training_keys(model) | labelled_keys(exclude or []), pool)
-    _check_score(min_score)
-    ner = NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                   quantize=_precision(int8, bf16), min_score=min_score)
+    ner = _load_model(model, batch_size, trust_remote_code, int8, bf16, min_score)
     chosen = select(ner, chosen_from, n, strategy, seed, progress=True)
-    ident = model_identity(model)
-    atomic_write_text(Path(output), out.write(chosen, review, f"{ident['name']}@{ident['version']}"))
+    atomic_write_text(Path(output), out.write(chosen, review, model_tag(model_identity(model))))
     typer.echo(f"chose {len(chosen.texts)} of {len(texts)} texts ({strategy}) -> {output}", err=True)
 
 

@@ -116,3 +116,8 @@ def model_identity(model_dir: str, name: str | None = None, version: str | None 
                 h.update(fh.read(1 << 20))
         version = h.hexdigest()[:12]
     return {"name": name, "version": version}
+
+
+def model_tag(identity: dict) -> str:
+    """"name@version": how pre-annotations and Label Studio name the model that made them."""
+    return f"{identity['name']}@{identity['version']}"

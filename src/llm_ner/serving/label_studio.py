@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.annotation import label_studio_prediction
 from ..inference.outputs import entity_dicts
+from ..rundir import model_tag
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
     projects = Projects()
 
     def version() -> str:
-        return f"{state['identity']['name']}@{state['identity']['version']}"
+        return model_tag(state["identity"])
 
     @app.post("/setup", tags=["label-studio"], response_model=SetupResponse, responses=ERRORS)
     async def setup(body: SetupRequest) -> SetupResponse:

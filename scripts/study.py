@@ -47,6 +47,9 @@ ROWS: dict[str, dict] = {
     "Gemma: exit at 5/6 depth (layer 15)": {"model.backbone": "gemma3-270m", "model.exit_layer": 15},
     "Gemma: document context, 2 windows a step": {"model.backbone": "gemma3-270m", "data.context": "document",
                                                   "training.batch_size": 2},
+    # the two rows that helped (issue 22), together
+    "Gemma: exit at layer 12, unmask the global layers (5, 11) only": {
+        "model.backbone": "gemma3-270m", "model.exit_layer": 12, "model.unmask": [5, 11]},
 }
 # Run directories are named by a row's position above: add rows at the end.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llm_ner import rundir
 from llm_ner.config import load_config
-from llm_ner.report.build import study_table
+from llm_ner.report import study_table
 from llm_ner.training.train import train
 
 # Every row is SmolLM2-135M (the quickstart's backbone when the study was run; the quickstart now uses Gemma 3 270M,

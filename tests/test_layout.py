@@ -128,3 +128,20 @@ def test_readme_layout_names_every_module():
     missing = [p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py")
                if p.name != "__init__.py" and p.relative_to(PKG).as_posix() not in named]
     assert not missing, f"README layout section does not mention {missing}"
+
+
+def test_scripts_and_benchmarks_import_names_that_exist():
+    """Scripts and benchmarks run outside the suite: every `from llm_ner... import name` in them (lazy ones too) must
+    name a module or attribute that exists (a move of report.study_table broke scripts/study.py once)."""
+    import importlib
+
+    missing = []
+    for path in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "llm_ner":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name) and importlib.util.find_spec(
+                            f"{node.module}.{alias.name}") is None:
+                        missing.append(f"{path.name}: {node.module}.{alias.name}")
+    assert not missing, missing

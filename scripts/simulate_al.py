@@ -21,15 +21,16 @@ from pathlib import Path
 from llm_ner import rundir
 from llm_ner.active.curve import shuffled, train_on
 from llm_ner.active.select import candidates, select, text_key
-from llm_ner.config import load_config
+from llm_ner.config import load_config, parse_set
 from llm_ner.data import load_corpus
 from llm_ner.inference.engine import NERModel
 from llm_ner.modeling.align import texts_and_offsets
 
 
-def run_round(config: str, labelled: list, seed: int, run_dir: Path) -> dict:
-    """Train on the labelled sentences (or reuse a finished run): dev / test F1 and training seconds."""
-    s = train_on(load_config(config, {"training.seed": seed}), labelled, run_dir)
+def run_round(config: str, overrides: dict, labelled: list, seed: int, run_dir: Path) -> dict:
+    """Train on the labelled sentences at the config's budget (`train_on`: 200 sentences get the quickstart's 125
+    optimizer steps), or reuse a finished run: dev / test F1 and training seconds."""
+    s = train_on(load_config(config, {**overrides, "training.seed": seed}), labelled, run_dir)
     return {"labelled": len(labelled), "dev_f1": s["best_dev_f1"], "test_f1": s["test"]["f1"],
             "train_seconds": s["train_seconds"]}
 
@@ -55,7 +56,7 @@ def simulate(a, seed: int, strategy: str, train_s: list) -> list[dict]:
     for r in range(a.rounds + 1):
         # round 0 is the same for both strategies: one run
         run_dir = out / ("round_0" if r == 0 else f"{strategy}_round_{r}")
-        rows.append({"round": r, **run_round(a.config, labelled, seed, run_dir)})
+        rows.append({"round": r, **run_round(a.config, a.overrides, labelled, seed, run_dir)})
         if r == a.rounds:
             break
         picks_file = out / f"{strategy}_picks_{r + 1}.json"
@@ -88,6 +89,9 @@ def table(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="quickstart")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, as `llm-ner train --set` (repeatable)")
+    ap.add_argument("--train", default="conll2003:train", help="the labelled data the simulation hides and reveals")
     ap.add_argument("--output", default="runs/al")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--strategies", nargs="+", default=["uncertainty", "random"])
@@ -96,7 +100,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pool", type=int, default=4000, help="unlabelled sentences to choose from (scored each round)")
     a = ap.parse_args()
-    train_s = load_corpus("conll2003:train")
+    a.overrides = parse_set(a.sets)
+    train_s = load_corpus(a.train)
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {s: {} for s in a.strategies}

@@ -32,6 +32,8 @@ def test_bundled_config_names_and_unknown_ones():
     assert load_config("quickstart").data.max_train_sentences == 2000
     with pytest.raises(ConfigError, match=r"config file not found \(bundled configs: .*quickstart"):
         load_config("no-such-config")
+    for path in config_path("quickstart").parent.glob("*.yaml"):  # every bundled config validates
+        assert load_config(path.stem).output, path
 
 
 def test_saved_config_is_the_run_configs_sections():

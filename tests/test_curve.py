@@ -45,3 +45,14 @@ def test_bad_curve_arguments_are_one_line_errors(tmp_path):
                        (["--sizes", "0"], "at least 1")):
         r = runner.invoke(app, ["learning-curve", "--output", str(tmp_path), *args])
         assert r.exit_code == 2 and want in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_a_smaller_subset_keeps_the_configs_optimizer_steps():
+    from llm_ner.active.curve import budgeted
+    from llm_ner.config import load_config
+
+    cfg = load_config("quickstart", {})  # 2,000 sentences x 1 epoch
+    assert budgeted(cfg, 250).training.epochs == 8.0 and budgeted(cfg, 1000).training.epochs == 2.0
+    assert budgeted(cfg, 2000).training.epochs == 1.0 and budgeted(cfg, 14041).training.epochs == 1.0
+    capped = load_config("quickstart", {"training.max_steps": 5})
+    assert budgeted(capped, 250).training.epochs == 1.0  # an explicit step count is the user's budget

@@ -222,3 +222,56 @@ def test_full_fine_tuning_can_keep_the_input_embeddings_frozen(tiny_llama):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not emb.requires_grad and "backbone.layers.0.self_attn.q_proj.weight" in trainable
     assert model.parameter_counts()["trainable"] == model.parameter_counts()["total"] - emb.numel()
+
+
+def test_a_batch_in_passes_has_the_batchs_loss_and_gradient(tiny_llama, tiny_tokenizer):
+    """training.max_tokens_per_pass: a step's batch split into passes (each its own forward and backward) gives the
+    one-pass loss and gradient — with class weights, label smoothing and the CRF all in play."""
+    import torch.nn.functional as F
+
+    from llm_ner.modeling.align import split_batch
+
+    words = ["Peter", "visited", "London", "and", "met", "Anna", "in", "Paris", "last", "week"]
+    sents = [Sentence(words[:n], (["B-PER", "O", "B-LOC"] + ["O"] * 7)[:n]) for n in (10, 3, 7, 2, 9, 5)]
+    feats = [window_feature(w) for w in encode_sentences(tiny_tokenizer, sents, LABELS.encode, 64, 8)]
+    batch = collate(feats, tiny_tokenizer.pad_token_id)
+    m = build(tiny_llama, label_smoothing=0.1, head_dropout=0.0)
+    with torch.no_grad():
+        m.ce_weights.copy_(torch.linspace(0.5, 2.0, len(m.ce_weights)))
+    out = m(**batch)
+    lab, wm = batch["labels"], batch["word_mask"].bool() & (batch["labels"] >= 0)
+    ce = F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), lab.reshape(-1), weight=m.ce_weights,
+                         ignore_index=-100, label_smoothing=0.1)  # torch's own weighted mean: the loss as defined
+    crf = -m.crf.log_likelihood(out.logits, lab.clamp(min=0), wm).sum() / wm.sum()
+    assert out.loss.item() == pytest.approx((ce + crf).item(), rel=1e-5)
+    out.loss.backward()
+    whole = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad()
+    passes = split_batch(batch, max_tokens=3 * batch["input_ids"].size(1) // 2)
+    assert len(passes) > 2 and sum(p["input_ids"].size(0) for p in passes) == len(sents)
+    den = m.loss_denominators(batch["word_mask"], batch["labels"])
+    total = sum(m(**p, loss_denominators=den).loss for p in passes)
+    total.backward()
+    assert total.item() == pytest.approx(out.loss.item(), rel=1e-5)
+    for n, g in whole.items():
+        assert torch.allclose(dict(m.named_parameters())[n].grad, g, rtol=1e-4, atol=1e-6), n
+
+
+def test_split_batch_bounds_each_pass_and_keeps_every_row_once(tiny_tokenizer):
+    from llm_ner.modeling.align import split_batch
+
+    sents = [Sentence(["w"] * n, ["O"] * n) for n in (1, 12, 4, 30, 7, 7, 2)]
+    feats = [window_feature(w) for w in encode_sentences(tiny_tokenizer, sents, LABELS.encode, 64, 8)]
+    batch = collate(feats, tiny_tokenizer.pad_token_id)
+    lengths = sorted(batch["attention_mask"].sum(1).tolist())
+    longest = lengths[-1]
+    for budget in (1, longest, 2 * longest, 10**6):
+        passes = split_batch(batch, budget)
+        got = sorted(int(x) for p in passes for x in p["attention_mask"].sum(1))
+        assert got == lengths  # every row exactly once
+        for p in passes:
+            n, t = p["input_ids"].shape
+            assert t == int(p["attention_mask"].sum(1).max())  # trimmed to its own longest row
+            assert n * t <= budget or n == 1
+            assert p["labels"].shape == p["word_mask"].shape == p["word_positions"].shape
+    assert split_batch(batch, 10**6) == [batch]

@@ -205,3 +205,22 @@ def test_the_last_step_is_evaluated_once(tiny_llama, tmp_path):
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()
              if "eval_f1" in json.loads(x)]
     assert steps == [3, 6, 8], steps
+
+
+def test_training_in_passes_learns_the_same_model(tiny_llama, tmp_path):
+    """training.max_tokens_per_pass (issue 22: bounded memory) changes how a step is computed, not what it computes:
+    the same losses step by step and the same tags from the trained model."""
+    from llm_ner.data import load_corpus
+    from llm_ner.inference.engine import NERModel
+
+    over = {"model.head_dropout": 0.0, "training.batch_size": 8, "training.max_steps": 4, "training.eval_steps": 4}
+    train(tiny_cfg(tiny_llama, tmp_path / "one", **over), progress=False)
+    train(tiny_cfg(tiny_llama, tmp_path / "passes", **over, **{"training.max_tokens_per_pass": 24}), progress=False)
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "passes")
+    assert set(a) == set(b) == set(range(1, 5))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
+    sents = load_corpus("conll2003:valid")[:40]
+    one, passes = (NERModel.from_pretrained(tmp_path / d / "model").predict_sentences_scored(sents)[0]
+                   for d in ("one", "passes"))
+    assert passes == one

@@ -112,6 +112,10 @@ class TrainingConfig(_Strict):
     batch_size: int = 8
     eval_batch_size: int = 32
     grad_accum: int = 1
+    # Memory: a step's batch is run in passes of at most this many padded tokens (rows x longest row), each forward
+    # and backward on its own; the gradient is the same (training/train.py NERTrainer.training_step). Activations
+    # grow with the longest batch (32 sentences of 200 tokens: 13-17 GB); None = the whole batch in one pass.
+    max_tokens_per_pass: int | None = Field(default=None, ge=1)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0

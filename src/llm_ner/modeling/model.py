@@ -278,6 +278,7 @@ class LLMForTokenClassification(nn.Module):
         token_labels: torch.Tensor | None = None,  # (B,T) tag ids per sub-token (label_all_subtokens), -100 = ignore
         segment_ids: torch.Tensor | None = None,  # (B,T) packed rows (inference): 0 = pad, k = k-th sequence
         position_ids: torch.Tensor | None = None,  # (B,T) positions restarting at 0 for each packed sequence
+        loss_denominators: torch.Tensor | None = None,  # (2,) of the whole batch when this is one pass of it
     ) -> TokenClassifierOutput:
         dtype = self.backbone.get_input_embeddings().weight.dtype
         last_copy = None
@@ -314,24 +315,39 @@ class LLMForTokenClassification(nn.Module):
 
         loss = None
         if labels is not None:
-            loss = self.compute_loss(logits, word_logits, word_mask, labels, token_labels)
+            den = self.loss_denominators(word_mask, labels, token_labels) if loss_denominators is None \
+                else loss_denominators
+            loss = self.compute_loss(logits, word_logits, word_mask, labels, token_labels, den)
         return TokenClassifierOutput(loss=loss, logits=word_logits)
 
-    def compute_loss(self, logits, word_logits, word_mask, labels, token_labels) -> torch.Tensor:
+    def _ce_targets(self, labels: torch.Tensor, token_labels: torch.Tensor | None) -> torch.Tensor:
+        return token_labels if self.config.model.label_all_subtokens and token_labels is not None else labels
+
+    def loss_denominators(self, word_mask, labels, token_labels=None) -> torch.Tensor:
+        """(2,): what the loss of this batch is divided by — the cross-entropy's summed class weights over its
+        labelled positions (torch's weighted mean) and the CRF's labelled word count. Training in several passes
+        per batch (training.max_tokens_per_pass) gives every pass the whole batch's, so the passes' losses sum to
+        the whole batch's loss and their gradients to its gradient."""
+        dev = self.ce_weights.device
+        lb = self._ce_targets(labels, token_labels).reshape(-1).to(dev)
+        ce_den = self.ce_weights[lb[lb >= 0]].sum()
+        crf_den = (word_mask.bool() & (labels >= 0)).sum().to(dev)
+        return torch.stack([ce_den.float(), crf_den.float()]).clamp(min=1)
+
+    def compute_loss(self, logits, word_logits, word_mask, labels, token_labels, den) -> torch.Tensor:
+        """Sums divided by `den` (loss_denominators): a per-position weighted mean, as F.cross_entropy's."""
         cfg = self.config.loss
         loss = word_logits.new_zeros(())
         if cfg.ce_weight:
-            if self.config.model.label_all_subtokens and token_labels is not None:
-                lg, lb = logits, token_labels
-            else:
-                lg, lb = word_logits, labels
+            lg = logits if self.config.model.label_all_subtokens and token_labels is not None else word_logits
+            lb = self._ce_targets(labels, token_labels)
             ce = F.cross_entropy(lg.reshape(-1, lg.size(-1)), lb.reshape(-1), weight=self.ce_weights,
-                                 ignore_index=-100, label_smoothing=cfg.label_smoothing)
+                                 ignore_index=-100, label_smoothing=cfg.label_smoothing, reduction="sum") / den[0]
             loss = loss + cfg.ce_weight * ce
         if self.crf is not None and cfg.crf_weight:
             m = word_mask.bool() & (labels >= 0)
             # NLL per word (not per sentence) so its scale matches the cross-entropy's.
-            nll = -self.crf.log_likelihood(word_logits, labels.clamp(min=0), m).sum() / m.sum().clamp(min=1)
+            nll = -self.crf.log_likelihood(word_logits, labels.clamp(min=0), m).sum() / den[1]
             loss = loss + cfg.crf_weight * nll
         return loss
 

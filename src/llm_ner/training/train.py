@@ -42,7 +42,7 @@ from ..evaluation.evaluate import evaluate_model, format_table
 from ..fsutil import atomic_write_text, replace_dir
 from ..inference.engine import NERModel, load_tokenizer
 from ..labels import LabelSet, label_set_for
-from ..modeling.align import collate, encode_sentences, window_feature
+from ..modeling.align import collate, encode_sentences, split_batch, window_feature
 from ..modeling.model import LLMForTokenClassification, read_model_config
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,9 @@ class MetricsLogger(TrainerCallback):
 
 class NERTrainer(Trainer):
     def __init__(self, *args, dev: list[Sentence] | None, ner_tokenizer, run_dir: Path, patience: int | None,
-                 eval_batch_size: int, **kwargs):
+                 eval_batch_size: int, max_tokens_per_pass: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.max_tokens_per_pass = max_tokens_per_pass
         self.dev = dev
         self.ner_tokenizer = ner_tokenizer
         self.run_dir = run_dir
@@ -149,6 +150,19 @@ class NERTrainer(Trainer):
         self.best_f1 = state.get("f1", -1.0)
         self.bad_evals = state.get("bad_evals", 0)
         self.last_eval_step = -1  # fit() evaluates after training only if the Trainer has not at the last step
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """One optimizer step's batch in passes of at most `max_tokens_per_pass` tokens (modeling.align.split_batch),
+        each forward + backward on its own, so activation memory is that of a pass. Each pass divides by the whole
+        batch's loss denominators: the gradients add up to the one-pass gradient (up to float rounding)."""
+        passes = split_batch(inputs, self.max_tokens_per_pass) if self.max_tokens_per_pass and "labels" in inputs \
+            else [inputs]
+        if len(passes) == 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        core = self.accelerator.unwrap_model(model)
+        den = core.loss_denominators(inputs["word_mask"], inputs["labels"], inputs.get("token_labels"))
+        return sum(super(NERTrainer, self).training_step(model, {**p, "loss_denominators": den}, num_items_in_batch)
+                   for p in passes)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         if not self.dev:
@@ -394,8 +408,8 @@ def make_trainer(cfg: RunConfig, model, tokenizer, features: list[dict], dev: li
         model=model, args=args, train_dataset=features, eval_dataset=features[:1] if dev else None,
         data_collator=lambda b: collate(b, tokenizer.pad_token_id), optimizers=(make_optimizer(model, cfg), None),
         callbacks=[MetricsLogger(run_dir / R.METRICS), *tracking_callbacks(t.report_to, run_dir), *(callbacks or [])],
-        dev=dev, ner_tokenizer=tokenizer, run_dir=run_dir,
-        patience=t.early_stopping_patience, eval_batch_size=t.eval_batch_size,
+        dev=dev, ner_tokenizer=tokenizer, run_dir=run_dir, patience=t.early_stopping_patience,
+        eval_batch_size=t.eval_batch_size, max_tokens_per_pass=t.max_tokens_per_pass,
     )
 
 

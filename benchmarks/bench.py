@@ -452,6 +452,79 @@ def w_compile_paired(a) -> dict:
             "peak_mb": peak_mb()}
 
 
+def _full_batches(a, config: str):
+    """The model and optimizer of a full-data config (its backbone, recipe and batch size) and its batches as the
+    Trainer's group_by_length builds them: the longest batch first (the memory peak), then random ones."""
+    import torch
+
+    from llm_ner.config import load_config
+    from llm_ner.data import load_corpus
+    from llm_ner.inference.engine import load_tokenizer
+    from llm_ner.labels import label_set_for
+    from llm_ner.modeling.align import collate, encode_sentences, window_feature
+    from llm_ner.training.train import build_model, make_optimizer
+
+    cfg = load_config(config)
+    sents = load_corpus("conll2003:train")
+    labels = label_set_for(sents)
+    tok = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
+    model = build_model(cfg, labels).train()
+    feats = [window_feature(w) for w in encode_sentences(tok, sents, labels.encode, 256, 32)]
+    feats.sort(key=lambda f: -len(f["input_ids"]))
+    bs = cfg.training.batch_size
+    batches = [collate(feats[i : i + bs], tok.pad_token_id) for i in range(0, len(feats), bs)]
+    rest = torch.randperm(len(batches) - 1, generator=torch.Generator().manual_seed(0)).add(1).tolist()
+    return cfg, model, make_optimizer(model, cfg), [batches[0], *(batches[i] for i in rest)]
+
+
+def _steps_in_passes(model, opt, batches, max_tokens: int | None) -> tuple[int, float]:
+    """Optimizer steps as NERTrainer.training_step takes them: bf16 autocast, the batch in passes of at most
+    `max_tokens` (None: one), each pass divided by the whole batch's loss denominators; (tokens, seconds)."""
+    import torch
+
+    from llm_ner.modeling.align import split_batch
+
+    n_tok, t = 0, time.perf_counter()
+    for b in batches:
+        den = model.loss_denominators(b["word_mask"], b["labels"])
+        for p in split_batch(b, max_tokens) if max_tokens else [b]:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(**p, loss_denominators=den).loss
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        n_tok += int(b["attention_mask"].sum())
+    return n_tok, time.perf_counter() - t
+
+
+def w_passes_memory(a) -> dict:
+    """Issue 22 item 1 (peak RSS <= 8 GB): one process per setting — a full-data config's longest batch (the
+    Trainer takes it first) and `--steps` more, with the batch in passes of at most `--max-tokens` tokens (0: one
+    pass, today's). Peak RSS of the process, and the longest batch's padded tokens."""
+    cfg, model, opt, batches = _full_batches(a, a.config)
+    n_tok, dt = _steps_in_passes(model, opt, batches[: a.steps + 1], a.max_tokens or None)
+    return {"config": a.config, "max_tokens_per_pass": a.max_tokens or None, "steps": a.steps + 1,
+            "longest_batch_tokens": int(batches[0]["input_ids"].numel()), "tokens_per_s": round(n_tok / dt, 1),
+            "peak_mb": peak_mb()}
+
+
+def w_passes_paired(a) -> dict:
+    """Speed of training in passes: one model, its steps alternated between one pass a batch and passes of at most
+    `--max-tokens`, on the same kind of batches (random ones of the full config), `--rounds` rounds."""
+    cfg, model, opt, batches = _full_batches(a, a.config)
+    _steps_in_passes(model, opt, batches[1:2], None)
+    rounds = []
+    for r in range(a.rounds):
+        got = {}
+        for k, (name, mt) in enumerate((("one_pass", None), ("passes", a.max_tokens))):
+            chunk = batches[2 + (2 * r + k) * a.steps : 2 + (2 * r + k + 1) * a.steps]
+            n_tok, dt = _steps_in_passes(model, opt, chunk, mt)
+            got[name] = round(n_tok / dt, 1)
+        rounds.append({**got, "ratio": round(got["passes"] / got["one_pass"], 2)})
+    return {"config": a.config, "max_tokens_per_pass": a.max_tokens, "rounds": rounds,
+            "median_ratio": median_ratio(rounds), "peak_mb": peak_mb()}
+
+
 def w_backbone_paired(a) -> dict:
     """SmolLM2-135M against Gemma 3 270M on the quickstart recipe: each round, both models take optimizer steps on the
     same `--steps` x 16 CoNLL sentences (each tokenised by its own tokenizer, batched 16 a step), alternated in one
@@ -690,6 +763,7 @@ WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "sp
            "train": w_train, "raw_text": w_raw_text, "splitter": w_splitter,
            "train_paired": w_train_paired,
            "exit_paired": w_exit_paired,
+           "passes_memory": w_passes_memory, "passes_paired": w_passes_paired,
            "backbone_paired": w_backbone_paired, "compile_paired": w_compile_paired, "train_recipe": w_train_recipe,
            "train_padding": w_train_padding,
            "scaling": w_scaling, "paired": w_paired, "serve": w_serve}
@@ -775,6 +849,13 @@ def main() -> None:
                                               "--rounds", "2" if a.quick else "5"),
         "compile_paired": lambda: run_worker("compile_paired", "--mode", "full", "--steps", "2" if a.quick else "3",
                                              "--rounds", "2" if a.quick else "5"),
+        # issue 22: peak RSS of the full configs' longest batch, one pass against passes of <= N tokens (a process
+        # each: peak RSS is per process), and the speed of passes alternated with one pass on the same model
+        **{f"passes_memory_{c}_{mt}": (lambda c=c, mt=mt: run_worker(
+            "passes_memory", "--config", c, "--max-tokens", str(mt), "--steps", "1" if a.quick else "4"))
+           for c in ("conll2003_full", "conll2003_full_gemma") for mt in (0, 2048, 1024)},
+        "passes_paired": lambda: run_worker("passes_paired", "--config", "conll2003_full", "--max-tokens", "1024",
+                                            "--steps", "2" if a.quick else "4", "--rounds", "2" if a.quick else "5"),
         "train_padding": lambda: run_worker("train_padding"),
         "train_recipe": lambda: run_worker("train_recipe", "--mode", "full", "--steps", "1" if a.quick else "2",
                                            "--rounds", "2" if a.quick else "5"),
@@ -842,6 +923,8 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--precision", default="fp32", help="train: fp32 | bf16 (autocast)")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch", type=int, default=8, help="train: windows per step")
+    p.add_argument("--config", default="conll2003_full", help="passes_*: the full-data config")
+    p.add_argument("--max-tokens", type=int, default=0, help="passes_*: tokens per pass (0: the whole batch)")
     p.add_argument("--stream", type=int, default=2048)
     p.add_argument("--lengths", type=int, nargs="*", default=[512, 2048])
     a = p.parse_args(argv)

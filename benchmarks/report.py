@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 
+def _passes(max_tokens: int | None) -> str:
+    return f"passes ≤ {max_tokens}" if max_tokens else "one pass"
+
+
 def _rounds(rounds: list[dict], a: str, b: str) -> str:
     """Alternated measurements, one per round: "a → b (ratio×); ..."."""
     return "; ".join(f"{r[a]} → {r[b]} ({r['ratio']}×)" for r in rounds)
@@ -211,6 +215,20 @@ def write_report(res: dict, out: Path) -> None:
                       f"batches ({len(ep['rounds'])} rounds, training tokens/s): "
                       + _rounds(ep["rounds"], "layers_30", "exit_23")
                       + f". **Median speed-up {ep['median_ratio']}×.**"]
+    mem = {k.removeprefix("passes_memory_"): v for k, v in res.items() if k.startswith("passes_memory_")
+           and "error" not in v}
+    if mem:
+        lines += ["", "Training memory (issue 22), `training.max_tokens_per_pass`: the full configs' longest batch "
+                      "(the Trainer takes it first) and 4 random ones, a process per setting; peak RSS and training "
+                      "tokens/s (the longest batch dominates both): "
+                  + "; ".join(f"{v['config']} {_passes(v['max_tokens_per_pass'])}: {v['peak_mb'] / 1024:.1f} GB, "
+                              f"{v['tokens_per_s']} tokens/s" for v in mem.values()) + "."]
+    pp = res.get("passes_paired", {})
+    if pp.get("rounds"):
+        lines += ["", f"Passes of ≤ {pp['max_tokens_per_pass']} tokens against one pass a batch, one model "
+                      f"({pp['config']}) alternated on random batches ({len(pp['rounds'])} rounds, training "
+                      "tokens/s): " + _rounds(pp["rounds"], "one_pass", "passes")
+                      + f". **Median ratio {pp['median_ratio']}×.**"]
     bp = res.get("backbone_paired", {})
     if bp.get("rounds"):
         lines += ["", f"Backbones on the quickstart recipe, SmolLM2-135M vs Gemma 3 270M "

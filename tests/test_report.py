@@ -26,6 +26,10 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
     assert rows[0]["f1"] == llm_f1 and rows[0]["peak_rss_mb"] > 0 and rows[1]["params_total"] > 0
     assert f"{llm_f1:.2f}" in (tmp_path / "cmp" / "comparison.md").read_text()
 
+    r = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "llm" / "model"), "--data", "conll2003:valid",
+                            "--limit", "8", "--output", str(tmp_path / "llm" / "dev8_metrics.json")])
+    assert r.exit_code == 0, r.output  # another set scored beside the run: the Confidence section's ECE table shows it
+
     study = tmp_path / "study.json"  # as scripts/study.py writes it
     run = {"seed": 1, "dev_f1": 2.0, "test_f1": 1.0, "train_seconds": 3, "predict_words_per_s": 5, "run_dir": "x"}
     study.write_text(json.dumps({"config": "quickstart", "rows": [
@@ -45,6 +49,10 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
     # curves, per-type, confusion, errors, reliability + threshold curves, study — inlined
     assert html.count("data:image/png;base64,") == 6
     assert "Expected calibration error of the test entities' scores" in md
+    ece_rows = [x for x in md.split("## Confidence")[1].split("\n## ")[0].splitlines() if x.startswith("| ")]
+    assert ece_rows[0].startswith("| evaluation set | F1 | ECE (fitted T)") and len(ece_rows) == 4, ece_rows
+    assert "fitted here, in-sample" in ece_rows[1] and ece_rows[2].startswith("| conll2003:test | ")
+    assert ece_rows[3].startswith("| conll2003:valid | ")  # named by the data it was run on
     assert "Best on dev: **document context** (dev 4.00, test 3.50, 1 seed): +1.50 dev F1" in md
     assert "more than the larger seed spread" in md and "Fastest prediction: **document context**" in md
     assert "Why it can help: the other sentences of the document disambiguate a name" in md

@@ -246,7 +246,8 @@ def quickstart(
 def evaluate(
     model: Annotated[str, Opt(help="saved model dir")],
     data: Annotated[str, Opt(help="labelled data: file or bundled name (conll2003:test)")],
-    output: Annotated[str | None, Opt(help="write metrics JSON (and predictions .conll beside it)")] = None,
+    output: Annotated[str | None, Opt(help="write metrics JSON (and predictions .conll beside it); as "
+                                           "RUN/NAME_metrics.json the report shows it with the run")] = None,
     limit: Annotated[int | None, Opt(help="first N sentences only")] = None,
     batch_size: Annotated[int, Opt()] = 32,
     trust_remote_code: TrustRemoteCode = False,
@@ -261,7 +262,7 @@ def evaluate(
 
     sents = load_corpus(data, limit=limit)
     ner = _load_model(model, batch_size, trust_remote_code, int8, bf16)
-    m, _ = evaluate_model(ner, sents, True, output, Path(output).with_suffix(".conll") if output else None)
+    m, _ = evaluate_model(ner, sents, True, output, Path(output).with_suffix(".conll") if output else None, data)
     typer.echo(format_table(m, f"{data}:"))
     if output:
         typer.echo(f"wrote {output}", err=True)

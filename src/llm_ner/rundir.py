@@ -61,6 +61,10 @@ class Run:
     model_config: dict | None = None  # model/llm_ner_config.json in the version 2 layout
     curve: list[dict] = field(default_factory=list)
     config: dict | None = None  # config.yaml: the resolved run config (data, training, seed)
+    # Every other evaluation of the run's model saved beside it as NAME_metrics.json (llm-ner evaluate --output):
+    # NAME -> metrics, e.g. "cleanconll_test"
+    other_metrics: dict[str, dict] = field(default_factory=dict)
+    calibration: dict | None = None  # model/calibration.json: the temperature, what it was fitted on, ECE there
 
     @property
     def name(self) -> str:
@@ -97,8 +101,10 @@ def load_run(run_dir: str | Path) -> Run:
     if (d / METRICS).is_file():
         curve = [json.loads(x) for x in (d / METRICS).read_text().splitlines() if x.strip()]
     run_cfg = yaml.safe_load((d / CONFIG).read_text()) if (d / CONFIG).is_file() else None
+    others = {p.name.removesuffix("_metrics.json"): json.loads(p.read_text())
+              for p in sorted(d.glob("*_metrics.json")) if p.name != TEST_METRICS}
     return Run(d, kind, name, json.loads((d / TEST_METRICS).read_text()), summary, pstats, _json(d / ANALYSIS),
-               mcfg, curve, run_cfg if isinstance(run_cfg, dict) else None)
+               mcfg, curve, run_cfg if isinstance(run_cfg, dict) else None, others, _json(d / MODEL / CALIBRATION))
 
 
 def model_identity(model_dir: str, name: str | None = None, version: str | None = None) -> dict:

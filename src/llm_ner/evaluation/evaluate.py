@@ -118,9 +118,10 @@ def format_table(m: dict, title: str = "") -> str:
 
 
 def evaluate_model(ner, sentences: Sequence[Sentence], progress: bool = False, metrics_path: str | Path | None = None,
-                   predictions_path: str | Path | None = None) -> tuple[dict, list[list[str]]]:
+                   predictions_path: str | Path | None = None, data: str | None = None
+                   ) -> tuple[dict, list[list[str]]]:
     """Predict `sentences` with an NERModel, score them against their tags, and optionally write the metrics JSON and
-    a `token gold pred` file. Returns (metrics, predicted tags)."""
+    a `token gold pred` file. `data`: the data's name, recorded in the metrics. Returns (metrics, predicted tags)."""
     unknown = set(entity_types(sentences)) - set(ner.labels.types)
     if unknown:
         log.warning("types %s are not in the model's labels %s: they count as missed", sorted(unknown),
@@ -129,7 +130,7 @@ def evaluate_model(ner, sentences: Sequence[Sentence], progress: bool = False, m
     temperature = ner.temperature
     pred, confs = scorer.at(temperature)
     gold = [s.tags for s in sentences]
-    metrics = compute_metrics(gold, pred)
+    metrics = {**({"data": data} if data else {}), **compute_metrics(gold, pred)}
     metrics["calibration"] = {**calibration_metrics(scored_entities(gold, pred, confs), metrics["gold_entities"]),
                               "temperature": temperature}
     if temperature != 1.0:  # the same entities' scores as trained (T = 1): calibration's effect on this data

@@ -47,7 +47,8 @@ def _load(run_dir: Path) -> dict:
         analysis = analyze(*run.predictions())
     return {"dir": run.dir, "name": run.name, "kind": run.kind, "model": run.model_name, "metrics": run.metrics,
             "summary": run.summary or None, "prompt_stats": run.prompt_stats, "analysis": analysis,
-            "config": run.model_config, "curve": run.curve, "run": run}
+            "config": run.model_config, "curve": run.curve, "run": run, "other_metrics": run.other_metrics,
+            "calibration": run.calibration}
 
 
 def _expand(paths: list[str]) -> list[Path]:

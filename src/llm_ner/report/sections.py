@@ -106,9 +106,34 @@ def confidence(llm: dict) -> str | None:
         txt += f" (as trained, T = 1: {unc['ece']:.3f})"
     kept = "; ".join(f"≥ {k}: precision {th[k]['precision']:.1f}, recall {th[k]['recall']:.1f}"
                      for k in (0.5, 0.9, 0.95) if k in th)
-    return txt + (f". Entities kept above a score threshold: {kept}. `llm-ner calibrate --target-precision 0.95` "
-                  "saves per-type thresholds that `predict`, `serve` and the spaCy component apply (the rest is "
-                  "returned as needs-review when asked).")
+    txt += (f". Entities kept above a score threshold: {kept}. `llm-ner calibrate --target-precision 0.95` "
+            "saves per-type thresholds that `predict`, `serve` and the spaCy component apply (the rest is "
+            "returned as needs-review when asked).")
+    table = ece_table(llm)
+    return txt + ("\n\n" + table if table else "")
+
+
+def ece_table(llm: dict) -> str | None:
+    """Entity-score ECE on every set the run's model was scored on: the set the temperature was fitted on
+    (in-sample), the test set, and each RUN/NAME_metrics.json (`llm-ner evaluate --output`) — a temperature fitted
+    on dev need not hold on other data (issue 22)."""
+    rows = []
+    fit = llm.get("calibration")
+    if fit and "ece_after" in fit:
+        rows.append((f"{fit['fitted_on']} ({fit['sentences']:,} sentences; fitted here, in-sample)", None,
+                     fit["ece_after"], fit["ece_before"]))
+    run_cfg = getattr(llm.get("run"), "config", None) or {}
+    test_name = (run_cfg.get("data") or {}).get("test") or "test"
+    for name, m in [(test_name, llm["metrics"]), *sorted((llm.get("other_metrics") or {}).items())]:
+        cal = m.get("calibration")
+        if cal:
+            unc = (m.get("calibration_uncalibrated") or cal)["ece"]
+            rows.append((m.get("data") or name, m.get("f1"), cal["ece"], unc))
+    if len(rows) < 2:
+        return None
+    lines = ["| evaluation set | F1 | ECE (fitted T) | ECE as trained (T = 1) |", "|---|---|---|---|"]
+    lines += [f"| {n} | {'' if f1 is None else f'{f1:.2f}'} | {e:.4f} | {u:.4f} |" for n, f1, e, u in rows]
+    return "\n".join(lines)
 
 
 def failures(llm: dict) -> str:

@@ -7,6 +7,7 @@ scripts/simulate_al.py). Finished runs are reused: an interrupted curve continue
 from __future__ import annotations
 
 import json
+import math
 import random
 import statistics
 from collections.abc import Sequence
@@ -31,11 +32,14 @@ def shuffled(sentences: Sequence[Sentence], seed: int) -> list[Sentence]:
 def budgeted(cfg: RunConfig, n: int) -> RunConfig:
     """The config's training budget at a smaller size: on fewer sentences than its own `data.max_train_sentences`
     (the quickstart's 2,000), proportionally more epochs — the same optimizer steps, so a 250-sentence run gets the
-    quickstart's 125 steps (8 epochs) instead of 16 steps that teach nothing. Above it, the config's epochs."""
+    quickstart's 125 steps (8 epochs) instead of 16 steps that teach nothing — and the same dev evaluations (every
+    epoch of the config's own run, not of the smaller one). Above it, the config's epochs."""
     full, t = cfg.data.max_train_sentences, cfg.training
     if not full or n >= full or t.max_steps > 0:
         return cfg
-    return cfg.model_copy(update={"training": t.model_copy(update={"epochs": t.epochs * full / n})})
+    eval_steps = t.eval_steps or math.ceil(full / (t.batch_size * t.grad_accum))
+    return cfg.model_copy(update={"training": t.model_copy(update={"epochs": t.epochs * full / n,
+                                                                   "eval_steps": eval_steps})})
 
 
 def train_on(cfg: RunConfig, sentences: Sequence[Sentence], run_dir: Path, progress: bool = False) -> dict:

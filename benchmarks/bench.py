@@ -525,6 +525,41 @@ def w_passes_paired(a) -> dict:
             "median_ratio": median_ratio(rounds), "peak_mb": peak_mb()}
 
 
+def w_bf16_weights_paired(a) -> dict:
+    """Issue 22 item 1, the lever the profile points at (benchmarks/profile_train.py: autocast's casts are 22-25 % of
+    a step): the quickstart's model with fp32 weights under bf16 autocast (today's recipe) against a copy whose
+    backbone weights are bf16 (no autocast, so no per-step casts; head and CRF stay fp32). Forward + backward only —
+    bf16 weights need an optimizer without fp32 master weights (stochastic rounding), not built yet — alternated
+    on the same batches."""
+    import copy
+
+    import torch
+
+    q, over, b = _quickstart_recipe(a)
+    model, _, batches = _train_setup(b, "quickstart", {**over, "model.backbone": q.model.backbone})
+    m16 = copy.deepcopy(model)
+    m16.backbone.to(torch.bfloat16)
+
+    def fb(m, batch, amp: bool) -> int:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = m(**batch).loss
+        loss.backward()
+        m.zero_grad(set_to_none=True)
+        return int(batch["attention_mask"].sum())
+
+    fb(model, batches[0], True)
+    fb(m16, batches[0], False)
+    rounds = []
+    for r in range(a.rounds):
+        got = {}
+        for name, m, amp in (("autocast_fp32_weights", model, True), ("bf16_weights", m16, False)):
+            t = time.perf_counter()
+            n = sum(fb(m, bt, amp) for bt in batches[1 + r * a.steps : 1 + (r + 1) * a.steps])
+            got[name] = round(n / (time.perf_counter() - t), 1)
+        rounds.append({**got, "ratio": round(got["bf16_weights"] / got["autocast_fp32_weights"], 2)})
+    return {"rounds": rounds, "median_ratio": median_ratio(rounds), "peak_mb": peak_mb()}
+
+
 def w_backbone_paired(a) -> dict:
     """SmolLM2-135M against Gemma 3 270M on the quickstart recipe: each round, both models take optimizer steps on the
     same `--steps` x 16 CoNLL sentences (each tokenised by its own tokenizer, batched 16 a step), alternated in one
@@ -764,6 +799,7 @@ WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "sp
            "train_paired": w_train_paired,
            "exit_paired": w_exit_paired,
            "passes_memory": w_passes_memory, "passes_paired": w_passes_paired,
+           "bf16_weights_paired": w_bf16_weights_paired,
            "backbone_paired": w_backbone_paired, "compile_paired": w_compile_paired, "train_recipe": w_train_recipe,
            "train_padding": w_train_padding,
            "scaling": w_scaling, "paired": w_paired, "serve": w_serve}
@@ -856,6 +892,8 @@ def main() -> None:
            for c in ("conll2003_full", "conll2003_full_gemma") for mt in (0, 2048, 1024)},
         "passes_paired": lambda: run_worker("passes_paired", "--config", "conll2003_full", "--max-tokens", "1024",
                                             "--steps", "2" if a.quick else "4", "--rounds", "2" if a.quick else "5"),
+        "bf16_weights_paired": lambda: run_worker("bf16_weights_paired", "--mode", "full", "--steps",
+                                                  "2" if a.quick else "4", "--rounds", "2" if a.quick else "5"),
         "train_padding": lambda: run_worker("train_padding"),
         "train_recipe": lambda: run_worker("train_recipe", "--mode", "full", "--steps", "1" if a.quick else "2",
                                            "--rounds", "2" if a.quick else "5"),

@@ -231,8 +231,9 @@ def write_report(res: dict, out: Path) -> None:
                       + f". **Median ratio {pp['median_ratio']}×.**"]
     bw = res.get("bf16_weights_paired", {})
     if bw.get("rounds"):
-        lines += ["", f"bf16 weights vs today's bf16 autocast over fp32 weights, forward + backward of the quickstart's "
-                      f"model alternated on the same batches ({len(bw['rounds'])} rounds, training tokens/s): "
+        lines += ["", "bf16 weights vs today's bf16 autocast over fp32 weights, forward + backward of the "
+                      f"quickstart's model alternated on the same batches ({len(bw['rounds'])} rounds, "
+                      "training tokens/s): "
                       + _rounds(bw["rounds"], "autocast_fp32_weights", "bf16_weights")
                       + f". **Median speed-up {bw['median_ratio']}×** (no optimizer step: bf16 weights need a "
                       "stochastic-rounding optimizer, not built yet)."]

@@ -282,18 +282,20 @@ def _train_setup(a, config: str = "quickstart", overrides: dict | None = None):
     return model, opt, [batches[i] for i in order]
 
 
-def _train_steps(model, opt, batches, precision: str) -> tuple[int, float]:
-    """Optimizer steps as the Trainer takes them (bf16: autocast, fp32 master weights); (tokens, seconds)."""
-    import contextlib
-
+def _train_steps(model, opt, batches, precision: str, max_tokens: int | None = None) -> tuple[int, float]:
+    """Optimizer steps as NERTrainer takes them (bf16: autocast, fp32 master weights; `max_tokens`: the batch in
+    passes of at most that many tokens, each divided by the whole batch's loss denominators); (tokens, seconds)."""
     import torch
 
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    from llm_ner.modeling.align import split_batch
+
     n_tok, t = 0, time.perf_counter()
     for b in batches:
-        with amp:
-            loss = model(**b).loss
-        loss.backward()
+        den = model.loss_denominators(b["word_mask"], b["labels"])
+        for p in split_batch(b, max_tokens) if max_tokens else [b]:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = model(**p, loss_denominators=den).loss
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         n_tok += int(b["attention_mask"].sum())
@@ -477,32 +479,12 @@ def _full_batches(a, config: str):
     return cfg, model, make_optimizer(model, cfg), [batches[0], *(batches[i] for i in rest)]
 
 
-def _steps_in_passes(model, opt, batches, max_tokens: int | None) -> tuple[int, float]:
-    """Optimizer steps as NERTrainer.training_step takes them: bf16 autocast, the batch in passes of at most
-    `max_tokens` (None: one), each pass divided by the whole batch's loss denominators; (tokens, seconds)."""
-    import torch
-
-    from llm_ner.modeling.align import split_batch
-
-    n_tok, t = 0, time.perf_counter()
-    for b in batches:
-        den = model.loss_denominators(b["word_mask"], b["labels"])
-        for p in split_batch(b, max_tokens) if max_tokens else [b]:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = model(**p, loss_denominators=den).loss
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        n_tok += int(b["attention_mask"].sum())
-    return n_tok, time.perf_counter() - t
-
-
 def w_passes_memory(a) -> dict:
     """Issue 22 item 1 (peak RSS <= 8 GB): one process per setting — a full-data config's longest batch (the
     Trainer takes it first) and `--steps` more, with the batch in passes of at most `--max-tokens` tokens (0: one
     pass, today's). Peak RSS of the process, and the longest batch's padded tokens."""
     cfg, model, opt, batches = _full_batches(a, a.config)
-    n_tok, dt = _steps_in_passes(model, opt, batches[: a.steps + 1], a.max_tokens or None)
+    n_tok, dt = _train_steps(model, opt, batches[: a.steps + 1], "bf16", a.max_tokens or None)
     return {"config": a.config, "max_tokens_per_pass": a.max_tokens or None, "steps": a.steps + 1,
             "longest_batch_tokens": int(batches[0]["input_ids"].numel()), "tokens_per_s": round(n_tok / dt, 1),
             "peak_mb": peak_mb()}
@@ -512,13 +494,13 @@ def w_passes_paired(a) -> dict:
     """Speed of training in passes: one model, its steps alternated between one pass a batch and passes of at most
     `--max-tokens`, on the same kind of batches (random ones of the full config), `--rounds` rounds."""
     cfg, model, opt, batches = _full_batches(a, a.config)
-    _steps_in_passes(model, opt, batches[1:2], None)
+    _train_steps(model, opt, batches[1:2], "bf16")
     rounds = []
     for r in range(a.rounds):
         got = {}
         for k, (name, mt) in enumerate((("one_pass", None), ("passes", a.max_tokens))):
             chunk = batches[2 + (2 * r + k) * a.steps : 2 + (2 * r + k + 1) * a.steps]
-            n_tok, dt = _steps_in_passes(model, opt, chunk, mt)
+            n_tok, dt = _train_steps(model, opt, chunk, "bf16", mt)
             got[name] = round(n_tok / dt, 1)
         rounds.append({**got, "ratio": round(got["passes"] / got["one_pass"], 2)})
     return {"config": a.config, "max_tokens_per_pass": a.max_tokens, "rounds": rounds,

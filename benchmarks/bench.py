@@ -256,6 +256,21 @@ def w_spacy(a) -> dict:
     return out
 
 
+def _built(cfg, sents):
+    """Model (train mode), optimizer, tokenizer and the training windows of `sents`, as `llm-ner train` builds them
+    from `cfg`."""
+    from llm_ner.inference.engine import load_tokenizer
+    from llm_ner.labels import label_set_for
+    from llm_ner.modeling.align import encode_sentences, window_feature
+    from llm_ner.training.train import build_model, make_optimizer
+
+    labels = label_set_for(sents)
+    tok = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
+    model = build_model(cfg, labels).train()
+    feats = [window_feature(w) for w in encode_sentences(tok, sents, labels.encode, 256, 32)]
+    return model, make_optimizer(model, cfg), tok, feats
+
+
 def _train_setup(a, config: str = "quickstart", overrides: dict | None = None):
     """Model, optimizer and batches of real CoNLL training windows (`--batch` of them, 8 by default; sorted-length
     buckets as the Trainer's group_by_length), as `llm-ner train` builds them from `config`."""
@@ -263,19 +278,12 @@ def _train_setup(a, config: str = "quickstart", overrides: dict | None = None):
 
     from llm_ner.config import load_config
     from llm_ner.data import load_corpus
-    from llm_ner.inference.engine import load_tokenizer
-    from llm_ner.labels import label_set_for
-    from llm_ner.modeling.align import collate, encode_sentences, window_feature
-    from llm_ner.training.train import build_model, make_optimizer
+    from llm_ner.modeling.align import collate
 
     # SmolLM2-135M unless told otherwise: the benchmark rows were measured with it (the quickstart now uses Gemma)
     cfg = load_config(config, {"training.mode": a.mode, "model.backbone": "smollm2-135m", **(overrides or {})})
-    sents = load_corpus("conll2003:train", limit=max(400, a.batch * (a.steps * a.rounds * 4 + 2)))
-    labels = label_set_for(sents)
-    tok = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
-    model = build_model(cfg, labels).train()
-    opt = make_optimizer(model, cfg)
-    feats = [window_feature(w) for w in encode_sentences(tok, sents, labels.encode, 256, 32)]
+    model, opt, tok, feats = _built(cfg, load_corpus("conll2003:train",
+                                                     limit=max(400, a.batch * (a.steps * a.rounds * 4 + 2))))
     feats.sort(key=lambda f: len(f["input_ids"]))
     batches = [collate(feats[i : i + a.batch], tok.pad_token_id) for i in range(0, len(feats), a.batch)]
     order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(0)).tolist()
@@ -454,36 +462,29 @@ def w_compile_paired(a) -> dict:
             "peak_mb": peak_mb()}
 
 
-def _full_batches(a, config: str):
+def _full_batches(config: str):
     """The model and optimizer of a full-data config (its backbone, recipe and batch size) and its batches as the
     Trainer's group_by_length builds them: the longest batch first (the memory peak), then random ones."""
     import torch
 
     from llm_ner.config import load_config
     from llm_ner.data import load_corpus
-    from llm_ner.inference.engine import load_tokenizer
-    from llm_ner.labels import label_set_for
-    from llm_ner.modeling.align import collate, encode_sentences, window_feature
-    from llm_ner.training.train import build_model, make_optimizer
+    from llm_ner.modeling.align import collate
 
     cfg = load_config(config)
-    sents = load_corpus("conll2003:train")
-    labels = label_set_for(sents)
-    tok = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
-    model = build_model(cfg, labels).train()
-    feats = [window_feature(w) for w in encode_sentences(tok, sents, labels.encode, 256, 32)]
+    model, opt, tok, feats = _built(cfg, load_corpus("conll2003:train"))
     feats.sort(key=lambda f: -len(f["input_ids"]))
     bs = cfg.training.batch_size
     batches = [collate(feats[i : i + bs], tok.pad_token_id) for i in range(0, len(feats), bs)]
     rest = torch.randperm(len(batches) - 1, generator=torch.Generator().manual_seed(0)).add(1).tolist()
-    return cfg, model, make_optimizer(model, cfg), [batches[0], *(batches[i] for i in rest)]
+    return model, opt, [batches[0], *(batches[i] for i in rest)]
 
 
 def w_passes_memory(a) -> dict:
     """Issue 22 item 1 (peak RSS <= 8 GB): one process per setting — a full-data config's longest batch (the
     Trainer takes it first) and `--steps` more, with the batch in passes of at most `--max-tokens` tokens (0: one
     pass, today's). Peak RSS of the process, and the longest batch's padded tokens."""
-    cfg, model, opt, batches = _full_batches(a, a.config)
+    model, opt, batches = _full_batches(a.config)
     n_tok, dt = _train_steps(model, opt, batches[: a.steps + 1], "bf16", a.max_tokens or None)
     return {"config": a.config, "max_tokens_per_pass": a.max_tokens or None, "steps": a.steps + 1,
             "longest_batch_tokens": int(batches[0]["input_ids"].numel()), "tokens_per_s": round(n_tok / dt, 1),
@@ -493,7 +494,7 @@ def w_passes_memory(a) -> dict:
 def w_passes_paired(a) -> dict:
     """Speed of training in passes: one model, its steps alternated between one pass a batch and passes of at most
     `--max-tokens`, on the same kind of batches (random ones of the full config), `--rounds` rounds."""
-    cfg, model, opt, batches = _full_batches(a, a.config)
+    model, opt, batches = _full_batches(a.config)
     _train_steps(model, opt, batches[1:2], "bf16")
     rounds = []
     for r in range(a.rounds):

@@ -320,8 +320,9 @@ class LLMForTokenClassification(nn.Module):
             loss = self.compute_loss(logits, word_logits, word_mask, labels, token_labels, den)
         return TokenClassifierOutput(loss=loss, logits=word_logits)
 
-    def _ce_targets(self, labels: torch.Tensor, token_labels: torch.Tensor | None) -> torch.Tensor:
-        return token_labels if self.config.model.label_all_subtokens and token_labels is not None else labels
+    def _ce_on_subtokens(self, token_labels: torch.Tensor | None) -> bool:
+        """The cross-entropy scores every sub-token (label_all_subtokens), not each word's first one."""
+        return self.config.model.label_all_subtokens and token_labels is not None
 
     def loss_denominators(self, word_mask, labels, token_labels=None) -> torch.Tensor:
         """(2,): what the loss of this batch is divided by — the cross-entropy's summed class weights over its
@@ -329,7 +330,7 @@ class LLMForTokenClassification(nn.Module):
         per batch (training.max_tokens_per_pass) gives every pass the whole batch's, so the passes' losses sum to
         the whole batch's loss and their gradients to its gradient."""
         dev = self.ce_weights.device
-        lb = self._ce_targets(labels, token_labels).reshape(-1).to(dev)
+        lb = (token_labels if self._ce_on_subtokens(token_labels) else labels).reshape(-1).to(dev)
         ce_den = self.ce_weights[lb[lb >= 0]].sum()
         crf_den = (word_mask.bool() & (labels >= 0)).sum().to(dev)
         return torch.stack([ce_den.float(), crf_den.float()]).clamp(min=1)
@@ -339,8 +340,7 @@ class LLMForTokenClassification(nn.Module):
         cfg = self.config.loss
         loss = word_logits.new_zeros(())
         if cfg.ce_weight:
-            lg = logits if self.config.model.label_all_subtokens and token_labels is not None else word_logits
-            lb = self._ce_targets(labels, token_labels)
+            lg, lb = (logits, token_labels) if self._ce_on_subtokens(token_labels) else (word_logits, labels)
             ce = F.cross_entropy(lg.reshape(-1, lg.size(-1)), lb.reshape(-1), weight=self.ce_weights,
                                  ignore_index=-100, label_smoothing=cfg.label_smoothing, reduction="sum") / den[0]
             loss = loss + cfg.ce_weight * ce

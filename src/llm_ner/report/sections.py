@@ -122,8 +122,7 @@ def ece_table(llm: dict) -> str | None:
     if fit and "ece_after" in fit:
         rows.append((f"{fit['fitted_on']} ({fit['sentences']:,} sentences; fitted here, in-sample)", None,
                      fit["ece_after"], fit["ece_before"]))
-    run_cfg = getattr(llm.get("run"), "config", None) or {}
-    test_name = (run_cfg.get("data") or {}).get("test") or "test"
+    test_name = ((llm["run"].config or {}).get("data") or {}).get("test") or "test"  # config.yaml's data section
     for name, m in [(test_name, llm["metrics"]), *sorted((llm.get("other_metrics") or {}).items())]:
         cal = m.get("calibration")
         if cal:

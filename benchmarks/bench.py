@@ -291,8 +291,9 @@ def _train_setup(a, config: str = "quickstart", overrides: dict | None = None):
 
 
 def _train_steps(model, opt, batches, precision: str, max_tokens: int | None = None) -> tuple[int, float]:
-    """Optimizer steps as NERTrainer takes them (bf16: autocast, fp32 master weights; `max_tokens`: the batch in
-    passes of at most that many tokens, each divided by the whole batch's loss denominators); (tokens, seconds)."""
+    """Optimizer steps as NERTrainer takes them (bf16: autocast, fp32 master weights; anything else: no autocast,
+    the weights' own dtype; `max_tokens`: the batch in passes of at most that many tokens, each divided by the whole
+    batch's loss denominators); (tokens, seconds)."""
     import torch
 
     from llm_ner.modeling.align import split_batch
@@ -408,16 +409,18 @@ def _quickstart_recipe(a):
     return q, over, argparse.Namespace(**{**vars(a), "batch": q.training.batch_size})
 
 
-def _paired_rounds(arms: dict, precision: str, a, start: int) -> list[dict]:
+def _paired_rounds(arms: dict, precision: str | dict, a, start: int) -> list[dict]:
     """`a.rounds` rounds; in each, every arm (name -> (model, optimizer, batches)) takes the same `a.steps` batches
-    from `start` on, in turn: training tokens/s per arm and the ratio last arm / first."""
+    from `start` on, in turn: training tokens/s per arm and the ratio last arm / first. `precision`: every arm's,
+    or per arm (name -> precision)."""
     first, last = list(arms)[0], list(arms)[-1]
     rounds = []
     for r in range(a.rounds):
         chunk = slice(start + r * a.steps, start + (r + 1) * a.steps)
         got = {}
         for name, (m, opt, batches) in arms.items():
-            n_tok, dt = _train_steps(m, opt, batches[chunk], precision)
+            p = precision[name] if isinstance(precision, dict) else precision
+            n_tok, dt = _train_steps(m, opt, batches[chunk], p)
             got[name] = round(n_tok / dt, 1)
         rounds.append({**got, "ratio": round(got[last] / got[first], 2)})
     return rounds
@@ -508,38 +511,35 @@ def w_passes_paired(a) -> dict:
             "median_ratio": median_ratio(rounds), "peak_mb": peak_mb()}
 
 
-def w_bf16_weights_paired(a) -> dict:
-    """Issue 22 item 1, the lever the profile points at (benchmarks/profile_train.py: autocast's casts are 22-25 % of
-    a step): the quickstart's model with fp32 weights under bf16 autocast (today's recipe) against a copy whose
-    backbone weights are bf16 (no autocast, so no per-step casts; head and CRF stay fp32). Forward + backward only —
-    bf16 weights need an optimizer without fp32 master weights (stochastic rounding), not built yet — alternated
-    on the same batches."""
-    import copy
+def bf16_true(model, opt):
+    """Issue 22 item 1's candidate that did not pay (docs/results.md): the model's backbone weights in bf16 (no
+    autocast, so no per-step casts; head and CRF stay fp32) and, in place of fp32 master weights, torch-optimi's
+    AdamW with Kahan-compensated bf16 updates over the same parameter groups (torch's betas and eps)."""
+    import optimi
+    import torch
 
+    model.backbone.to(torch.bfloat16)  # in place: the optimizer's parameter objects stay the same
+    return optimi.AdamW([{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]}
+                         for g in opt.param_groups], lr=opt.defaults["lr"], betas=(0.9, 0.999), eps=1e-8)
+
+
+def w_bf16_true_paired(a) -> dict:
+    """Whole optimizer steps of the quickstart recipe (bf16 autocast over fp32 weights, fused AdamW) against bf16
+    weights trained without autocast (`bf16_true`), two models from the same seed alternated on the same batches.
+    The lever the profile pointed at (benchmarks/profile_train.py: autocast's casts)."""
     import torch
 
     q, over, b = _quickstart_recipe(a)
-    model, _, batches = _train_setup(b, "quickstart", {**over, "model.backbone": q.model.backbone})
-    m16 = copy.deepcopy(model)
-    m16.backbone.to(torch.bfloat16)
-
-    def fb(m, batch, amp: bool) -> int:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = m(**batch).loss
-        loss.backward()
-        m.zero_grad(set_to_none=True)
-        return int(batch["attention_mask"].sum())
-
-    fb(model, batches[0], True)
-    fb(m16, batches[0], False)
-    rounds = []
-    for r in range(a.rounds):
-        got = {}
-        for name, m, amp in (("autocast_fp32_weights", model, True), ("bf16_weights", m16, False)):
-            t = time.perf_counter()
-            n = sum(fb(m, bt, amp) for bt in batches[1 + r * a.steps : 1 + (r + 1) * a.steps])
-            got[name] = round(n / (time.perf_counter() - t), 1)
-        rounds.append({**got, "ratio": round(got["bf16_weights"] / got["autocast_fp32_weights"], 2)})
+    over = {**over, "model.backbone": q.model.backbone}
+    torch.manual_seed(0)
+    amp = _train_setup(b, "quickstart", over)
+    torch.manual_seed(0)
+    m, opt, batches = _train_setup(b, "quickstart", over)
+    true = (m, bf16_true(m, opt), batches)
+    precisions = {"autocast": "bf16", "bf16_true": "bf16-true"}
+    for (m, opt, batches), p in zip((amp, true), precisions.values(), strict=True):
+        _train_steps(m, opt, batches[:1], p)  # allocations, optimizer state: not timed
+    rounds = _paired_rounds({"autocast": amp, "bf16_true": true}, precisions, a, start=1)
     return {"rounds": rounds, "median_ratio": median_ratio(rounds), "peak_mb": peak_mb()}
 
 
@@ -782,7 +782,7 @@ WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "sp
            "train_paired": w_train_paired,
            "exit_paired": w_exit_paired,
            "passes_memory": w_passes_memory, "passes_paired": w_passes_paired,
-           "bf16_weights_paired": w_bf16_weights_paired,
+           "bf16_true_paired": w_bf16_true_paired,
            "backbone_paired": w_backbone_paired, "compile_paired": w_compile_paired, "train_recipe": w_train_recipe,
            "train_padding": w_train_padding,
            "scaling": w_scaling, "paired": w_paired, "serve": w_serve}
@@ -875,8 +875,8 @@ def main() -> None:
            for c in ("conll2003_full", "conll2003_full_gemma") for mt in (0, 2048, 1024)},
         "passes_paired": lambda: run_worker("passes_paired", "--config", "conll2003_full", "--max-tokens", "1024",
                                             "--steps", "2" if a.quick else "4", "--rounds", "2" if a.quick else "5"),
-        "bf16_weights_paired": lambda: run_worker("bf16_weights_paired", "--mode", "full", "--steps",
-                                                  "2" if a.quick else "4", "--rounds", "2" if a.quick else "5"),
+        "bf16_true_paired": lambda: run_worker("bf16_true_paired", "--mode", "full", "--steps",
+                                               "2" if a.quick else "4", "--rounds", "2" if a.quick else "5"),
         "train_padding": lambda: run_worker("train_padding"),
         "train_recipe": lambda: run_worker("train_recipe", "--mode", "full", "--steps", "1" if a.quick else "2",
                                            "--rounds", "2" if a.quick else "5"),

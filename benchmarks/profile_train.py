@@ -4,6 +4,7 @@ CoNLL-2003 batches; torch.profiler's operators by self CPU time over `--steps` s
 as many more steps into forward, backward and optimizer.
 
     python benchmarks/profile_train.py --steps 6
+    python benchmarks/profile_train.py --steps 6 --precision bf16-true   # bench.bf16_true: bf16 weights, no autocast
 """
 
 from __future__ import annotations
@@ -16,21 +17,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from bench import _quickstart_recipe, _train_setup  # noqa: E402
+from bench import _quickstart_recipe, _train_setup, bf16_true  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--rows", type=int, default=15, help="operators listed")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "bf16-true"],
+                   help="bf16: the recipe's autocast; bf16-true: bench.bf16_true (bf16 weights, Kahan AdamW)")
     a = p.parse_args()
-    run = argparse.Namespace(mode="full", batch=16, steps=a.steps, rounds=3, precision="bf16")
+    run = argparse.Namespace(mode="full", batch=16, steps=a.steps, rounds=3, precision=a.precision)
     q, over, b = _quickstart_recipe(run)
     model, opt, batches = _train_setup(b, "quickstart", {**over, "model.backbone": q.model.backbone})
+    if a.precision == "bf16-true":
+        opt = bf16_true(model, opt)
 
     def step(batch) -> tuple[float, float, float]:
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
             loss = model(**batch).loss
         t1 = time.perf_counter()
         loss.backward()

@@ -26,9 +26,13 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
     assert rows[0]["f1"] == llm_f1 and rows[0]["peak_rss_mb"] > 0 and rows[1]["params_total"] > 0
     assert f"{llm_f1:.2f}" in (tmp_path / "cmp" / "comparison.md").read_text()
 
-    r = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "llm" / "model"), "--data", "conll2003:valid",
-                            "--limit", "8", "--output", str(tmp_path / "llm" / "dev8_metrics.json")])
-    assert r.exit_code == 0, r.output  # another set scored beside the run: the Confidence section's ECE table shows it
+    r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--output", str(tmp_path / "llm_seed7"),
+                            "--max-steps", "2", "--set", "training.seed=7", *common])
+    assert r.exit_code == 0, r.output  # the same recipe, another seed: the Results section summarises both
+    for run in ("llm", "llm_seed7"):
+        r = runner.invoke(app, ["evaluate", "--model", str(tmp_path / run / "model"), "--data", "conll2003:valid",
+                                "--limit", "8", "--output", str(tmp_path / run / "dev8_metrics.json")])
+        assert r.exit_code == 0, r.output  # another set scored beside the run: the ECE table shows it
 
     study = tmp_path / "study.json"  # as scripts/study.py writes it
     run = {"seed": 1, "dev_f1": 2.0, "test_f1": 1.0, "train_seconds": 3, "predict_words_per_s": 5, "run_dir": "x"}
@@ -37,8 +41,8 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
          "dev_f1_sd": 0.71, "test_f1": 1.0, "test_f1_sd": 0.0, "train_seconds": 3, "predict_words_per_s": 5},
         {"name": "document context", "overrides": {"data.context": "document"}, "runs": [run], "dev_f1": 4.0,
          "dev_f1_sd": None, "test_f1": 3.5, "test_f1_sd": None, "train_seconds": 4, "predict_words_per_s": 9}]}))
-    r = runner.invoke(app, ["report", str(tmp_path / "cmp"), "--output", str(tmp_path / "rep"), "--study",
-                            str(study)])
+    r = runner.invoke(app, ["report", str(tmp_path / "cmp"), str(tmp_path / "llm_seed7"), "--output",
+                            str(tmp_path / "rep"), "--study", str(study)])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "rep" / "report.md").read_text()
     html = (tmp_path / "rep" / "report.html").read_text()
@@ -46,6 +50,8 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
                     "Limitations and improvements", "Decoder study", "Confidence"):
         assert f"## {section}" in md and section in html
     assert f"test F1 {llm_f1:.1f}" in md
+    seeds = [x for x in md.splitlines() if x.startswith("- **Over 2 seeds** (42 / 7; llm, llm_seed7): test F1 **")]
+    assert len(seeds) == 1 and "conll2003:valid F1 " in seeds[0] and "training " in seeds[0], md
     # curves, per-type, confusion, errors, reliability + threshold curves, study — inlined
     assert html.count("data:image/png;base64,") == 6
     assert "Expected calibration error of the test entities' scores" in md
@@ -90,6 +96,15 @@ def test_report_names_the_prompted_model_not_its_cache_path(tiny_llama, tmp_path
     assert r.exit_code == 0, r.output
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "The prompted baseline (smollm2-135m, 3-shot)" in md and "/root/.cache" not in md
+
+
+def test_the_readme_carries_the_reports_published_table():
+    """Published numbers are typed once (report/build.py PUBLISHED): the README shows the report's rendering."""
+    from pathlib import Path
+
+    from llm_ner.report.build import published_table
+
+    assert published_table() in (Path(__file__).parents[1] / "README.md").read_text()
 
 
 def test_backbone_prose_comes_from_the_backbone_table():

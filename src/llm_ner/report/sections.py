@@ -6,6 +6,7 @@ run's saved config and summary (`facts`), and the backbone's "why" and quirks fr
 from __future__ import annotations
 
 import functools
+import json
 import statistics
 from importlib import resources
 
@@ -77,6 +78,7 @@ def results(runs: list[dict], llm: dict) -> str:
              f"{_pct(r['metrics']['precision'])}, R {_pct(r['metrics']['recall'])}, macro F1 "
              f"{_pct(r['metrics']['macro_f1'])}; strict IOB2 F1 {_pct(r['metrics'].get('strict', {}).get('f1'))}) on "
              f"{r['metrics']['sentences']:,} sentences" for r in runs]
+    lines += seeds_lines(runs)
     enc = next((r for r in runs if r["kind"] == "encoder"), None)
     if enc:
         d = llm["metrics"]["f1"] - enc["metrics"]["f1"]
@@ -90,6 +92,43 @@ def results(runs: list[dict], llm: dict) -> str:
                      f"in the sentence, {c.get('unknown_type', 0)} with an unknown type, {c.get('refusal', 0)} "
                      f"refusals; latency p50 {ps.get('latency_p50')} s.")
     return "\n".join(lines)
+
+
+def _recipe(run: dict) -> str:
+    """A run's config without what a seed repeat changes (its seed, its output dir)."""
+    cfg = json.loads(json.dumps(run["run"].config or {}))
+    cfg.pop("output", None)
+    (cfg.get("training") or {}).pop("seed", None)
+    return json.dumps(cfg, sort_keys=True)
+
+
+def seeds_lines(runs: list[dict]) -> list[str]:
+    """One line per recipe run over several seeds: mean ± sample sd of test F1 (conlleval and strict), of every
+    other set the runs were all scored on (RUN/NAME_metrics.json), test ECE, and training minutes."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        if r["run"].config:
+            groups.setdefault(_recipe(r), []).append(r)
+    lines = []
+    for rs in (g for g in groups.values() if len(g) > 1):
+        def pm(xs: list[float]) -> str:
+            m, sd = _pm(xs)
+            return f"{m:.2f} ± {sd:.2f}"
+
+        seeds = " / ".join(str((r["run"].config.get("training") or {}).get("seed")) for r in rs)
+        parts = [f"test F1 **{pm([r['metrics']['f1'] for r in rs])}** (strict "
+                 f"{pm([r['metrics'].get('strict', {}).get('f1', r['metrics']['f1']) for r in rs])})"]
+        shared = set.intersection(*(set(r.get("other_metrics") or {}) for r in rs))
+        parts += [f"{rs[0]['other_metrics'][n].get('data') or n} F1 {pm([r['other_metrics'][n]['f1'] for r in rs])}"
+                  for n in sorted(shared)]
+        eces = [r["metrics"]["calibration"]["ece"] for r in rs if r["metrics"].get("calibration")]
+        if len(eces) == len(rs):
+            parts.append(f"test ECE {pm(eces)}")
+        secs = [r["summary"]["train_seconds"] for r in rs if (r["summary"] or {}).get("train_seconds")]
+        if len(secs) == len(rs):
+            parts.append(f"training {min(secs) / 60:.1f}–{max(secs) / 60:.1f} min")
+        lines.append(f"- **Over {len(rs)} seeds** ({seeds}; {', '.join(r['name'] for r in rs)}): " + "; ".join(parts))
+    return lines
 
 
 def confidence(llm: dict) -> str | None:

@@ -164,6 +164,12 @@ class ConfigError(UserError, ValueError):
     """A bad config file, --set override or saved model config; the message names the key."""
 
 
+# Knobs that change how a run is computed, not what it learns (a step in passes has the one-pass gradient: tested in
+# tests/test_model.py), with the seed and the output dir: two runs that differ only in these repeat one recipe.
+NOT_THE_RECIPE = ("output", "training.seed", "training.max_tokens_per_pass", "training.threads",
+                  "training.eval_batch_size", "training.report_to", "training.save_steps", "training.logging_steps")
+
+
 def check_min_score(value: float | None, name: str = "min_score") -> float | None:
     """The one check of a score threshold, wherever it is set (CLI flag, service, spaCy, batch): a probability."""
     if value is not None and not (isinstance(value, int | float) and 0 <= value <= 1):

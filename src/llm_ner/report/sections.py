@@ -10,6 +10,7 @@ import json
 import statistics
 from importlib import resources
 
+from ..config import NOT_THE_RECIPE
 from ..modeling.backbones import ALIASES, family
 
 
@@ -95,10 +96,13 @@ def results(runs: list[dict], llm: dict) -> str:
 
 
 def _recipe(run: dict) -> str:
-    """A run's config without what a seed repeat changes (its seed, its output dir)."""
+    """A run's config without what a repeat of its recipe may change (config.NOT_THE_RECIPE: the seed, the output
+    dir, how a step is computed)."""
     cfg = json.loads(json.dumps(run["run"].config or {}))
-    cfg.pop("output", None)
-    (cfg.get("training") or {}).pop("seed", None)
+    for key in NOT_THE_RECIPE:
+        *parents, leaf = key.split(".")
+        d = functools.reduce(lambda d, k: d.get(k) or {}, parents, cfg)
+        d.pop(leaf, None)
     return json.dumps(cfg, sort_keys=True)
 
 
@@ -111,19 +115,20 @@ def seeds_lines(runs: list[dict]) -> list[str]:
             groups.setdefault(_recipe(r), []).append(r)
     lines = []
     for rs in (g for g in groups.values() if len(g) > 1):
-        def pm(xs: list[float]) -> str:
+        def pm(xs: list[float], digits: int = 2) -> str:
             m, sd = _pm(xs)
-            return f"{m:.2f} ± {sd:.2f}"
+            return f"{m:.{digits}f} ± {sd:.{digits}f}"
 
         seeds = " / ".join(str((r["run"].config.get("training") or {}).get("seed")) for r in rs)
         parts = [f"test F1 **{pm([r['metrics']['f1'] for r in rs])}** (strict "
                  f"{pm([r['metrics'].get('strict', {}).get('f1', r['metrics']['f1']) for r in rs])})"]
         shared = set.intersection(*(set(r.get("other_metrics") or {}) for r in rs))
-        parts += [f"{rs[0]['other_metrics'][n].get('data') or n} F1 {pm([r['other_metrics'][n]['f1'] for r in rs])}"
-                  for n in sorted(shared)]
+        for n in sorted(shared):  # named by the data it was run on, where a run recorded it
+            name = next((r["other_metrics"][n]["data"] for r in rs if r["other_metrics"][n].get("data")), n)
+            parts.append(f"{name} F1 {pm([r['other_metrics'][n]['f1'] for r in rs])}")
         eces = [r["metrics"]["calibration"]["ece"] for r in rs if r["metrics"].get("calibration")]
         if len(eces) == len(rs):
-            parts.append(f"test ECE {pm(eces)}")
+            parts.append(f"test ECE {pm(eces, 3)}")
         secs = [r["summary"]["train_seconds"] for r in rs if (r["summary"] or {}).get("train_seconds")]
         if len(secs) == len(rs):
             parts.append(f"training {min(secs) / 60:.1f}–{max(secs) / 60:.1f} min")

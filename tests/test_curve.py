@@ -3,6 +3,7 @@ one row per run, a summary per size; bad input as one-line errors. Tiny models, 
 
 import json
 
+import yaml
 from typer.testing import CliRunner
 
 from llm_ner.cli import app
@@ -19,7 +20,7 @@ def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_pat
     out = tmp_path / "curve"
     r = runner.invoke(app, ["learning-curve", "--sizes", "8,16", "--seeds", "1,2", "--seeds-up-to", "8",
                             "--llm-model", str(tiny_llama), "--encoder-model", str(make_bert(tmp_path / "bert")),
-                            "--output", str(out), *QUICK])
+                            "--encoder-set", "training.batch_size=2", "--output", str(out), *QUICK])
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
     runs = {(x["system"], x["sentences"], x["seed"]) for x in res["rows"]}
@@ -33,6 +34,9 @@ def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_pat
 
     assert tokens("llm_8_1") == tokens("encoder_8_1") == tokens("llm_16_1")[:8]  # same subset, nested by size
     assert tokens("llm_8_1") != tokens("llm_8_2")  # another seed, another subset
+    batch = {run: yaml.safe_load((out / run / "config.yaml").read_text())["training"]["batch_size"]
+             for run in ("llm_8_1", "encoder_8_1")}
+    assert batch["encoder_8_1"] == 2 and batch["llm_8_1"] != 2  # --encoder-set: the encoder's runs only
     r2 = runner.invoke(app, ["learning-curve", "--sizes", "8", "--seeds", "1", "--llm-model", str(tiny_llama),
                              "--systems", "llm", "--output", str(out), *QUICK])
     assert r2.exit_code == 0, r2.output

@@ -407,6 +407,9 @@ def learning_curve(
     encoder_model: Annotated[str | None, Opt(help="the encoder (default: minilm-l6)")] = None,
     output: Annotated[str, Opt(help="directory for the runs and results.{json,md}")] = "runs/curve",
     set_: Annotated[list[str] | None, Opt("--set", help="override a config key for every run")] = None,
+    llm_set: Annotated[list[str] | None, Opt("--llm-set", help="override a config key for the LLM's runs")] = None,
+    encoder_set: Annotated[list[str] | None, Opt("--encoder-set", help="override a config key for the encoder's "
+                                                 "runs (its own recipe)")] = None,
     progress: Annotated[bool, Opt()] = True,
     verbose: Verbose = False,
 ) -> None:
@@ -426,8 +429,9 @@ def learning_curve(
         _fail(f"--sizes {sizes!r} / --seeds {seeds!r}: give whole numbers (sizes may say 'all'), comma-separated")
     if not points or not seed_list or any(p is not None and p < 1 for p in points):
         _fail("--sizes and --seeds need at least one value each, sizes at least 1")
-    rows = run_curve(config, points, seed_list, chosen, output, seeds_up_to, parse_set(set_),
-                     {"llm": llm_model, "encoder": encoder_model}, progress)
+    own = {"llm": {**parse_set(llm_set), **({"model.backbone": llm_model} if llm_model else {})},
+           "encoder": {**parse_set(encoder_set), **({"model.backbone": encoder_model} if encoder_model else {})}}
+    rows = run_curve(config, points, seed_list, chosen, output, seeds_up_to, parse_set(set_), own, progress)
     typer.echo(table(rows))
 
 

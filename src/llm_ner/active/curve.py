@@ -56,9 +56,10 @@ def train_on(cfg: RunConfig, sentences: Sequence[Sentence], run_dir: Path, progr
 
 def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int], systems: Sequence[str],
                    output: str | Path, seeds_up_to: int = 2000, overrides: dict | None = None,
-                   backbones: dict[str, str] | None = None, progress: bool = False) -> list[dict]:
+                   per_system: dict[str, dict] | None = None, progress: bool = False) -> list[dict]:
     """One row per (system, size, seed) run; a size above `seeds_up_to` (or None: all) runs the first seed only.
-    `backbones`: a system's backbone instead of its default (system -> alias, hub id or dir)."""
+    `overrides` apply to every run, `per_system` (system -> overrides) to that system's runs only — its own recipe,
+    e.g. the encoder's 8 sentences a step in fp32, or another backbone."""
     out = Path(output)
     base = load_config(config, overrides or {})
     train_s = load_split(base, "train") or []
@@ -71,7 +72,7 @@ def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int
                 continue
             n = len(order) if size is None else min(size, len(order))
             for system in systems:
-                own = {"model.backbone": backbones[system]} if (backbones or {}).get(system) else {}
+                own = (per_system or {}).get(system) or {}
                 cfg = SYSTEMS[system](config, {**(overrides or {}), **own, "training.seed": seed})
                 s = train_on(cfg, order[:n], out / f"{system}_{n}_{seed}", progress)
                 done[(system, n, seed)] = {"system": system, "sentences": n, "seed": seed,

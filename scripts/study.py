@@ -24,6 +24,8 @@ from llm_ner.training.train import train
 # which the study chose) unless the row says otherwise. SmolLM2-135M has 30 decoder layers: 2/3 depth = layer 20,
 # 3/4 = 22.5 -> 23.
 BASE = {"model.backbone": "smollm2-135m"}
+# conll2003_full_gemma's model choices
+GEMMA_FULL = {"model.backbone": "gemma3-270m", "model.exit_layer": 12, "model.unmask": [5, 11]}
 ROWS: dict[str, dict] = {
     "causal": {"model.unmask": "none"},
     "unmask all (quickstart)": {},
@@ -50,6 +52,15 @@ ROWS: dict[str, dict] = {
     # the two rows that helped (issue 22), together
     "Gemma: exit at layer 12, unmask the global layers (5, 11) only": {
         "model.backbone": "gemma3-270m", "model.exit_layer": 12, "model.unmask": [5, 11]},
+    # Issue 22, open questions: the full-data Gemma runs (exit 12 + global unmask, SmolLM2's lr 2e-4) ended below
+    # SmolLM2 with dev still rising — is the rate wrong for Gemma? And document context did not learn at 2 windows a
+    # step (~100 steps) — too few steps, or too high a rate for ~10x longer windows?
+    "Gemma (exit 12, global unmask): lr 1e-4": {**GEMMA_FULL, "training.learning_rate": 1e-4},
+    "Gemma (exit 12, global unmask): lr 4e-4": {**GEMMA_FULL, "training.learning_rate": 4e-4},
+    "Gemma (exit 12, global unmask): document context, 1 window a step": {
+        **GEMMA_FULL, "data.context": "document", "training.batch_size": 1},
+    "Gemma (exit 12, global unmask): document context, 2 windows a step, lr 1e-4": {
+        **GEMMA_FULL, "data.context": "document", "training.batch_size": 2, "training.learning_rate": 1e-4},
 }
 # Run directories are named by a row's position above: add rows at the end.
 

@@ -107,33 +107,36 @@ def _recipe(run: dict) -> str:
 
 
 def seeds_lines(runs: list[dict]) -> list[str]:
-    """One line per recipe run over several seeds: mean ± sample sd of test F1 (conlleval and strict), of every
-    other set the runs were all scored on (RUN/NAME_metrics.json), test ECE, and training minutes."""
+    """One line per recipe run over several seeds (`_seeds_line`)."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
         if r["run"].config:
             groups.setdefault(_recipe(r), []).append(r)
-    lines = []
-    for rs in (g for g in groups.values() if len(g) > 1):
-        def pm(xs: list[float], digits: int = 2) -> str:
-            m, sd = _pm(xs)
-            return f"{m:.{digits}f} ± {sd:.{digits}f}"
+    return [_seeds_line(rs) for rs in groups.values() if len(rs) > 1]
 
-        seeds = " / ".join(str((r["run"].config.get("training") or {}).get("seed")) for r in rs)
-        parts = [f"test F1 **{pm([r['metrics']['f1'] for r in rs])}** (strict "
-                 f"{pm([r['metrics'].get('strict', {}).get('f1', r['metrics']['f1']) for r in rs])})"]
-        shared = set.intersection(*(set(r.get("other_metrics") or {}) for r in rs))
-        for n in sorted(shared):  # named by the data it was run on, where a run recorded it
-            name = next((r["other_metrics"][n]["data"] for r in rs if r["other_metrics"][n].get("data")), n)
-            parts.append(f"{name} F1 {pm([r['other_metrics'][n]['f1'] for r in rs])}")
-        eces = [r["metrics"]["calibration"]["ece"] for r in rs if r["metrics"].get("calibration")]
-        if len(eces) == len(rs):
-            parts.append(f"test ECE {pm(eces, 3)}")
-        secs = [r["summary"]["train_seconds"] for r in rs if (r["summary"] or {}).get("train_seconds")]
-        if len(secs) == len(rs):
-            parts.append(f"training {min(secs) / 60:.1f}–{max(secs) / 60:.1f} min")
-        lines.append(f"- **Over {len(rs)} seeds** ({seeds}; {', '.join(r['name'] for r in rs)}): " + "; ".join(parts))
-    return lines
+
+def _pm_text(xs: list[float], digits: int = 2) -> str:
+    m, sd = _pm(xs)
+    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _seeds_line(rs: list[dict]) -> str:
+    """Mean ± sample sd over the runs of test F1 (conlleval and strict), of every other set they were all scored on
+    (RUN/NAME_metrics.json), of test ECE, and the range of training minutes."""
+    seeds = " / ".join(str((r["run"].config.get("training") or {}).get("seed")) for r in rs)
+    parts = [f"test F1 **{_pm_text([r['metrics']['f1'] for r in rs])}** (strict "
+             f"{_pm_text([r['metrics'].get('strict', {}).get('f1', r['metrics']['f1']) for r in rs])})"]
+    shared = set.intersection(*(set(r.get("other_metrics") or {}) for r in rs))
+    for n in sorted(shared):  # named by the data it was run on, where a run recorded it
+        name = next((r["other_metrics"][n]["data"] for r in rs if r["other_metrics"][n].get("data")), n)
+        parts.append(f"{name} F1 {_pm_text([r['other_metrics'][n]['f1'] for r in rs])}")
+    eces = [r["metrics"]["calibration"]["ece"] for r in rs if r["metrics"].get("calibration")]
+    if len(eces) == len(rs):
+        parts.append(f"test ECE {_pm_text(eces, 3)}")
+    secs = [r["summary"]["train_seconds"] for r in rs if (r["summary"] or {}).get("train_seconds")]
+    if len(secs) == len(rs):
+        parts.append(f"training {min(secs) / 60:.1f}–{max(secs) / 60:.1f} min")
+    return f"- **Over {len(rs)} seeds** ({seeds}; {', '.join(r['name'] for r in rs)}): " + "; ".join(parts)
 
 
 def confidence(llm: dict) -> str | None:

@@ -29,10 +29,12 @@ from llm_ner.modeling.align import texts_and_offsets
 
 def run_round(config: str, overrides: dict, labelled: list, seed: int, run_dir: Path) -> dict:
     """Train on the labelled sentences at the config's budget (`train_on`: 200 sentences get the quickstart's 125
-    optimizer steps), or reuse a finished run: dev / test F1 and training seconds."""
+    optimizer steps), or reuse a finished run: labelled sentences / tokens / entities, dev / test F1, training
+    seconds."""
     s = train_on(load_config(config, {**overrides, "training.seed": seed}), labelled, run_dir)
-    return {"labelled": len(labelled), "dev_f1": s["best_dev_f1"], "test_f1": s["test"]["f1"],
-            "train_seconds": s["train_seconds"]}
+    data = s["data"]["train"]  # an annotator's effort goes with tokens and entities, not only sentences
+    return {"labelled": len(labelled), "tokens": data["tokens"], "entities": data["entities"],
+            "dev_f1": s["best_dev_f1"], "test_f1": s["test"]["f1"], "train_seconds": s["train_seconds"]}
 
 
 def choose(strategy: str, run_dir: Path, pool: list, labelled: list, n: int, seed: int) -> tuple[list[int], float]:
@@ -76,12 +78,14 @@ def _pm(xs: list[float]) -> str:
 
 
 def table(results: dict) -> str:
-    lines = ["| strategy | labelled | dev F1 | test F1 | train s (mean) | seeds |", "|---|---|---|---|---|---|"]
+    lines = ["| strategy | labelled | tokens (mean) | dev F1 | test F1 | train s (mean) | seeds |",
+             "|---|---|---|---|---|---|---|"]
     for strategy, runs in results.items():
         for r in range(max((len(rows) for rows in runs.values()), default=0)):
             pts = [rows[r] for rows in runs.values() if len(rows) > r]
             dev, test = [p["dev_f1"] for p in pts], [p["test_f1"] for p in pts]
-            lines.append(f"| {strategy} | {pts[0]['labelled']} | {_pm(dev)} | {_pm(test)} | "
+            tokens = statistics.mean(p.get("tokens", 0) for p in pts)
+            lines.append(f"| {strategy} | {pts[0]['labelled']} | {tokens:,.0f} | {_pm(dev)} | {_pm(test)} | "
                          f"{statistics.mean(p['train_seconds'] for p in pts):.0f} | {len(pts)} |")
     return "\n".join(lines) + "\n"
 

@@ -158,12 +158,12 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
     (tmp_path / "curve.json").write_text(json.dumps({"config": "quickstart", "rows": rows,
                                                      "summary": summarise(rows)}))
 
-    def rounds(f1s, start=0):
-        return [{"round": k, "labelled": 200 * (k + 1), "dev_f1": 0, "test_f1": f, "train_seconds": 60.0,
-                 "select_seconds": 30.0} for k, f in enumerate(f1s, start)]
+    def rounds(f1s, per_sentence):  # tokens: uncertainty picks shorter sentences than random
+        return [{"round": k, "labelled": 200 * (k + 1), "tokens": 200 * (k + 1) * per_sentence, "dev_f1": 0,
+                 "test_f1": f, "train_seconds": 60.0, "select_seconds": 30.0} for k, f in enumerate(f1s)]
 
-    al = {"args": {}, "results": {"uncertainty": {"1": rounds([50, 63, 70]), "2": rounds([52, 65, 72])},
-                                  "random": {"1": rounds([50, 55, 61]), "2": rounds([52, 57, 63])}}}
+    al = {"args": {}, "results": {"uncertainty": {"1": rounds([50, 63, 70], 10), "2": rounds([52, 65, 72], 10)},
+                                  "random": {"1": rounds([50, 55, 61], 15), "2": rounds([52, 57, 63], 15)}}}
     (tmp_path / "al.json").write_text(json.dumps(al))
     r = runner.invoke(app, ["report", str(tmp_path / "llm"), "--output", str(tmp_path / "rep"), "--curve",
                             str(tmp_path / "curve.json"), "--al", str(tmp_path / "al.json")])
@@ -174,7 +174,8 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
     assert "![learning_curve](learning_curve.png)" in md and "![active_learning](active_learning.png)" in md
     assert "The LLM's lead is largest at 250 sentences: +19.00 F1; at ≤ 1,000 sentences it is +5.00 to +19.00." in md
     # random's last round: (61 + 63) / 2 = 62.00 with 600 labels; uncertainty's round 1 (400 labels) has 64.00:
-    # reached with 67 % of the labels; CPU: 2 rounds x (60 + 30) s = 3.0 min against 3 rounds = 4.5 min
+    # reached with 67 % of the labels, 4,000 of 9,000 tokens; CPU: 2 rounds x (60 + 30) s = 3.0 min against 4.5
     assert ("Random sampling's last round: 62.00 test F1 with 600 labels. Uncertainty sampling reached it with 400 "
-            "labels (67 %) and 3.0 CPU minutes against 4.5.") in md
+            "labels (67 % of the sentences, 44 % of the tokens) and 3.0 CPU minutes against 4.5.") in md
+    assert "| uncertainty | 400 | 4,000 | 64.00 ± 1.41 | 2 | 3.0 |" in md
     assert html.count("data:image/png;base64,") >= 2 and "learning_curve" not in html.split("<h2>Results")[0]

@@ -37,6 +37,7 @@ def test_simulation_reveals_labels_round_by_round_and_resumes(tiny_llama, tmp_pa
     labelled = [line.split()[0] for line in (seed / "random_round_2" / "labelled.conll").read_text().splitlines()
                 if line.strip() and not line.startswith("-DOCSTART-")]
     assert labelled  # the revealed gold is what round 2 trained on
+    assert res["results"]["random"]["1"][2]["tokens"] == len(labelled)  # the labelled tokens are recorded
     mtimes = {p: p.stat().st_mtime for p in seed.rglob("summary.json")}
     again = simulate(monkeypatch, tiny_llama, out)
     assert again["results"] == res["results"]  # finished rounds are reused, not retrained

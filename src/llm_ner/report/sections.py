@@ -222,8 +222,8 @@ def learning_curve_text(curve: dict) -> str:
 
 
 def al_points(al: dict) -> dict[str, list[dict]]:
-    """Per strategy, per round: labelled sentences, test F1 mean and sd over seeds, CPU seconds (training + choosing)
-    summed over the rounds so far, mean over seeds."""
+    """Per strategy, per round: labelled sentences (and their tokens, mean over seeds, where recorded), test F1 mean
+    and sd over seeds, CPU seconds (training + choosing) summed over the rounds so far, mean over seeds."""
     out = {}
     for strategy, seeds in al["results"].items():
         n_rounds = min((len(rows) for rows in seeds.values()), default=0)
@@ -233,19 +233,31 @@ def al_points(al: dict) -> dict[str, list[dict]]:
             f1, sd = _pm([x["test_f1"] for x in rows])
             cpu = statistics.mean(sum(x["train_seconds"] + (x.get("select_seconds") or 0) for x in rs[: r + 1])
                                   for rs in seeds.values())
-            pts.append({"labelled": rows[0]["labelled"], "test_f1": f1, "test_sd": sd, "cpu_s": cpu,
-                        "seeds": len(rows)})
+            tokens = statistics.mean(x["tokens"] for x in rows) if all("tokens" in x for x in rows) else None
+            pts.append({"labelled": rows[0]["labelled"], "tokens": tokens, "test_f1": f1, "test_sd": sd,
+                        "cpu_s": cpu, "seeds": len(rows)})
         if pts:
             out[strategy] = pts
     return out
 
 
+def _token_share(hit: dict, goal: dict) -> str:
+    """", N % of the tokens": the sentences a strategy picks differ in length, and an annotator reads tokens."""
+    if hit["tokens"] is None or not goal["tokens"]:
+        return ""
+    return f" of the sentences, {100 * hit['tokens'] / goal['tokens']:.0f} % of the tokens"
+
+
 def active_learning_text(al: dict) -> str:
     """Per round and strategy, test F1; and the labels (and CPU minutes) uncertainty needed to reach random's last."""
     pts = al_points(al)
-    lines = ["| strategy | labelled | test F1 | seeds | CPU min so far |", "|---|---|---|---|---|"]
-    lines += [f"| {s} | {p['labelled']:,} | {p['test_f1']:.2f} ± {p['test_sd']:.2f} | {p['seeds']} | "
-              f"{p['cpu_s'] / 60:.1f} |" for s, ps in pts.items() for p in ps]
+    lines = ["| strategy | labelled sentences | their tokens | test F1 | seeds | CPU min so far |",
+             "|---|---|---|---|---|---|"]
+    for s, ps in pts.items():
+        for p in ps:
+            tokens = "" if p["tokens"] is None else f"{p['tokens']:,.0f}"
+            lines.append(f"| {s} | {p['labelled']:,} | {tokens} | {p['test_f1']:.2f} ± {p['test_sd']:.2f} | "
+                         f"{p['seeds']} | {p['cpu_s'] / 60:.1f} |")
     say = ["Simulated on CoNLL-2003 with the labels hidden until chosen (`scripts/simulate_al.py`): each round "
            "trains the quickstart recipe on what is labelled, then labels more; both strategies start from the same "
            "sentences per seed."]
@@ -254,8 +266,9 @@ def active_learning_text(al: dict) -> str:
         hit = next((p for p in pts["uncertainty"] if p["test_f1"] >= goal["test_f1"]), None)
         say.append(f"Random sampling's last round: {goal['test_f1']:.2f} test F1 with {goal['labelled']:,} labels. "
                    + (f"Uncertainty sampling reached it with {hit['labelled']:,} labels "
-                      f"({100 * hit['labelled'] / goal['labelled']:.0f} %) and {hit['cpu_s'] / 60:.1f} CPU minutes "
-                      f"against {goal['cpu_s'] / 60:.1f}." if hit else "Uncertainty sampling did not reach it."))
+                      f"({100 * hit['labelled'] / goal['labelled']:.0f} %{_token_share(hit, goal)}) and "
+                      f"{hit['cpu_s'] / 60:.1f} CPU minutes against {goal['cpu_s'] / 60:.1f}." if hit
+                      else "Uncertainty sampling did not reach it."))
     return " ".join(say) + "\n\n" + "\n".join(lines)
 
 

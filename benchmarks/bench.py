@@ -543,6 +543,25 @@ def w_bf16_true_paired(a) -> dict:
     return {"rounds": rounds, "median_ratio": median_ratio(rounds), "peak_mb": peak_mb()}
 
 
+def w_freeze_paired(a) -> dict:
+    """Issue 22 item 1, fewer matmuls: the quickstart recipe on conll2003_full_gemma's model choices (exit after layer
+    12, global layers unmasked) training every layer against `model.freeze_layers: --freeze` (the backward pass
+    stops there: input embeddings are frozen too), two models from the same seed alternated on the same batches."""
+    import torch
+
+    q, over, b = _quickstart_recipe(a)
+    over = {**over, "model.backbone": "gemma3-270m", "model.exit_layer": 12, "model.unmask": [5, 11]}
+    torch.manual_seed(0)
+    every = _train_setup(b, "quickstart", over)
+    torch.manual_seed(0)
+    frozen = _train_setup(b, "quickstart", {**over, "model.freeze_layers": a.freeze})
+    for m, opt, batches in (every, frozen):
+        _train_steps(m, opt, batches[:1], q.training.precision)
+    rounds = _paired_rounds({"every_layer": every, f"freeze_{a.freeze}": frozen}, q.training.precision, a, start=1)
+    return {"freeze_layers": a.freeze, "rounds": rounds, "median_ratio": median_ratio(rounds),
+            "trainable": [m.parameter_counts()["trainable"] for m, _, _ in (every, frozen)], "peak_mb": peak_mb()}
+
+
 def w_backbone_paired(a) -> dict:
     """SmolLM2-135M against Gemma 3 270M on the quickstart recipe: each round, both models take optimizer steps on the
     same `--steps` x 16 CoNLL sentences (each tokenised by its own tokenizer, batched 16 a step), alternated in one
@@ -782,7 +801,7 @@ WORKERS = {"matmul": w_matmul, "predict": w_predict, "pipeline": w_pipeline, "sp
            "train_paired": w_train_paired,
            "exit_paired": w_exit_paired,
            "passes_memory": w_passes_memory, "passes_paired": w_passes_paired,
-           "bf16_true_paired": w_bf16_true_paired,
+           "bf16_true_paired": w_bf16_true_paired, "freeze_paired": w_freeze_paired,
            "backbone_paired": w_backbone_paired, "compile_paired": w_compile_paired, "train_recipe": w_train_recipe,
            "train_padding": w_train_padding,
            "scaling": w_scaling, "paired": w_paired, "serve": w_serve}
@@ -877,6 +896,8 @@ def main() -> None:
                                             "--steps", "2" if a.quick else "4", "--rounds", "2" if a.quick else "5"),
         "bf16_true_paired": lambda: run_worker("bf16_true_paired", "--mode", "full", "--steps",
                                                "2" if a.quick else "4", "--rounds", "2" if a.quick else "5"),
+        "freeze_paired": lambda: run_worker("freeze_paired", "--mode", "full", "--freeze", "6", "--steps",
+                                            "2" if a.quick else "4", "--rounds", "2" if a.quick else "5"),
         "train_padding": lambda: run_worker("train_padding"),
         "train_recipe": lambda: run_worker("train_recipe", "--mode", "full", "--steps", "1" if a.quick else "2",
                                            "--rounds", "2" if a.quick else "5"),
@@ -946,6 +967,7 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--batch", type=int, default=8, help="train: windows per step")
     p.add_argument("--config", default="conll2003_full", help="passes_*: the full-data config")
     p.add_argument("--max-tokens", type=int, default=0, help="passes_*: tokens per pass (0: the whole batch)")
+    p.add_argument("--freeze", type=int, default=6, help="freeze_paired: model.freeze_layers")
     p.add_argument("--stream", type=int, default=2048)
     p.add_argument("--lengths", type=int, nargs="*", default=[512, 2048])
     a = p.parse_args(argv)

@@ -237,6 +237,15 @@ def write_report(res: dict, out: Path) -> None:
                       f"({len(bw['rounds'])} rounds, training tokens/s): "
                       + _rounds(bw["rounds"], "autocast", "bf16_true")
                       + f". **Median speed-up {bw['median_ratio']}×.**"]
+    fp = res.get("freeze_paired", {})
+    if fp.get("rounds"):
+        k = fp["freeze_layers"]
+        lines += ["", f"`model.freeze_layers: {k}` vs every layer trained, the quickstart recipe on "
+                      "conll2003_full_gemma's model choices (exit after layer 12, global layers unmasked), "
+                      f"alternated on the same batches ({len(fp['rounds'])} rounds, training tokens/s; trainable "
+                      f"parameters {fp['trainable'][0] / 1e6:.1f}M → {fp['trainable'][1] / 1e6:.1f}M): "
+                      + _rounds(fp["rounds"], "every_layer", f"freeze_{k}")
+                      + f". **Median speed-up {fp['median_ratio']}×.**"]
     bp = res.get("backbone_paired", {})
     if bp.get("rounds"):
         lines += ["", f"Backbones on the quickstart recipe, SmolLM2-135M vs Gemma 3 270M "

@@ -61,6 +61,8 @@ ROWS: dict[str, dict] = {
         **GEMMA_FULL, "data.context": "document", "training.batch_size": 1},
     "Gemma (exit 12, global unmask): document context, 2 windows a step, lr 1e-4": {
         **GEMMA_FULL, "data.context": "document", "training.batch_size": 2, "training.learning_rate": 1e-4},
+    # issue 22 item 1, fewer matmuls: the lower half of the 12 layers kept as pre-trained, the backward stops there
+    "Gemma (exit 12, global unmask): freeze the lower 6 layers": {**GEMMA_FULL, "model.freeze_layers": 6},
 }
 # Run directories are named by a row's position above: add rows at the end.
 

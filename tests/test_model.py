@@ -224,6 +224,23 @@ def test_full_fine_tuning_can_keep_the_input_embeddings_frozen(tiny_llama):
     assert model.parameter_counts()["trainable"] == model.parameter_counts()["total"] - emb.numel()
 
 
+def test_freeze_layers_keeps_the_lower_layers_as_pretrained(tiny_llama, tiny_tokenizer):
+    """model.freeze_layers: the first N decoder layers get no gradient (with frozen embeddings the backward stops
+    at layer N), every layer above and the head still learn; more layers than the backbone has is a ConfigError."""
+    from llm_ner.config import ConfigError
+    from llm_ner.modeling.model import decoder_layers
+
+    model = build(tiny_llama, train_embeddings=False, freeze_layers=1).train()
+    layers = decoder_layers(model.backbone)
+    batch = batch_for(tiny_tokenizer, ["Peter visited London", "Anna met Paul in Paris"], with_labels=True)
+    model(**batch).loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in layers[0].parameters())
+    assert all(p.grad is not None for p in layers[1].parameters())
+    assert model.classifier.weight.grad is not None
+    with pytest.raises(ConfigError, match="freeze_layers"):
+        build(tiny_llama, freeze_layers=len(layers) + 1)
+
+
 def test_a_batch_in_passes_has_the_batchs_loss_and_gradient(tiny_llama, tiny_tokenizer):
     """training.max_tokens_per_pass: a step's batch split into passes (each its own forward and backward) gives the
     one-pass loss and gradient — with class weights, label smoothing and the CRF all in play."""

@@ -70,6 +70,9 @@ class ModelConfig(_Strict):
     # sdpa; "eager" trains faster in bf16 on a CPU (torch 2.13's CPU flash-attention backward is ~10x slower in bf16)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     train_embeddings: bool = True  # full fine-tuning: also train the input embeddings (false: keep them frozen)
+    # Full fine-tuning: keep the first N decoder layers as pre-trained (no gradients). With frozen embeddings the
+    # backward pass stops at layer N, so a step costs less (issue 22: the step is matmul-bound, backward ~57 %).
+    freeze_layers: int = Field(default=0, ge=0)
     # How a word sees the words after it. unmask: the attention mask of the `unmask` layers hides only padding.
     # repeat (Kukic et al. 2026): the input is fed `repeat` times in a row and each word is read from its last copy,
     # which has seen every word of the first copies — no change to attention (unmask then defaults to none).

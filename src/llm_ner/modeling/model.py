@@ -418,6 +418,7 @@ class LLMForTokenClassification(nn.Module):
                 # The input embeddings are 21 % of SmolLM2's weights, yet a batch touches ~100 of their 49k rows:
                 # their dense gradient and AdamW update cost ~8 % of a CPU training step (profiled: batch 8, bf16).
                 self.backbone.get_input_embeddings().weight.requires_grad_(False)
+            self._freeze_lower_layers(self.config.model.freeze_layers)
         elif mode == "frozen":
             self.backbone.requires_grad_(False)
         elif mode == "lora":
@@ -432,6 +433,17 @@ class LLMForTokenClassification(nn.Module):
             self.backbone = get_peft_model(self.backbone, lcfg)
         else:
             raise ValueError(f"mode must be lora, full or frozen, not {mode!r}")
+
+    def _freeze_lower_layers(self, k: int) -> None:
+        """The first k decoder layers keep their pre-trained weights; above them everything trains."""
+        if not k:
+            return
+        layers = decoder_layers(self.backbone)
+        if layers is None or k > len(layers):
+            raise ConfigError(f"model.freeze_layers: {k} is more than the backbone's {len(layers)} layers"
+                              if layers is not None else "model.freeze_layers: could not find the decoder layers")
+        for layer in layers[:k]:
+            layer.requires_grad_(False)
 
     def parameter_counts(self) -> dict[str, int]:
         return {"total": sum(p.numel() for p in self.parameters()),

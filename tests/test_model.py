@@ -239,6 +239,8 @@ def test_freeze_layers_keeps_the_lower_layers_as_pretrained(tiny_llama, tiny_tok
     assert model.classifier.weight.grad is not None
     with pytest.raises(ConfigError, match="freeze_layers"):
         build(tiny_llama, freeze_layers=len(layers) + 1)
+    with pytest.raises(ConfigError, match="model.freeze_layers applies to training.mode full, not lora"):
+        build(tiny_llama, mode="lora", freeze_layers=1)  # it would be ignored: refused, not read wrong in silence
 
 
 def test_a_batch_in_passes_has_the_batchs_loss_and_gradient(tiny_llama, tiny_tokenizer):

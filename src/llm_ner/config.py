@@ -162,6 +162,12 @@ class RunConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: str = "runs/run"
 
+    @model_validator(mode="after")
+    def _freeze_is_for_full_fine_tuning(self) -> RunConfig:
+        if self.model.freeze_layers and self.training.mode != "full":  # lora / frozen: it would be ignored
+            raise ValueError(f"model.freeze_layers applies to training.mode full, not {self.training.mode}")
+        return self
+
 
 class ConfigError(UserError, ValueError):
     """A bad config file, --set override or saved model config; the message names the key."""
@@ -290,10 +296,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"{path or 'config'}: {where}: {msg}" + (f" ({len(e.errors())} errors)"
-                                                                   if len(e.errors()) > 1 else "")) from None
+        where = "".join(f"{x}: " if i == len(err["loc"]) - 1 else f"{x}." for i, x in enumerate(err["loc"]))
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path or 'config'}: {where}{msg}" + (f" ({len(e.errors())} errors)"
+                                                                 if len(e.errors()) > 1 else "")) from None
 
 
 def parse_set(items: list[str] | None) -> dict:

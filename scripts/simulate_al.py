@@ -84,7 +84,7 @@ def table(results: dict) -> str:
         for r in range(max((len(rows) for rows in runs.values()), default=0)):
             pts = [rows[r] for rows in runs.values() if len(rows) > r]
             dev, test = [p["dev_f1"] for p in pts], [p["test_f1"] for p in pts]
-            tokens = statistics.mean(p.get("tokens", 0) for p in pts)
+            tokens = statistics.mean(p["tokens"] for p in pts)  # every row is rebuilt from its run's summary
             lines.append(f"| {strategy} | {pts[0]['labelled']} | {tokens:,.0f} | {_pm(dev)} | {_pm(test)} | "
                          f"{statistics.mean(p['train_seconds'] for p in pts):.0f} | {len(pts)} |")
     return "\n".join(lines) + "\n"

@@ -179,6 +179,15 @@ NOT_THE_RECIPE = ("output", "training.seed", "training.max_tokens_per_pass", "tr
                   "training.eval_batch_size", "training.report_to", "training.save_steps", "training.logging_steps")
 
 
+def first_error(e: ValidationError) -> str:
+    """pydantic's first error as "dotted.key: what is wrong" — the key left out for a check of a whole section, and
+    pydantic's "Value error, " prefix dropped; the one wording of a config error, for run and saved-model configs."""
+    err = e.errors()[0]
+    where = ".".join(str(x) for x in err["loc"])
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
 def check_min_score(value: float | None, name: str = "min_score") -> float | None:
     """The one check of a score threshold, wherever it is set (CLI flag, service, spaCy, batch): a probability."""
     if value is not None and not (isinstance(value, int | float) and 0 <= value <= 1):
@@ -220,8 +229,7 @@ class NERConfig(_Strict):
         try:
             return cls.model_validate(d)
         except ValidationError as e:
-            err = e.errors()[0]
-            raise ConfigError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+            raise ConfigError(first_error(e)) from None
 
     @staticmethod
     def from_v1(d: dict) -> dict:
@@ -295,11 +303,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = "".join(f"{x}: " if i == len(err["loc"]) - 1 else f"{x}." for i, x in enumerate(err["loc"]))
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{path or 'config'}: {where}{msg}" + (f" ({len(e.errors())} errors)"
-                                                                 if len(e.errors()) > 1 else "")) from None
+        n = len(e.errors())
+        raise ConfigError(f"{path or 'config'}: {first_error(e)}" + (f" ({n} errors)" if n > 1 else "")) from None
 
 
 def parse_set(items: list[str] | None) -> dict:

@@ -3,7 +3,8 @@ train split; the first `--start` sentences are labelled, a pool of the next `--p
 round trains the quickstart recipe from the backbone on what is labelled, scores dev and test, then "annotates"
 `--step` more pool sentences chosen by the strategy (`uncertainty`: the least sure by MNLP, `llm-ner select`'s own
 function; `random`). Both strategies share a seed's start set and pool, so they are compared paired. A finished
-round is reused: an interrupted simulation continues. Results: OUTPUT/results.json and results.md (read by
+round is reused, and so is a round recorded in OUTPUT/results.json with its picks: an interrupted simulation
+continues, from results.json alone if the run dirs are gone. Results: OUTPUT/results.json and results.md (read by
 `llm-ner report --al`).
 
     python scripts/simulate_al.py --output runs/al --seeds 1 2 3
@@ -23,6 +24,7 @@ from llm_ner.active.curve import shuffled, train_on
 from llm_ner.active.select import candidates, select, text_key
 from llm_ner.config import load_config, parse_set
 from llm_ner.data import load_corpus
+from llm_ner.fsutil import atomic_write_text
 from llm_ner.inference.engine import NERModel
 from llm_ner.modeling.align import texts_and_offsets
 
@@ -51,24 +53,30 @@ def choose(strategy: str, run_dir: Path, pool: list, labelled: list, n: int, see
     return [where[t] for t in chosen], time.perf_counter() - t0
 
 
-def simulate(a, seed: int, strategy: str, train_s: list) -> list[dict]:
+def simulate(a, seed: int, strategy: str, train_s: list, recorded: list[dict], save) -> list[dict]:
+    """One seed's rounds for one strategy. `recorded`: its rows from an earlier results.json — a row with its picks
+    is reused as it is (its run dir may be gone: results are kept, models not), so results.json alone is enough to
+    go on from. `save(rows)` records each round as it finishes."""
     order = shuffled(train_s, seed)  # the learning curve's order: its first points are this random arm's
     labelled, pool = order[: a.start], order[a.start : a.start + a.pool]
     rows, out = [], Path(a.output) / f"seed_{seed}"
     for r in range(a.rounds + 1):
         # round 0 is the same for both strategies: one run
         run_dir = out / ("round_0" if r == 0 else f"{strategy}_round_{r}")
-        rows.append({"round": r, **run_round(a.config, a.overrides, labelled, seed, run_dir)})
+        row = recorded[r] if r < len(recorded) else None
+        needs_model = r < a.rounds and strategy != "random" and "picks" not in (row or {})
+        if row is None or (needs_model and not (run_dir / rundir.MODEL).is_dir()):
+            row = {"round": r, **run_round(a.config, a.overrides, labelled, seed, run_dir)}
+        rows.append(row)
         if r == a.rounds:
+            save(rows)
             break
-        picks_file = out / f"{strategy}_picks_{r + 1}.json"
-        if not picks_file.is_file():
+        if "picks" not in row:
             picks, secs = choose(strategy, run_dir, pool, labelled, a.step, seed * 1000 + r)
-            picks_file.write_text(json.dumps({"picks": picks, "seconds": round(secs, 1)}))
-        chosen = json.loads(picks_file.read_text())
-        picks, rows[-1]["select_seconds"] = chosen["picks"], chosen["seconds"]
-        labelled += [pool[i] for i in picks]
-        taken = set(picks)
+            rows[-1] |= {"picks": picks, "select_seconds": round(secs, 1)}
+        save(rows)
+        labelled += [pool[i] for i in rows[-1]["picks"]]
+        taken = set(rows[-1]["picks"])
         pool = [p for i, p in enumerate(pool) if i not in taken]
     return rows
 
@@ -108,12 +116,22 @@ def main() -> None:
     train_s = load_corpus(a.train)
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {s: {} for s in a.strategies}
+    res_path = out / "results.json"
+    prev = json.loads(res_path.read_text())["results"] if res_path.is_file() else {}
+    results: dict = {s: dict(prev.get(s, {})) for s in a.strategies}
     for seed in a.seeds:
         for strategy in a.strategies:
-            results[strategy][str(seed)] = simulate(a, seed, strategy, train_s)
-            (out / "results.json").write_text(json.dumps({"args": vars(a), "results": results}, indent=2) + "\n")
-            (out / "results.md").write_text(table(results))
+            recorded = results[strategy].get(str(seed), [])
+            others = [results[o][str(seed)][0] for o in a.strategies if results[o].get(str(seed))]
+            if not recorded and others:  # round 0 is shared: another strategy's record of it will do
+                recorded = [{k: v for k, v in others[0].items() if k not in ("picks", "select_seconds")}]
+
+            def save(rows: list[dict], strategy: str = strategy, seed: int = seed) -> None:
+                results[strategy][str(seed)] = rows
+                atomic_write_text(res_path, json.dumps({"args": vars(a), "results": results}, indent=2) + "\n")
+                atomic_write_text(out / "results.md", table(results))
+
+            simulate(a, seed, strategy, train_s, recorded, save)
     print((out / "results.md").read_text())
 
 

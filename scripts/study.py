@@ -71,9 +71,14 @@ def mean_sd(xs: list[float]) -> tuple[float, float | None]:
     return round(statistics.mean(xs), 2), (round(statistics.stdev(xs), 2) if len(xs) > 1 else None)
 
 
-def run_row(config: str, name: str, over: dict, seeds: list[int], out: Path) -> dict:
+def run_row(config: str, name: str, over: dict, seeds: list[int], out: Path, recorded: dict[int, dict]) -> dict:
+    """`recorded`: seed -> its run as results.json holds it; reused even when the run dir is gone (results are kept,
+    models not), so results.json alone is enough to go on from."""
     runs = []
     for seed in seeds:
+        if seed in recorded:
+            runs.append(recorded[seed])
+            continue
         run_dir = out / f"{list(ROWS).index(name)}_{seed}"
         done = run_dir / rundir.SUMMARY
         if done.is_file():
@@ -105,8 +110,8 @@ def main() -> None:
     for name, over in ROWS.items():
         if a.only and name not in a.only:
             continue
-        seeds = sorted({*a.seeds, *(r["seed"] for r in rows.get(name, {}).get("runs", []))})
-        rows[name] = run_row(a.config, name, over, seeds, out)
+        recorded = {r["seed"]: r for r in rows.get(name, {}).get("runs", [])}
+        rows[name] = run_row(a.config, name, over, sorted({*a.seeds, *recorded}), out, recorded)
         out.mkdir(parents=True, exist_ok=True)
         ordered = [rows[n] for n in ROWS if n in rows]
         res_path.write_text(json.dumps({"config": a.config, "rows": ordered}, indent=2) + "\n")  # resumable

@@ -2,6 +2,7 @@
 one row per run, a summary per size; bad input as one-line errors. Tiny models, a few steps."""
 
 import json
+import shutil
 
 import yaml
 from typer.testing import CliRunner
@@ -42,6 +43,12 @@ def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_pat
     assert r2.exit_code == 0, r2.output
     again = json.loads((out / "results.json").read_text())
     assert again["rows"] == res["rows"]  # finished runs are reused, not retrained; earlier points stay
+    shutil.rmtree(out / "llm_8_1")  # results.json alone is enough: a recorded point is not run again
+    r3 = runner.invoke(app, ["learning-curve", "--sizes", "8", "--seeds", "1", "--llm-model", str(tiny_llama),
+                             "--systems", "llm", "--output", str(out), *QUICK])
+    assert r3.exit_code == 0, r3.output
+    assert not (out / "llm_8_1").exists()
+    assert json.loads((out / "results.json").read_text())["rows"] == res["rows"]
 
 
 def test_bad_curve_arguments_are_one_line_errors(tmp_path):

@@ -2,7 +2,8 @@
 baseline (its own recipe, `baselines.encoder`), trained on random subsets of the training data of growing size, over
 seeds, each scored on the same dev and test sets. A subset is the first N sentences of a seed's shuffle of the
 training split, so the sizes of one seed are nested (and are the random arm of the active-learning simulation,
-scripts/simulate_al.py). Finished runs are reused: an interrupted curve continues."""
+scripts/simulate_al.py). A point in OUTPUT/results.json is not run again, nor is a finished run: an interrupted
+curve continues, and results.json alone (without the run dirs) is enough to go on from."""
 
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int
                 continue
             n = len(order) if size is None else min(size, len(order))
             for system in systems:
+                if (system, n, seed) in done:  # recorded: its run dir may be gone (results are kept, models not)
+                    continue
                 own = (per_system or {}).get(system) or {}
                 cfg = SYSTEMS[system](config, {**(overrides or {}), **own, "training.seed": seed})
                 s = train_on(cfg, order[:n], out / f"{system}_{n}_{seed}", progress)

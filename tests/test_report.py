@@ -179,3 +179,23 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
             "labels (67 % of the sentences, 44 % of the tokens) and 3.0 CPU minutes against 4.5.") in md
     assert "| uncertainty | 400 | 4,000 | 64.00 ± 1.41 | 2 | 3.0 |" in md
     assert html.count("data:image/png;base64,") >= 2 and "learning_curve" not in html.split("<h2>Results")[0]
+
+
+def test_the_report_names_unmasked_and_frozen_layers_from_the_model_config():
+    """A list of unmasked layers is shown as the list (not its length), with which layers stay causal; frozen lower
+    layers are said — both read from the saved model config, as every fact of the prose."""
+    from types import SimpleNamespace
+
+    from llm_ner.report.sections import facts, render
+
+    def prose(model: dict) -> str:
+        llm = {"summary": {}, "config": {"model": model}, "run": SimpleNamespace(config={}), "name": "r",
+               "model": "gemma3-270m"}
+        f = facts(llm)
+        return render("transformed.md.j2", f) + render("training.md.j2", f)
+
+    text = prose({"unmask": [5, 11], "exit_layer": 12, "freeze_layers": 6})
+    assert "unmask = `[5, 11]`: those layer indices" in text and "other layers keep their causal mask" in text
+    assert "lower 6 layers are kept as pre-trained" in text and "in the unmasked layers" in text
+    plain = prose({"unmask": "all"})
+    assert "unmask = `all`)" in plain and "kept as pre-trained" not in plain and "unmasked layers" not in plain

@@ -53,6 +53,7 @@ def test_compare_and_report_from_real_runs(tiny_llama, tmp_path):
     assert f"test F1 {llm_f1:.1f}" in md
     seeds = [x for x in md.splitlines() if x.startswith("- **Over 2 seeds** (42 / 7; llm, llm_seed7): test F1 **")]
     assert len(seeds) == 1 and "conll2003:valid F1 " in seeds[0] and "training " in seeds[0], md
+    assert "- Seeds 42 / 7 of this recipe: test F1 moves by a sample sd of" in md and "- One seed (" not in md
     # curves, per-type, confusion, errors, reliability + threshold curves, study — inlined
     assert html.count("data:image/png;base64,") == 6
     assert "Expected calibration error of the test entities' scores" in md

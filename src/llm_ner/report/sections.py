@@ -281,7 +281,11 @@ def sections(runs: list[dict], extras: dict[str, dict]) -> list[tuple[str, str]]
     study, curve, al = extras.get("study"), extras.get("curve"), extras.get("al")
 
     llm = next((r for r in runs if r["kind"] == "llm"), runs[0])
-    f = {**facts(llm), "prompted": any(r["kind"] == "prompt" for r in runs)}
+    f = {**facts(llm), "prompted": any(r["kind"] == "prompt" for r in runs), "recipe_seeds": None}
+    same = [r for r in runs if r["run"].config and llm["run"].config and _recipe(r) == _recipe(llm)]
+    if len(same) > 1:  # the limitations speak of the described run's recipe over its seeds, not of one seed
+        f["recipe_seeds"] = " / ".join(str((r["run"].config.get("training") or {}).get("seed")) for r in same)
+        f["recipe_sd"] = _pm([r["metrics"]["f1"] for r in same])[1]
     out = [("Dataset and why", render("dataset.md.j2", f)), ("Model and why", render("model.md.j2", f)),
            ("How the LLM was transformed", render("transformed.md.j2", f)),
            ("How training differs from language-model training", render("training.md.j2", f)),

@@ -1,8 +1,10 @@
 """Issue 23 item 5: scripts/simulate_al.py end to end on the tiny model — rounds of training, the strategies' picks
-from the same hidden pool, the table `llm-ner report --al` reads, and an interrupted simulation continuing."""
+from the same hidden pool, the table `llm-ner report --al` reads, and an interrupted simulation continuing, from its
+results.json alone when the run dirs are gone."""
 
 import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,10 +32,10 @@ def test_simulation_reveals_labels_round_by_round_and_resumes(tiny_llama, tmp_pa
         assert all(r["test_f1"] is not None and r["train_seconds"] > 0 for r in rows)
     seed = out / "seed_1"
     assert not (seed / "uncertainty_round_0").exists()  # round 0 is one run both strategies share
-    picks = {s: [json.loads((seed / f"{s}_picks_{r}.json").read_text())["picks"] for r in (1, 2)]
-             for s in ("uncertainty", "random")}
-    for s, (p1, p2) in picks.items():
-        assert len(set(p1)) == len(set(p2)) == 3, s  # distinct picks, from the pool that was left
+    for s in ("uncertainty", "random"):  # each round's picks are recorded in its row (results.json alone resumes)
+        p0, p1 = (res["results"][s]["1"][r]["picks"] for r in (0, 1))
+        assert len(set(p0)) == len(set(p1)) == 3, s  # distinct picks, from the pool that was left
+        assert "picks" not in res["results"][s]["1"][2]  # the last round chooses nothing
     labelled = [line.split()[0] for line in (seed / "random_round_2" / "labelled.conll").read_text().splitlines()
                 if line.strip() and not line.startswith("-DOCSTART-")]
     assert labelled  # the revealed gold is what round 2 trained on
@@ -42,6 +44,8 @@ def test_simulation_reveals_labels_round_by_round_and_resumes(tiny_llama, tmp_pa
     again = simulate(monkeypatch, tiny_llama, out)
     assert again["results"] == res["results"]  # finished rounds are reused, not retrained
     assert {p: p.stat().st_mtime for p in seed.rglob("summary.json")} == mtimes
+    shutil.rmtree(seed)  # the run dirs gone (a new machine): results.json alone is enough, nothing is retrained
+    assert simulate(monkeypatch, tiny_llama, out)["results"] == res["results"] and not seed.exists()
     from llm_ner.report.sections import active_learning_text
 
     text = active_learning_text(again)

@@ -200,3 +200,13 @@ def test_the_report_names_unmasked_and_frozen_layers_from_the_model_config():
     assert "lower 6 layers are kept as pre-trained" in text and "in the unmasked layers" in text
     plain = prose({"unmask": "all"})
     assert "unmask = `all`)" in plain and "kept as pre-trained" not in plain and "unmasked layers" not in plain
+
+
+def test_a_same_type_error_is_named_a_boundary_error_not_a_confusion():
+    from llm_ner.report.sections import failures
+
+    a = {"taxonomy_total": {"correct": 5, "boundary_long": 2}, "confused_forms": [
+        {"text": "Real Madrid", "gold": "ORG", "pred": "ORG", "count": 2},
+        {"text": "Czech", "gold": "LOC", "pred": "MISC", "count": 1}]}
+    text = failures({"analysis": a, "name": "r"})
+    assert "“Real Madrid” ORG, wrong boundary ×2" in text and "“Czech” LOC→MISC ×1" in text and "ORG→ORG" not in text

@@ -187,9 +187,11 @@ def ece_table(llm: dict) -> str | None:
 def failures(llm: dict) -> str:
     a = llm["analysis"]
     errs = sorted(((k, v) for k, v in a["taxonomy_total"].items() if k != "correct"), key=lambda kv: -kv[1])
-    forms = "; ".join(f"“{f['text']}” {f['gold']}→{f['pred']} ×{f['count']}" for f in a["confused_forms"][:6])
+    forms = "; ".join(f"“{f['text']}” " + (f"{f['gold']}→{f['pred']}" if f["gold"] != f["pred"] else
+                                             f"{f['gold']}, wrong boundary") + f" ×{f['count']}"
+                      for f in a["confused_forms"][:6])
     out = [f"Largest error categories for {llm['name']}: " + ", ".join(f"{k} {v}" for k, v in errs[:4]) + ".",
-           f"Most frequent confusions: {forms}."]
+           f"Most frequent errors on one gold entity: {forms}."]
     su = a.get("seen_unseen") or {}
     if su:
         out.append(f"Entities seen in training (same surface form and type): F1 {su.get('seen', {}).get('f1')}; "

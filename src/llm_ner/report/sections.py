@@ -117,6 +117,11 @@ def seeds_lines(runs: list[dict]) -> list[str]:
     return [_seeds_line(rs) for rs in groups.values() if len(rs) > 1]
 
 
+def _seed_list(rs: list[dict]) -> str:
+    """"42 / 1 / 2": the seeds of runs, from their run configs."""
+    return " / ".join(str((r["run"].config.get("training") or {}).get("seed")) for r in rs)
+
+
 def _pm_text(xs: list[float], digits: int = 2) -> str:
     m, sd = _pm(xs)
     return f"{m:.{digits}f} ± {sd:.{digits}f}"
@@ -125,7 +130,7 @@ def _pm_text(xs: list[float], digits: int = 2) -> str:
 def _seeds_line(rs: list[dict]) -> str:
     """Mean ± sample sd over the runs of test F1 (conlleval and strict), of every other set they were all scored on
     (RUN/NAME_metrics.json), of test ECE, and the range of training minutes."""
-    seeds = " / ".join(str((r["run"].config.get("training") or {}).get("seed")) for r in rs)
+    seeds = _seed_list(rs)
     parts = [f"test F1 **{_pm_text([r['metrics']['f1'] for r in rs])}** (strict "
              f"{_pm_text([r['metrics'].get('strict', {}).get('f1', r['metrics']['f1']) for r in rs])})"]
     shared = set.intersection(*(set(r.get("other_metrics") or {}) for r in rs))
@@ -286,7 +291,7 @@ def sections(runs: list[dict], extras: dict[str, dict]) -> list[tuple[str, str]]
     f = {**facts(llm), "prompted": any(r["kind"] == "prompt" for r in runs), "recipe_seeds": None}
     same = [r for r in runs if r["run"].config and llm["run"].config and _recipe(r) == _recipe(llm)]
     if len(same) > 1:  # the limitations speak of the described run's recipe over its seeds, not of one seed
-        f["recipe_seeds"] = " / ".join(str((r["run"].config.get("training") or {}).get("seed")) for r in same)
+        f["recipe_seeds"] = _seed_list(same)
         f["recipe_sd"] = _pm([r["metrics"]["f1"] for r in same])[1]
     out = [("Dataset and why", render("dataset.md.j2", f)), ("Model and why", render("model.md.j2", f)),
            ("How the LLM was transformed", render("transformed.md.j2", f)),

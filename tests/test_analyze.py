@@ -27,3 +27,10 @@ def test_analyze_report_counts():
     assert a["confusion"]["LOC"] == {"LOC": 1, "O": 1} and a["confusion"]["O"] == {"ORG": 1}
     assert a["seen_unseen"]["seen"]["recall"] == 100.0 and a["seen_unseen"]["unseen"]["recall"] == 0.0
     assert a["worst_sentences"][0]["index"] == 1 and a["worst_sentences"][0]["errors"] == 2
+
+
+def test_confused_forms_keep_the_predicted_words_of_a_boundary_error():
+    test = [Sentence(["Bob", "Smith", "ran", "to", "Rome"], ["B-PER", "I-PER", "O", "O", "B-LOC"])]
+    a = analyze(test, [["B-PER", "O", "O", "O", "B-ORG"]])
+    forms = {(f["text"], f["pred"]): f["pred_text"] for f in a["confused_forms"]}
+    assert forms == {("Bob Smith", "PER"): "Bob", ("Rome", "ORG"): ""}  # a type error on the same words: no repeat

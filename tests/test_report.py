@@ -207,6 +207,9 @@ def test_a_same_type_error_is_named_a_boundary_error_not_a_confusion():
 
     a = {"taxonomy_total": {"correct": 5, "boundary_long": 2}, "confused_forms": [
         {"text": "Real Madrid", "gold": "ORG", "pred": "ORG", "count": 2},
-        {"text": "Czech", "gold": "LOC", "pred": "MISC", "count": 1}]}
+        {"text": "Czech", "gold": "LOC", "pred": "MISC", "count": 1},
+        {"text": "New York Times", "gold": "ORG", "pred": "ORG", "pred_text": "New York", "count": 1},
+        {"text": "Bank of Asia", "gold": "ORG", "pred": "LOC", "pred_text": "Asia", "count": 1}]}
     text = failures({"analysis": a, "name": "r"})
     assert "“Real Madrid” ORG, wrong boundary ×2" in text and "“Czech” LOC→MISC ×1" in text and "ORG→ORG" not in text
+    assert "“New York Times” ORG, tagged “New York” ×1" in text and "“Bank of Asia” ORG→LOC “Asia” ×1" in text

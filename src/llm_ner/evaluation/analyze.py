@@ -100,7 +100,9 @@ def analyze(sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]],
             surface = " ".join(s.tokens[g[1] : g[2] + 1])
             if cat != "correct":
                 n_err += 1
-                confused_forms[(surface, g[0], p[0] if p else "O")] += 1
+                # the predicted span's own words, where they differ: a boundary error shows what was tagged instead
+                said = " ".join(s.tokens[p[1] : p[2] + 1]) if p is not None and p[1:] != g[1:] else ""
+                confused_forms[(surface, g[0], p[0] if p else "O", said)] += 1
             tp = int(g in p_set)
             by_len[_bucket(g[2] - g[1] + 1, [1, 2, 3, 4])].update(gold=1, tp=tp)
             by_sent_len[sb].update(gold=1, tp=tp)
@@ -116,7 +118,7 @@ def analyze(sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]],
             taxonomy[p[0]]["spurious"] += 1
             confusion["O"][p[0]] += 1
             n_err += 1
-            confused_forms[(" ".join(s.tokens[p[1] : p[2] + 1]), "O", p[0])] += 1
+            confused_forms[(" ".join(s.tokens[p[1] : p[2] + 1]), "O", p[0], "")] += 1
         if n_err:
             sentence_errors.append((n_err, i))
 
@@ -130,7 +132,7 @@ def analyze(sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]],
         "taxonomy": {t: dict(c) for t, c in sorted(taxonomy.items())},
         "taxonomy_total": dict(totals),
         "confusion": {g: dict(c) for g, c in sorted(confusion.items())},
-        "confused_forms": [{"text": k[0], "gold": k[1], "pred": k[2], "count": v}
+        "confused_forms": [{"text": k[0], "gold": k[1], "pred": k[2], "pred_text": k[3], "count": v}
                            for k, v in confused_forms.most_common(25)],
         "by_entity_length": {k: _prf(v) for k, v in sorted(by_len.items())},
         "by_sentence_length": {k: _prf(v) for k, v in sorted(by_sent_len.items(), key=lambda kv: int(
@@ -144,8 +146,9 @@ def summary_lines(a: dict, forms: int = 8) -> list[str]:
     """The analysis in a few lines for a terminal."""
     lines = ["errors by category: " + ", ".join(f"{k} {v}" for k, v in a["taxonomy_total"].items())]
     lines += [f"  {t:<10} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for t, c in a["taxonomy"].items()]
-    lines.append("most confused: " + "; ".join(f"{f['text']!r} {f['gold']}->{f['pred']} x{f['count']}"
-                                              for f in a["confused_forms"][:forms]))
+    lines.append("most confused: " + "; ".join(
+        f"{f['text']!r} {f['gold']}->{f['pred']}" + (f" {f['pred_text']!r}" if f.get("pred_text") else "")
+        + f" x{f['count']}" for f in a["confused_forms"][:forms]))
     if a["seen_unseen"]:
         lines.append("seen/unseen F1: " + ", ".join(f"{k} {v['f1']}" for k, v in a["seen_unseen"].items()))
     return lines

@@ -189,12 +189,21 @@ def ece_table(llm: dict) -> str | None:
     return "\n".join(lines)
 
 
+def _confused_form(f: dict) -> str:
+    """“Real Madrid” ORG, tagged “Madrid” ×2 (a boundary error: same type, other words); “Czech” LOC→MISC ×1.
+    Records written before the predicted words were kept say only "wrong boundary"."""
+    said = f.get("pred_text")
+    if f["gold"] != f["pred"]:
+        how = f"{f['gold']}→{f['pred']}" + (f" “{said}”" if said else "")
+    else:
+        how = f"{f['gold']}, " + (f"tagged “{said}”" if said else "wrong boundary")
+    return f"“{f['text']}” {how} ×{f['count']}"
+
+
 def failures(llm: dict) -> str:
     a = llm["analysis"]
     errs = sorted(((k, v) for k, v in a["taxonomy_total"].items() if k != "correct"), key=lambda kv: -kv[1])
-    forms = "; ".join(f"“{f['text']}” " + (f"{f['gold']}→{f['pred']}" if f["gold"] != f["pred"] else
-                                             f"{f['gold']}, wrong boundary") + f" ×{f['count']}"
-                      for f in a["confused_forms"][:6])
+    forms = "; ".join(_confused_form(f) for f in a["confused_forms"][:6])
     out = [f"Largest error categories for {llm['name']}: " + ", ".join(f"{k} {v}" for k, v in errs[:4]) + ".",
            f"Most frequent errors on one gold entity: {forms}."]
     su = a.get("seen_unseen") or {}

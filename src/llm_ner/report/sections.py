@@ -239,11 +239,23 @@ def learning_curve_text(curve: dict) -> str:
     return " ".join(say) + "\n\n" + table(curve["rows"]).rstrip("\n")
 
 
+def al_complete_seeds(al: dict) -> tuple[list[str], list[str]]:
+    """The seeds every strategy finished (all rounds), and the others: a simulation still running, or stopped and to
+    be resumed, is shown on its finished seeds only, so every point compares the strategies on the same seeds."""
+    res = al["results"]
+    n_rounds = max((len(rows) for seeds in res.values() for rows in seeds.values()), default=0)
+    seeds = sorted({k for v in res.values() for k in v}, key=int)
+    done = [k for k in seeds if all(len(v.get(k, [])) == n_rounds for v in res.values())]
+    return done, [k for k in seeds if k not in done]
+
+
 def al_points(al: dict) -> dict[str, list[dict]]:
-    """Per strategy, per round: labelled sentences (and their tokens, mean over seeds, where recorded), test F1 mean
-    and sd over seeds, CPU seconds (training + choosing) summed over the rounds so far, mean over seeds."""
-    out = {}
-    for strategy, seeds in al["results"].items():
+    """Per strategy, per round, over the finished seeds (`al_complete_seeds`): labelled sentences (and their tokens,
+    mean over seeds, where recorded), test F1 mean and sd, CPU seconds (training + choosing) summed over the rounds
+    so far, mean over seeds."""
+    out, (done, _) = {}, al_complete_seeds(al)
+    for strategy, by_seed in al["results"].items():
+        seeds = {k: by_seed[k] for k in done}
         n_rounds = min((len(rows) for rows in seeds.values()), default=0)
         pts = []
         for r in range(n_rounds):
@@ -268,7 +280,7 @@ def _token_share(hit: dict, goal: dict) -> str:
 
 def active_learning_text(al: dict) -> str:
     """Per round and strategy, test F1; and the labels (and CPU minutes) uncertainty needed to reach random's last."""
-    pts = al_points(al)
+    pts, (done, partial) = al_points(al), al_complete_seeds(al)
     lines = ["| strategy | labelled sentences | their tokens | test F1 | seeds | CPU min so far |",
              "|---|---|---|---|---|---|"]
     for s, ps in pts.items():
@@ -278,7 +290,9 @@ def active_learning_text(al: dict) -> str:
                          f"{p['seeds']} | {p['cpu_s'] / 60:.1f} |")
     say = ["Simulated on CoNLL-2003 with the labels hidden until chosen (`scripts/simulate_al.py`): each round "
            "trains the quickstart recipe on what is labelled, then labels more; both strategies start from the same "
-           "sentences per seed."]
+           f"sentences per seed (seeds {', '.join(done)})."]
+    if partial:
+        say.append(f"Seed{'s' * (len(partial) > 1)} {', '.join(partial)} not finished yet, left out.")
     if "uncertainty" in pts and "random" in pts:
         goal = pts["random"][-1]
         hit = next((p for p in pts["uncertainty"] if p["test_f1"] >= goal["test_f1"]), None)

@@ -1,11 +1,11 @@
 """Issue 23 item 5: active learning simulated on CoNLL-2003, the labels hidden until "annotated". Per seed: a shuffled
-train split; the first `--start` sentences are labelled, a pool of the next `--pool` sentences is unlabelled; each
-round trains the quickstart recipe from the backbone on what is labelled, scores dev and test, then "annotates"
-`--step` more pool sentences chosen by the strategy (`uncertainty`: the least sure by MNLP, `llm-ner select`'s own
-function; `random`). Both strategies share a seed's start set and pool, so they are compared paired. A finished
-round is reused, and so is a round recorded in OUTPUT/results.json with its picks: an interrupted simulation
-continues, from results.json alone if the run dirs are gone. Results: OUTPUT/results.json and results.md (read by
-`llm-ner report --al`).
+train split; the first `--start` sentences are labelled, a pool of the next `--pool` sentences is unlabelled; each round
+trains the quickstart recipe from the backbone on what is labelled, scores dev and test, then "annotates" `--step` more
+pool sentences chosen by the strategy (`llm-ner select`'s own function: `uncertainty`, the least sure by MNLP;
+`diverse`, the least sure spread over k-means groups; `random`). Both strategies share a seed's start set and pool, so
+they are compared paired. A finished round is reused, and so is a round recorded in OUTPUT/results.json with its picks:
+an interrupted simulation continues, from results.json alone if the run dirs are gone. Results: OUTPUT/results.json and
+results.md (read by `llm-ner report --al`).
 
     python scripts/simulate_al.py --output runs/al --seeds 1 2 3
 """
@@ -48,7 +48,7 @@ def choose(strategy: str, run_dir: Path, pool: list, labelled: list, n: int, see
     if strategy == "random":
         chosen = random.Random(seed).sample(allowed, n)
     else:
-        chosen = select(NERModel.from_pretrained(run_dir / rundir.MODEL), allowed, n, "uncertainty").texts
+        chosen = select(NERModel.from_pretrained(run_dir / rundir.MODEL), allowed, n, strategy, seed).texts
     where = {t: i for i, t in enumerate(texts)}
     return [where[t] for t in chosen], time.perf_counter() - t0
 

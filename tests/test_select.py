@@ -9,6 +9,7 @@ import torch
 from approx import SCORE_ATOL
 from typer.testing import CliRunner
 
+from llm_ner.active.select import diverse_pick
 from llm_ner.cli import app
 from llm_ner.data import load_corpus
 from llm_ner.inference.engine import NERModel
@@ -78,6 +79,29 @@ def test_random_is_seeded(tiny_ner_dir, tmp_path):
         assert r.exit_code == 0, r.output
         picks.append([json.loads(x)["text"] for x in (tmp_path / "r.jsonl").read_text().splitlines()])
     assert picks[0] == picks[1] and len(set(picks[0])) == 4 and POOL[6] not in picks[0]
+
+
+def test_diverse_spreads_the_batch_over_groups_of_doubtful_texts():
+    # three tight groups of texts; the five least sure all come from group A (one template)
+    torch.manual_seed(0)
+    centres = torch.eye(3)
+    vectors = torch.nn.functional.normalize(centres.repeat_interleave(6, 0) + 0.01 * torch.randn(18, 3), dim=1)
+    doubt = torch.tensor([9.0, 8, 7, 6, 5, 0.1] + [2.0, 1.9, 1.8, 0.2, 0.2, 0.2] + [1.5, 1.4, 0.3, 0.3, 0.3, 0.3])
+    assert sorted(torch.argsort(doubt, descending=True)[:3].tolist()) == [0, 1, 2]  # uncertainty: all from A
+    picks = diverse_pick(doubt, vectors, 3, seed=0, beta=4)
+    assert sorted(i // 6 for i in picks) == [0, 1, 2]  # one text from each group
+    assert [float(doubt[i]) for i in picks] == sorted((float(doubt[i]) for i in picks), reverse=True)
+    assert picks == diverse_pick(doubt, vectors, 3, seed=0, beta=4) and len(set(picks)) == 3
+
+
+def test_diverse_from_the_cli(tiny_ner_dir, tmp_path):
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(POOL) + "\n")
+    r = _select(tiny_ner_dir, pool, tmp_path / "o.jsonl", "--n", "3", "--to", "jsonl", "--strategy", "diverse")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len({x["text"] for x in rows}) == 3 and POOL[6] not in [x["text"] for x in rows]
+    assert [x["confidence"] for x in rows] == sorted(x["confidence"] for x in rows)  # least sure first
 
 
 def test_the_models_own_training_data_is_never_chosen(tiny_llama, tmp_path):

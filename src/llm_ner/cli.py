@@ -362,12 +362,13 @@ def select_texts(
     n: Annotated[int, Opt(help="how many texts to choose")],
     output: Annotated[str, Opt(help="where to write the chosen texts with their pre-annotations")],
     strategy: Annotated[str, Opt(help="uncertainty (least sure first: mean log-probability per word of the tags) | "
-                                      "random")] = "uncertainty",
+                                      "diverse (the least sure, spread over k-means groups) | random")
+                        ] = "uncertainty",
     to: Annotated[str, Opt(help="label-studio | doccano | jsonl (each record with its confidence)")] = "label-studio",
     format: InputFormat = "auto",
     exclude: Annotated[list[str] | None, Opt(help="labelled data whose texts are never chosen (repeat); the model's "
                                                   "own training data is left out anyway")] = None,
-    seed: Annotated[int, Opt(help="random strategy's seed")] = 0,
+    seed: Annotated[int, Opt(help="the random and diverse strategies' seed")] = 0,
     batch_size: Annotated[int, Opt()] = 16,
     trust_remote_code: TrustRemoteCode = False,
     int8: Int8 = False,

@@ -1,10 +1,11 @@
-"""Choose the texts to label next. `uncertainty` ranks a pool of unlabelled texts by how sure the model is of its
-whole tagging — the mean log-probability per word of the decoded tags (MNLP, Shen et al., ICLR 2018: normalised by
-length, so long texts are not chosen only for being long) — and takes the least sure; `random` is the baseline it is
-measured against. The chosen texts come with the model's pre-annotations, so an annotator corrects rather than starts
-from zero. A text is known by the hash of its words (split as every path splits them, joined by single spaces):
-texts already labelled — the model's own training data, and any `exclude` corpus — and repeats within the pool are
-never chosen."""
+"""Choose the texts to label next. `uncertainty` ranks a pool of unlabelled texts by how sure the model is of its whole
+tagging — the mean log-probability per word of the decoded tags (MNLP, Shen et al., ICLR 2018: normalised by length, so
+long texts are not chosen only for being long) — and takes the least sure; `diverse` takes the least sure spread over
+what they say (`diverse_pick`), so one template ("TOKYO 1996-08-23" datelines) does not fill the batch; `random` is the
+baseline they are measured against. The chosen texts come with the model's pre-annotations, so an annotator corrects
+rather than starts from zero. A text is known by the hash of its words (split as every path splits them, joined by
+single spaces): texts already labelled — the model's own training data, and any `exclude` corpus — and repeats within
+the pool are never chosen."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
 
 from .. import rundir
 from ..config import load_config
@@ -21,7 +25,7 @@ from ..inference.engine import NERModel
 from ..inference.outputs import Predictions
 from ..modeling.align import texts_and_offsets
 
-STRATEGIES = ("uncertainty", "random")
+STRATEGIES = ("uncertainty", "diverse", "random")
 
 
 def text_key(text: str) -> str:
@@ -69,6 +73,42 @@ def candidates(texts: Sequence[str], n: int, strategy: str, exclude: set[str], p
     return out
 
 
+def text_vectors(ner: NERModel, texts: Sequence[str]) -> torch.Tensor:
+    """(N, D) unit vectors: each text's mean input embedding over its subword tokens — a bag of subwords from the
+    backbone's own table, no forward pass — so texts of one template ("TOKYO 1996-08-23", "BEIJING 1996-08-27")
+    land close."""
+    table = ner.model.backbone.get_input_embeddings().weight
+    ids = ner.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    rows = [table[torch.tensor(i or [0], device=table.device)].float().mean(0) for i in ids]
+    return F.normalize(torch.stack(rows).cpu(), dim=1)
+
+
+def diverse_pick(doubt: torch.Tensor, vectors: torch.Tensor, n: int, seed: int = 0, beta: int = 10,
+                 iters: int = 20) -> list[int]:
+    """Diverse mini-batch active learning (Zhdanov, 2019): the `beta * n` least sure texts, cut into `n` groups by
+    k-means weighted by doubt (k-means++ start, seeded); from each group the text nearest its centre. Indices into
+    `doubt` (N,) (higher: less sure), most doubtful first. Hand-written (a few tensor lines) rather than a
+    scikit-learn dependency for one weighted k-means."""
+    top = torch.argsort(doubt, descending=True, stable=True)[: min(len(doubt), beta * n)]
+    x, w = vectors[top], doubt[top].clamp(min=0) + 1e-6  # (M, D), (M,)
+    g = torch.Generator().manual_seed(seed)
+    centres = x[:1].clone()  # k-means++: the least sure, then each next centre far from those chosen
+    for _ in range(1, n):
+        d2 = torch.cdist(x, centres).min(1).values.square() * w
+        centres = torch.cat([centres, x[torch.multinomial(d2 + 1e-12, 1, generator=g)]])
+    for _ in range(iters):
+        assign = torch.cdist(x, centres).argmin(1)  # (M,)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x * w[:, None])
+        mass = torch.zeros(n).index_add_(0, assign, w)
+        centres = torch.where(mass[:, None] > 0, sums / mass.clamp(min=1e-12)[:, None], centres)
+    chosen: list[int] = []
+    for k in range(n):  # the member nearest each centre; an empty group gives the least sure text left
+        members = (assign == k).nonzero().flatten().tolist()
+        members = [m for m in members if m not in chosen] or [m for m in range(len(top)) if m not in chosen][:1]
+        chosen.append(min(members, key=lambda m: float((x[m] - centres[k]).norm())))
+    return sorted((int(top[m]) for m in chosen), key=lambda i: -float(doubt[i]))
+
+
 def select(ner: NERModel, pool: Sequence[str], n: int, strategy: str = "uncertainty", seed: int = 0,
            progress: bool = False) -> Predictions:
     """The `n` texts of `pool` (from `candidates`) to label next, most useful first, with pre-annotations and their
@@ -76,6 +116,9 @@ def select(ner: NERModel, pool: Sequence[str], n: int, strategy: str = "uncertai
     if strategy == "random":
         return ner.predict_texts_scored(random.Random(seed).sample(list(pool), n), progress)
     scored = ner.predict_texts_scored(pool, progress)
-    order = sorted(range(len(pool)), key=lambda i: scored.scores[i])[:n]  # least sure first
+    if strategy == "diverse":
+        order = diverse_pick(-torch.tensor(scored.scores), text_vectors(ner, pool), n, seed)
+    else:
+        order = sorted(range(len(pool)), key=lambda i: scored.scores[i])[:n]  # least sure first
     return Predictions([pool[i] for i in order], [scored.results[i] for i in order],
                        scores=[scored.scores[i] for i in order])

@@ -166,6 +166,7 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
     al = {"args": {}, "results": {"uncertainty": {"1": rounds([50, 63, 70], 10), "2": rounds([52, 65, 72], 10)},
                                   "random": {"1": rounds([50, 55, 61], 15), "2": rounds([52, 57, 63], 15)}}}
     al["results"]["uncertainty"]["3"] = rounds([40, 99], 10)  # a seed still running: left out of every point
+    al["results"]["diverse"] = {"1": rounds([50, 51, 52], 12), "2": rounds([52, 53, 54], 12)}
     (tmp_path / "al.json").write_text(json.dumps(al))
     r = runner.invoke(app, ["report", str(tmp_path / "llm"), "--output", str(tmp_path / "rep"), "--curve",
                             str(tmp_path / "curve.json"), "--al", str(tmp_path / "al.json")])
@@ -177,9 +178,9 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
     assert "The LLM's lead is largest at 250 sentences: +19.00 F1; at ≤ 1,000 sentences it is +5.00 to +19.00." in md
     # random's last round: (61 + 63) / 2 = 62.00 with 600 labels; uncertainty's round 1 (400 labels) has 64.00:
     # reached with 67 % of the labels, 4,000 of 9,000 tokens; CPU: 2 rounds x (60 + 30) s = 3.0 min against 4.5
-    assert ("Random sampling's last round: 62.00 test F1 with 600 labels. Uncertainty sampling reached it with 400 "
+    assert ("Random sampling's last round: 62.00 test F1 with 600 labels. `uncertainty` reached it with 400 "
             "labels (67 % of the sentences, 44 % of the tokens) and 3.0 CPU minutes against 4.5.") in md
-    assert "(seeds 1, 2)" in md and "Seed 3 not finished yet, left out." in md
+    assert "(seeds 1, 2)" in md and "Seed 3 not finished yet, left out." in md and "`diverse` did not reach it." in md
     assert "| uncertainty | 400 | 4,000 | 64.00 ± 1.41 | 2 | 3.0 |" in md
     assert html.count("data:image/png;base64,") >= 2 and "learning_curve" not in html.split("<h2>Results")[0]
 

@@ -293,14 +293,17 @@ def active_learning_text(al: dict) -> str:
            f"sentences per seed (seeds {', '.join(done)})."]
     if partial:
         say.append(f"Seed{'s' * (len(partial) > 1)} {', '.join(partial)} not finished yet, left out.")
-    if "uncertainty" in pts and "random" in pts:
+    if "random" in pts and len(pts) > 1:
         goal = pts["random"][-1]
-        hit = next((p for p in pts["uncertainty"] if p["test_f1"] >= goal["test_f1"]), None)
-        say.append(f"Random sampling's last round: {goal['test_f1']:.2f} test F1 with {goal['labelled']:,} labels. "
-                   + (f"Uncertainty sampling reached it with {hit['labelled']:,} labels "
-                      f"({100 * hit['labelled'] / goal['labelled']:.0f} %{_token_share(hit, goal)}) and "
-                      f"{hit['cpu_s'] / 60:.1f} CPU minutes against {goal['cpu_s'] / 60:.1f}." if hit
-                      else "Uncertainty sampling did not reach it."))
+        say.append(f"Random sampling's last round: {goal['test_f1']:.2f} test F1 with {goal['labelled']:,} labels.")
+        for name, ps in pts.items():
+            if name == "random":
+                continue
+            hit = next((p for p in ps if p["test_f1"] >= goal["test_f1"]), None)
+            say.append(f"`{name}` reached it with {hit['labelled']:,} labels "
+                       f"({100 * hit['labelled'] / goal['labelled']:.0f} %{_token_share(hit, goal)}) and "
+                       f"{hit['cpu_s'] / 60:.1f} CPU minutes against {goal['cpu_s'] / 60:.1f}." if hit
+                       else f"`{name}` did not reach it.")
     return " ".join(say) + "\n\n" + "\n".join(lines)
 
 

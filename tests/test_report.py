@@ -177,9 +177,10 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
     assert "![learning_curve](learning_curve.png)" in md and "![active_learning](active_learning.png)" in md
     assert "The LLM's lead is largest at 250 sentences: +19.00 F1; at ≤ 1,000 sentences it is +5.00 to +19.00." in md
     # random's last round: (61 + 63) / 2 = 62.00 with 600 labels; uncertainty's round 1 (400 labels) has 64.00:
-    # reached with 67 % of the labels, 4,000 of 9,000 tokens; CPU: 2 rounds x (60 + 30) s = 3.0 min against 4.5
+    # reached with 67 % of the labels, 4,000 of 9,000 tokens; CPU: 2 trainings x 60 s + the 30 s choice between
+    # them = 2.5 min, against 3 x 60 + 2 x 30 = 4.0
     assert ("Random sampling's last round: 62.00 test F1 with 600 labels. `uncertainty` reached it with 400 "
-            "labels (67 % of the sentences, 44 % of the tokens) and 3.0 CPU minutes against 4.5.") in md
+            "labels (67 % of the sentences, 44 % of the tokens) and 2.5 CPU minutes against 4.0.") in md
     assert "(seeds 1, 2)" in md and "Seed 3 not finished yet, left out." in md and "`diverse` did not reach it." in md
     assert "| uncertainty | 400 | 4,000 | 64.00 ± 1.41 | 2 | 3.0 |" in md
     assert html.count("data:image/png;base64,") >= 2 and "learning_curve" not in html.split("<h2>Results")[0]

@@ -146,15 +146,22 @@ def learning_curve(curve: dict, out: Path) -> Path:
 
 
 def active_learning(al: dict, out: Path) -> Path:
-    """Test F1 (mean ± sd over seeds) after each round of the active-learning simulation, a line per strategy."""
+    """Test F1 (mean ± sd over seeds) after each round of the active-learning simulation, a line per strategy; against
+    labelled sentences, and against their tokens (what an annotator reads: the strategies pick sentences of different
+    lengths; Shen et al. 2018 plot against words)."""
     from .sections import al_points
 
-    fig, ax = _plt().subplots(figsize=(7, 4))
+    fig, axes = _plt().subplots(1, 2, figsize=(11, 4), sharey=True)
     for strategy, pts in al_points(al).items():
-        ax.errorbar([p["labelled"] for p in pts], [p["test_f1"] for p in pts], yerr=[p["test_sd"] for p in pts],
-                    marker="o", capsize=3, label=strategy)
-    ax.set(xlabel="labelled sentences", ylabel="test F1", title="active learning (simulated on CoNLL-2003)")
-    ax.legend()
+        for ax, key in zip(axes, ("labelled", "tokens"), strict=True):
+            shown = [p for p in pts if p[key] is not None]
+            if shown:
+                ax.errorbar([p[key] for p in shown], [p["test_f1"] for p in shown],
+                            yerr=[p["test_sd"] for p in shown], marker="o", capsize=3, label=strategy)
+    axes[0].set(xlabel="labelled sentences", ylabel="test F1")
+    axes[1].set(xlabel="their tokens (mean over seeds)")
+    fig.suptitle("active learning (simulated on CoNLL-2003)")
+    axes[0].legend()
     return _save(fig, out / "active_learning.png")
 
 

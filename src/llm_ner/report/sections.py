@@ -261,8 +261,9 @@ def al_points(al: dict) -> dict[str, list[dict]]:
         for r in range(n_rounds):
             rows = [rs[r] for rs in seeds.values()]
             f1, sd = _pm([x["test_f1"] for x in rows])
-            cpu = statistics.mean(sum(x["train_seconds"] + (x.get("select_seconds") or 0) for x in rs[: r + 1])
-                                  for rs in seeds.values())
+            # what it took to get here: training rounds 0..r, and the choices between them (not the one after r)
+            cpu = statistics.mean(sum(x["train_seconds"] for x in rs[: r + 1])
+                                  + sum(x.get("select_seconds") or 0 for x in rs[:r]) for rs in seeds.values())
             tokens = statistics.mean(x["tokens"] for x in rows) if all("tokens" in x for x in rows) else None
             pts.append({"labelled": rows[0]["labelled"], "tokens": tokens, "test_f1": f1, "test_sd": sd,
                         "cpu_s": cpu, "seeds": len(rows)})
@@ -290,7 +291,8 @@ def active_learning_text(al: dict) -> str:
                          f"{p['seeds']} | {p['cpu_s'] / 60:.1f} |")
     say = ["Simulated on CoNLL-2003 with the labels hidden until chosen (`scripts/simulate_al.py`): each round "
            "trains the quickstart recipe on what is labelled, then labels more; both strategies start from the same "
-           f"sentences per seed (seeds {', '.join(done)})."]
+           f"sentences per seed (seed{'s' * (len(done) > 1)} {', '.join(done)}). CPU minutes: wall-clock minutes "
+           "of training and of choosing, on this machine's 2 cores, summed over the rounds so far."]
     if partial:
         say.append(f"Seed{'s' * (len(partial) > 1)} {', '.join(partial)} not finished yet, left out.")
     if "random" in pts and len(pts) > 1:

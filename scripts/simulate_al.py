@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -70,11 +71,18 @@ def simulate(a, seed: int, strategy: str, train_s: list, recorded: list[dict], s
         rows.append(row)
         if r == a.rounds:
             save(rows)
+            if not a.keep_models:
+                shutil.rmtree(run_dir / rundir.CHECKPOINTS, ignore_errors=True)
+                shutil.rmtree(run_dir / rundir.MODEL, ignore_errors=True)
             break
         if "picks" not in row:
             picks, secs = choose(strategy, run_dir, pool, labelled, a.step, seed * 1000 + r)
             rows[-1] |= {"picks": picks, "select_seconds": round(secs, 1)}
         save(rows)
+        if not a.keep_models:  # picks recorded: the weights are not needed again (a round's run dir held 3.4 GB)
+            shutil.rmtree(run_dir / rundir.CHECKPOINTS, ignore_errors=True)
+            if r > 0:  # round 0's model is every strategy's first chooser
+                shutil.rmtree(run_dir / rundir.MODEL, ignore_errors=True)
         labelled += [pool[i] for i in rows[-1]["picks"]]
         taken = set(rows[-1]["picks"])
         pool = [p for i, p in enumerate(pool) if i not in taken]
@@ -111,6 +119,8 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pool", type=int, default=4000, help="unlabelled sentences to choose from (scored each round)")
+    ap.add_argument("--keep-models", action="store_true",
+                    help="keep each round's checkpoints and model (by default dropped once its picks are recorded)")
     a = ap.parse_args()
     a.overrides = parse_set(a.sets)
     train_s = load_corpus(a.train)

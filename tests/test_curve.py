@@ -38,6 +38,9 @@ def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_pat
     batch = {run: yaml.safe_load((out / run / "config.yaml").read_text())["training"]["batch_size"]
              for run in ("llm_8_1", "encoder_8_1")}
     assert batch["encoder_8_1"] == 2 and batch["llm_8_1"] != 2  # --encoder-set: the encoder's runs only
+    # a recorded point's weights are dropped (the summary and metrics stay): 28 LLM runs would fill the disk
+    assert (out / "llm_8_1" / "summary.json").is_file() and not (out / "llm_8_1" / "model").exists()
+    assert not (out / "llm_8_1" / "checkpoints").exists()
     r2 = runner.invoke(app, ["learning-curve", "--sizes", "8", "--seeds", "1", "--llm-model", str(tiny_llama),
                              "--systems", "llm", "--output", str(out), *QUICK])
     assert r2.exit_code == 0, r2.output
@@ -49,6 +52,10 @@ def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_pat
     assert r3.exit_code == 0, r3.output
     assert not (out / "llm_8_1").exists()
     assert json.loads((out / "results.json").read_text())["rows"] == res["rows"]
+    r4 = runner.invoke(app, ["learning-curve", "--sizes", "4", "--seeds", "1", "--llm-model", str(tiny_llama),
+                             "--systems", "llm", "--output", str(out), "--keep-models", *QUICK])
+    assert r4.exit_code == 0, r4.output
+    assert (out / "llm_4_1" / "model").is_dir()  # --keep-models keeps them
 
 
 def test_bad_curve_arguments_are_one_line_errors(tmp_path):

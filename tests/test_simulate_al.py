@@ -32,6 +32,8 @@ def test_simulation_reveals_labels_round_by_round_and_resumes(tiny_llama, tmp_pa
         assert all(r["test_f1"] is not None and r["train_seconds"] > 0 for r in rows)
     seed = out / "seed_1"
     assert not (seed / "uncertainty_round_0").exists()  # round 0 is one run both strategies share
+    assert (seed / "round_0" / "model").is_dir() and not (seed / "uncertainty_round_1" / "model").exists()
+    assert not any(seed.rglob("checkpoints"))  # a round's weights go once its picks are recorded
     for s in ("uncertainty", "random"):  # each round's picks are recorded in its row (results.json alone resumes)
         p0, p1 = (res["results"][s]["1"][r]["picks"] for r in (0, 1))
         assert len(set(p0)) == len(set(p1)) == 3, s  # distinct picks, from the pool that was left

@@ -411,6 +411,8 @@ def learning_curve(
     llm_set: Annotated[list[str] | None, Opt("--llm-set", help="override a config key for the LLM's runs")] = None,
     encoder_set: Annotated[list[str] | None, Opt("--encoder-set", help="override a config key for the encoder's "
                                                  "runs (its own recipe)")] = None,
+    keep_models: Annotated[bool, Opt(help="keep each run's checkpoints and model (by default dropped once its "
+                                            "point is recorded)")] = False,
     progress: Annotated[bool, Opt()] = True,
     verbose: Verbose = False,
 ) -> None:
@@ -432,7 +434,8 @@ def learning_curve(
         _fail("--sizes and --seeds need at least one value each, sizes at least 1")
     own = {"llm": {**parse_set(llm_set), **({"model.backbone": llm_model} if llm_model else {})},
            "encoder": {**parse_set(encoder_set), **({"model.backbone": encoder_model} if encoder_model else {})}}
-    rows = run_curve(config, points, seed_list, chosen, output, seeds_up_to, parse_set(set_), own, progress)
+    rows = run_curve(config, points, seed_list, chosen, output, seeds_up_to, parse_set(set_), own, progress,
+                     keep_models)
     typer.echo(table(rows))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,10 +58,12 @@ def train_on(cfg: RunConfig, sentences: Sequence[Sentence], run_dir: Path, progr
 
 def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int], systems: Sequence[str],
                    output: str | Path, seeds_up_to: int = 2000, overrides: dict | None = None,
-                   per_system: dict[str, dict] | None = None, progress: bool = False) -> list[dict]:
+                   per_system: dict[str, dict] | None = None, progress: bool = False,
+                   keep_models: bool = False) -> list[dict]:
     """One row per (system, size, seed) run; a size above `seeds_up_to` (or None: all) runs the first seed only.
     `overrides` apply to every run, `per_system` (system -> overrides) to that system's runs only — its own recipe,
-    e.g. the encoder's 8 sentences a step in fp32, or another backbone."""
+    e.g. the encoder's 8 sentences a step in fp32, or another backbone. A recorded run's checkpoints and model are
+    dropped unless `keep_models` (an LLM run dir holds ~3.4 GB; the curve makes 28 of them)."""
     out = Path(output)
     base = load_config(config, overrides or {})
     train_s = load_split(base, "train") or []
@@ -77,11 +80,15 @@ def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int
                     continue
                 own = (per_system or {}).get(system) or {}
                 cfg = SYSTEMS[system](config, {**(overrides or {}), **own, "training.seed": seed})
-                s = train_on(cfg, order[:n], out / f"{system}_{n}_{seed}", progress)
+                run_dir = out / f"{system}_{n}_{seed}"
+                s = train_on(cfg, order[:n], run_dir, progress)
                 done[(system, n, seed)] = {"system": system, "sentences": n, "seed": seed,
                                            "dev_f1": s["best_dev_f1"], "test_f1": (s.get("test") or {}).get("f1"),
                                            "train_seconds": s["train_seconds"]}
                 save(out, config, list(done.values()))
+                if not keep_models:
+                    for name in (rundir.CHECKPOINTS, rundir.MODEL):
+                        shutil.rmtree(run_dir / name, ignore_errors=True)
     return list(done.values())
 
 

@@ -290,7 +290,7 @@ def active_learning_text(al: dict) -> str:
             lines.append(f"| {s} | {p['labelled']:,} | {tokens} | {p['test_f1']:.2f} ± {p['test_sd']:.2f} | "
                          f"{p['seeds']} | {p['cpu_s'] / 60:.1f} |")
     say = ["Simulated on CoNLL-2003 with the labels hidden until chosen (`scripts/simulate_al.py`): each round "
-           "trains the quickstart recipe on what is labelled, then labels more; both strategies start from the same "
+           "trains the quickstart recipe on what is labelled, then labels more; every strategy starts from the same "
            f"sentences per seed (seed{'s' * (len(done) > 1)} {', '.join(done)}). CPU minutes: wall-clock minutes "
            "of training and of choosing, on this machine's 2 cores, summed over the rounds so far."]
     if partial:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -69,20 +68,14 @@ def simulate(a, seed: int, strategy: str, train_s: list, recorded: list[dict], s
         if row is None or (needs_model and not (run_dir / rundir.MODEL).is_dir()):
             row = {"round": r, **run_round(a.config, a.overrides, labelled, seed, run_dir)}
         rows.append(row)
-        if r == a.rounds:
-            save(rows)
-            if not a.keep_models:
-                shutil.rmtree(run_dir / rundir.CHECKPOINTS, ignore_errors=True)
-                shutil.rmtree(run_dir / rundir.MODEL, ignore_errors=True)
-            break
-        if "picks" not in row:
+        if r < a.rounds and "picks" not in row:  # the last round chooses nothing
             picks, secs = choose(strategy, run_dir, pool, labelled, a.step, seed * 1000 + r)
             rows[-1] |= {"picks": picks, "select_seconds": round(secs, 1)}
         save(rows)
-        if not a.keep_models:  # picks recorded: the weights are not needed again (a round's run dir held 3.4 GB)
-            shutil.rmtree(run_dir / rundir.CHECKPOINTS, ignore_errors=True)
-            if r > 0:  # round 0's model is every strategy's first chooser
-                shutil.rmtree(run_dir / rundir.MODEL, ignore_errors=True)
+        if not a.keep_models:  # recorded with its picks: the weights are not needed again
+            rundir.drop_weights(run_dir, model=r > 0 or r == a.rounds)  # round 0's model: every strategy's chooser
+        if r == a.rounds:
+            break
         labelled += [pool[i] for i in rows[-1]["picks"]]
         taken = set(rows[-1]["picks"])
         pool = [p for i, p in enumerate(pool) if i not in taken]

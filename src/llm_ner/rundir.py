@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,3 +128,12 @@ def model_identity(model_dir: str, name: str | None = None, version: str | None 
 def model_tag(identity: dict) -> str:
     """"name@version": how pre-annotations and Label Studio name the model that made them."""
     return f"{identity['name']}@{identity['version']}"
+
+
+def drop_weights(run_dir: Path, model: bool = True) -> None:
+    """Delete a finished run's checkpoints (and its model, unless `model=False`), keeping its records — config,
+    summary, metrics, analysis: what a study, curve or simulation reads once the run is recorded (an LLM run dir
+    holds ~3.4 GB of weights)."""
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    if model:
+        shutil.rmtree(run_dir / MODEL, ignore_errors=True)

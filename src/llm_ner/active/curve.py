@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,8 +86,7 @@ def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int
                                            "train_seconds": s["train_seconds"]}
                 save(out, config, list(done.values()))
                 if not keep_models:
-                    for name in (rundir.CHECKPOINTS, rundir.MODEL):
-                        shutil.rmtree(run_dir / name, ignore_errors=True)
+                    rundir.drop_weights(run_dir)
     return list(done.values())
 
 

@@ -160,7 +160,7 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
                                                      "summary": summarise(rows)}))
 
     def rounds(f1s, per_sentence):  # tokens: uncertainty picks shorter sentences than random
-        return [{"round": k, "labelled": 200 * (k + 1), "tokens": 200 * (k + 1) * per_sentence, "dev_f1": 0,
+        return [{"round": k, "labelled": 200 * (k + 1), "tokens": 200 * (k + 1) * per_sentence, "dev_f1": f + 1,
                  "test_f1": f, "train_seconds": 60.0, "select_seconds": 30.0} for k, f in enumerate(f1s)]
 
     al = {"args": {}, "results": {"uncertainty": {"1": rounds([50, 63, 70], 10), "2": rounds([52, 65, 72], 10)},
@@ -182,7 +182,7 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
     assert ("Random sampling's last round: 62.00 test F1 with 600 labels. `uncertainty` reached it with 400 "
             "labels (67 % of the sentences, 44 % of the tokens) and 2.5 CPU minutes against 4.0.") in md
     assert "(seeds 1, 2)" in md and "Seed 3 not finished yet, left out." in md and "`diverse` did not reach it." in md
-    assert "| uncertainty | 400 | 4,000 | 64.00 ± 1.41 | 2 | 2.5 |" in md
+    assert "| uncertainty | 400 | 4,000 | 65.00 ± 1.41 | 64.00 ± 1.41 | 2 | 2.5 |" in md
     assert html.count("data:image/png;base64,") >= 2 and "learning_curve" not in html.split("<h2>Results")[0]
 
 

@@ -251,8 +251,8 @@ def al_complete_seeds(al: dict) -> tuple[list[str], list[str]]:
 
 def al_points(al: dict) -> dict[str, list[dict]]:
     """Per strategy, per round, over the finished seeds (`al_complete_seeds`): labelled sentences (and their tokens,
-    mean over seeds, where recorded), test F1 mean and sd, CPU seconds (training + choosing) summed over the rounds
-    so far, mean over seeds."""
+    mean over seeds, where recorded), test F1 mean and sd, dev F1 (mean, sd) where every seed recorded it, CPU
+    seconds (training + choosing) summed over the rounds so far, mean over seeds."""
     out, (done, _) = {}, al_complete_seeds(al)
     for strategy, by_seed in al["results"].items():
         seeds = {k: by_seed[k] for k in done}
@@ -261,12 +261,13 @@ def al_points(al: dict) -> dict[str, list[dict]]:
         for r in range(n_rounds):
             rows = [rs[r] for rs in seeds.values()]
             f1, sd = _pm([x["test_f1"] for x in rows])
+            dev = [x["dev_f1"] for x in rows if x.get("dev_f1") is not None]
             # what it took to get here: training rounds 0..r, and the choices between them (not the one after r)
             cpu = statistics.mean(sum(x["train_seconds"] for x in rs[: r + 1])
                                   + sum(x.get("select_seconds") or 0 for x in rs[:r]) for rs in seeds.values())
             tokens = statistics.mean(x["tokens"] for x in rows) if all("tokens" in x for x in rows) else None
             pts.append({"labelled": rows[0]["labelled"], "tokens": tokens, "test_f1": f1, "test_sd": sd,
-                        "cpu_s": cpu, "seeds": len(rows)})
+                        "dev": _pm(dev) if len(dev) == len(rows) else None, "cpu_s": cpu, "seeds": len(rows)})
         if pts:
             out[strategy] = pts
     return out
@@ -282,12 +283,13 @@ def _token_share(hit: dict, goal: dict) -> str:
 def active_learning_text(al: dict) -> str:
     """Per round and strategy, test F1; and the labels (and CPU minutes) uncertainty needed to reach random's last."""
     pts, (done, partial) = al_points(al), al_complete_seeds(al)
-    lines = ["| strategy | labelled sentences | their tokens | test F1 | seeds | CPU min so far |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| strategy | labelled sentences | their tokens | dev F1 | test F1 | seeds | CPU min so far |",
+             "|---|---|---|---|---|---|---|"]
     for s, ps in pts.items():
         for p in ps:
             tokens = "" if p["tokens"] is None else f"{p['tokens']:,.0f}"
-            lines.append(f"| {s} | {p['labelled']:,} | {tokens} | {p['test_f1']:.2f} ± {p['test_sd']:.2f} | "
+            dev = "" if p["dev"] is None else f"{p['dev'][0]:.2f} ± {p['dev'][1]:.2f}"
+            lines.append(f"| {s} | {p['labelled']:,} | {tokens} | {dev} | {p['test_f1']:.2f} ± {p['test_sd']:.2f} | "
                          f"{p['seeds']} | {p['cpu_s'] / 60:.1f} |")
     say = ["Simulated on CoNLL-2003 with the labels hidden until chosen (`scripts/simulate_al.py`): each round "
            "trains the quickstart recipe on what is labelled, then labels more; every strategy starts from the same "

@@ -35,6 +35,11 @@ def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_pat
 
     assert tokens("llm_8_1") == tokens("encoder_8_1") == tokens("llm_16_1")[:8]  # same subset, nested by size
     assert tokens("llm_8_1") != tokens("llm_8_2")  # another seed, another subset
+    from llm_ner.active.curve import shuffled
+    from llm_ner.data import load_corpus
+
+    # a shuffle of the whole split, not of the config's first 2,000: the simulation's order (scripts/simulate_al.py)
+    assert tokens("llm_16_1") == [s.tokens for s in shuffled(load_corpus("conll2003:train"), 1)[:16]]
     batch = {run: yaml.safe_load((out / run / "config.yaml").read_text())["training"]["batch_size"]
              for run in ("llm_8_1", "encoder_8_1")}
     assert batch["encoder_8_1"] == 2 and batch["llm_8_1"] != 2  # --encoder-set: the encoder's runs only

@@ -65,7 +65,10 @@ def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int
     dropped unless `keep_models` (an LLM run dir holds ~3.4 GB; the curve makes 28 of them)."""
     out = Path(output)
     base = load_config(config, overrides or {})
-    train_s = load_split(base, "train") or []
+    # the whole split, not the config's first `max_train_sentences` (the quickstart's 2,000): that cap is its budget
+    # (`budgeted`), and the sizes above it (4,000, all) and the simulation's shuffle are of the whole split
+    train_s = load_split(base.model_copy(update={"data": base.data.model_copy(
+        update={"max_train_sentences": None})}), "train") or []
     prev = json.loads((out / "results.json").read_text())["rows"] if (out / "results.json").is_file() else []
     done = {(r["system"], r["sentences"], r["seed"]): r for r in prev}  # earlier calls' points stay in the results
     for seed in seeds:

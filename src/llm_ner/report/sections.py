@@ -236,6 +236,9 @@ def learning_curve_text(curve: dict) -> str:
         small = [d for d, m in leads if m <= 1000]
         say.append(f"The LLM's lead is largest at {n:,} sentences: {lead:+.2f} F1" + (
             f"; at ≤ 1,000 sentences it is {min(small):+.2f} to {max(small):+.2f}." if small else "."))
+        ten = sorted(m for d, m in leads if d >= 10)  # "does the LLM pay off for my few hundred sentences?"
+        say.append("It leads by 10 F1 or more at " + (", ".join(f"{m:,}" for m in ten) + " sentences." if ten
+                                                       else "no size measured."))
     return " ".join(say) + "\n\n" + table(curve["rows"]).rstrip("\n")
 
 

@@ -29,6 +29,7 @@ def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_pat
     seeds = {(x["system"], x["sentences"]): x["seeds"] for x in res["summary"]}
     assert seeds == {("llm", 8): 2, ("encoder", 8): 2, ("llm", 16): 1, ("encoder", 16): 1}
     assert all(x["test_f1"] is not None for x in res["summary"])
+    assert "| 16 | llm | 1 |" in (out / "results.md").read_text()  # the table, beside the json
 
     def tokens(run):
         return [s.tokens for s in read_conll(out / run / "labelled.conll")]

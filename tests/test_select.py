@@ -44,7 +44,8 @@ def test_uncertainty_picks_the_least_sure_and_skips_repeats_and_labelled(tiny_ne
     pool.write_text("\n".join(POOL) + "\n")
     labelled = tmp_path / "done.jsonl"  # the fourth text is labelled already
     labelled.write_text(json.dumps({"text": POOL[3], "entities": [{"start": 0, "end": 13, "label": "PER"}]}) + "\n")
-    r = _select(tiny_ner_dir, pool, tmp_path / "o.jsonl", "--n", "3", "--to", "jsonl", "--exclude", str(labelled))
+    r = _select(tiny_ner_dir, pool, tmp_path / "o.jsonl", "--n", "3", "--to", "jsonl", "--exclude", str(labelled),
+                "--strategy", "uncertainty")
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     # the same score from the library, over the candidates (no repeat, nothing labelled)
@@ -59,7 +60,8 @@ def test_uncertainty_picks_the_least_sure_and_skips_repeats_and_labelled(tiny_ne
     left_min = min(c for t, c in conf.items() if t not in [x["text"] for x in rows])
     assert chosen_max <= left_min + SCORE_ATOL  # nothing left out is less sure than what was chosen
     # Label Studio: each task's prediction score is its confidence; regions carry the entity scores
-    r = _select(tiny_ner_dir, pool, tmp_path / "ls.json", "--n", "3", "--exclude", str(labelled))
+    r = _select(tiny_ner_dir, pool, tmp_path / "ls.json", "--n", "3", "--exclude", str(labelled), "--strategy",
+                "uncertainty")
     assert r.exit_code == 0, r.output
     tasks = json.loads((tmp_path / "ls.json").read_text())
     assert [t["data"]["text"] for t in tasks] == [x["text"] for x in rows]
@@ -102,6 +104,9 @@ def test_diverse_from_the_cli(tiny_ner_dir, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len({x["text"] for x in rows}) == 3 and POOL[6] not in [x["text"] for x in rows]
     assert [x["confidence"] for x in rows] == sorted(x["confidence"] for x in rows)  # least sure first
+    r = _select(tiny_ner_dir, pool, tmp_path / "default.jsonl", "--n", "3", "--to", "jsonl")
+    assert r.exit_code == 0, r.output  # diverse is the default (it measured best in the simulation)
+    assert (tmp_path / "default.jsonl").read_text() == (tmp_path / "o.jsonl").read_text()
 
 
 def test_the_models_own_training_data_is_never_chosen(tiny_llama, tmp_path):

@@ -361,9 +361,9 @@ def select_texts(
     pool: Annotated[str, Opt(help="unlabelled texts, in any format `predict` reads (`llm-ner formats`)")],
     n: Annotated[int, Opt(help="how many texts to choose")],
     output: Annotated[str, Opt(help="where to write the chosen texts with their pre-annotations")],
-    strategy: Annotated[str, Opt(help="uncertainty (least sure first: mean log-probability per word of the tags) | "
-                                      "diverse (the least sure, spread over k-means groups) | random")
-                        ] = "uncertainty",
+    strategy: Annotated[str, Opt(help="diverse (the least sure, spread over k-means groups: the best in the "
+                                      "simulation, docs/results.md) | uncertainty (least sure first: mean "
+                                      "log-probability per word of the tags) | random")] = "diverse",
     to: Annotated[str, Opt(help="label-studio | doccano | jsonl (each record with its confidence)")] = "label-studio",
     format: InputFormat = "auto",
     exclude: Annotated[list[str] | None, Opt(help="labelled data whose texts are never chosen (repeat); the model's "

@@ -71,6 +71,18 @@ def test_bad_curve_arguments_are_one_line_errors(tmp_path):
         assert r.exit_code == 2 and want in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
+def test_a_missing_backbone_stops_the_curve_before_any_run(tiny_llama, tmp_path, monkeypatch):
+    """The encoder's weights package not installed: a one-line error before the LLM's first run, not after it."""
+    from llm_ner.modeling import backbones
+
+    monkeypatch.setitem(backbones.ALIASES, "no-such-encoder", backbones.OfflineModel("llm_ner_no_such_weights", "",
+                                                                                      None, "not installed"))
+    r = runner.invoke(app, ["learning-curve", "--sizes", "8", "--seeds", "1", "--llm-model", str(tiny_llama),
+                            "--encoder-model", "no-such-encoder", "--output", str(tmp_path / "c"), *QUICK])
+    assert r.exit_code == 2 and "not installed" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_smaller_subset_keeps_the_configs_optimizer_steps():
     from llm_ner.active.curve import budgeted
     from llm_ner.config import load_config

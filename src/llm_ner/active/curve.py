@@ -19,6 +19,7 @@ from ..baselines.encoder import encoder_config
 from ..config import RunConfig, load_config
 from ..data import Sentence, load_split, write_conll
 from ..fsutil import atomic_write_text
+from ..modeling.backbones import resolve
 from ..training.train import train
 
 SYSTEMS = {"llm": load_config, "encoder": encoder_config}  # name -> (config, overrides) -> RunConfig
@@ -64,6 +65,9 @@ def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int
     e.g. the encoder's 8 sentences a step in fp32, or another backbone. A recorded run's checkpoints and model are
     dropped unless `keep_models` (an LLM run dir holds ~3.4 GB; the curve makes 28 of them)."""
     out = Path(output)
+    for system in systems:  # every backbone found before the first run, not after an hour of the other system's
+        cfg = SYSTEMS[system](config, {**(overrides or {}), **((per_system or {}).get(system) or {})})
+        resolve(cfg.model.backbone, cfg.model.gguf_file)
     base = load_config(config, overrides or {})
     # the whole split, not the config's first `max_train_sentences` (the quickstart's 2,000): that cap is its budget
     # (`budgeted`), and the sizes above it (4,000, all) and the simulation's shuffle are of the whole split

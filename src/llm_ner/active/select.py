@@ -1,11 +1,11 @@
 """Choose the texts to label next. `uncertainty` ranks a pool of unlabelled texts by how sure the model is of its whole
 tagging — the mean log-probability per word of the decoded tags (MNLP, Shen et al., ICLR 2018: normalised by length, so
 long texts are not chosen only for being long) — and takes the least sure; `diverse` takes the least sure spread over
-what they say (`diverse_pick`), so one template ("TOKYO 1996-08-23" datelines) does not fill the batch — the default,
-as it measured best (scripts/simulate_al.py, 3 seeds); `random` is the baseline they are measured against. The
-chosen texts come with the model's pre-annotations, so an annotator corrects rather than starts from zero. A text is known by the hash of its words (split as every path splits them, joined by
-single spaces): texts already labelled — the model's own training data, and any `exclude` corpus — and repeats within
-the pool are never chosen."""
+what they say (`diverse_pick`), so one template ("TOKYO 1996-08-23" datelines) does not fill the batch — the default, as
+it measured best (scripts/simulate_al.py, 3 seeds); `random` is the baseline they are measured against. The chosen texts
+come with the model's pre-annotations, so an annotator corrects rather than starts from zero. A text is known by the
+hash of its words (split as every path splits them, joined by single spaces): texts already labelled — the model's own
+training data, and any `exclude` corpus — and repeats within the pool are never chosen."""
 
 from __future__ import annotations
 

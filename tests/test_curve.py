@@ -7,8 +7,9 @@ import shutil
 import yaml
 from typer.testing import CliRunner
 
+from llm_ner.active.curve import shuffled
 from llm_ner.cli import app
-from llm_ner.data import read_conll
+from llm_ner.data import load_corpus, read_conll
 
 runner = CliRunner()
 QUICK = ["--set", "training.max_steps=1", "--set", "data.max_dev_sentences=8", "--set", "data.max_test_sentences=8",
@@ -36,9 +37,6 @@ def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_pat
 
     assert tokens("llm_8_1") == tokens("encoder_8_1") == tokens("llm_16_1")[:8]  # same subset, nested by size
     assert tokens("llm_8_1") != tokens("llm_8_2")  # another seed, another subset
-    from llm_ner.active.curve import shuffled
-    from llm_ner.data import load_corpus
-
     # a shuffle of the whole split, not of the config's first 2,000: the simulation's order (scripts/simulate_al.py)
     assert tokens("llm_16_1") == [s.tokens for s in shuffled(load_corpus("conll2003:train"), 1)[:16]]
     batch = {run: yaml.safe_load((out / run / "config.yaml").read_text())["training"]["batch_size"]

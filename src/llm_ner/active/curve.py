@@ -65,14 +65,13 @@ def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int
     e.g. the encoder's 8 sentences a step in fp32, or another backbone. A recorded run's checkpoints and model are
     dropped unless `keep_models` (an LLM run dir holds ~3.4 GB; the curve makes 28 of them)."""
     out = Path(output)
+    own = {system: {**(overrides or {}), **((per_system or {}).get(system) or {})} for system in systems}
     for system in systems:  # every backbone found before the first run, not after an hour of the other system's
-        cfg = SYSTEMS[system](config, {**(overrides or {}), **((per_system or {}).get(system) or {})})
+        cfg = SYSTEMS[system](config, own[system])
         resolve(cfg.model.backbone, cfg.model.gguf_file)
-    base = load_config(config, overrides or {})
     # the whole split, not the config's first `max_train_sentences` (the quickstart's 2,000): that cap is its budget
     # (`budgeted`), and the sizes above it (4,000, all) and the simulation's shuffle are of the whole split
-    train_s = load_split(base.model_copy(update={"data": base.data.model_copy(
-        update={"max_train_sentences": None})}), "train") or []
+    train_s = load_split(load_config(config, {**(overrides or {}), "data.max_train_sentences": None}), "train") or []
     prev = json.loads((out / "results.json").read_text())["rows"] if (out / "results.json").is_file() else []
     done = {(r["system"], r["sentences"], r["seed"]): r for r in prev}  # earlier calls' points stay in the results
     for seed in seeds:
@@ -84,8 +83,7 @@ def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int
             for system in systems:
                 if (system, n, seed) in done:  # recorded: its run dir may be gone (results are kept, models not)
                     continue
-                own = (per_system or {}).get(system) or {}
-                cfg = SYSTEMS[system](config, {**(overrides or {}), **own, "training.seed": seed})
+                cfg = SYSTEMS[system](config, {**own[system], "training.seed": seed})
                 run_dir = out / f"{system}_{n}_{seed}"
                 s = train_on(cfg, order[:n], run_dir, progress)
                 done[(system, n, seed)] = {"system": system, "sentences": n, "seed": seed,

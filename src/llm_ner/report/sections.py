@@ -11,7 +11,7 @@ import statistics
 from importlib import resources
 
 from ..config import NOT_THE_RECIPE
-from ..modeling.backbones import ALIASES, family
+from ..modeling.backbones import BACKBONES, family
 
 
 @functools.cache
@@ -36,8 +36,8 @@ class _Sizes(dict):
 
 
 def backbone_why(name: str) -> str:
-    """Why a bundled backbone was chosen: the backbone table's own text (backbones.ALIASES), said once."""
-    m = ALIASES.get(name)
+    """Why a bundled backbone was chosen: the backbone table's own text (backbones.BACKBONES), said once."""
+    m = BACKBONES.get(name)
     if m is None or not m.why:
         return "A decoder the user chose; the transformation does not depend on it."
     return m.why
@@ -49,7 +49,7 @@ def facts(llm: dict) -> dict:
     model, loss, train = mcfg.get("model", {}), mcfg.get("loss", {}), rcfg.get("training", {})
     data = s.get("data", {})
     backbone = str(llm["model"])
-    bundled = ALIASES.get(backbone)
+    bundled = BACKBONES.get(backbone)
     unmask = model.get("unmask")
     return {
         "run": llm["name"], "backbone": backbone, "why": backbone_why(backbone),

@@ -42,6 +42,7 @@ from ..evaluation.evaluate import evaluate_model, format_table
 from ..fsutil import atomic_write_text, replace_dir
 from ..inference.engine import NERModel, load_tokenizer
 from ..labels import LabelSet, label_set_for
+from ..modeling import backbones
 from ..modeling.align import collate, encode_sentences, split_batch, window_feature
 from ..modeling.model import LLMForTokenClassification, read_model_config
 
@@ -471,7 +472,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
 
     model_type = getattr(model.backbone.config, "model_type", None)
     summary = {
-        "system": R.system_kind(model_type), "model_type": model_type, "backbone": cfg.model.backbone,
+        "system": "encoder" if backbones.is_encoder(cfg.model.backbone, model.backbone.config) else "llm",
+        "model_type": model_type, "backbone": cfg.model.backbone,
         "train_sentences": len(splits.train), "train_tokens_per_epoch": n_tokens, "labels": splits.labels.tags,
         "parameters": model.parameter_counts(), "train_seconds": round(train_seconds, 1),
         "global_step": trainer.state.global_step, "train_loss": round(train_loss, 4),

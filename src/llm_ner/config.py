@@ -161,6 +161,10 @@ class RunConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: str = "runs/run"
+    # Per backbone, the training recipe chosen for it on dev (scripts/recipe_search.py, docs/results.md "Recipes"):
+    # {backbone: {dotted key: value}}. load_config applies the entry of the run's model.backbone over the file's
+    # values and under the command line's, so `--model X` trains X with X's recipe, not another backbone's.
+    recipes: dict[str, dict[str, object]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _freeze_is_for_full_fine_tuning(self) -> RunConfig:
@@ -286,9 +290,10 @@ def _set_dotted(d: dict, key: str, value) -> None:
     d[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: dict | None = None, base: dict | None = None) -> RunConfig:
     """YAML file or bundled config name (optional) + overrides {"training.learning_rate": 1e-4, ...} -> validated
-    RunConfig."""
+    RunConfig. Layers, each over the one before: the file, `base` (what turns a config into another system, e.g. the
+    encoder baseline), the file's recipe for the resulting backbone, then `overrides`."""
     raw: dict = {}
     if path is not None:
         p = config_path(path)
@@ -298,7 +303,16 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(f"{p}: invalid YAML ({e})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
-    for k, v in (overrides or {}).items():  # None is a value here (--set data.test=null); callers drop unset flags
+    overrides = overrides or {}
+    for k, v in (base or {}).items():
+        _set_dotted(raw, k, v)
+    backbone = overrides.get("model.backbone", (raw.get("model") or {}).get("backbone", ModelConfig().backbone))
+    recipes = raw.get("recipes") or {}
+    if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
+        raise ConfigError(f"{path or 'config'}: recipes: expected backbone: {{dotted.key: value}}")
+    for k, v in recipes.get(backbone, {}).items():
+        _set_dotted(raw, k, v)
+    for k, v in overrides.items():  # None is a value here (--set data.test=null); callers drop unset flags
         _set_dotted(raw, k, v)
     try:
         return RunConfig.model_validate(raw)

@@ -36,5 +36,6 @@ ENCODER_DEFAULTS = {
 
 
 def encoder_config(config: str | None, overrides: dict) -> RunConfig:
-    """The run config (same data section as the LLM run) with the encoder defaults, then the user's overrides."""
-    return load_config(config, {**ENCODER_DEFAULTS, **overrides})
+    """The run config (same data section as the LLM run) with the encoder defaults, the config's recipe for the encoder
+    backbone (`recipes`), then the user's overrides."""
+    return load_config(config, overrides, base=ENCODER_DEFAULTS)

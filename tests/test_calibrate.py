@@ -116,3 +116,43 @@ def test_thresholds_apply_to_predict_and_the_rest_is_for_review(tiny_ner_dir, tm
     assert len(kept) + len(low) == len(scores)  # nothing lost
     r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--text", "a", "--min-score", "5"])
     assert r.exit_code == 2 and "between 0 and 1" in r.output
+
+
+def test_the_logistic_recalibration_is_fitted_chosen_saved_and_served(tiny_ner_dir, tmp_path):
+    """Gold made so that an entity is right exactly when its form was 'seen in training': the logistic learns it, is
+    chosen by `auto` over the temperature (lower held-out ECE), is saved, and every entry point serves its scores."""
+    import shutil
+    from dataclasses import replace
+
+    from llm_ner.inference.confidence import Logistic, seen_forms
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_ner_dir, d)
+    ner = NERModel.from_pretrained(d)
+    sents = load_corpus("conll2003:valid", limit=120)
+    pred = ner.predict_sentences(sents)
+    # sentences 0, 1, 4, 5, ...: gold = the model's own tags (its entities right); the others: no entity (all wrong)
+    gold = [replace(s, tags=p if i % 4 < 2 else ["O"] * len(p))
+            for i, (s, p) in enumerate(zip(sents, pred, strict=True))]
+    seen = seen_forms([g for i, g in enumerate(gold) if i % 4 < 2])
+    res = calibrate(d, gold, "made-up", method="auto", seen=seen)
+    assert set(res["held_out_ece"]) == {"temperature", "logistic"}
+    assert res["method"] == "logistic" and res["held_out_ece"]["logistic"] < res["held_out_ece"]["temperature"]
+    cal = json.loads((d / "calibration.json").read_text())
+    lg = Logistic.from_dict(cal["logistic"])
+    assert lg.coef[1] > 0 and lg.seen == seen  # seen in training raises the score
+    served = NERModel.from_pretrained(d)
+    assert served.temperature == 1.0 and served.recalibration == lg
+    m, tags = evaluate_model(served, gold)
+    assert tags == pred and m["calibration"]["method"] == "logistic"  # tags unchanged
+    assert m["calibration"]["ece"] == pytest.approx(res["ece_after"], abs=1e-6)
+    assert m["calibration"]["ece"] < m["calibration_uncalibrated"]["ece"]
+    text = " ".join(sents[0].tokens)
+    raw, recal = ner.predict(text), served.predict(text)
+    assert [(e.start, e.end, e.label) for e in raw] == [(e.start, e.end, e.label) for e in recal] and raw
+    for a, b in zip(raw, recal, strict=True):
+        assert b.score == pytest.approx(lg.score(a.score, a.text, a.label, len(a.text.split())), abs=SCORE_ATOL)
+    r = runner.invoke(app, ["calibrate", "--model", str(d), "--data", "conll2003:valid", "--method", "logistic"])
+    assert r.exit_code == 2 and "--train" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    r = runner.invoke(app, ["calibrate", "--model", str(d), "--data", "conll2003:valid", "--method", "platt"])
+    assert r.exit_code == 2 and "temperature, logistic" in r.output

@@ -275,18 +275,35 @@ def calibrate(
     limit: Annotated[int | None, Opt(help="first N sentences only")] = None,
     target_precision: Annotated[float | None, Opt(help="also choose per-type score thresholds reaching this "
                                                       "precision (0-1) on the data")] = None,
+    method: Annotated[str, Opt(help="temperature | logistic (score, seen in training, length, type) | auto (the one "
+                                    "whose ECE holds on the half of the data it was not fitted on)")] = "auto",
+    train_data: Annotated[str | None, Opt("--train", help="the model's training data, for 'seen in training' "
+                                                          "(default: read from RUN/config.yaml)")] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Fit the temperature of entity scores on held-out data (tags and F1 unchanged); optionally thresholds."""
+    """Calibrate entity scores on held-out data (tags and F1 unchanged); optionally thresholds."""
     _setup_logging(verbose)
+    from . import rundir
     from .data import load_corpus
+    from .evaluation.calibrate import METHODS
     from .evaluation.calibrate import calibrate as fit
+    from .inference.confidence import seen_forms
 
     if target_precision is not None and not 0 < target_precision <= 1:
         _fail(f"--target-precision {target_precision}: give a precision between 0 and 1, e.g. 0.95")
-    res = fit(model, load_corpus(data, limit=limit), data, target_precision)
-    typer.echo(f"temperature {res['temperature']:.3f}; entity-score ECE {res['ece_before']:.4f} -> "
-               f"{res['ece_after']:.4f} on {res['sentences']} sentences of {data}")
+    if method not in METHODS:
+        _fail(f"--method {method!r}: use one of {', '.join(METHODS)}")
+    trained = load_corpus(train_data) if train_data else rundir.trained_on(model)
+    if method == "logistic" and trained is None:
+        _fail(f"--method logistic needs the model's training data: {model} is not inside a run dir, give --train")
+    try:
+        res = fit(model, load_corpus(data, limit=limit), data, target_precision, method=method,
+                  seen=None if trained is None else seen_forms(trained))
+    except ValueError as e:
+        _fail(str(e))
+    how = "logistic recalibration" if res["method"] == "logistic" else f"temperature {res['temperature']:.3f}"
+    typer.echo(f"{how}; entity-score ECE {res['ece_before']:.4f} -> {res['ece_after']:.4f} on {res['sentences']} "
+               f"sentences of {data}" + (f" (held-out ECE {res['held_out_ece']})" if res["held_out_ece"] else ""))
     if "thresholds" in res:
         typer.echo(f"thresholds for precision {target_precision}: {json.dumps(res['thresholds'])}")
 

@@ -134,8 +134,11 @@ class TrainingConfig(_Strict):
     threads: int | None = None  # torch CPU threads; None = torch's default
     # auto: bf16 autocast on a GPU that has it, else fp32. bf16 on a CPU: autocast where the CPU has native bf16.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # After training, fit the temperature of entity scores on the dev set (calibrate.py; tags and F1 unchanged).
+    # After training, calibrate entity scores on the dev set (evaluation/calibrate.py; tags and F1 unchanged) by
+    # calibration_method: temperature (one T for every score), logistic (the score, seen in training, length and
+    # type: inference/confidence.py) or auto (the one whose ECE holds better on the half of dev it was not fitted on).
     calibrate: bool = True
+    calibration_method: Literal["auto", "temperature", "logistic"] = "auto"
     # Experiment tracking, passed to the Trainer: tensorboard (event files in RUN/tensorboard), mlflow (its own
     # MLFLOW_TRACKING_URI, default ./mlruns), wandb; each needs its package installed. Default: none.
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import NERConfig
-from .data import DataError, Sentence, read_predictions
+from .config import NERConfig, load_config
+from .data import DataError, Sentence, load_split, read_predictions
 
 CONFIG = "config.yaml"
 MODEL = "model"
@@ -137,3 +137,16 @@ def drop_weights(run_dir: Path, model: bool = True) -> None:
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     if model:
         shutil.rmtree(run_dir / MODEL, ignore_errors=True)
+
+
+def trained_on(model_dir: str | Path) -> list[Sentence] | None:
+    """The sentences a model was trained on, from its run's config.yaml (RUN/model -> RUN/config.yaml); None when the
+    model dir is not inside a run dir. A config whose training data cannot be read (moved, another machine) is a
+    DataError naming it."""
+    cfg_path = Path(model_dir).resolve().parent / CONFIG
+    if not cfg_path.is_file():
+        return None
+    try:
+        return load_split(load_config(cfg_path), "train") or []
+    except (DataError, FileNotFoundError) as e:
+        raise DataError(f"{cfg_path}: the model's training data cannot be read ({e})") from None

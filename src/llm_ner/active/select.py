@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import rundir
-from ..config import load_config
-from ..data import DataError, load_corpus, load_split
+from ..data import DataError, load_corpus
 from ..data.words import split_words
 from ..inference.engine import NERModel
 from ..inference.outputs import Predictions
@@ -42,14 +41,10 @@ def labelled_keys(sources: Iterable[str]) -> set[str]:
 def training_keys(model_dir: str | Path) -> set[str]:
     """The keys of the sentences the model was trained on, from its run's config.yaml (RUN/model -> RUN/config.yaml);
     none when the model dir is not inside a run dir (then say `exclude`)."""
-    cfg_path = Path(model_dir).resolve().parent / rundir.CONFIG
-    if not cfg_path.is_file():
-        return set()
     try:
-        sents = load_split(load_config(cfg_path), "train") or []
-    except (DataError, FileNotFoundError) as e:
-        raise DataError(f"{cfg_path}: the model's training data cannot be read to leave it out of the pool ({e}); run "
-                        "from where it was trained, or name the labelled data with --exclude") from None
+        sents = rundir.trained_on(model_dir) or []
+    except DataError as e:
+        raise DataError(f"{e}; run from where it was trained, or name the labelled data with --exclude") from None
     return {text_key(t) for t in texts_and_offsets(sents)[0]}
 
 

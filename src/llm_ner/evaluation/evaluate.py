@@ -111,7 +111,9 @@ def format_table(m: dict, title: str = "") -> str:
     if "calibration" in m:
         c = m["calibration"]
         t = {x["threshold"]: x for x in c["thresholds"]}
-        lines.append(f"entity scores: ECE {c['ece']:.3f} (temperature {c.get('temperature', 1.0):.2f})"
+        how = ("logistic recalibration" if c.get("method") == "logistic"
+               else f"temperature {c.get('temperature', 1.0):.2f}")
+        lines.append(f"entity scores: ECE {c['ece']:.3f} ({how})"
                      + "".join(f"; score >= {k}: P {t[k]['precision']:.1f} R {t[k]['recall']:.1f}"
                                for k in (0.9, 0.95) if k in t))
     return "\n".join(lines)
@@ -128,12 +130,13 @@ def evaluate_model(ner, sentences: Sequence[Sentence], progress: bool = False, m
                     list(ner.labels.types))
     scorer = Scorer(ner, sentences, progress)
     temperature = ner.temperature
-    pred, confs = scorer.at(temperature)
+    pred, confs = scorer.at(temperature, recalibrate=True)  # the scores a user gets
     gold = [s.tags for s in sentences]
     metrics = {**({"data": data} if data else {}), **compute_metrics(gold, pred)}
+    method = "logistic" if ner.recalibration is not None else "temperature"
     metrics["calibration"] = {**calibration_metrics(scored_entities(gold, pred, confs), metrics["gold_entities"]),
-                              "temperature": temperature}
-    if temperature != 1.0:  # the same entities' scores as trained (T = 1): calibration's effect on this data
+                              "temperature": temperature, "method": method}
+    if temperature != 1.0 or method == "logistic":  # the same entities as trained (T = 1): calibration's effect
         metrics["calibration_uncalibrated"] = calibration_metrics(scored_entities(gold, *scorer.at(1.0)),
                                                                   metrics["gold_entities"])
     if metrics_path is not None:

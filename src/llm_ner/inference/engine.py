@@ -32,6 +32,7 @@ from ..modeling.align import (
 from ..modeling.model import LLMForTokenClassification
 from . import quantize as q
 from .batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
+from .confidence import Logistic
 from .outputs import Entity, Predictions, pipeline_dicts, tags_to_entities
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ class NERModel:
         # it before entity scores are computed; 1.0 = as trained. Tags never change with it.
         self.temperature = 1.0
         self.calibration: dict = {}
+        # ... or, when calibration.json chose it, a logistic over the score as trained and what it does not know
+        # (seen in training, length, type): confidence.py. Then the temperature stays 1.
+        self.recalibration: Logistic | None = None
         # Acting on scores: an entity is returned if its score reaches both the global floor (`min_score`, e.g.
         # --min-score) and its type's threshold (calibrate --target-precision, saved in calibration.json); the rest
         # are "needs review" — `predict_with_review` returns them separately, `predict` leaves them out.
@@ -110,7 +114,7 @@ class NERModel:
         cal = Path(path) / rundir.CALIBRATION
         if cal.is_file():
             ner.calibration = json.loads(cal.read_text())
-            ner.temperature = float(ner.calibration.get("temperature", 1.0))
+            ner.use_calibration(ner.calibration)
             ner.thresholds = dict(ner.calibration.get("thresholds", {}))
         ner.min_score = min_score
         if spec:
@@ -118,6 +122,13 @@ class NERModel:
             q.quantize_int8(model, lambda: ner.predict(texts), spec.alpha, spec.keep_fp32, spec.scheme)
             ner.stats.clear()
         return ner
+
+    def use_calibration(self, cal: dict) -> None:
+        """Apply a calibration.json's choice: its temperature, or its logistic (at T = 1)."""
+        if cal.get("method") == "logistic":
+            self.temperature, self.recalibration = 1.0, Logistic.from_dict(cal["logistic"])
+        else:
+            self.temperature, self.recalibration = float(cal.get("temperature", 1.0)), None
 
     @torch.no_grad()
     def run_windows(self, windows: list[Window], progress: bool = False, keep_logits: bool = False) -> list[tuple]:
@@ -181,7 +192,7 @@ class NERModel:
         """Tags and confidences per word for texts whose word offsets are given."""
         keep, windows = self.windows_for(texts, word_offsets)
         res = self.run_windows(windows, progress) if windows else []
-        return self.merge(len(texts), word_offsets, keep, windows, res)
+        return self.merge(texts, word_offsets, keep, windows, res)
 
     def windows_for(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]]
                     ) -> tuple[list[int], list[Window]]:
@@ -196,9 +207,11 @@ class NERModel:
         self.stats["tokenize_s"] += time.perf_counter() - t0
         return keep, windows
 
-    def merge(self, n_texts: int, word_offsets, keep: list[int], windows: list[Window], res: Sequence[tuple]
-              ) -> tuple[list[list[str]], list[list[float]]]:
-        """Per-window (tag ids, confidences) -> tags and confidences per word of each text."""
+    def merge(self, texts: Sequence[str], word_offsets, keep: list[int], windows: list[Window], res: Sequence[tuple],
+              recalibrate: bool = True) -> tuple[list[list[str]], list[list[float]]]:
+        """Per-window (tag ids, confidences) -> tags and confidences per word of each text; entity scores through the
+        saved logistic recalibration when there is one (and `recalibrate`)."""
+        n_texts = len(texts)
         n_words = [len(word_offsets[i]) for i in keep]
         merged_tags = merge_windows(windows, n_words, [r[0] for r in res])
         merged_conf = merge_windows(windows, n_words, [r[1] for r in res])
@@ -208,6 +221,8 @@ class NERModel:
         for k, i in enumerate(keep):
             tags[i] = [id2tag[t] for t in merged_tags[k]]
             confs[i] = merged_conf[k]
+        if self.recalibration is not None and recalibrate:
+            confs = self.recalibration.apply(texts, word_offsets, tags, confs)
         return tags, confs
 
     def predict_sentences(self, sentences: Sequence[Sentence], progress: bool = False) -> list[list[str]]:
@@ -267,7 +282,7 @@ class NERModel:
         scores = [0.0] * len(texts)
         for win, lp in zip(windows, self.mean_logprobs(res), strict=True):
             scores[keep[win.item]] = min(scores[keep[win.item]], lp)
-        tags, confs = self.merge(len(texts), offsets, keep, windows, res)
+        tags, confs = self.merge(texts, offsets, keep, windows, res)
         return Predictions(texts, self._with_review(texts, offsets, tags, confs), scores=scores)
 
     def predict_tokens(self, sentences: Sequence[Sentence], gold: bool = False, progress: bool = False
@@ -326,7 +341,9 @@ class Scorer:
         self.keep, self.windows = ner.windows_for(self.texts, self.offsets)
         self.logits = [r[2] for r in ner.run_windows(self.windows, progress, keep_logits=True)] if self.windows else []
 
-    def at(self, temperature: float) -> tuple[list[list[str]], list[list[float]]]:
+    def at(self, temperature: float, recalibrate: bool = False) -> tuple[list[list[str]], list[list[float]]]:
+        """Scores at `temperature`; with `recalibrate`, through the model's logistic recalibration if it has one (the
+        scores a user gets: `served`)."""
         res = self.ner.redecode(self.logits, temperature) if self.logits else []
-        tags, confs = self.ner.merge(len(self.texts), self.offsets, self.keep, self.windows, res)
+        tags, confs = self.ner.merge(self.texts, self.offsets, self.keep, self.windows, res, recalibrate)
         return self.ner.per_sentence(tags, confs, self.groups, self.sentences)

@@ -40,6 +40,7 @@ from ..evaluation.analyze import analyze
 from ..evaluation.calibrate import calibrate
 from ..evaluation.evaluate import evaluate_model, format_table
 from ..fsutil import atomic_write_text, replace_dir
+from ..inference.confidence import seen_forms
 from ..inference.engine import NERModel, load_tokenizer
 from ..labels import LabelSet, label_set_for
 from ..modeling import backbones
@@ -468,7 +469,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks
     if not splits.dev:  # nothing to select on: the final model is the model
         model.save_pretrained(run_dir / R.MODEL, tokenizer=tokenizer)
     elif t.calibrate:  # entity scores calibrated on dev (calibration.json in the model dir)
-        calibrate(run_dir / R.MODEL, splits.dev, cfg.data.dev)
+        calibrate(run_dir / R.MODEL, splits.dev, cfg.data.dev, method=t.calibration_method,
+                  seen=seen_forms(splits.train))
 
     model_type = getattr(model.backbone.config, "model_type", None)
     summary = {

@@ -53,7 +53,8 @@ class Search:
             run_dir = self.out / f"{len(self.done):02d}"
             over = {"model.backbone": self.backbone, **({} if test else {"data.test": None}), **self.fixed, **over,
                     "training.seed": seed, "output": str(run_dir)}
-            s = train(load_config(self.config, over), progress=False)
+            # the config's recipes (what an earlier search chose) must not leak into the runs that search again
+            s = train(load_config(self.config, over, base={"recipes": {}}), progress=False)
             self.done[key] = {"name": key, "overrides": {k: v for k, v in over.items() if k != "output"},
                               "dev_f1": s["best_dev_f1"], "test_f1": (s.get("test") or {}).get("f1"),
                               "train_seconds": s["train_seconds"], "global_step": s["global_step"],

@@ -133,6 +133,13 @@ def test_backbone_prose_comes_from_the_backbone_table():
     finally:
         backbones.BACKBONES["gemma3-270m"] = saved
     assert "the transformation does not depend on it" in model_prose("/some/local/model", "llama")
+    eg = model_prose("embeddinggemma-300m")
+    assert "an encoder (trained bidirectional) under the Gemma licence" in eg and backbones.BACKBONES[
+        "embeddinggemma-300m"].why in eg
+    assert "a decoder (trained causal)" in text
+    run = {"name": "r", "model": "embeddinggemma-300m", "summary": {}, "config": {}, "run": type("R", (), {
+        "config": None})()}
+    assert "nothing to unmask" in sections.render("transformed.md.j2", sections.facts(run))
 
 
 def test_backbone_family_table_drives_lora_and_int8():

@@ -54,6 +54,8 @@ def facts(llm: dict) -> dict:
     return {
         "run": llm["name"], "backbone": backbone, "why": backbone_why(backbone),
         "quantisation": bundled.quantisation if bundled else None,
+        "licence": bundled.licence if bundled else None,
+        "encoder": bundled.encoder if bundled else s.get("system") == "encoder",
         "quirks": family(s.get("model_type")).quirks, "mode": mcfg.get("mode"),
         "params_total": s.get("parameters", {}).get("total", 0),
         "params_trained": s.get("parameters", {}).get("trainable", 0),

@@ -70,6 +70,22 @@ class Search:
         body = {"config": self.config, "backbone": self.backbone, "fixed": self.fixed,
                 "runs": list(self.done.values()), "chosen": chosen or prev.get("chosen")}
         self.path.write_text(json.dumps(body, indent=2) + "\n")
+        (self.out / "results.md").write_text(table(body))
+
+
+def table(body: dict) -> str:
+    """results.json as the table docs/results.md shows."""
+    lines = [f"{body['backbone']} ({body['config']}):", "", "| run | dev F1 | test F1 | train s | steps |",
+             "|---|---|---|---|---|"]
+    for r in body["runs"]:
+        test = "—" if r.get("test_f1") is None else f"{r['test_f1']:.2f}"
+        lines.append(f"| {r['name']} | {r['dev_f1']:.2f} | {test} | {r['train_seconds']:.0f} | {r['global_step']} |")
+    c = body.get("chosen")
+    if c:
+        lines += ["", f"chosen: {json.dumps(c['overrides'])} — dev {c['dev_f1_mean']:.2f} ± {c['dev_f1_sd']:.2f}, "
+                      f"test {c['test_f1_mean']:.2f} ± {c['test_f1_sd']:.2f} over seeds "
+                      f"{', '.join(map(str, c['seeds']))}; {c['train_seconds_mean']:.0f} s of training"]
+    return "\n".join(lines) + "\n"
 
 
 def search(s: Search) -> dict:
@@ -113,7 +129,11 @@ def main() -> None:
     ap.add_argument("--config", default="quickstart")
     ap.add_argument("--set", action="append", default=[], help="fixed overrides key=value (every run)")
     ap.add_argument("--output", default="runs/recipes")
+    ap.add_argument("--table", action="store_true", help="only print the recorded results as a table")
     a = ap.parse_args()
+    if a.table:
+        print(table(json.loads((Path(a.output) / a.backbone / "results.json").read_text())))
+        return
     s = Search(a.config, a.backbone, parse_set(a.set), Path(a.output) / a.backbone)
     print(json.dumps(search(s), indent=2))
 

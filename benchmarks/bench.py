@@ -563,9 +563,10 @@ def w_freeze_paired(a) -> dict:
 
 
 def w_backbone_paired(a) -> dict:
-    """SmolLM2-135M against Gemma 3 270M on the quickstart recipe: each round, both models take optimizer steps on the
-    same `--steps` x 16 CoNLL sentences (each tokenised by its own tokenizer, batched 16 a step), alternated in one
-    process. The tokenizers differ, so the fair unit is sentences (words) per second, not tokens."""
+    """Two backbones (`--backbones A,B`; default SmolLM2-135M against Gemma 3 270M) on the quickstart recipe: each
+    round, both models take optimizer steps on the same `--steps` x 16 CoNLL sentences (each tokenised by its own
+    tokenizer, batched 16 a step), alternated in one process. The tokenizers differ, so the fair unit is sentences
+    (words) per second, not tokens. The ratio is B's words/s over A's."""
     from llm_ner.config import load_config
     from llm_ner.data import load_corpus
     from llm_ner.inference.engine import load_tokenizer
@@ -578,8 +579,9 @@ def w_backbone_paired(a) -> dict:
     sents = load_corpus("conll2003:train", limit=per_round * (a.rounds + 1))
     labels = label_set_for(sents)
     models = {}
-    for name in ("smollm2-135m", "gemma3-270m"):
-        cfg = load_config("quickstart", {"model.backbone": name})
+    first, second = a.backbones.split(",")
+    for name in (first, second):
+        cfg = load_config("quickstart", {"model.backbone": name, "training.batch_size": 16})
         tok = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
         model = build_model(cfg, labels).train()
         models[name] = (model, make_optimizer(model, cfg), tok)
@@ -600,7 +602,7 @@ def w_backbone_paired(a) -> dict:
         for name, (model, opt, tok) in models.items():
             _, dt = _train_steps(model, opt, batches(tok, chunk), q.training.precision)
             got[name] = round(words / dt, 1)
-        rounds.append({**got, "ratio": round(got["gemma3-270m"] / got["smollm2-135m"], 2)})
+        rounds.append({**got, "ratio": round(got[second] / got[first], 2)})
     return {"rounds": rounds, "median_ratio": median_ratio(rounds), "sentences_per_round": per_round,
             "nonembedding_params": {k: nonembedding_params(m.backbone) for k, (m, _, _) in models.items()},
             "peak_mb": peak_mb()}
@@ -966,6 +968,7 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch", type=int, default=8, help="train: windows per step")
     p.add_argument("--config", default="conll2003_full", help="passes_*: the full-data config")
+    p.add_argument("--backbones", default="smollm2-135m,gemma3-270m", help="backbone_paired: A,B")
     p.add_argument("--max-tokens", type=int, default=0, help="passes_*: tokens per pass (0: the whole batch)")
     p.add_argument("--freeze", type=int, default=6, help="freeze_paired: model.freeze_layers")
     p.add_argument("--stream", type=int, default=2048)

@@ -103,10 +103,21 @@ def test_label_studio_hypertext_regions_and_ambiguous_utf16_offsets(tmp_path):
 
 
 def test_conll_columns_are_decided_per_file(tmp_path):
-    p = write(tmp_path, "mixed.conll", "Peter NNP\tB-PER\nran VBD O\n")
-    assert [s.tokens for s in load_corpus(p)] == [["Peter", "ran"]]  # not the token "Peter NNP"
+    """Tabs if every line has one (a token may hold spaces), else whitespace; a file that mixes them is refused
+    naming the line (split at whitespace, "New York<TAB>B-LOC" would become the token "New"). A document marker is a
+    marker whatever separates its columns."""
+    p = write(tmp_path, "spaces.conll", "Peter NNP B-PER\nran VBD O\n")
+    assert [s.tokens for s in load_corpus(p)] == [["Peter", "ran"]]
     p = write(tmp_path, "tabs.conll", "New York\tB-LOC\nis\tO\n")  # every line has a tab: a token may hold spaces
     assert load_corpus(p)[0].tokens == ["New York", "is"]
+    p = write(tmp_path, "mixed.conll", "New York\tB-LOC\nis\tO\nbig O\n")
+    with pytest.raises(DataError, match=r"mixed.conll:3: this line separates columns by spaces, the file by tabs"):
+        load_corpus(p)
+    for marker in ("-DOCSTART- -X- -X- O", "-DOCSTART- O", "-DOCSTART-\tO"):
+        p = write(tmp_path, "doc.tsv", f"{marker}\n\nNew York\tB-LOC\nis\tO\n\n{marker}\n\nPeter\tB-PER\n")
+        sents = load_corpus(p)
+        assert [s.tokens for s in sents] == [["New York", "is"], ["Peter"]], marker
+        assert sents[0].doc_id != sents[1].doc_id
 
 
 def test_conll_chunk_column_last_and_gold_pred_files(tmp_path):

@@ -96,8 +96,14 @@ def read_conll(path: str | Path, tag_col: int = -1, pairs: str = "refuse") -> li
     to read: "gold" (the second-to-last column) or "pred" (the last)."""
     path = Path(path)
     lines = _open_text(path)
-    content = [ln for ln in lines if ln.strip() and ln.split()[0] != "-DOCSTART-"]
-    tabs = bool(content) and all("\t" in ln for ln in content)
+    # a document marker is a marker whatever separates its columns (`-DOCSTART- -X- -X- O` in a tab-separated file)
+    content = [(n, ln) for n, ln in enumerate(lines, 1) if ln.strip() and ln.split()[0] != "-DOCSTART-"]
+    with_tab = [n for n, ln in content if "\t" in ln]
+    tabs = bool(content) and len(with_tab) == len(content)
+    if with_tab and not tabs:  # split at whitespace, "New York<TAB>B-LOC" would silently become token "New"
+        n = next(n for n, ln in content if "\t" not in ln)
+        raise DataError(f"{path}:{n}: this line separates columns by spaces, the file by tabs (line {with_tab[0]}); "
+                        "use one separator throughout")
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -115,11 +121,11 @@ def read_conll(path: str | Path, tag_col: int = -1, pairs: str = "refuse") -> li
         if not line.strip():
             flush()
             continue
-        cols = _columns(line, tabs)
-        if cols[0] == "-DOCSTART-":
+        if line.split()[0] == "-DOCSTART-":
             flush()
             doc += 1
             continue
+        cols = _columns(line, tabs)
         if len(cols) < 1 - tag_col or not cols[tag_col]:
             want = "'token ... tag' (tag in the last column)" if tag_col == -1 else f"at least {1 - tag_col} columns"
             raise DataError(f"{path}:{lineno}: expected {want}, got {line!r}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -59,7 +60,11 @@ class Search:
                               "dev_f1": s["best_dev_f1"], "test_f1": (s.get("test") or {}).get("f1"),
                               "train_seconds": s["train_seconds"], "global_step": s["global_step"],
                               "run_dir": str(run_dir)}
-            rundir.drop_weights(run_dir)
+            rundir.drop_weights(run_dir, model=not test)
+            if test:  # a reported run keeps its record (config, scores, model/'s small JSON files), not its weights
+                for f in (run_dir / rundir.MODEL).iterdir():
+                    if f.name not in rundir.RECORD_FILES:
+                        shutil.rmtree(f) if f.is_dir() else f.unlink()
             self.save()
         print(json.dumps(self.done[key]), flush=True)
         return self.done[key]

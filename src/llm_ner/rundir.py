@@ -93,7 +93,7 @@ def load_run(run_dir: str | Path) -> Run:
     if pstats is not None:
         kind, name = "prompt", pstats.get("model_name") or pstats.get("model")
     else:
-        name = (mcfg or {}).get("model", {}).get("backbone")
+        name = (mcfg or {}).get("model", {}).get("backbone") or summary.get("backbone")
         model_type = summary.get("model_type") or (_json(d / MODEL / "backbone" / "config.json") or {}).get(
             "model_type")
         kind = summary.get("system") or ("encoder" if model_type is None and name == "minilm-l6"
@@ -128,6 +128,9 @@ def model_identity(model_dir: str, name: str | None = None, version: str | None 
 def model_tag(identity: dict) -> str:
     """"name@version": how pre-annotations and Label Studio name the model that made them."""
     return f"{identity['name']}@{identity['version']}"
+
+
+RECORD_FILES = (MODEL_CONFIG, CALIBRATION, BEST)  # model/'s small files: what a kept record holds of it
 
 
 def drop_weights(run_dir: Path, model: bool = True) -> None:

@@ -130,3 +130,18 @@ def test_predict_on_token_input_honours_every_option(tiny_ner_dir, tmp_path):
     assert r.exit_code == 2 and "conll has no place" in r.output
     r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--text", "Peter ran", "--to", "conll"])
     assert r.exit_code == 2 and "needs token input" in r.output
+
+
+def test_evaluate_prints_only_our_lines(tiny_ner_dir):
+    """A quiet console: `evaluate` in a fresh interpreter (import-time warnings included) writes to stderr only our
+    own lines — no torchao library-load or triton warnings, no torch deprecation lines. --verbose may show them."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "llm_ner.cli", "evaluate", "--model", str(tiny_ner_dir), "--data",
+                        "conll2003:valid", "--limit", "5"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    ours = ("read conll2003:valid", "warning: ", "predict: ")  # our log lines and our progress bar
+    assert all(ln.startswith(ours) for ln in lines), lines
+    assert "micro" in r.stdout

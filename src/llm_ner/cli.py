@@ -67,6 +67,12 @@ def _setup_logging(verbose: bool = False) -> None:
         ours.addHandler(handler)
         ours.propagate = False
     ours.setLevel(logging.INFO)
+    if not verbose:
+        # Libraries' import-time noise, at its source: torchao (pulled in by transformers' quantizer registry when it
+        # is installed) logs "Failed to load ..._C_mxfp8.so" and "Detected no triton"; torch logs _pytree
+        # deprecations. Nothing a user can act on; --verbose shows them.
+        for name in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
@@ -74,6 +80,8 @@ def _setup_logging(verbose: bool = False) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    if not verbose:  # "Loading weights" / "Writing model shards" bars on every load and save: our own bars stay
+        hf_logging.disable_progress_bar()
 
 
 def _outputs_help() -> str:

@@ -49,7 +49,6 @@ def download(name: str, force: bool = False, find_links: str | None = None,
             gguf = blob.with_name(b.parts.inner)
             blob.rename(gguf)
             backbones.convert_gguf(gguf.parent, gguf.name, staged)
-        shutil.rmtree(out.with_name(out.name + ".tmp"), ignore_errors=True)
         replace_dir(staged, out)
     return out
 

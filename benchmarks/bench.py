@@ -101,7 +101,7 @@ def _throughput(ner, texts: list[str], batch_size: int, mode: str) -> dict:
     ner.pack = mode == "budget"
     ner.stats.clear()
     t = time.perf_counter()
-    ner.predict(texts)
+    ner(texts)
     dt = time.perf_counter() - t
     st = ner.stats
     words = n_words(texts)
@@ -130,22 +130,22 @@ def w_predict(a) -> dict:
         keep = DEFAULT_KEEP_FP32 if a.keep_fp32 is None else () if a.keep_fp32 == "none" else tuple(
             a.keep_fp32.split(","))
         spec = Int8Spec(a.scheme or DEFAULT_SCHEME, DEFAULT_ALPHA if a.alpha is None else a.alpha, keep)
-    ner = NERModel.from_pretrained(a.model, device="cpu", quantize="bf16" if a.bf16 else spec)
+    ner = NERModel.from_pretrained(a.model, device="cpu", precision="bf16" if a.bf16 else (spec or "fp32"))
     if a.merge:
         merge_lora(ner.model)
     ner.default_budget = ner.max_batch_tokens
-    ner.predict(texts[:1])
+    ner(texts[:1])
     out = {"load_to_first_prediction_s": round(time.perf_counter() - t, 2), "threads": torch.get_num_threads()}
     if a.compile:
         t = time.perf_counter()
         ner.model.backbone = torch.compile(ner.model.backbone, dynamic=True)
         ner.pack = False  # warm up on unpacked batches (see the llm_compile section)
-        ner.predict(texts[:64])
+        ner(texts[:64])
         out["compile_s"] = round(time.perf_counter() - t, 1)
     bb = ner.model.backbone
     out["nonembedding_params"] = nonembedding_params(bb) if not a.int8 else None
     out["packed"] = ner.model.packable
-    ner.predict(texts[:32])  # warm-up at batch size
+    ner(texts[:32])  # warm-up at batch size
     grid = []
     for bs, mode in [tuple(x.split(":")) for x in a.grid.split(",")]:
         bs = int(bs)
@@ -157,7 +157,7 @@ def w_predict(a) -> dict:
         ner.batch_size, ner.sort_by_length, ner.max_batch_tokens, ner.pack = 32, True, ner.default_budget, True
         ner.stats.clear()
         t = time.perf_counter()
-        pred = ner.predict_sentences(all_sents)
+        pred = ner(all_sents).tags
         dt = time.perf_counter() - t
         m = compute_metrics([s.tags for s in all_sents], pred)
         out[f"{a.split}_f1"] = round(m["f1"], 2)
@@ -213,9 +213,9 @@ def w_pipeline(a) -> dict:
     out["pipeline_batch32_words_per_s"] = round(n_words(texts) / (time.perf_counter() - t), 1)
     out["peak_mb"] = peak_mb()
     # ours vs the naive loop timed alternately on the same texts, so both see the same machine (the VM drifts)
-    ours.predict(sub[:32])
+    ours(sub[:32])
     out["paired_rounds"], out["paired_median_ratio"] = _alternate(
-        {"naive": lambda: [pipe(x) for x in sub], "ours": lambda: ours.predict(sub)}, n_words(sub), a.rounds)
+        {"naive": lambda: [pipe(x) for x in sub], "ours": lambda: ours(sub)}, n_words(sub), a.rounds)
     return out
 
 
@@ -632,10 +632,10 @@ def w_raw_text(a) -> dict:
                 "f1": round(200 * p * r / max(p + r, 1e-9), 2)}
 
     t = time.perf_counter()
-    raw = {(i, e.start, e.end, e.label) for i, ents in enumerate(ner.predict(texts)) for e in ents}
+    raw = {(i, e.start, e.end, e.label) for i, ents in enumerate(ner(texts).entities) for e in ents}
     raw_s = time.perf_counter() - t
     tok = set()
-    for i, (s, tags) in enumerate(zip(sents, ner.predict_sentences(sents), strict=True)):
+    for i, (s, tags) in enumerate(zip(sents, ner(sents).tags, strict=True)):
         offs = sentence_text(s.tokens)[1]
         tok |= {(i, offs[f][0], offs[t][1], typ) for typ, f, t in spans(tags)}
     resplit = sum(s.tokens != [x[a:b] for a, b in split_words(x)] for s, x in zip(sents, texts, strict=True))
@@ -678,20 +678,20 @@ def w_scaling(a) -> dict:
 
     _, texts = test_texts()
     ner = NERModel.from_pretrained(a.model, device="cpu", batch_size=32)
-    ner.predict(texts[:8])
+    ner(texts[:8])
     big = " ".join(texts)
     docs = []
     for n_chars in a.lengths:
         doc = big[:n_chars]
         t = time.perf_counter()
-        ner.predict(doc)
+        ner(doc)
         dt = time.perf_counter() - t
         docs.append({"chars": n_chars, "words_per_s": round(len(doc.split()) / dt, 1), "seconds": round(dt, 2),
                      "rss_mb": rss_mb(), "peak_mb": peak_mb()})
     stream = []
     corpus = (texts[i % len(texts)] for i in range(a.stream))
     t = time.perf_counter()
-    for done, _ in enumerate(ner.predict_stream(corpus, chunk_size=256), 1):
+    for done, _ in enumerate((t for p in ner.pipe(corpus, chunk_size=256) for t in p.texts), 1):
         if done % 256 == 0:
             stream.append({"texts": done, "rss_mb": rss_mb(), "seconds": round(time.perf_counter() - t, 1)})
     return {"documents": docs, "stream": stream, "peak_mb": peak_mb()}
@@ -725,7 +725,7 @@ def _load_as(model: str, kind: str):
     from llm_ner.inference.quantize import Int8Spec
 
     q = QUANT[kind]
-    return NERModel.from_pretrained(model, device="cpu", quantize=Int8Spec(scheme="torchao") if q == "torchao" else q)
+    return NERModel.from_pretrained(model, device="cpu", precision=Int8Spec(scheme="torchao") if q == "torchao" else q)
 
 
 def w_paired(a) -> dict:
@@ -734,8 +734,8 @@ def w_paired(a) -> dict:
     _, texts = test_texts(a.n)
     base, other = _load_as(a.model, a.base), _load_as(a.model, a.other)
     for m in (base, other):
-        m.predict(texts[:32])  # warm-up
-    rounds, median = _alternate({a.base: lambda: base.predict(texts), a.other: lambda: other.predict(texts)},
+        m(texts[:32])  # warm-up
+    rounds, median = _alternate({a.base: lambda: base(texts), a.other: lambda: other(texts)},
                                 n_words(texts), a.rounds)
     return {"texts": len(texts), "base": a.base, "other": a.other, "rounds": rounds, "median_ratio": median}
 
@@ -755,7 +755,8 @@ def w_serve(a) -> dict:
     url = f"http://127.0.0.1:{port}"
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "llm_ner.cli", "serve", "--model", a.model, "--port", str(port)]
-                            + (["--int8"] if a.int8 else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            + ["--precision", "int8" if a.int8 else "fp32"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:
             try:
@@ -785,11 +786,11 @@ def w_serve(a) -> dict:
         proc.wait(timeout=60)
     from llm_ner.inference.engine import NERModel
 
-    ner = NERModel.from_pretrained(a.model, device="cpu", quantize="int8" if a.int8 else None)
+    ner = NERModel.from_pretrained(a.model, device="cpu", precision="int8" if a.int8 else "fp32")
     def spans(ents: list) -> list:
         return [(e["start"], e["end"], e["label"]) for e in ents]
 
-    want = [spans([e.to_dict() for e in ents]) for ents in ner.predict(texts)]
+    want = [spans([e.to_dict() for e in ents]) for ents in ner(texts)]
     same = sum(spans(got) == w for (_, got), w in zip(res, want, strict=True))
     lat = sorted(r[0] for r in res)
     pct = lambda q: round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1)  # noqa: E731

@@ -304,7 +304,7 @@ def _plot(sc: dict, path: Path) -> None:
     s = sc["stream"]
     b.plot([x["texts"] for x in s], [x["rss_mb"] for x in s], "o-", color="tab:red")
     b.set_ylim(0, max(x["rss_mb"] for x in s) * 1.3)
-    b.set_xlabel("texts streamed (predict_stream, chunks of 256)")
+    b.set_xlabel("texts streamed (NERModel.pipe, chunks of 256)")
     b.set_ylabel("RSS MB")
     b.set_title("memory while streaming a corpus")
     fig.tight_layout()

@@ -19,7 +19,7 @@ def test_ray_batch_predict_matches_direct_prediction(tiny_ner_dir, tmp_path):
     rows = [json.loads(line) for f in sorted((tmp_path / "out").glob("*.json")) for line in f.open()]
     got = {r["id"]: json.loads(r["entities"]) for r in rows}
     assert sorted(got) == list(range(len(texts)))  # every input once, ids carried through
-    want = NERModel.from_pretrained(tiny_ner_dir).predict(texts)
+    want = NERModel.from_pretrained(tiny_ner_dir)(texts).entities
     assert sum(map(len, want)) > 0
     for i, ents in enumerate(want):
         assert [(e["start"], e["end"], e["label"]) for e in got[i]] == [(e.start, e.end, e.label) for e in ents]

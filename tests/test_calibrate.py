@@ -13,6 +13,7 @@ from llm_ner.data import load_corpus
 from llm_ner.evaluation.calibrate import calibrate, thresholds_for_precision
 from llm_ner.evaluation.evaluate import calibration_metrics, evaluate_model, scored_entities
 from llm_ner.inference.engine import NERModel
+from llm_ner.inference.outputs import Thresholds
 
 runner = CliRunner()
 
@@ -59,14 +60,14 @@ def test_temperature_moves_scores_never_tags(tiny_llama, tiny_tokenizer, tmp_pat
     model = build(tiny_llama)  # CRF
     model.save_pretrained(tmp_path / "m", tokenizer=tiny_tokenizer)
     dev = load_corpus("conll2003:valid", limit=40)
-    ner = NERModel.from_pretrained(tmp_path / "m")
+    ner = NERModel.from_pretrained(tmp_path / "m", precision="fp32")  # as calibrate() fits it
     m0, pred0 = evaluate_model(ner, dev)
     res = calibrate(tmp_path / "m", dev, "conll2003:valid", target_precision=0.9)
     cal = json.loads((tmp_path / "m" / "calibration.json").read_text())
     assert cal["temperature"] == res["temperature"] and cal["temperature"] != 1.0  # a random head is miscalibrated
     assert res["ece_after"] <= res["ece_before"]
     assert set(cal["thresholds"]) <= set(LABELS.types)
-    ner2 = NERModel.from_pretrained(tmp_path / "m")
+    ner2 = NERModel.from_pretrained(tmp_path / "m", precision="fp32")
     assert ner2.temperature == cal["temperature"]
     m1, pred1 = evaluate_model(ner2, dev)
     assert pred1 == pred0 and m1["f1"] == m0["f1"]  # the same tags
@@ -89,18 +90,19 @@ def test_calibrate_cli(tiny_llama, tiny_tokenizer, tmp_path):
 def test_thresholds_apply_to_predict_and_the_rest_is_for_review(tiny_ner_dir, tmp_path):
     ner = NERModel.from_pretrained(tiny_ner_dir)
     texts = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London ."]
-    every = ner.predict(texts)
+    every = ner(texts).entities
     label = next(e.label for ents in every for e in ents)
-    ner.thresholds = {label: 1.01}  # as if calibrate found no threshold reaching the target for this type
-    kept = ner.predict(texts)
-    both = ner.predict_with_review(texts)
+    # as if calibrate found no threshold reaching the target for this type
+    ner.thresholds = Thresholds.of(by_type={label: 1.01})
+    kept = ner(texts).entities
+    both = ner(texts).results
     assert all(e.label != label for ents in kept for e in ents)
     assert [k for k, _ in both] == kept
     assert all(sorted(k + r, key=lambda e: e.start) == ents for (k, r), ents in zip(both, every, strict=True))
     out = tmp_path / "in.txt"
     out.write_text("\n".join(texts))
-    ner.thresholds = {}
-    scores = sorted(e.score for ents in ner.predict(texts) for e in ents)
+    ner.thresholds = Thresholds()
+    scores = sorted(e.score for ents in ner(texts).entities for e in ents)
     # the cut in the widest gap between two neighbouring scores: both sides hold entities, and a score moving by the
     # float tolerance (another batch, another CPU) cannot cross it
     gap, i = max((b - a, i) for i, (a, b) in enumerate(zip(scores[:-1], scores[1:], strict=True)))
@@ -130,7 +132,7 @@ def test_the_logistic_recalibration_is_fitted_chosen_saved_and_served(tiny_ner_d
     shutil.copytree(tiny_ner_dir, d)
     ner = NERModel.from_pretrained(d)
     sents = load_corpus("conll2003:valid", limit=120)
-    pred = ner.predict_sentences(sents)
+    pred = ner(sents).tags
     # sentences 0, 1, 4, 5, ...: gold = the model's own tags (its entities right); the others: no entity (all wrong)
     gold = [replace(s, tags=p if i % 4 < 2 else ["O"] * len(p))
             for i, (s, p) in enumerate(zip(sents, pred, strict=True))]
@@ -148,7 +150,7 @@ def test_the_logistic_recalibration_is_fitted_chosen_saved_and_served(tiny_ner_d
     assert m["calibration"]["ece"] == pytest.approx(res["ece_after"], abs=1e-6)
     assert m["calibration"]["ece"] < m["calibration_uncalibrated"]["ece"]
     text = " ".join(sents[0].tokens)
-    raw, recal = ner.predict(text), served.predict(text)
+    raw, recal = ner(text).entities[0], served(text).entities[0]
     assert [(e.start, e.end, e.label) for e in raw] == [(e.start, e.end, e.label) for e in recal] and raw
     for a, b in zip(raw, recal, strict=True):
         assert b.score == pytest.approx(lg.score(a.score, a.text, a.label, len(a.text.split())), abs=SCORE_ATOL)

@@ -3,6 +3,7 @@ set from the user's data."""
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from llm_ner.cli import app
@@ -97,7 +98,7 @@ def test_predict_on_token_input_honours_every_option(tiny_ner_dir, tmp_path):
     src = tmp_path / "in.conll"
     src.write_text("Peter B-PER\nvisited O\nNew B-LOC\nYork I-LOC\nand O\nWashington B-LOC\non O\nMonday O\n. O\n\n"
                    "Apple B-ORG\nhired O\nJohn B-PER\nSmith I-PER\nfrom O\nGoogle B-ORG\nin O\nLondon B-LOC\n. O\n")
-    res = NERModel.from_pretrained(tiny_ner_dir).predict_tokens(read_conll(src)).results
+    res = NERModel.from_pretrained(tiny_ner_dir)(read_conll(src)).results
     scores = sorted(e.score for kept, _ in res for e in kept)
     gap, i = max((b - a, i) for i, (a, b) in enumerate(zip(scores[:-1], scores[1:], strict=True)))
     assert len(scores) >= 2 and gap > 2 * SCORE_ATOL, scores
@@ -142,6 +143,28 @@ def test_evaluate_prints_only_our_lines(tiny_ner_dir):
                         "conll2003:valid", "--limit", "5"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip()]
-    ours = ("read conll2003:valid", "warning: ", "predict: ")  # our log lines and our progress bar
+    ours = ("read conll2003:valid", "warning: ", "predict: ", "precision auto: ")  # our log lines and progress bar
     assert all(ln.startswith(ours) for ln in lines), lines
     assert "micro" in r.stdout
+
+
+def test_serve_limits_are_declared_once():
+    """serve's limits live in serving/settings.py: the CLI's defaults and help are read from it (the body limit's help
+    said 4 bytes per character while the code used 6), and a ServeConfig built anywhere is checked there."""
+    import dataclasses
+
+    import typer
+
+    from llm_ner.errors import UserError
+    from llm_ner.serving.settings import BODY_BYTES_PER_CHAR, ServeConfig
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["serve"].params}
+    declared = [f for f in dataclasses.fields(ServeConfig) if "help" in f.metadata]
+    assert len(declared) >= 10
+    for f in declared:
+        assert params[f.name].help == f.metadata["help"] and params[f.name].default == f.default, f.name
+    assert f"{BODY_BYTES_PER_CHAR} bytes per allowed character" in params["max_body_bytes"].help
+    assert ServeConfig("m", max_request_chars=10).body_limit() == BODY_BYTES_PER_CHAR * 10 + 65_536
+    for bad in ({"max_queue": 0}, {"max_queue_chars": 10, "max_request_chars": 20}, {"request_timeout": 0}):
+        with pytest.raises(UserError):
+            ServeConfig("m", **bad)

@@ -144,20 +144,20 @@ def test_document_context_predicts_sentences_with_their_neighbours(tiny_llama, t
     model.config.context = "document"
     ner = NERModel(model, tiny_tokenizer)
     fed = []
-    run = NERModel.run_windows
-    monkeypatch.setattr(NERModel, "run_windows", lambda self, windows, progress=False: fed.extend(windows)
-                        or run(self, windows, progress))
-    tags = ner.predict_sentences(DOC)
+    run = NERModel._run
+    monkeypatch.setattr(NERModel, "_run", lambda self, windows, progress=False, keep_logits=False: fed.extend(windows)
+                        or run(self, windows, progress, keep_logits))
+    tags = ner(DOC).tags
     assert [len(t) for t in tags] == [len(s) for s in DOC]
     assert len(fed) == 4  # d1's two sentences share one window
     assert len(fed[0].word_positions) == len(DOC[0]) + len(DOC[1])
     # what a word of d1's first sentence gets depends on the second sentence (its context) ...
     other = [DOC[0], Sentence("Paris burns today .".split(), ["B-LOC", "O", "O", "O"], "d1")]
-    conf = [ner.predict_words(*document_texts(d)[:2])[1][0][:5] for d in (DOC[:2], other)]
+    conf = [ner._words(*document_texts(d)[:2])[1][0][:5] for d in (DOC[:2], other)]
     assert conf[0] != conf[1]
     # ... and not on it in sentence mode
     model.config.context = "sentence"
-    assert ner.predict_sentences(DOC[:2])[0] == ner.predict_sentences(other)[0]
+    assert ner(DOC[:2]).tags[0] == ner(other).tags[0]
     assert cfg.data.context == "sentence"
 
 

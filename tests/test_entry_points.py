@@ -8,12 +8,15 @@ import json
 import shutil
 
 import pytest
+import torch
 from approx import SCORE_ATOL
 from test_serve_robust import call, running
 from typer.testing import CliRunner
 
 from llm_ner.cli import app
+from llm_ner.errors import UserError
 from llm_ner.inference.engine import NERModel
+from llm_ner.inference.outputs import Thresholds
 
 runner = CliRunner()
 TEXTS = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London ."]
@@ -23,7 +26,7 @@ TEXTS = ["Peter visited New York and Washington on Monday .", "Apple hired John 
 def cut(tiny_ner_dir) -> float:
     """A score in the widest gap between two of the model's entity scores: both sides hold entities, and a score
     moving by the float tolerance cannot cross it."""
-    scores = sorted(e.score for ents in NERModel.from_pretrained(tiny_ner_dir).predict(TEXTS) for e in ents)
+    scores = sorted(e.score for ents in NERModel.from_pretrained(tiny_ner_dir)(TEXTS).entities for e in ents)
     gap, i = max((b - a, i) for i, (a, b) in enumerate(zip(scores[:-1], scores[1:], strict=True)))
     assert gap > 2 * SCORE_ATOL and 0 < i + 1 < len(scores), scores
     return (scores[i] + scores[i + 1]) / 2
@@ -35,7 +38,7 @@ def _spans(ents) -> list:
 
 def _cli_args(min_score, precision, review) -> list[str]:
     return ([*(["--min-score", str(min_score)] if min_score is not None else []),
-             *([f"--{precision}"] if precision else []), *(["--review"] if review else [])])
+             *(["--precision", precision] if precision else []), *(["--review"] if review else [])])
 
 
 def _from_cli(model, tmp_path, src, min_score, precision, review):
@@ -64,7 +67,7 @@ def from_batch(model, tmp_path, min_score=None, precision=None, review=False):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(TEXTS)))
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
-    ray_predict(str(model), str(src), str(tmp_path / "out"), batch_size=8, threads=1, quantize=precision,
+    ray_predict(str(model), str(src), str(tmp_path / "out"), batch_size=8, threads=1, precision=precision or "auto",
                 min_score=min_score, review=review)
     rows = sorted((json.loads(x) for f in (tmp_path / "out").glob("*.json") for x in f.open()), key=lambda r: r["id"])
     return ([_spans(json.loads(r["entities"])) for r in rows],
@@ -74,7 +77,7 @@ def from_batch(model, tmp_path, min_score=None, precision=None, review=False):
 def from_service(model, tmp_path, min_score=None, precision=None, review=False):
     from llm_ner.serving.serve import ServeConfig, create_app
 
-    with running(create_app(ServeConfig(str(model), min_score=min_score, quantize=precision))) as url:
+    with running(create_app(ServeConfig(str(model), min_score=min_score, precision=precision or "auto"))) as url:
         status, body = call(url, {"texts": TEXTS, "review": review})
     assert status == 200, body
     res = body["results"]
@@ -84,7 +87,7 @@ def from_service(model, tmp_path, min_score=None, precision=None, review=False):
 def from_spacy(model, tmp_path, min_score=None, precision=None, review=False):
     spacy = pytest.importorskip("spacy")
     nlp = spacy.blank("en")
-    nlp.add_pipe("llm_ner", config={"model": str(model), "min_score": min_score, "quantize": precision})
+    nlp.add_pipe("llm_ner", config={"model": str(model), "min_score": min_score, "precision": precision or "auto"})
     docs = list(nlp.pipe(TEXTS))
     return ([[(s.start_char, s.end_char, s.label_) for s in d.ents] for d in docs],
             [[(s.start_char, s.end_char, s.label_) for s in d.spans["llm_ner_review"]] for d in docs]
@@ -95,10 +98,9 @@ ENTRY_POINTS = {"cli_text": from_cli_text, "cli_conll": from_cli_conll, "batch":
                 "service": from_service, "spacy": from_spacy}
 
 
-def want(model, min_score=None, precision=None) -> tuple[list, list]:
-    ner = NERModel.from_pretrained(model, quantize=precision)
-    ner.min_score = min_score
-    res = ner.predict_with_review(TEXTS)
+def want(model, min_score=None, precision="auto") -> tuple[list, list]:
+    ner = NERModel.from_pretrained(model, precision=precision, min_score=min_score)
+    res = ner(TEXTS).results
     return ([[(e.start, e.end, e.label) for e in kept] for kept, _ in res],
             [[(e.start, e.end, e.label) for e in low] for _, low in res])
 
@@ -141,32 +143,53 @@ def test_calibrated_thresholds(entry, tiny_ner_dir, tmp_path, cut):
 
 
 def test_an_out_of_range_min_score_is_refused_everywhere(tiny_ner_dir, tmp_path):
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        NERModel.from_pretrained(tiny_ner_dir).min_score = 5
+    with pytest.raises(UserError, match="between 0 and 1"):
+        NERModel.from_pretrained(tiny_ner_dir, min_score=5)
+    with pytest.raises(UserError, match="between 0 and 1"):
+        Thresholds(-0.5)
     for args in (["predict", "--model", str(tiny_ner_dir), "--text", "a", "--min-score", "5"],
                  ["batch-predict", "--model", str(tiny_ner_dir), "--input", "x", "--output", "y", "--min-score", "-1"],
                  ["serve", "--model", str(tiny_ner_dir), "--min-score", "1.5"]):
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and "between 0 and 1" in r.output, (args, r.output)
     spacy = pytest.importorskip("spacy")
-    with pytest.raises(ValueError, match="between 0 and 1"):
+    with pytest.raises(UserError, match="between 0 and 1"):
         spacy.blank("en").add_pipe("llm_ner", config={"model": str(tiny_ner_dir), "min_score": 2.0})
 
 
 def test_prediction_commands_share_one_set_of_options(tiny_ner_dir):
-    """--int8 / --bf16 / --min-score are declared once (cli.Int8, Bf16, MinScore): every command that predicts offers
-    them with the same help, and refuses the same contradiction."""
+    """--precision / --min-score / --batch-size / --model are declared once (cli/options.py): every command that
+    predicts offers them with the same help and default, and refuses an unknown precision in one line."""
     import typer
 
     group = typer.main.get_command(app)
+    shared = ("model", "precision", "min_score", "batch_size")
 
     def opts(cmd):
-        return {p.name: (p.opts, p.help) for p in group.commands[cmd].params if p.name in ("int8", "bf16", "min_score")}
+        return {p.name: (p.opts, p.help, p.default) for p in group.commands[cmd].params if p.name in shared}
 
-    helps = [opts(c) for c in ("predict", "serve", "batch-predict")]
-    assert all(h == helps[0] and set(h) == {"int8", "bf16", "min_score"} for h in helps), helps
-    assert {k: v for k, v in opts("evaluate").items()} == {k: helps[0][k] for k in ("int8", "bf16")}
+    helps = [opts(c) for c in ("predict", "select")]
+    assert all(h == helps[0] and set(h) == set(shared) for h in helps), helps
+    for cmd in ("serve", "batch-predict", "evaluate"):
+        assert opts(cmd) == {k: helps[0][k] for k in opts(cmd)}, cmd
     for cmd in (["predict", "--text", "a"], ["evaluate", "--data", "conll2003:test"], ["serve"],
                 ["batch-predict", "--input", "x", "--output", "y"]):
-        r = runner.invoke(app, [cmd[0], "--model", str(tiny_ner_dir), *cmd[1:], "--int8", "--bf16"])
-        assert r.exit_code == 2 and "choose one of --int8 and --bf16" in r.output, (cmd, r.output)
+        r = runner.invoke(app, [cmd[0], "--model", str(tiny_ner_dir), *cmd[1:], "--precision", "fp16"])
+        assert r.exit_code == 2 and "--precision 'fp16': use one of auto, fp32, bf16, int8" in r.output, (cmd, r.output)
+
+
+def test_auto_precision_is_fp32_without_native_bf16_or_when_spans_move(tiny_ner_dir, monkeypatch):
+    """"auto" (the default) takes bf16 only where the CPU has it natively and the check sentences' spans hold."""
+    import llm_ner.inference.engine as E
+
+    monkeypatch.setattr(E, "cpu_has_native_bf16", lambda: False)
+    assert NERModel.from_pretrained(tiny_ner_dir, device="cpu").precision == "fp32"
+    monkeypatch.setattr(E, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(E, "AUTO_AGREEMENT", 1.01)  # no agreement is enough: bf16 never holds
+    ner = NERModel.from_pretrained(tiny_ner_dir, device="cpu")
+    fp32 = NERModel.from_pretrained(tiny_ner_dir, device="cpu", precision="fp32")
+    assert ner.precision == "fp32" and next(ner.model.backbone.parameters()).dtype == torch.float32
+    assert ner(TEXTS).results == fp32(TEXTS).results
+    monkeypatch.setattr(E, "AUTO_AGREEMENT", 0.0)  # any agreement is enough
+    ner = NERModel.from_pretrained(tiny_ner_dir, device="cpu")
+    assert ner.precision == "bf16" and next(ner.model.backbone.parameters()).dtype == torch.bfloat16

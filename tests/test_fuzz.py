@@ -33,7 +33,7 @@ def ner(tiny_llama, tiny_tokenizer):
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(texts, min_size=1, max_size=4))
 def test_predict_spans_always_inside_and_aligned(ner, batch):
-    for text, ents in zip(batch, ner.predict(batch), strict=True):
+    for text, ents in zip(batch, ner(batch).entities, strict=True):
         for e in ents:
             assert 0 <= e.start < e.end <= len(text) and text[e.start : e.end] == e.text
 
@@ -41,9 +41,9 @@ def test_predict_spans_always_inside_and_aligned(ner, batch):
 def test_very_long_document(ner):
     text = ("Peter visited New York. " * 4200)[:100_000]
     words = split_words(text)
-    tags, _ = ner.predict_words([text], [words])
+    tags, _ = ner._words([text], [words])
     assert len(tags[0]) == len(words) and None not in tags[0]  # every word of ~20k got a tag from some window
-    ents = ner.predict(text)
+    ents = ner(text).entities[0]
     assert all(text[e.start : e.end] == e.text for e in ents)
     # The tiny head predicts entities densely (13,890 here): finding few, or none near either end, means windows
     # were lost.

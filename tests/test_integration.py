@@ -29,7 +29,7 @@ def test_real_default_model_trains_saves_and_predicts(tmp_path):
     ner = NERModel.from_pretrained(tmp_path / "run" / "model")
     assert ner.model.config.backbone_saved == "lora"
     text = "Peter Blackburn flew from Brussels to London on Monday to meet officials of the European Union ."
-    ents = ner.predict(text)
+    ents = ner(text).entities[0]
     for e in ents:
         assert text[e.start : e.end] == e.text and e.label in ("PER", "ORG", "LOC", "MISC")
     # 3 steps teach it little, and zero entities would pass the loop above: push the head to B-LOC on every word,
@@ -38,12 +38,12 @@ def test_real_default_model_trains_saves_and_predicts(tmp_path):
 
     with torch.no_grad():
         ner.model.classifier.bias[ner.labels.tag2id["B-LOC"]] += 1e4
-    assert [(e.start, e.end, e.label) for e in ner.predict(text)] == [(a, b, "LOC") for a, b in split_words(text)]
+    assert [(e.start, e.end, e.label) for e in ner(text).entities[0]] == [(a, b, "LOC") for a, b in split_words(text)]
     # windowing on the real tokenizer: a text well past max_length still gets every word tagged
     long = " ".join([text] * 40)
     words = split_words(long)
     assert len(ner.tokenizer(long)["input_ids"]) > 2 * ner.model.config.model.max_length
-    tags, _ = ner.predict_words([long], [words])
+    tags, _ = ner._words([long], [words])
     assert len(tags[0]) == len(words)
 
 

@@ -117,7 +117,7 @@ def test_label_studio_predicts_and_retrains_through_us(label_studio, tiny_ner_di
         ner = NERModel.from_pretrained(tiny_ner_dir)
         assert len(preds) == len(TEXTS)
         for p in preds:
-            want = sorted((e.start, e.end, e.label) for e in ner.predict(text_of[p["task"]]))
+            want = sorted((e.start, e.end, e.label) for e in ner(text_of[p["task"]]).entities[0])
             assert regions(p) == want and p["model_version"] == ml["model_version"]
             assert all(0 <= r["score"] <= 1 and r["from_name"] == "label" and r["to_name"] == "text"
                        for r in p["result"])

@@ -1,7 +1,8 @@
 """The folder layout shows the pipeline, and imports only run downwards: a module imports only modules of its own
 stage or of stages before it in STAGES (a stage is a top-level folder, or one of the few core modules); inside a
 stage, imports form no circle. Lazy imports inside functions count too; `if TYPE_CHECKING:` imports are annotations,
-not imports. Also: the README's layout section names every module."""
+not imports. Also: docs/layout.md names every module; cli/ declares shared options once; output shapes are built only
+in inference/outputs.py."""
 
 import ast
 from pathlib import Path
@@ -111,8 +112,8 @@ def test_the_checker_sees_lazy_imports_and_skips_annotations(tmp_path):
 
 
 def readme_tree(readme: str) -> set[str]:
-    """The files the README's layout tree names, as paths: `  data/` opens a folder, `    corpus.py` is in it."""
-    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    """The files docs/layout.md's tree names, as paths: `  data/` opens a folder, `    corpus.py` is in it."""
+    block = readme.split("# Layout", 1)[1].split("```", 2)[1]
     names, folder = set(), ""
     for line in block.splitlines():
         indent, head = len(line) - len(line.lstrip()), line.strip().split("  ")[0]
@@ -124,10 +125,10 @@ def readme_tree(readme: str) -> set[str]:
 
 
 def test_readme_layout_names_every_module():
-    named = readme_tree((ROOT / "README.md").read_text())
+    named = readme_tree((ROOT / "docs" / "layout.md").read_text())
     missing = [p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py")
                if p.name != "__init__.py" and p.relative_to(PKG).as_posix() not in named]
-    assert not missing, f"README layout section does not mention {missing}"
+    assert not missing, f"docs/layout.md does not mention {missing}"
 
 
 def test_scripts_and_benchmarks_import_names_that_exist():
@@ -145,3 +146,27 @@ def test_scripts_and_benchmarks_import_names_that_exist():
                             f"{node.module}.{alias.name}") is None:
                         missing.append(f"{path.name}: {node.module}.{alias.name}")
     assert not missing, missing
+
+
+def test_cli_declares_shared_options_once():
+    """cli/: the options every command shares are declared in options.py only; the other modules use its types."""
+    cli = PKG / "cli"
+    assert (cli / "options.py").is_file()
+    for f in cli.glob("*.py"):
+        if f.name == "options.py":
+            continue
+        text = f.read_text()
+        for flag in ('"--set"', '"--model"', '"--precision"', '"--review"', '"--verbose"', "batch_size: Annotated"):
+            assert flag not in text, f"{f.name} declares {flag} itself: use cli/options.py's type"
+        assert "from .options import" in text or f.name in ("__init__.py", "__main__.py"), f.name
+
+
+def test_output_shapes_are_built_only_in_the_registry():
+    """An entity's output shape (record, pipeline dict, Label Studio region, spaCy span) is written in
+    inference/outputs.py (OUTPUTS) only: every entry point shapes its output through `Predictions.to`."""
+    marks = ('"entity_group"', '"needs_review":', "entity_dicts(", "label_studio_prediction(", "to_doc(",
+             "pipeline_dicts(")
+    allowed = {"inference/outputs.py", "data/annotation.py"}  # the registry, and the Label Studio record it wraps
+    bad = [(p.relative_to(PKG).as_posix(), m) for p in PKG.rglob("*.py") for m in marks
+           if p.relative_to(PKG).as_posix() not in allowed and m in p.read_text()]
+    assert not bad, bad

@@ -67,7 +67,7 @@ def test_long_text_windowed_equals_unwindowed_for_context_free_model(tiny_llama,
     short = ner(tiny_llama, tiny_tokenizer, head_layers=[0, 0], crf=False, max_length=20, stride=8)
     short.model.load_state_dict(long.model.state_dict())
     text = " ".join(WORDS * 5)
-    e_long, e_short = long.predict(text), short.predict(text)
+    e_long, e_short = long(text).entities[0], short(text).entities[0]
     assert len(encode_texts(tiny_tokenizer, [text], [split_words(text)], 20, 8)) > 5
     assert len(e_long) > 10
     assert e_long == e_short
@@ -76,13 +76,14 @@ def test_long_text_windowed_equals_unwindowed_for_context_free_model(tiny_llama,
 def test_predict_spans_are_inside_text_and_odd_inputs(tiny_llama, tiny_tokenizer):
     m = ner(tiny_llama, tiny_tokenizer, max_length=32, stride=8)
     texts = ["Peter  visited\tNew York.", "", "   ", "😀🎉", "ǅemal Ŋ ש ﺝ\u200d", "x" * 3000, " ".join(WORDS * 3)]
-    out = m.predict(texts)
+    out = m(texts).entities
     assert len(out) == len(texts) and out[1] == [] and out[2] == []
     for t, ents in zip(texts, out, strict=True):
         for e in ents:
             assert 0 <= e.start < e.end <= len(t) and t[e.start : e.end] == e.text
             assert e.label in LABELS.types and 0 <= e.score <= 1
-    assert isinstance(m.predict("Peter visited London"), list)
+    one = m("Peter visited London")  # a single text: a Predictions of one
+    assert len(one) == 1 and one.texts == ["Peter visited London"]
 
 
 def test_tags_to_entities():
@@ -96,9 +97,9 @@ def test_tags_to_entities():
 def test_batching_does_not_change_predictions(tiny_llama, tiny_tokenizer, batch_size):
     m = ner(tiny_llama, tiny_tokenizer)
     texts = [" ".join(WORDS[i : i + n]) for i, n in ((0, 5), (3, 17), (10, 2), (0, 30))]
-    ref = [m.predict(t) for t in texts]
+    ref = [m(t).entities[0] for t in texts]
     m.batch_size = batch_size
-    got = m.predict(texts)
+    got = m(texts).entities
     def key(res):
         return [[(e.start, e.end, e.label) for e in x] for x in res]
 
@@ -114,7 +115,7 @@ def test_sentences_with_raw_text_are_predicted_on_that_text(tiny_llama, tiny_tok
     text = "Mail Ann Lee's team at ann.lee@example.com (London), today."
     words = split_words(text)
     s = Sentence([text[a:b] for a, b in words], ["O"] * len(words), text=text, offsets=words)
-    assert model.predict_sentences([s])[0] == model.predict_words([text], [words])[0][0]
+    assert model([s]).tags[0] == model._words([text], [words])[0][0]
 
 
 def test_packing_equals_one_window_per_row(tiny_llama, tiny_tokenizer):
@@ -123,10 +124,10 @@ def test_packing_equals_one_window_per_row(tiny_llama, tiny_tokenizer):
     m = ner(tiny_llama, tiny_tokenizer)
     texts = [" ".join(WORDS[i : i + n]) for i in range(0, 20, 3) for n in (1, 2, 5, 11, 29)] + [""]
     m.pack, m.max_batch_tokens = False, 256
-    ref_tags, ref_conf = m.predict_words(texts, [split_words(t) for t in texts])
+    ref_tags, ref_conf = m._words(texts, [split_words(t) for t in texts])
     m.pack = True
     m.stats.clear()
-    got_tags, got_conf = m.predict_words(texts, [split_words(t) for t in texts])
+    got_tags, got_conf = m._words(texts, [split_words(t) for t in texts])
     assert got_tags == ref_tags
     for a, b in zip(got_conf, ref_conf, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
@@ -149,10 +150,10 @@ def test_models_causal_in_some_layers_are_not_packed(tiny_llama, tiny_tokenizer)
     m = ner(tiny_llama, tiny_tokenizer, unmask="upper_half")
     assert not m.model.packable
     texts = [" ".join(WORDS[:n]) for n in (3, 9, 20)]
-    packed = m.predict(texts)
+    packed = m(texts).entities
     m.pack = False
     assert [[(e.start, e.end, e.label) for e in x] for x in packed] == \
-        [[(e.start, e.end, e.label) for e in x] for x in m.predict(texts)]
+        [[(e.start, e.end, e.label) for e in x] for x in m(texts).entities]
 
 
 def test_budget_batches_respect_the_budget_and_keep_order():

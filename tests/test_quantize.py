@@ -65,9 +65,9 @@ def test_int8_keeps_bidirectional_attention_and_stays_close(tiny_llama, tiny_tok
 
 def test_int8_model_from_pretrained_predicts_aligned_spans(tiny_ner_dir):
     fp32 = NERModel.from_pretrained(tiny_ner_dir)
-    int8 = NERModel.from_pretrained(tiny_ner_dir, quantize="int8")
+    int8 = NERModel.from_pretrained(tiny_ner_dir, precision="int8")
     assert isinstance(int8.model, LLMForTokenClassification)
-    a, b = fp32.predict(SENTS), int8.predict(SENTS)
+    a, b = fp32(SENTS).entities, int8(SENTS).entities
     for text, ents in zip(SENTS, b, strict=True):
         assert all(text[e.start : e.end] == e.text for e in ents)
     same = sum((e.start, e.end, e.label) in {(f.start, f.end, f.label) for f in fa}
@@ -81,11 +81,11 @@ def test_stream_and_unsorted_batches_give_the_same_answers(tiny_ner_dir):
 
     ner = NERModel.from_pretrained(tiny_ner_dir, batch_size=2)
     texts = SENTS * 3 + ["", "x"]
-    want = spans(ner.predict(texts))
+    want = spans(ner(texts).entities)
     assert ner.stats["tokens"] > 0 and ner.stats["padded_tokens"] >= ner.stats["tokens"]
-    assert spans(ner.predict_stream(iter(texts), chunk_size=4)) == want
+    assert spans([e for p in ner.pipe(iter(texts), chunk_size=4) for e in p.entities]) == want
     ner.sort_by_length = False
-    assert spans(ner.predict(texts)) == want
+    assert spans(ner(texts).entities) == want
 
 
 def test_int8_linear_is_exact_integer_math_per_token():
@@ -111,10 +111,10 @@ def test_int8_linear_is_exact_integer_math_per_token():
 def test_int8_answers_do_not_depend_on_the_batch(tiny_ner_dir):
     """The service micro-batches unrelated requests: with per-token scales, a text alone and the same text in a
     batch get the same spans."""
-    int8 = NERModel.from_pretrained(tiny_ner_dir, quantize="int8")
+    int8 = NERModel.from_pretrained(tiny_ner_dir, precision="int8")
     texts = SENTS + ["The European Commission said on Thursday it disagreed with German advice ."] * 2
-    together = int8.predict(texts)
-    alone = [int8.predict([t])[0] for t in texts]
+    together = int8(texts).entities
+    alone = [int8([t]).entities[0] for t in texts]
     key = [[(e.start, e.end, e.label) for e in ents] for ents in together]
     assert key == [[(e.start, e.end, e.label) for e in ents] for ents in alone]
 

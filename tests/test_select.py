@@ -50,7 +50,7 @@ def test_uncertainty_picks_the_least_sure_and_skips_repeats_and_labelled(tiny_ne
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     # the same score from the library, over the candidates (no repeat, nothing labelled)
     cands = [t for i, t in enumerate(POOL) if i not in (3, 6)]
-    scored = NERModel.from_pretrained(tiny_ner_dir).predict_texts_scored(cands)
+    scored = NERModel.from_pretrained(tiny_ner_dir)(cands, scored=True)
     conf = dict(zip(cands, scored.confidences(), strict=True))
     assert len(rows) == 3 and POOL[3] not in [x["text"] for x in rows] and POOL[6] not in [x["text"] for x in rows]
     assert [x["confidence"] for x in rows] == sorted(x["confidence"] for x in rows)  # least sure first

@@ -82,7 +82,7 @@ def test_endpoints_and_answers_match_direct_prediction(server):
     assert "/v1/entities" in get_json(url + "/openapi.json")["paths"]
     status, body = post(url, {"texts": TEXTS})
     assert status == 200
-    want = [[e.to_dict() for e in ents] for ents in ner.predict(TEXTS)]
+    want = [[e.to_dict() for e in ents] for ents in ner(TEXTS).entities]
     assert sum(map(len, want)) > 0  # the tiny model does predict entities: the comparison means something
     assert len(body["results"]) == len(want)
     for res, ents in zip(body["results"], want, strict=True):
@@ -111,7 +111,7 @@ def test_bounded_concurrent_load(server):
     results up). Reports p50/p95 latency."""
     url, ner = server
     texts = [f"{TEXTS[i % 5]} number {i}" for i in range(64)]
-    want = {t: [e.to_dict() for e in ner.predict(t)] for t in texts}
+    want = {t: [e.to_dict() for e in ner(t).entities[0]] for t in texts}
 
     def one(t):
         t0 = time.time()
@@ -206,7 +206,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_ner_dir):
     # uvicorn re-raises the captured SIGTERM after its clean shutdown, so the exit status is "terminated by SIGTERM"
     assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
     assert status == 200 and len(body["results"]) == 4
-    want = [e.to_dict() for e in NERModel.from_pretrained(tiny_ner_dir).predict(text)]
+    want = [e.to_dict() for e in NERModel.from_pretrained(tiny_ner_dir)(text).entities[0]]
     got = body["results"][3]["entities"]
 
     def spans(ents):
@@ -225,7 +225,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_ner_dir):
 
 def test_min_score_splits_entities_and_review_returns_the_rest(tiny_ner_dir):
     ner = NERModel.from_pretrained(tiny_ner_dir)
-    every = [[e.to_dict() for e in ents] for ents in ner.predict(TEXTS)]  # no thresholds
+    every = [[e.to_dict() for e in ents] for ents in ner(TEXTS).entities]  # no thresholds
     scores = sorted(e["score"] for ents in every for e in ents)
     cut = scores[len(scores) // 2]  # about half above, half below
     proc, url = start_server(tiny_ner_dir, "--min-score", str(cut))

@@ -30,13 +30,13 @@ class Injected:
     def __init__(self, ner: NERModel, delay: float = 0.0):
         self.ner, self.labels, self.delay, self.calls = ner, ner.labels, delay, []
 
-    def predict_with_review(self, texts):
+    def __call__(self, texts):
         self.calls.append(list(texts))
         if any("POISON" in t for t in texts):
             raise RuntimeError("injected failure")
         if any("SLOW" in t for t in texts):
             time.sleep(self.delay)
-        return self.ner.predict_with_review(texts)
+        return self.ner(texts)
 
 
 @contextmanager
@@ -86,7 +86,7 @@ def test_one_bad_text_fails_only_its_own_request(tiny_ner_dir, ner):
     for (status, body), req in zip(res[:1] + res[2:], bodies[:1] + bodies[2:], strict=True):
         assert status == 200, body
         texts = req.get("texts") or [req["text"]]
-        for got, want in zip(body["results"], ner.predict(texts), strict=True):
+        for got, want in zip(body["results"], ner(texts).entities, strict=True):
             assert_same_entities(got["entities"], want)
     assert sum(len(r["entities"]) for _, b in res if "results" in b for r in b["results"]) > 0
 

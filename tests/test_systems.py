@@ -52,5 +52,5 @@ def test_schema_travels_with_model_and_odd_inputs(tiny_llama, tmp_path):
     assert ner.labels.types == ("ADDRESS", "EMAIL", "ID", "NAME", "PHONE")
     assert ner.labels.descriptions["EMAIL"] == "an e-mail address"
     for text in ["", "😀🙈🎉", "ᚠᛇᚻ ꙮ 𓀀", "Mail jo@example.com ☎ 555-0100"]:
-        for e in ner.predict(text):
+        for e in ner(text).entities[0]:
             assert text[e.start : e.end] == e.text

@@ -37,12 +37,13 @@ def test_cli_train_evaluate_predict_end_to_end(tiny_llama, tmp_path):
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_f1" in r for r in recs) and any("loss" in r for r in recs)
 
-    # evaluate on the same data must reproduce the numbers written by the run
+    # evaluate on the same data, at the precision the run measured in (fp32), must reproduce the run's numbers
     m_json = tmp_path / "eval.json"
     r = runner.invoke(app, ["evaluate", "--model", str(out / "model"), "--data", "conll2003:test", "--limit", "20",
-                            "--output", str(m_json)])
+                            "--output", str(m_json), "--precision", "fp32"])
     assert r.exit_code == 0, r.output
     assert json.loads(m_json.read_text())["f1"] == pytest.approx(test_m["f1"])
+    assert json.loads(m_json.read_text())["run_precision"] == "fp32" == test_m["run_precision"]
     # and `score` on the written predictions too
     r = runner.invoke(app, ["score", str(out / "test_predictions.conll"), str(m_json.with_suffix(".conll")),
                             "--json"])
@@ -144,12 +145,12 @@ def test_export_merge_lora_and_pipeline_output(tiny_llama, tmp_path):
     a, b = NERModel.from_pretrained(out / "model"), NERModel.from_pretrained(tmp_path / "merged")
     text = "Peter visited New York and Washington on Monday ."
     words = split_words(text)
-    (tags_a, conf_a), (tags_b, conf_b) = a.predict_words([text], [words]), b.predict_words([text], [words])
+    (tags_a, conf_a), (tags_b, conf_b) = a._words([text], [words]), b._words([text], [words])
     assert tags_a == tags_b and conf_a[0] == pytest.approx(conf_b[0], abs=SCORE_ATOL)  # merging changes no decision
     with a.model.backbone.disable_adapter():  # and the adapters do matter: without them the scores move
-        tags_0, conf_0 = a.predict_words([text], [words])
+        tags_0, conf_0 = a._words([text], [words])
     assert tags_0 != tags_a or max(abs(x - y) for x, y in zip(conf_0[0], conf_a[0], strict=True)) > 10 * SCORE_ATOL
-    for d in b(text):
+    for d in b(text).to("pipeline")[0]:
         assert set(d) == {"entity_group", "score", "word", "start", "end"} and text[d["start"]:d["end"]] == d["word"]
 
 
@@ -221,6 +222,6 @@ def test_training_in_passes_learns_the_same_model(tiny_llama, tmp_path):
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
     sents = load_corpus("conll2003:valid")[:40]
-    one, passes = (NERModel.from_pretrained(tmp_path / d / "model").predict_sentences_scored(sents)[0]
+    one, passes = (NERModel.from_pretrained(tmp_path / d / "model")._sentences(sents)[0]
                    for d in ("one", "passes"))
     assert passes == one

@@ -195,13 +195,6 @@ def first_error(e: ValidationError) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-def check_min_score(value: float | None, name: str = "min_score") -> float | None:
-    """The one check of a score threshold, wherever it is set (CLI flag, service, spaCy, batch): a probability."""
-    if value is not None and not (isinstance(value, int | float) and 0 <= value <= 1):
-        raise ConfigError(f"{name} {value!r}: an entity score is a probability, give a number between 0 and 1")
-    return None if value is None else float(value)
-
-
 NER_CONFIG_VERSION = 2
 
 

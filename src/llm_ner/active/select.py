@@ -109,11 +109,10 @@ def select(ner: NERModel, pool: Sequence[str], n: int, strategy: str = STRATEGIE
     """The `n` texts of `pool` (from `candidates`) to label next, most useful first, with pre-annotations and their
     sequence scores."""
     if strategy == "random":
-        return ner.predict_texts_scored(random.Random(seed).sample(list(pool), n), progress)
-    scored = ner.predict_texts_scored(pool, progress)
+        return ner(random.Random(seed).sample(list(pool), n), scored=True, progress=progress)
+    scored = ner(pool, scored=True, progress=progress)
     if strategy == "diverse":
         order = diverse_pick(-torch.tensor(scored.scores), text_vectors(ner, pool), n, seed)
     else:
         order = sorted(range(len(pool)), key=lambda i: scored.scores[i])[:n]  # least sure first
-    return Predictions([pool[i] for i in order], [scored.results[i] for i in order],
-                       scores=[scored.scores[i] for i in order])
+    return scored[order]

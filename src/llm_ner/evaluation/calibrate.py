@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import rundir
 from ..data import Sentence, spans
+from ..errors import UserError
 from ..fsutil import atomic_write_text
 from ..inference.confidence import Logistic
 from ..inference.engine import NERModel, Scorer
@@ -120,6 +121,19 @@ def held_out_ece(facts, by_t: dict[float, list], seen: frozenset, types: Sequenc
     return {m: round(sum(v) / len(v), 4) for m, v in res.items() if len(v) == 2}
 
 
+def check_request(model_dir: str | Path, method: str, target_precision: float | None, has_training_data: bool
+                  ) -> None:
+    """What a calibration request must hold, as one-line errors: defined once, called by `calibrate` and, before any
+    data is read, by the CLI."""
+    if method not in METHODS:
+        raise UserError(f"calibration method {method!r}: use one of {', '.join(METHODS)}")
+    if target_precision is not None and not 0 < target_precision <= 1:
+        raise UserError(f"target precision {target_precision}: give a precision between 0 and 1, e.g. 0.95")
+    if method == "logistic" and not has_training_data:
+        raise UserError(f"the logistic calibration needs the model's training data: {model_dir} is not inside a run "
+                        "dir, give --train")
+
+
 def calibrate(model_dir: str | Path, sentences: Sequence[Sentence], data_name: str,
               target_precision: float | None = None, ner: NERModel | None = None, method: str = "auto",
               seen: frozenset | None = None) -> dict:
@@ -127,10 +141,9 @@ def calibrate(model_dir: str | Path, sentences: Sequence[Sentence], data_name: s
     `seen`: the (form, type) pairs of the training data); `auto` takes the one with the lower held-out ECE
     (`held_out_ece`) — optionally per-type thresholds for a target precision; write calibration.json into the model
     dir (the prediction paths read it) and return what was measured."""
-    if method not in METHODS:
-        raise ValueError(f"calibration method {method!r}: one of {', '.join(METHODS)}")
+    check_request(model_dir, method, target_precision, seen is not None)
     model_dir = Path(model_dir)
-    ner = ner or NERModel.from_pretrained(model_dir)
+    ner = ner or NERModel.from_pretrained(model_dir, precision="fp32")  # fitted as trained
     scorer = Scorer(ner, sentences)
     gold = [s.tags for s in sentences]
     n_gold = sum(len(spans(g)) for g in gold)
@@ -141,7 +154,7 @@ def calibrate(model_dir: str | Path, sentences: Sequence[Sentence], data_name: s
     types = list(ner.labels.types)
     held = held_out_ece(facts, by_t, seen, types) if seen is not None and method != "temperature" else {}
     if method == "logistic" and "logistic" not in held:
-        raise ValueError("the logistic calibration needs the training data's entities and held-out entities both "
+        raise UserError("the logistic calibration needs the training data's entities and held-out entities both "
                          "right and wrong")
     chosen = method if method != "auto" else min(held, key=held.get) if held else "temperature"
     cal = {"method": chosen, "temperature": t, "fitted_on": data_name, "sentences": len(sentences),

@@ -132,7 +132,9 @@ def evaluate_model(ner, sentences: Sequence[Sentence], progress: bool = False, m
     temperature = ner.temperature
     pred, confs = scorer.at(temperature, recalibrate=True)  # the scores a user gets
     gold = [s.tags for s in sentences]
-    metrics = {**({"data": data} if data else {}), **compute_metrics(gold, pred)}
+    # the precision the model ran at (NERModel.precision: "auto" resolved), so a number says how it was measured
+    metrics = {**({"data": data} if data else {}), "run_precision": getattr(ner, "precision", "fp32"),
+               **compute_metrics(gold, pred)}
     method = "logistic" if ner.recalibration is not None else "temperature"
     metrics["calibration"] = {**calibration_metrics(scored_entities(gold, pred, confs), metrics["gold_entities"]),
                               "temperature": temperature, "method": method}

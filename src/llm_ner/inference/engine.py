@@ -15,9 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import rundir
-from ..config import check_min_score
 from ..data import Sentence
 from ..data.words import split_words
+from ..device import cpu_has_native_bf16
 from ..modeling import backbones
 from ..modeling.align import (
     Window,
@@ -33,9 +33,11 @@ from ..modeling.model import LLMForTokenClassification
 from . import quantize as q
 from .batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
 from .confidence import Logistic
-from .outputs import Entity, Predictions, pipeline_dicts, tags_to_entities
+from .outputs import Entity, Predictions, Thresholds, tags_to_entities
 
 log = logging.getLogger(__name__)
+AUTO_CHECK_TEXTS = 32  # news sentences run in fp32 and bf16 when precision is "auto"
+AUTO_AGREEMENT = 0.98  # the share of fp32's spans bf16 must keep to be chosen
 
 
 def load_tokenizer(path_or_name: str | Path, gguf_file: str | None = None):
@@ -71,6 +73,7 @@ class NERModel:
         self.pack = pack
         # running totals for benchmarks: real / padded tokens fed, seconds in tokenisation, forward, decoding
         self.stats: Counter = Counter()
+        self.precision = "fp32"  # what from_pretrained chose (quantize.PRECISIONS; "auto" resolves to fp32 or bf16)
         # Calibration (calibrate.py, calibration.json in the model dir): every logit and CRF potential is divided by
         # it before entity scores are computed; 1.0 = as trained. Tags never change with it.
         self.temperature = 1.0
@@ -78,50 +81,73 @@ class NERModel:
         # ... or, when calibration.json chose it, a logistic over the score as trained and what it does not know
         # (seen in training, length, type): confidence.py. Then the temperature stays 1.
         self.recalibration: Logistic | None = None
-        # Acting on scores: an entity is returned if its score reaches both the global floor (`min_score`, e.g.
-        # --min-score) and its type's threshold (calibrate --target-precision, saved in calibration.json); the rest
-        # are "needs review" — `predict_with_review` returns them separately, `predict` leaves them out.
-        self._min_score: float | None = None
-        self.thresholds: dict[str, float] = {}
-
-    @property
-    def min_score(self) -> float | None:
-        return self._min_score
-
-    @min_score.setter
-    def min_score(self, value: float | None) -> None:
-        self._min_score = check_min_score(value)  # here, where every caller (CLI, service, spaCy, batch) sets it
+        # Acting on scores: which entities are kept and which go for review (outputs.Thresholds, checked where made).
+        self.thresholds = Thresholds()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
-                        trust_remote_code: bool = False, quantize: str | q.Int8Spec | None = None,
+                        trust_remote_code: bool = False, precision: str | q.Int8Spec | None = "auto",
                         max_batch_tokens: int | None = -1, min_score: float | None = None) -> NERModel:
         """The one way every caller loads a model for prediction (predict, batch-predict, serve, the spaCy component,
-        evaluation): precision and thresholds are chosen and checked here, once.
-        `quantize="int8"` (or a `quantize.Int8Spec`): SmoothQuant-calibrated int8 Linear layers (CPU only).
-        `quantize="bf16"`: the backbone's weights and activations in bf16 (head and CRF stay fp32).
-        `min_score`: entities below it (or below their type's calibrated threshold) are left out / for review."""
-        check_min_score(min_score)  # before minutes of loading
-        bf16 = quantize == "bf16"
-        spec = None if bf16 else q.Int8Spec.parse(quantize)
+        evaluate): precision and thresholds are chosen and checked here, once. `precision` (quantize.PRECISIONS):
+        "auto" (bf16 where it is native and holds: `_auto_precision`), "fp32" (None), "bf16" (the backbone's weights
+        and activations; head and CRF stay fp32), "int8" (or a `quantize.Int8Spec`: SmoothQuant-calibrated int8
+        Linear layers, CPU only). `min_score`: entities below it (or their type's calibrated threshold) are for
+        review."""
+        Thresholds(min_score)  # checked before minutes of loading
+        precision = "fp32" if precision is None else precision
+        if isinstance(precision, str) and precision not in q.PRECISIONS:
+            raise ValueError(f"precision={precision!r}: use one of {', '.join(q.PRECISIONS)}")
+        spec = q.Int8Spec.parse(precision) if precision not in ("auto", "fp32", "bf16") else None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if spec and device != "cpu":
             raise ValueError("int8 dynamic quantisation runs on the CPU only; use bf16 on a GPU")
         model = LLMForTokenClassification.from_pretrained(path, device=device, trust_remote_code=trust_remote_code)
-        if bf16:
+        if precision == "bf16":
             model.backbone.to(torch.bfloat16)
         ner = cls(model, load_tokenizer(path), batch_size, device, max_batch_tokens=max_batch_tokens)
         cal = Path(path) / rundir.CALIBRATION
         if cal.is_file():
             ner.calibration = json.loads(cal.read_text())
             ner.use_calibration(ner.calibration)
-            ner.thresholds = dict(ner.calibration.get("thresholds", {}))
-        ner.min_score = min_score
+        ner.thresholds = Thresholds.of(min_score, ner.calibration.get("thresholds"))
+        ner.precision = "int8" if spec else precision
+        if precision == "auto":
+            ner = ner._auto_precision(path, trust_remote_code)
         if spec:
             texts = q.calibration_texts()
-            q.quantize_int8(model, lambda: ner.predict(texts), spec.alpha, spec.keep_fp32, spec.scheme)
+            q.quantize_int8(model, lambda: ner(texts), spec.alpha, spec.keep_fp32, spec.scheme)
             ner.stats.clear()
         return ner
+
+    def _auto_precision(self, path: str | Path, trust_remote_code: bool) -> NERModel:
+        """"auto": bf16 if this device runs it natively (a CPU with AVX512-BF16 or AMX, a GPU that supports it) and
+        the model's spans on AUTO_CHECK_TEXTS news sentences agree with fp32's (>= AUTO_AGREEMENT, Jaccard over
+        (text, start, end, label)); else fp32, reloaded. Reported in issue 35 for the document-context model (AMD
+        EPYC, native bf16): 2.5x the words/s, 99.3 % of spans identical, test F1 within 0.1."""
+        cuda = str(self.device).startswith("cuda")
+        native = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
+        if not native:
+            self.precision = "fp32"
+            log.info("precision auto: fp32 (no native bf16 on this %s)", "GPU" if cuda else "CPU")
+            return self
+        texts = q.calibration_texts(AUTO_CHECK_TEXTS)
+        ref = _span_set(self(texts))
+        self.model.backbone.to(torch.bfloat16)
+        got = _span_set(self(texts))
+        self.stats.clear()
+        agree = len(ref & got) / max(len(ref | got), 1)
+        if agree >= AUTO_AGREEMENT:
+            self.precision = "bf16"
+            log.info("precision auto: bf16 (native; %.1f %% of fp32's spans on %d check sentences)", 100 * agree,
+                     len(texts))
+            return self
+        log.info("precision auto: fp32 (bf16 kept only %.1f %% of fp32's spans on %d check sentences)", 100 * agree,
+                 len(texts))
+        self.model = LLMForTokenClassification.from_pretrained(path, device=str(self.device),
+                                                               trust_remote_code=trust_remote_code).eval()
+        self.precision = "fp32"
+        return self
 
     def use_calibration(self, cal: dict) -> None:
         """Apply a calibration.json's choice: its temperature, or its logistic (at T = 1)."""
@@ -131,7 +157,7 @@ class NERModel:
             self.temperature, self.recalibration = float(cal.get("temperature", 1.0)), None
 
     @torch.no_grad()
-    def run_windows(self, windows: list[Window], progress: bool = False, keep_logits: bool = False) -> list[tuple]:
+    def _run(self, windows: list[Window], progress: bool = False, keep_logits: bool = False) -> list[tuple]:
         """Forward + decode every window, longest first in batches; results (tag ids, confidences[, word logits
         (W,C) on the CPU if keep_logits]) in the windows' order."""
         lengths = [len(w.input_ids) * self.model.length_factor for w in windows]  # what the backbone sees
@@ -177,7 +203,7 @@ class NERModel:
 
     @torch.no_grad()
     def mean_logprobs(self, res: Sequence[tuple], batch: int = 256) -> list[float]:
-        """Per window of `run_windows(keep_logits=True)`: the mean over its words of log p(decoded tags), as trained —
+        """Per window of `_run(keep_logits=True)`: the mean over its words of log p(decoded tags), as trained —
         the "maximum normalised log-probability" of Shen et al. (2018): near 0 sure, very negative unsure."""
         out: list[float] = []
         for i in range(0, len(res), batch):
@@ -187,14 +213,7 @@ class NERModel:
             out += (lp / mask.sum(1).clamp(min=1)).tolist()
         return out
 
-    def predict_words(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]],
-                      progress: bool = False) -> tuple[list[list[str]], list[list[float]]]:
-        """Tags and confidences per word for texts whose word offsets are given."""
-        keep, windows = self.windows_for(texts, word_offsets)
-        res = self.run_windows(windows, progress) if windows else []
-        return self.merge(texts, word_offsets, keep, windows, res)
-
-    def windows_for(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]]
+    def _windows(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]]
                     ) -> tuple[list[int], list[Window]]:
         """The texts that have words, and their model windows."""
         keep = [i for i, o in enumerate(word_offsets) if len(o) > 0]  # texts with no words predict nothing
@@ -207,7 +226,7 @@ class NERModel:
         self.stats["tokenize_s"] += time.perf_counter() - t0
         return keep, windows
 
-    def merge(self, texts: Sequence[str], word_offsets, keep: list[int], windows: list[Window], res: Sequence[tuple],
+    def _merge(self, texts: Sequence[str], word_offsets, keep: list[int], windows: list[Window], res: Sequence[tuple],
               recalibrate: bool = True) -> tuple[list[list[str]], list[list[float]]]:
         """Per-window (tag ids, confidences) -> tags and confidences per word of each text; entity scores through the
         saved logistic recalibration when there is one (and `recalibrate`)."""
@@ -225,18 +244,7 @@ class NERModel:
             confs = self.recalibration.apply(texts, word_offsets, tags, confs)
         return tags, confs
 
-    def predict_sentences(self, sentences: Sequence[Sentence], progress: bool = False) -> list[list[str]]:
-        """IOB2 tags for pre-tokenised sentences (evaluation). A model trained with document context predicts each
-        document's sentences together (joined into one text, windowed), then splits the tags per sentence."""
-        return self.predict_sentences_scored(sentences, progress)[0]
-
-    def predict_sentences_scored(self, sentences: Sequence[Sentence], progress: bool = False
-                                 ) -> tuple[list[list[str]], list[list[float]]]:
-        """Tags and per-word confidences (an entity's words carry its score) for pre-tokenised sentences."""
-        texts, offsets, groups = self.sentence_texts(sentences)
-        return self.per_sentence(*self.predict_words(texts, offsets, progress), groups, sentences)
-
-    def sentence_texts(self, sentences: Sequence[Sentence]) -> tuple[list[str], list, list[list[int]] | None]:
+    def _sentence_texts(self, sentences: Sequence[Sentence]) -> tuple[list[str], list, list[list[int]] | None]:
         """The texts the model reads for pre-tokenised sentences and their word offsets: one text per sentence, or,
         for a model trained with document context, one per document (then also which sentences each holds)."""
         if self.model.config.context == "document":
@@ -244,80 +252,73 @@ class NERModel:
         return (*texts_and_offsets(sentences), None)
 
     @staticmethod
-    def per_sentence(tags: list, confs: list, groups: list[list[int]] | None, sentences: Sequence[Sentence]
+    def _per_sentence(tags: list, confs: list, groups: list[list[int]] | None, sentences: Sequence[Sentence]
                      ) -> tuple[list[list[str]], list[list[float]]]:
-        """Results per text of `sentence_texts` -> per sentence."""
+        """Results per text of `_sentence_texts` -> per sentence."""
         if groups is None:
             return tags, confs
         sizes = [len(s.tokens) for s in sentences]
         return split_documents(tags, groups, sizes), split_documents(confs, groups, sizes)
 
-    def predict(self, texts: str | Sequence[str], progress: bool = False) -> list[list[Entity]] | list[Entity]:
-        """Raw text(s) -> entity spans with character offsets into each text. A single str gives a single list.
-        Entities scored below the thresholds (`min_score`, `thresholds`) are left out: see `predict_with_review`."""
-        single = isinstance(texts, str)
-        res = [kept for kept, _ in self.predict_with_review([texts] if single else list(texts), progress)]
-        return res[0] if single else res
+    def __call__(self, inputs: str | Sequence[str] | Sequence[Sentence], *, review: bool = False,
+                 scored: bool = False, gold: bool = False, progress: bool = False) -> Predictions:
+        """The one predict call. Raw text(s) -> entity spans with character offsets into each text; pre-tokenised
+        `Sentence`s (CoNLL) -> the same, over their words (`gold`: they carried tags, CoNLL output keeps them).
+        Each text's entities are split at `thresholds` into kept and for-review (`review`: the shapes that can show
+        the latter show them); `scored` (raw text) adds each text's sequence score. Shape the result with
+        `Predictions.to` (`outputs.OUTPUTS`), e.g. `ner(texts).to("pipeline")` for transformers' pipeline dicts."""
+        items = [inputs] if isinstance(inputs, str) else list(inputs)
+        if items and all(isinstance(x, Sentence) for x in items):
+            if scored:
+                raise ValueError("scored=True needs raw texts (a sequence score is per text read)")
+            texts, offsets = texts_and_offsets(items)
+            tags, confs = self._sentences(items, progress)
+            return Predictions(texts=texts, results=self._split(texts, offsets, tags, confs), review=review, tags=tags,
+                               sentences=items, offsets=offsets, gold=gold)
+        if not all(isinstance(x, str) for x in items):
+            raise TypeError("predict raw texts (str) or pre-tokenised Sentences, not a mix or other objects")
+        offsets = [split_words(t) for t in items]
+        keep, windows = self._windows(items, offsets)
+        res = self._run(windows, progress, keep_logits=scored) if windows else []
+        scores = None
+        if scored:  # a text cut into windows takes its least sure window's score; a text without words scores 0
+            scores = [0.0] * len(items)
+            for win, lp in zip(windows, self.mean_logprobs(res), strict=True):
+                scores[keep[win.item]] = min(scores[keep[win.item]], lp)
+        tags, confs = self._merge(items, offsets, keep, windows, res)
+        return Predictions(texts=items, results=self._split(items, offsets, tags, confs), review=review, tags=tags,
+                           offsets=offsets, scores=scores)
 
-    def predict_with_review(self, texts: Sequence[str], progress: bool = False
-                            ) -> list[tuple[list[Entity], list[Entity]]]:
-        """Per text: (entities at or above the thresholds, entities below them — for a human to review)."""
-        texts = list(texts)
-        offsets = [split_words(t) for t in texts]
-        return self._with_review(texts, offsets, *self.predict_words(texts, offsets, progress))
-
-    def predict_texts(self, texts: Sequence[str], progress: bool = False) -> Predictions:
-        """Raw texts -> `Predictions` (kept and for-review entities per text), for `outputs.OUTPUTS` to shape."""
-        texts = list(texts)
-        return Predictions(texts, self.predict_with_review(texts, progress))
-
-    def predict_texts_scored(self, texts: Sequence[str], progress: bool = False) -> Predictions:
-        """`predict_texts`, plus each text's sequence score (`Predictions.scores`): the mean log-probability per word
-        of its tags (`mean_logprobs`); a text cut into windows takes its least sure window's; a text without words
-        scores 0."""
-        texts = list(texts)
-        offsets = [split_words(t) for t in texts]
-        keep, windows = self.windows_for(texts, offsets)
-        res = self.run_windows(windows, progress, keep_logits=True) if windows else []
-        scores = [0.0] * len(texts)
-        for win, lp in zip(windows, self.mean_logprobs(res), strict=True):
-            scores[keep[win.item]] = min(scores[keep[win.item]], lp)
-        tags, confs = self.merge(texts, offsets, keep, windows, res)
-        return Predictions(texts, self._with_review(texts, offsets, tags, confs), scores=scores)
-
-    def predict_tokens(self, sentences: Sequence[Sentence], gold: bool = False, progress: bool = False
-                       ) -> Predictions:
-        """Token input (`gold`: it carried tags) -> `Predictions` with the same thresholds and review as raw text:
-        each sentence's text, its words' offsets, and (entities at or above the thresholds, those below them)."""
-        texts, offsets = texts_and_offsets(sentences)
-        res = self._with_review(texts, offsets, *self.predict_sentences_scored(sentences, progress))
-        return Predictions(texts, res, sentences, offsets, gold)
-
-    def _with_review(self, texts, offsets, tags, confs) -> list[tuple[list[Entity], list[Entity]]]:
-        """Word tags -> entities per text, split at the thresholds: (kept, below them — for review)."""
-        out = []
-        for t, o, tg, c in zip(texts, offsets, tags, confs, strict=True):
-            ents = tags_to_entities(t, o, tg, c)
-            out.append(([e for e in ents if e.score >= self.threshold(e.label)],
-                        [e for e in ents if e.score < self.threshold(e.label)]))
-        return out
-
-    def threshold(self, label: str) -> float:
-        return max(self.min_score or 0.0, self.thresholds.get(label, 0.0))
-
-    def predict_stream(self, texts: Iterable[str], chunk_size: int = 256) -> Iterator[list[Entity]]:
-        """Entities for each text of a (possibly huge) iterable, in order, holding only `chunk_size` texts at a time:
-        memory stays flat however large the corpus (sorting for padding happens within each chunk)."""
+    def pipe(self, texts: Iterable[str], chunk_size: int = 256, **options) -> Iterator[Predictions]:
+        """`__call__` over a (possibly huge) iterable, a chunk of `chunk_size` texts at a time, in order: memory stays
+        flat however large the corpus (sorting for padding happens within each chunk)."""
         it = iter(texts)
         while chunk := list(islice(it, chunk_size)):
-            yield from self.predict(chunk)
+            yield self(chunk, **options)
 
-    def __call__(self, texts: str | Sequence[str]) -> list[dict] | list[list[dict]]:
-        """Output shaped like transformers' `pipeline("token-classification", aggregation_strategy="simple")`:
-        dicts with entity_group, score, word, start, end — a drop-in for code written against that pipeline."""
-        single = isinstance(texts, str)
-        out = [pipeline_dicts(ents) for ents in self.predict([texts] if single else list(texts))]
-        return out[0] if single else out
+    def _words(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]], progress: bool = False
+               ) -> tuple[list[list[str]], list[list[float]]]:
+        """Tags and confidences per word for texts whose word offsets are given."""
+        keep, windows = self._windows(texts, word_offsets)
+        res = self._run(windows, progress) if windows else []
+        return self._merge(texts, word_offsets, keep, windows, res)
+
+    def _sentences(self, sentences: Sequence[Sentence], progress: bool = False
+                   ) -> tuple[list[list[str]], list[list[float]]]:
+        """IOB2 tags and per-word confidences (an entity's words carry its score) for pre-tokenised sentences. A model
+        trained with document context predicts each document's sentences together (joined into one text, windowed),
+        then splits the tags per sentence."""
+        texts, offsets, groups = self._sentence_texts(sentences)
+        return self._per_sentence(*self._words(texts, offsets, progress), groups, sentences)
+
+    def _split(self, texts, offsets, tags, confs) -> list[tuple[list[Entity], list[Entity]]]:
+        """Word tags -> entities per text, split at the thresholds: (kept, below them — for review)."""
+        return [self.thresholds.split(tags_to_entities(t, o, tg, c))
+                for t, o, tg, c in zip(texts, offsets, tags, confs, strict=True)]
+
+
+def _span_set(p: Predictions) -> set[tuple]:
+    return {(i, e.start, e.end, e.label) for i, (kept, low) in enumerate(p.results) for e in kept + low}
 
 
 def _padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,13 +338,13 @@ class Scorer:
 
     def __init__(self, ner: NERModel, sentences: Sequence[Sentence], progress: bool = False):
         self.ner, self.sentences = ner, sentences
-        self.texts, self.offsets, self.groups = ner.sentence_texts(sentences)
-        self.keep, self.windows = ner.windows_for(self.texts, self.offsets)
-        self.logits = [r[2] for r in ner.run_windows(self.windows, progress, keep_logits=True)] if self.windows else []
+        self.texts, self.offsets, self.groups = ner._sentence_texts(sentences)
+        self.keep, self.windows = ner._windows(self.texts, self.offsets)
+        self.logits = [r[2] for r in ner._run(self.windows, progress, keep_logits=True)] if self.windows else []
 
     def at(self, temperature: float, recalibrate: bool = False) -> tuple[list[list[str]], list[list[float]]]:
         """Scores at `temperature`; with `recalibrate`, through the model's logistic recalibration if it has one (the
         scores a user gets: `served`)."""
         res = self.ner.redecode(self.logits, temperature) if self.logits else []
-        tags, confs = self.ner.merge(self.texts, self.offsets, self.keep, self.windows, res, recalibrate)
-        return self.ner.per_sentence(tags, confs, self.groups, self.sentences)
+        tags, confs = self.ner._merge(self.texts, self.offsets, self.keep, self.windows, res, recalibrate)
+        return self.ner._per_sentence(tags, confs, self.groups, self.sentences)

@@ -49,8 +49,15 @@ def merge_lora(model: LLMForTokenClassification) -> LLMForTokenClassification:
 
 
 def calibration_texts(n: int = 128) -> list[str]:
-    """Generic English news sentences (the bundled CoNLL-2003 train split, no labels used)."""
-    return [sentence_text(s.tokens)[0] for s in load_corpus("conll2003:train", limit=n)]
+    """Generic English news sentences (the bundled CoNLL-2003 train split, no labels used); read without the "read
+    ..." log line, which would look like the user's data."""
+    quiet = logging.getLogger("llm_ner.data.formats")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        return [sentence_text(s.tokens)[0] for s in load_corpus("conll2003:train", limit=n)]
+    finally:
+        quiet.setLevel(level)
 
 
 @torch.no_grad()
@@ -177,9 +184,20 @@ SCHEMES = ("per_token", "per_tensor", "torchao")
 DEFAULT_SCHEME = "per_token"
 
 
+# The precisions every entry point offers (predict, evaluate, select, serve, batch-predict, the spaCy component), with
+# the help each shows: `NERModel.from_pretrained(precision=...)` is where they are applied.
+PRECISIONS = {
+    "auto": "bf16 where the hardware does bf16 natively and the model's spans on check sentences hold, else fp32 "
+            "(the default; the choice is logged once)",
+    "fp32": "full precision, as trained and measured",
+    "bf16": "the backbone in bf16 (fast on CPUs with native bf16, and GPUs)",
+    "int8": "SmoothQuant int8 Linear layers (CPU); benchmarks/results/results.md",
+}
+
+
 @dataclass(frozen=True)
 class Int8Spec:
-    """How to quantise: `NERModel.from_pretrained(..., quantize="int8")` takes the defaults; benchmarks pass a spec
+    """How to quantise: `NERModel.from_pretrained(..., precision="int8")` takes the defaults; benchmarks pass a spec
     to sweep them (activation-scale scheme, SmoothQuant strength alpha — None: no smoothing —, layers kept fp32)."""
 
     scheme: str = DEFAULT_SCHEME
@@ -191,7 +209,7 @@ class Int8Spec:
         if spec is None or isinstance(spec, Int8Spec):
             return spec
         if spec != "int8":
-            raise ValueError(f"quantize={spec!r}: use 'int8' (or an Int8Spec), 'bf16', or None")
+            raise ValueError(f"precision={spec!r}: use one of {', '.join(PRECISIONS)} (or an Int8Spec)")
         return cls()
 
 

@@ -16,13 +16,12 @@ from pathlib import Path
 
 from ..data.corpus import iter_jsonl
 from ..data.formats import FORMATS, format_names, record_text
-from ..inference.outputs import entity_dicts
 
 
 class NERBatchPredictor:
     """For `ray.data.Dataset.map_batches` (batch_format="numpy"): {"text": array} -> adds "entities" (JSON strings)."""
 
-    def __init__(self, model_dir: str, batch_size: int = 32, threads: int | None = None, quantize: str | None = None,
+    def __init__(self, model_dir: str, batch_size: int = 32, threads: int | None = None, precision: str = "auto",
                  min_score: float | None = None, review: bool = False):
         import torch
 
@@ -30,16 +29,16 @@ class NERBatchPredictor:
 
         if threads:
             torch.set_num_threads(threads)
-        self.ner = NERModel.from_pretrained(model_dir, batch_size=batch_size, device="cpu", quantize=quantize,
+        self.ner = NERModel.from_pretrained(model_dir, batch_size=batch_size, device="cpu", precision=precision,
                                             min_score=min_score)
         self.review = review
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch["text"]]
-        res = self.ner.predict_with_review(texts)
-        batch["entities"] = [json.dumps(entity_dicts(kept), ensure_ascii=False) for kept, _ in res]
+        records = self.ner(texts, review=self.review).to("records")
+        batch["entities"] = [json.dumps(r["entities"], ensure_ascii=False) for r in records]
         if self.review:  # the entities below the thresholds, for a person to check
-            batch["needs_review"] = [json.dumps(entity_dicts(low), ensure_ascii=False) for _, low in res]
+            batch["needs_review"] = [json.dumps(r["needs_review"], ensure_ascii=False) for r in records]
         return batch
 
 
@@ -57,7 +56,7 @@ def check_jsonl_texts(path: str) -> None:
 
 
 def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str | None = None, concurrency: int = 1,
-                batch_size: int = 64, threads: int | None = None, quantize: str | None = None,
+                batch_size: int = 64, threads: int | None = None, precision: str = "auto",
                 min_score: float | None = None, review: bool = False) -> int:
     """Read {"text": ...} JSON lines or plain text (a text per line; the format is detected from the content),
     predict, write JSON lines to output_dir."""
@@ -77,7 +76,7 @@ def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str |
         # text: one row per line, column "text"; JSON lines: one row per record, other fields kept
         ds = ray.data.read_text(input_path) if fmt == "text" else ray.data.read_json(input_path, lines=True)
         ds = ds.map_batches(NERBatchPredictor, fn_constructor_kwargs={
-            "model_dir": str(Path(model_dir).resolve()), "threads": threads, "quantize": quantize,
+            "model_dir": str(Path(model_dir).resolve()), "threads": threads, "precision": precision,
             "min_score": min_score, "review": review},
             batch_size=batch_size, batch_format="numpy", concurrency=concurrency)
         ds.write_json(output_dir)

@@ -35,8 +35,6 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..data.annotation import label_studio_prediction
-from ..inference.outputs import entity_dicts
 from ..rundir import model_tag
 
 log = logging.getLogger(__name__)
@@ -183,9 +181,9 @@ def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
                                      f"{cfg.max_request_chars}")
         res = await state["batcher"].submit(texts) if texts else []
         keep = set(schema.labels)  # the project cannot show a label it does not have
-        return PredictResponse(results=[label_studio_prediction(
-            [e for e in entity_dicts(kept) if e["label"] in keep], version(), from_name=schema.from_name,
-            to_name=schema.to_name) for kept, _ in res], model_version=version())
+        return PredictResponse(results=res.to("label-studio-regions", model=version(), from_name=schema.from_name,
+                                              to_name=schema.to_name, labels=keep) if texts else [],
+                               model_version=version())
 
     async def start_training(tasks: list[dict]) -> JSONResponse:
         if not cfg.train_dir:

@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -46,42 +46,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from ..inference.outputs import entity_dicts
+from ..inference.outputs import Thresholds
 from ..rundir import model_identity
 from . import label_studio
+from .settings import ServeConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ServeConfig:
-    model_dir: str
-    max_text_chars: int = 100_000
-    max_batch: int = 64  # texts per request
-    batch_wait_ms: float = 5.0  # how long the worker waits to gather more requests into one batch
-    max_batch_texts: int = 64  # texts per model call
-    device: str | None = None
-    trust_remote_code: bool = False  # the backbone's own Python code runs only if the user says so
-    quantize: str | None = None  # "int8": dynamic int8 Linear layers (CPU); "bf16": the backbone in bf16
-    min_score: float | None = None  # entities scored below it (or below their type's calibrated threshold): review
-    api_keys: tuple[str, ...] = ()  # empty: no authentication
-    cors_origins: tuple[str, ...] = ()  # origins allowed to call from a browser ("*" for any)
-    max_body_bytes: int | None = None  # None: 4 bytes per allowed character + 64 KiB of JSON around them
-    max_queue: int = 256  # requests waiting for the model; the next one gets 429
-    max_request_chars: int = 400_000  # characters over all texts of one request (what costs work): 413 past it
-    max_queue_chars: int = 2_000_000  # characters waiting for the model; a request that would pass it gets 429
-    request_timeout: float = 300.0  # seconds a request may wait and run; then 503 (if still queued, it costs nothing)
-    model_name: str | None = None  # None: the run's directory name
-    model_version: str | None = None  # None: a fingerprint of the model dir's config and weights
-    # Label Studio ML backend retraining (label_studio.py): runs go to train_dir (None: retraining off), with this run
-    # config (None: the defaults; --init brings the model section) and --set overrides
-    train_dir: str | None = None
-    train_config: str | None = None
-    train_set: tuple[str, ...] = ()
-
-    def body_limit(self) -> int:
-        # 6 bytes per character: a JSON string may escape any character as \uXXXX; 64 KiB for the JSON around them
-        return self.max_body_bytes or 6 * self.max_request_chars + 65_536
 
 
 OPEN_PATHS = {"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"}  # no key needed: no data in them
@@ -406,7 +376,7 @@ class _Batcher:
     async def _predict(self, texts: list[str]) -> list:
         self.metrics.batch.observe(len(texts))
         t0 = time.perf_counter()
-        res = await asyncio.get_running_loop().run_in_executor(None, self.ner.predict_with_review, texts)
+        res = await asyncio.get_running_loop().run_in_executor(None, self.ner, texts)
         self.last_batch_seconds = time.perf_counter() - t0
         return res
 
@@ -450,9 +420,9 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         t0 = time.time()
         state["ner"] = ner or NERModel.from_pretrained(cfg.model_dir, device=cfg.device,
                                                           trust_remote_code=cfg.trust_remote_code,
-                                                          quantize=cfg.quantize, min_score=cfg.min_score)
+                                                          precision=cfg.precision, min_score=cfg.min_score)
         if ner is not None and cfg.min_score is not None:  # a model handed in (tests, embedding) gets it too
-            ner.min_score = cfg.min_score
+            ner.thresholds = Thresholds.of(cfg.min_score, ner.calibration.get("thresholds"))
         state["load_seconds"] = round(time.time() - t0, 2)
         metrics.load_seconds.set(state["load_seconds"])
         state["batcher"] = app.state.batcher = _Batcher(state["ner"], cfg, metrics)
@@ -530,9 +500,7 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
             raise HTTPException(422, f"{where} could not be processed ({type(e.error).__name__}); other requests "
                                      "were not affected") from None
         return EntitiesResponse(
-            results=[TextResult(entities=[EntityOut(**d) for d in entity_dicts(kept)],
-                                needs_review=[EntityOut(**d) for d in entity_dicts(low)] if req.review else None)
-                     for kept, low in res],
+            results=[TextResult(**r) for r in replace(res, review=req.review).to("records")] if texts else [],
             model=ModelInfo(**state["identity"]), latency_ms=round(1000 * (time.time() - t0), 2))
 
     async def reload(model_dir: str) -> None:
@@ -540,7 +508,7 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         from ..inference.engine import NERModel
 
         new = await asyncio.get_running_loop().run_in_executor(None, lambda: NERModel.from_pretrained(
-            model_dir, device=cfg.device, trust_remote_code=cfg.trust_remote_code, quantize=cfg.quantize,
+            model_dir, device=cfg.device, trust_remote_code=cfg.trust_remote_code, precision=cfg.precision,
             min_score=cfg.min_score))
         state["ner"] = state["batcher"].ner = new
         state["model_dir"], state["identity"] = model_dir, model_identity(model_dir, cfg.model_name)

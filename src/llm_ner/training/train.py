@@ -432,7 +432,8 @@ def fit(trainer: NERTrainer, last_checkpoint: str | None, run_dir: Path) -> tupl
 def test_step(cfg: RunConfig, splits: Splits, progress: bool) -> dict:
     """Score the best model on the test set; writes test_metrics.json, test_predictions.conll, analysis.json."""
     run_dir = Path(cfg.output)
-    ner = NERModel.from_pretrained(run_dir / R.MODEL, batch_size=cfg.training.eval_batch_size)
+    # fp32: a run's numbers are measured as trained, whatever the machine (prediction's "auto" may pick bf16)
+    ner = NERModel.from_pretrained(run_dir / R.MODEL, batch_size=cfg.training.eval_batch_size, precision="fp32")
     t0 = time.time()
     m, pred = evaluate_model(ner, splits.test, progress, run_dir / R.TEST_METRICS, run_dir / R.TEST_PREDICTIONS)
     seconds = time.time() - t0

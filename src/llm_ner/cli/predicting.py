@@ -1,0 +1,154 @@
+"""Prediction commands: predict, select (active learning), batch-predict, export."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import (
+    BATCH_SIZE,
+    BatchSize,
+    InputFormat,
+    MinScore,
+    ModelDir,
+    Opt,
+    Precision,
+    Review,
+    TrustRemoteCode,
+    Verbose,
+    check_precision,
+    check_score,
+    command,
+    fail,
+    load_model,
+    outputs_help,
+    setup_logging,
+)
+
+
+@command()
+def predict(
+    model: ModelDir,
+    text: Annotated[list[str] | None, Opt(help="text to tag (repeatable)")] = None,
+    input: Annotated[str | None, Opt(help="texts (a text per line), JSON lines with 'text', or a CoNLL "
+                                          "token-per-line file; the format is read from the content")] = None,
+    format: InputFormat = "auto",
+    output: Annotated[str | None, Opt(help="output file (JSON lines of spans; CoNLL for token input)")] = None,
+    to: Annotated[str | None, Opt(help=outputs_help("conll for token input, else jsonl"))] = None,
+    batch_size: BatchSize = BATCH_SIZE,
+    trust_remote_code: TrustRemoteCode = False,
+    precision: Precision = "auto",
+    min_score: MinScore = None,
+    review: Review = False,
+    verbose: Verbose = False,
+) -> None:
+    """Entity spans (character offsets, label, text, confidence) for raw text; token input (CoNLL, a token per line)
+    -> CoNLL, or any --to. --min-score, the calibrated thresholds and --review apply to every input and output."""
+    setup_logging(verbose)
+    from ..data import DataError, read_texts
+    from ..fsutil import atomic_write_text
+    from ..inference.outputs import check_output
+    from ..rundir import model_identity, model_tag
+
+    if not text and not input:
+        fail("give --text or --input")
+    kind, items = read_texts(input, format) if input else ("text", list(text))
+    tokens_in = kind in ("conll", "tokens")
+    to = to or ("conll" if tokens_in else "jsonl")
+    out = check_output(to, tokens_in, review)
+    if output and not input:
+        raise DataError("--output needs --input (--text prints its spans)")
+    ner = load_model(model, batch_size, trust_remote_code, precision, min_score)
+    # token input gets the same thresholds and outputs as raw text: entities per sentence, then the chosen shape
+    preds = ner(items, review=review, gold=kind == "conll", progress=tokens_in or bool(input))
+    body = preds.to(out.name, model=model_tag(model_identity(model)))
+    if to == "conll" and not output:  # CoNLL goes beside its input unless told
+        output = str(Path(input).with_suffix(".pred.conll"))
+    if output:
+        atomic_write_text(Path(output), body)
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        sys.stdout.write(body)
+
+
+@command("select")
+def select_texts(
+    model: ModelDir,
+    pool: Annotated[str, Opt(help="unlabelled texts, in any format `predict` reads (`llm-ner formats`)")],
+    n: Annotated[int, Opt(help="how many texts to choose")],
+    output: Annotated[str, Opt(help="where to write the chosen texts with their pre-annotations")],
+    strategy: Annotated[str, Opt(help="diverse (the least sure, spread over k-means groups: the best in the "
+                                      "simulation, docs/results.md) | uncertainty (least sure first: mean "
+                                      "log-probability per word of the tags) | random")] = "diverse",
+    to: Annotated[str, Opt(help=outputs_help("label-studio; each record with its confidence"))] = "label-studio",
+    format: InputFormat = "auto",
+    exclude: Annotated[list[str] | None, Opt(help="labelled data whose texts are never chosen (repeat); the model's "
+                                                  "own training data is left out anyway")] = None,
+    seed: Annotated[int, Opt(help="the random and diverse strategies' seed")] = 0,
+    batch_size: BatchSize = BATCH_SIZE,
+    trust_remote_code: TrustRemoteCode = False,
+    precision: Precision = "auto",
+    min_score: MinScore = None,
+    review: Review = False,
+    verbose: Verbose = False,
+) -> None:
+    """Choose the texts to label next from a pool (active learning) and write them pre-annotated for correction."""
+    setup_logging(verbose)
+    from ..active.select import candidates, labelled_keys, select, training_keys
+    from ..data import read_texts
+    from ..fsutil import atomic_write_text
+    from ..inference.outputs import check_output
+    from ..modeling.align import texts_and_offsets
+    from ..rundir import model_identity, model_tag
+
+    out = check_output(to, False, review)
+    kind, items = read_texts(pool, format)
+    texts = list(items) if kind == "text" else texts_and_offsets(items)[0]
+    chosen_from = candidates(texts, n, strategy, training_keys(model) | labelled_keys(exclude or []), pool)
+    ner = load_model(model, batch_size, trust_remote_code, precision, min_score)
+    chosen = select(ner, chosen_from, n, strategy, seed, progress=True)
+    atomic_write_text(Path(output), replace(chosen, review=review).to(out.name, model=model_tag(model_identity(model))))
+    typer.echo(f"chose {len(chosen.texts)} of {len(texts)} texts ({strategy}) -> {output}", err=True)
+
+
+@command("batch-predict")
+def batch_predict(
+    model: ModelDir,
+    input: Annotated[str, Opt(help="texts: a text per line, or JSON lines with 'text' (other fields kept)")],
+    output: Annotated[str, Opt(help="output dir (JSON lines, one file per block)")],
+    address: Annotated[str | None, Opt(help="Ray cluster address (ray://host:10001); default: local")] = None,
+    concurrency: Annotated[int, Opt(help="model replicas (Ray actors)")] = 1,
+    batch_size: BatchSize = BATCH_SIZE,
+    threads: Annotated[int | None, Opt(help="torch threads per replica")] = None,
+    precision: Precision = "auto",
+    min_score: MinScore = None,
+    review: Review = False,
+) -> None:
+    """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
+    from ..modeling.model import read_model_config
+    from ..serving.batch import ray_predict
+
+    check_score(min_score)
+    read_model_config(model)  # fail here, not inside a Ray actor
+    n = ray_predict(model, input, output, address, concurrency, batch_size, threads, check_precision(precision),
+                    min_score, review)
+    typer.echo(f"{n} texts -> {output}")
+
+
+@command()
+def export(
+    model: ModelDir,
+    output: Annotated[str, Opt(help="new model dir")],
+    merge_lora: Annotated[bool, Opt("--merge-lora", help="fold LoRA adapters into the backbone weights")] = False,
+) -> None:
+    """Write a standalone copy of a model dir (safetensors); --merge-lora folds the adapters in (no peft at load)."""
+    from ..inference.engine import load_tokenizer
+    from ..modeling.model import LLMForTokenClassification, read_model_config
+
+    m = LLMForTokenClassification.from_pretrained(model)
+    m.save_pretrained(output, tokenizer=load_tokenizer(model), merge_lora=merge_lora)
+    typer.echo(f"wrote {output} (backbone: {read_model_config(output).backbone_saved})")

@@ -1,0 +1,77 @@
+"""The service's settings, declared once: every limit's default, its help (the CLI's `serve --help` reads both from
+here) and its validation (`ServeConfig.__post_init__`, whoever builds one: the CLI, a test, an embedding app). No
+FastAPI import: the CLI reads this without the [serve] extra."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+
+from ..errors import UserError
+
+BODY_BYTES_PER_CHAR = 6  # a JSON string may escape any character as \uXXXX
+BODY_JSON_SLACK = 65_536  # the JSON around the texts
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ServeConfig:
+    model_dir: str
+    max_text_chars: int = _opt(100_000, "longer texts get 413")
+    max_batch: int = _opt(64, "more texts per request get 413")
+    batch_wait_ms: float = _opt(5.0, "micro-batching window: how long the worker waits to gather requests (ms)")
+    max_batch_texts: int = 64  # texts per model call
+    device: str | None = None
+    trust_remote_code: bool = False  # the backbone's own Python code runs only if the user says so
+    precision: str = "auto"  # quantize.PRECISIONS
+    min_score: float | None = None  # entities scored below it (or below their type's calibrated threshold): review
+    api_keys: tuple[str, ...] = ()  # empty: no authentication
+    cors_origins: tuple[str, ...] = ()  # origins allowed to call from a browser ("*" for any)
+    max_body_bytes: int | None = _opt(None, f"bigger request bodies get 413 before parsing (default: "
+                                            f"{BODY_BYTES_PER_CHAR} bytes per allowed character of "
+                                            f"--max-request-chars + {BODY_JSON_SLACK // 1024} KiB)")
+    max_queue: int = _opt(256, "requests that may wait for the model; past it: 429 + Retry-After")
+    max_request_chars: int = _opt(400_000, "characters over all texts of one request; past it: 413")
+    max_queue_chars: int = _opt(2_000_000, "characters that may wait for the model; past it: 429")
+    request_timeout: float = _opt(300.0, "seconds a request may wait and run; past it: 503 (if still queued, it "
+                                         "costs nothing)")
+    model_name: str | None = _opt(None, "the name responses give (default: the run's directory name)")
+    model_version: str | None = _opt(None, "the version responses give (default: a fingerprint of the model files)")
+    # Label Studio ML backend retraining (label_studio.py): runs go to train_dir (None: retraining off), with this run
+    # config (None: the defaults; --init brings the model section) and --set overrides
+    train_dir: str | None = _opt(None, "as a Label Studio ML backend, retrain on the project's annotations (`train "
+                                       "--init` this model) into DIR/round_K and serve the result; off by default")
+    train_config: str | None = _opt(None, "run config for retraining (default: the built-in defaults)")
+    train_set: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        positive = ("max_text_chars", "max_batch", "max_batch_texts", "max_queue", "max_request_chars",
+                    "max_queue_chars")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.batch_wait_ms < 0:
+            raise UserError("--batch-wait-ms must be 0 or more")
+        if self.max_queue_chars < self.max_request_chars:
+            raise UserError("--max-queue-chars must be at least --max-request-chars (else a request could never "
+                            "queue)")
+        if self.request_timeout <= 0:
+            raise UserError("--request-timeout must be more than 0 seconds")
+        if self.max_body_bytes is not None and self.max_body_bytes < 1:
+            raise UserError("--max-body-bytes must be at least 1")
+
+    def body_limit(self) -> int:
+        return self.max_body_bytes or BODY_BYTES_PER_CHAR * self.max_request_chars + BODY_JSON_SLACK
+
+
+def default(name: str):
+    """A setting's default, for the CLI's option."""
+    f = next(f for f in fields(ServeConfig) if f.name == name)
+    return None if f.default is MISSING else f.default
+
+
+def help_of(name: str) -> str:
+    """A setting's help text, for the CLI's option."""
+    return next(f for f in fields(ServeConfig) if f.name == name).metadata["help"]

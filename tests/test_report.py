@@ -183,7 +183,7 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
     assert "## How much labelled data" in md and "## Active learning" in md
     assert "![learning_curve](learning_curve.png)" in md and "![active_learning](active_learning.png)" in md
     assert ("The LLM's lead is largest at 250 sentences: +19.00 F1; at ≤ 1,000 sentences it is +5.00 to +19.00. "
-            "It leads by 10 F1 or more at 250 sentences.") in md
+            "Its lowest lead is +5.00 F1, at 1,000 sentences. It leads by 10 F1 or more at 250 sentences.") in md
     # random's last round: (61 + 63) / 2 = 62.00 with 600 labels; uncertainty's round 1 (400 labels) has 64.00:
     # reached with 67 % of the labels, 4,000 of 9,000 tokens; CPU: 2 trainings x 60 s + the 30 s choice between
     # them = 2.5 min, against 3 x 60 + 2 x 30 = 4.0

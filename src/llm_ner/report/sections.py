@@ -79,24 +79,19 @@ def _pct(x) -> str:
 
 
 def results(runs: list[dict], llm: dict) -> str:
-    lines = [f"- **{r['name']}** ({r['kind']}): test F1 {_pct(r['metrics']['f1'])} (P "
-             f"{_pct(r['metrics']['precision'])}, R {_pct(r['metrics']['recall'])}, macro F1 "
-             f"{_pct(r['metrics']['macro_f1'])}; strict IOB2 F1 {_pct(r['metrics'].get('strict', {}).get('f1'))}) on "
-             f"{r['metrics']['sentences']:,} sentences" for r in runs]
-    lines += seeds_lines(runs)
+    rows = [{"name": r["name"], "kind": r["kind"], "f1": _pct(r["metrics"]["f1"]), "p": _pct(r["metrics"]["precision"]),
+             "r": _pct(r["metrics"]["recall"]), "macro": _pct(r["metrics"]["macro_f1"]),
+             "strict": _pct(r["metrics"].get("strict", {}).get("f1")), "sentences": r["metrics"]["sentences"]}
+            for r in runs]
     enc = next((r for r in runs if r["kind"] == "encoder"), None)
-    if enc:
-        d = llm["metrics"]["f1"] - enc["metrics"]["f1"]
-        lines.append(f"- The LLM model is {abs(d):.1f} F1 points {'above' if d >= 0 else 'below'} the encoder "
-                     "baseline on the same split and scorer.")
     pr = next((r for r in runs if r["kind"] == "prompt"), None)
+    prompt = None
     if pr:
         c, ps = pr["prompt_stats"]["counts"], pr["prompt_stats"]
-        lines.append(f"- The prompted baseline ({pr['model']}, {ps['k_shot']}-shot) made {c.get('requests', 0)} "
-                     f"requests: {c.get('malformed', 0)} malformed answers, {c.get('hallucinated', 0)} entities not "
-                     f"in the sentence, {c.get('unknown_type', 0)} with an unknown type, {c.get('refusal', 0)} "
-                     f"refusals; latency p50 {ps.get('latency_p50')} s.")
-    return "\n".join(lines)
+        prompt = {"model": pr["model"], "k_shot": ps["k_shot"], "latency_p50": ps.get("latency_p50"),
+                  **{k: c.get(k, 0) for k in ("requests", "malformed", "hallucinated", "unknown_type", "refusal")}}
+    return render("results.md.j2", {"runs": rows, "seed_lines": seeds_lines(runs), "prompt": prompt,
+                                    "encoder_gap": llm["metrics"]["f1"] - enc["metrics"]["f1"] if enc else None})
 
 
 def _recipe(run: dict) -> str:
@@ -153,18 +148,10 @@ def confidence(llm: dict) -> str | None:
     if not cal:
         return None
     th = {t["threshold"]: t for t in cal["thresholds"]}
-    txt = ("Every entity's score is the model's probability of exactly that entity (CRF forward-backward), divided "
-           f"by a temperature fitted on dev after training (T = {cal.get('temperature', 1.0):.2f}; the tags, and so "
-           f"F1, do not change). Expected calibration error of the test entities' scores (10 bins): "
-           f"**{cal['ece']:.3f}**")
     unc = llm["metrics"].get("calibration_uncalibrated")
-    if unc:
-        txt += f" (as trained, T = 1: {unc['ece']:.3f})"
-    kept = "; ".join(f"≥ {k}: precision {th[k]['precision']:.1f}, recall {th[k]['recall']:.1f}"
-                     for k in (0.5, 0.9, 0.95) if k in th)
-    txt += (f". Entities kept above a score threshold: {kept}. `llm-ner calibrate --target-precision 0.95` "
-            "saves per-type thresholds that `predict`, `serve` and the spaCy component apply (the rest is "
-            "returned as needs-review when asked).")
+    txt = render("confidence.md.j2", {
+        "method": cal.get("method", "temperature"), "temperature": cal.get("temperature", 1.0), "ece": cal["ece"],
+        "ece_as_trained": unc["ece"] if unc else None, "kept": [th[k] for k in (0.5, 0.9, 0.95) if k in th]})
     table = ece_table(llm)
     return txt + ("\n\n" + table if table else "")
 
@@ -205,18 +192,11 @@ def _confused_form(f: dict) -> str:
 def failures(llm: dict) -> str:
     a = llm["analysis"]
     errs = sorted(((k, v) for k, v in a["taxonomy_total"].items() if k != "correct"), key=lambda kv: -kv[1])
-    forms = "; ".join(_confused_form(f) for f in a["confused_forms"][:6])
-    out = [f"Largest error categories for {llm['name']}: " + ", ".join(f"{k} {v}" for k, v in errs[:4]) + ".",
-           f"Most frequent errors on one gold entity: {forms}."]
     su = a.get("seen_unseen") or {}
-    if su:
-        out.append(f"Entities seen in training (same surface form and type): F1 {su.get('seen', {}).get('f1')}; "
-                   f"unseen: F1 {su.get('unseen', {}).get('f1')} — most of the gap to the reference comes from "
-                   "names the training data never showed.")
-    bl = a.get("by_entity_length", {})
-    if bl:
-        out.append("F1 by entity length (tokens): " + ", ".join(f"{k}: {v['f1']}" for k, v in bl.items()) + ".")
-    return "\n\n".join(out)
+    return render("failures.md.j2", {
+        "run": llm["name"], "errors": errs[:4], "forms": [_confused_form(f) for f in a["confused_forms"][:6]],
+        "seen": su.get("seen", {}).get("f1") if su else None, "unseen": su.get("unseen", {}).get("f1") if su else None,
+        "by_length": [(k, v["f1"]) for k, v in a.get("by_entity_length", {}).items()]})
 
 
 def _pm(xs: list[float]) -> tuple[float, float]:
@@ -224,24 +204,19 @@ def _pm(xs: list[float]) -> tuple[float, float]:
 
 
 def learning_curve_text(curve: dict) -> str:
-    """The curve's table, and where the LLM's lead over the encoder is largest (from active/curve.py's summary)."""
+    """The curve's table, and where the LLM's lead over the encoder is largest and lowest (from active/curve.py's
+    summary)."""
     from ..active.curve import table
 
     by = {(r["system"], r["sentences"]): r for r in curve["summary"] if r["test_f1"] is not None}
     leads = [(by[("llm", n)]["test_f1"] - by[("encoder", n)]["test_f1"], n) for s, n in by if s == "llm"
              and ("encoder", n) in by]
-    say = [f"Each point trains the `{curve['config']}` recipe (LLM) and the encoder baseline on the same random "
-           "subset of the training split (nested sizes per seed), scored on the same test set; mean ± sd over seeds "
-           "(`llm-ner learning-curve`)."]
-    if leads:
-        lead, n = max(leads)
-        small = [d for d, m in leads if m <= 1000]
-        say.append(f"The LLM's lead is largest at {n:,} sentences: {lead:+.2f} F1" + (
-            f"; at ≤ 1,000 sentences it is {min(small):+.2f} to {max(small):+.2f}." if small else "."))
-        ten = sorted(m for d, m in leads if d >= 10)  # "does the LLM pay off for my few hundred sentences?"
-        say.append("It leads by 10 F1 or more at " + (", ".join(f"{m:,}" for m in ten) + " sentences." if ten
-                                                       else "no size measured."))
-    return " ".join(say) + "\n\n" + table(curve["rows"]).rstrip("\n")
+    hi, lo = (max(leads), min(leads)) if leads else ((None, None), (None, None))
+    text = render("curve.md.j2", {
+        "config": curve["config"], "lead": hi[0], "lead_at": hi[1], "lowest": lo[0] if lo != hi else None,
+        "lowest_at": lo[1], "small": [d for d, m in leads if m <= 1000],
+        "ten": sorted(m for d, m in leads if d >= 10)})  # "does the LLM pay off for my few hundred sentences?"
+    return text + "\n\n" + table(curve["rows"]).rstrip("\n")
 
 
 def al_complete_seeds(al: dict) -> tuple[list[str], list[str]]:
@@ -286,7 +261,7 @@ def _token_share(hit: dict, goal: dict) -> str:
 
 
 def active_learning_text(al: dict) -> str:
-    """Per round and strategy, test F1; and the labels (and CPU minutes) uncertainty needed to reach random's last."""
+    """Per round and strategy, test F1; and the labels (and CPU minutes) each strategy needed to reach random's last."""
     pts, (done, partial) = al_points(al), al_complete_seeds(al)
     lines = ["| strategy | labelled sentences | their tokens | dev F1 | test F1 | seeds | CPU min so far |",
              "|---|---|---|---|---|---|---|"]
@@ -296,24 +271,14 @@ def active_learning_text(al: dict) -> str:
             dev = "" if p["dev"] is None else f"{p['dev'][0]:.2f} ± {p['dev'][1]:.2f}"
             lines.append(f"| {s} | {p['labelled']:,} | {tokens} | {dev} | {p['test_f1']:.2f} ± {p['test_sd']:.2f} | "
                          f"{p['seeds']} | {p['cpu_s'] / 60:.1f} |")
-    say = ["Simulated on CoNLL-2003 with the labels hidden until chosen (`scripts/simulate_al.py`): each round "
-           "trains the quickstart recipe on what is labelled, then labels more; every strategy starts from the same "
-           f"sentences per seed (seed{'s' * (len(done) > 1)} {', '.join(done)}). CPU minutes: wall-clock minutes "
-           "of training and of choosing, on this machine's 2 cores, summed over the rounds so far."]
-    if partial:
-        say.append(f"Seed{'s' * (len(partial) > 1)} {', '.join(partial)} not finished yet, left out.")
-    if "random" in pts and len(pts) > 1:
-        goal = pts["random"][-1]
-        say.append(f"Random sampling's last round: {goal['test_f1']:.2f} test F1 with {goal['labelled']:,} labels.")
-        for name, ps in pts.items():
-            if name == "random":
-                continue
+    goal = pts["random"][-1] if "random" in pts and len(pts) > 1 else None
+    reached = []
+    for name, ps in pts.items():
+        if goal and name != "random":
             hit = next((p for p in ps if p["test_f1"] >= goal["test_f1"]), None)
-            say.append(f"`{name}` reached it with {hit['labelled']:,} labels "
-                       f"({100 * hit['labelled'] / goal['labelled']:.0f} %{_token_share(hit, goal)}) and "
-                       f"{hit['cpu_s'] / 60:.1f} CPU minutes against {goal['cpu_s'] / 60:.1f}." if hit
-                       else f"`{name}` did not reach it.")
-    return " ".join(say) + "\n\n" + "\n".join(lines)
+            reached.append((name, hit, _token_share(hit, goal) if hit else ""))
+    text = render("active_learning.md.j2", {"done": done, "partial": partial, "goal": goal, "reached": reached})
+    return text + "\n\n" + "\n".join(lines)
 
 
 def sections(runs: list[dict], extras: dict[str, dict]) -> list[tuple[str, str]]:

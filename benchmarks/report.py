@@ -93,14 +93,23 @@ def write_report(res: dict, out: Path) -> None:
             f"{r.get('test_words_per_s', '')}" + (f" ({_mfu(r.get('test_tokens_per_s'), params, key_peak)})"
                                                   if "test_tokens_per_s" in r and "int8" not in key else ""),
             r.get("peak_mb")]) + " |")
-    for key in ("int8_paired", "bf16_paired", "int8_torchao_paired"):
+    for key in ("int8_paired", "bf16_paired", "int8_torchao_paired", "auto_paired"):
         pr = res.get(key, {})
         if pr.get("rounds"):
             base, other = pr.get("base", "fp32"), pr.get("other", key.split("_")[0])
-            lines += ["", f"{other} vs {base} timed alternately in one process on the same {pr['texts']} texts "
-                          f"({len(pr['rounds'])} rounds, words/s {base} → {other}): "
+            chose = f" (auto chose {pr['other_is']})" if other == "auto" and "other_is" in pr else ""
+            agree = f"; {100 * pr['span_agreement']:.1f} % of the spans agree" if "span_agreement" in pr else ""
+            lines += ["", f"{other}{chose} vs {base} timed alternately in one process on the same {pr['texts']} "
+                          f"texts ({len(pr['rounds'])} rounds, words/s {base} → {other}): "
                           + _rounds(pr["rounds"], base, other)
-                          + f". **Median speed-up {pr['median_ratio']}×.**"]
+                          + f". **Median speed-up {pr['median_ratio']}×**{agree}."]
+    pp = res.get("auto_process", {})
+    if pp.get("rounds"):
+        lines += ["", f"`llm-ner predict` as a whole process (load, the auto check, {pp['texts']} CoNLL test sentences "
+                      f"as raw text, {pp['words']} words, writing), fp32 → the default auto, alternated "
+                      f"({len(pp['rounds'])} rounds): " + _rounds(pp["rounds"], "fp32", "auto")
+                      + f". **Median {pp['median_ratio']}×**; {100 * pp['span_agreement']:.1f} % of fp32's spans "
+                      f"agree. {pp['rounds'][0].get('auto_log', '')}"]
     rt = res.get("raw_text", {})
     if rt.get("raw_text"):
         r, t = rt["raw_text"], rt["pretokenised"]

@@ -94,8 +94,32 @@ def from_spacy(model, tmp_path, min_score=None, precision=None, review=False):
             if review else None)
 
 
+def from_pipeline(model, tmp_path, min_score=None, precision=None, review=False):
+    """The Python call with transformers' pipeline shape: kept entities only (it has no place for review)."""
+    ner = NERModel.from_pretrained(model, precision=precision or "auto", min_score=min_score)
+    got = [[(d["start"], d["end"], d["entity_group"]) for d in x] for x in ner(TEXTS).to("pipeline")]
+    low = [[(e.start, e.end, e.label) for e in x] for x in ner(TEXTS, review=True).needs_review] if review else None
+    return got, low
+
+
+def from_label_studio(model, tmp_path, min_score=None, precision=None, review=False):
+    """The Label Studio ML backend's /predict: one region per kept entity (Label Studio has no review list)."""
+    from llm_ner.serving.serve import ServeConfig, create_app
+
+    config = '<View><Labels name="label" toName="text">' + "".join(
+        f'<Label value="{t}"/>' for t in NERModel.from_pretrained(model, precision="fp32").labels.types) + (
+        '</Labels><Text name="text" value="$text"/></View>')
+    with running(create_app(ServeConfig(str(model), min_score=min_score, precision=precision or "auto"))) as url:
+        status, body = call(url, {"tasks": [{"id": i, "data": {"text": t}} for i, t in enumerate(TEXTS)],
+                                  "label_config": config}, path="/predict")
+    assert status == 200, body
+    return [sorted((r["value"]["start"], r["value"]["end"], r["value"]["labels"][0]) for r in p["result"])
+            for p in body["results"]], None
+
+
 ENTRY_POINTS = {"cli_text": from_cli_text, "cli_conll": from_cli_conll, "batch": from_batch,
-                "service": from_service, "spacy": from_spacy}
+                "service": from_service, "spacy": from_spacy, "pipeline": from_pipeline,
+                "label_studio": from_label_studio}
 
 
 def want(model, min_score=None, precision="auto") -> tuple[list, list]:
@@ -113,7 +137,7 @@ def test_min_score(entry, tiny_ner_dir, tmp_path, cut):
     assert ENTRY_POINTS[entry](tiny_ner_dir, tmp_path, min_score=cut)[0] == kept
 
 
-@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+@pytest.mark.parametrize("entry", [e for e in ENTRY_POINTS if e != "label_studio"])  # LS has no review list
 def test_review(entry, tiny_ner_dir, tmp_path, cut):
     """What falls below the thresholds comes back for review (asked for), from every entry point."""
     kept, low = want(tiny_ner_dir, cut)

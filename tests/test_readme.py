@@ -52,3 +52,14 @@ def test_the_setup_commands_are_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     test_cmd = re.findall(r"```bash\n\s*(pip install -q -r requirements-test\.txt.*?)\n", README)
     assert len(test_cmd) == 1 and test_cmd[0].strip() in ci
+
+
+def test_the_readme_python_runs(tiny_ner_dir):
+    """The README's Python block, on a tiny model in place of the quickstart's (the call and its shapes are real)."""
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert blocks
+    for code in blocks:
+        scope: dict = {}
+        exec(compile(code.replace("runs/quickstart/model", str(tiny_ner_dir)), "README.md", "exec"), scope)
+        if "preds" in scope:
+            assert len(scope["preds"]) == 2 and isinstance(scope["preds"].to("pipeline"), list)

@@ -35,13 +35,19 @@ def _mfu(tokens_per_s, params, peak_gflops, flops_per_param=2) -> str:
     return f"{100 * flops_per_param * params * tokens_per_s / (peak_gflops * 1e9):.0f} %"
 
 
-def write_report(res: dict, out: Path) -> None:
-    # the peak is measured at the start and at the end of the run (a shared VM drifts); MFU uses the higher one
+def _peaks(res: dict) -> tuple[list[float], float | None, float | None]:
+    """The fp32 matmul peaks measured at the start and the end of the run (a shared VM drifts), the higher one (what
+    MFU uses), and the bf16 peak."""
     peaks = [_get(res, k, "fp32_matmul_gflops", default=None) for k in ("matmul", "matmul_end")]
     peaks = [p for p in peaks if isinstance(p, int | float)]
-    peak = max(peaks) if peaks else None
     bf16_peaks = [_get(res, k, "bf16_matmul_gflops", default=None) for k in ("matmul", "matmul_end")]
-    bf16_peak = max((p for p in bf16_peaks if isinstance(p, int | float)), default=None)
+    return (peaks, max(peaks) if peaks else None,
+            max((p for p in bf16_peaks if isinstance(p, int | float)), default=None))
+
+
+def _prediction(res: dict, peak, bf16_peak, out: Path) -> list[str]:
+    """The machine, the peaks, and prediction's table, speed-ups and raw-text rows."""
+    peaks = _peaks(res)[0]
     m = res.get("machine", {})
     lines = ["# Benchmarks", "",
              f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')} ({m.get('threads')} threads), "
@@ -139,6 +145,12 @@ def write_report(res: dict, out: Path) -> None:
                       + "; ".join(f"{name(k)}: **{v['valid_f1']}**" + (f" ({v['valid_words_per_s']} words/s)"
                                                                        if "valid_words_per_s" in v else "")
                                   for k, v in devs.items())]
+    return lines
+
+
+def _alternatives(res: dict, peak, bf16_peak, out: Path) -> list[str]:
+    """The transformers pipeline, spaCy and the service."""
+    lines: list[str] = []
     lines += ["", "## The alternatives", "",
               "| system | load → first prediction s | words/s | CoNLL test F1 | peak MB |", "|---|---|---|---|---|"]
     hp, sp = res.get("hf_pipeline", {}), res.get("spacy", {})
@@ -178,6 +190,12 @@ def write_report(res: dict, out: Path) -> None:
                       f"{sv['max_ms']} ms; {sv['requests_per_s']} requests/s = {sv['words_per_s']} words/s; ready "
                       f"(model loaded, /health 200) {sv['ready_s']} s after start; {sv['answers_equal_direct']} of "
                       f"{sv['requests']} answers identical to direct prediction."]
+    return lines
+
+
+def _training(res: dict, peak, bf16_peak, out: Path) -> list[str]:
+    """Training's speed by mode, and the paired training measurements."""
+    lines: list[str] = []
     lines += ["", "## Training (batch 8 of CoNLL-2003 windows, fused AdamW)", "",
               "(N for LoRA includes the adapters: 4.9 M of 111 M.)", "",
               "| mode | tokens/s | FLOPs/token counted | MFU | trainable params | peak MB |",
@@ -263,6 +281,12 @@ def write_report(res: dict, out: Path) -> None:
                       f"the same {bp['sentences_per_round']} sentences a round ({len(bp['rounds'])} rounds, training "
                       "words/s): " + _rounds(bp["rounds"], "smollm2-135m", "gemma3-270m")
                       + f". **Median Gemma / SmolLM2: {bp['median_ratio']}×.**"]
+    return lines
+
+
+def _where_time_goes(res: dict, peak, bf16_peak, out: Path) -> list[str]:
+    """The forward's share of the matmul peak, and what is left."""
+    lines: list[str] = []
     llm = res.get("llm", {})
     if llm and "error" not in llm:
         b32, params = _grid(llm, 32, "budget"), llm.get("nonembedding_params")
@@ -283,6 +307,12 @@ def write_report(res: dict, out: Path) -> None:
                   "work (attention softmax, RMSNorm, SiLU, residual adds, the head — the plain forward's own distance "
                   "from 100 %), attention over packed rows as wide as the batch's longest window, and the machine's "
                   "drift during the run (compare the peak measured at its start and end)"]
+    return lines
+
+
+def _scaling(res: dict, peak, bf16_peak, out: Path) -> list[str]:
+    """Long documents and streamed texts: speed and memory."""
+    lines: list[str] = []
     sc = res.get("scaling", {})
     if sc and "error" not in sc:
         lines += ["", "## Scaling", "", "| document chars | words/s | seconds | RSS MB |", "|---|---|---|---|"]
@@ -291,6 +321,14 @@ def write_report(res: dict, out: Path) -> None:
         lines += [f"| {s['texts']} | {s['rss_mb']} | {s['seconds']} |" for s in sc["stream"]]
         lines += ["", "![scaling](scaling.png)"]
         _plot(sc, out / "scaling.png")
+    return lines
+
+
+def write_report(res: dict, out: Path) -> None:
+    """results.md (and scaling.png) from results.json: one function a section."""
+    _, peak, bf16_peak = _peaks(res)
+    lines = [line for part in (_prediction, _alternatives, _training, _where_time_goes, _scaling)
+             for line in part(res, peak, bf16_peak, out)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 

@@ -11,6 +11,7 @@ import statistics
 from importlib import resources
 
 from ..config import NOT_THE_RECIPE
+from ..evaluation.evaluate import SHOWN_THRESHOLDS
 from ..modeling.backbones import BACKBONES, family
 
 
@@ -151,7 +152,7 @@ def confidence(llm: dict) -> str | None:
     unc = llm["metrics"].get("calibration_uncalibrated")
     txt = render("confidence.md.j2", {
         "method": cal.get("method", "temperature"), "temperature": cal.get("temperature", 1.0), "ece": cal["ece"],
-        "ece_as_trained": unc["ece"] if unc else None, "kept": [th[k] for k in (0.5, 0.9, 0.95) if k in th]})
+        "ece_as_trained": unc["ece"] if unc else None, "kept": [th[k] for k in SHOWN_THRESHOLDS if k in th]})
     table = ece_table(llm)
     return txt + ("\n\n" + table if table else "")
 

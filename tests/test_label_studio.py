@@ -136,7 +136,8 @@ def test_label_studio_predicts_and_retrains_through_us(label_studio, tiny_ner_di
             assert time.time() < deadline, jobs
             time.sleep(1)
         assert jobs[0]["status"] == "done", jobs
-        run = Path(jobs[0]["run_dir"])
+        assert jobs[0]["round"] == "round_1" and "/" not in jobs[0]["detail"]  # relative names only
+        run = tmp_path / "rounds" / jobs[0]["round"]
         summary = json.loads((run / "summary.json").read_text())
         assert summary["init"]["model_dir"] == str(tiny_ner_dir) and summary["train_sentences"] == 2
         new = get_json(backend + "/health")["model"]

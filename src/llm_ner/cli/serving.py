@@ -50,6 +50,10 @@ def serve(
     train_dir: Annotated[str | None, Opt(help=S.help_of("train_dir"))] = S.default("train_dir"),
     train_config: Annotated[str | None, Opt(help=S.help_of("train_config"))] = S.default("train_config"),
     train_set: Annotated[list[str] | None, Opt(help="a --set override for retraining (repeat)")] = None,
+    train_timeout: Annotated[float, Opt(help=S.help_of("train_timeout"))] = S.default("train_timeout"),
+    train_threads: Annotated[int | None, Opt(help=S.help_of("train_threads"))] = S.default("train_threads"),
+    keep_rounds: Annotated[int, Opt(help=S.help_of("keep_rounds"))] = S.default("keep_rounds"),
+    max_export_bytes: Annotated[int, Opt(help=S.help_of("max_export_bytes"))] = S.default("max_export_bytes"),
     verbose: Verbose = False,
 ) -> None:
     """HTTP service: demo page at /, POST /v1/entities, GET /v1/labels, /health, /metrics, OpenAPI docs at /docs;
@@ -65,7 +69,8 @@ def serve(
         precision=check_precision(precision), min_score=min_score, cors_origins=tuple(cors_origin or ()),
         max_body_bytes=max_body_bytes, max_queue=max_queue, model_name=model_name, model_version=model_version,
         max_request_chars=max_request_chars, max_queue_chars=max_queue_chars, request_timeout=request_timeout,
-        train_dir=train_dir, train_config=train_config, train_set=tuple(train_set or ()))
+        train_dir=train_dir, train_config=train_config, train_set=tuple(train_set or ()), train_timeout=train_timeout,
+        train_threads=train_threads, keep_rounds=keep_rounds, max_export_bytes=max_export_bytes)
     keys = read_api_keys(api_key_file, os.environ.get("LLM_NER_API_KEYS"))
     if api_key_file and not keys:
         raise UserError(f"{api_key_file}: no API key in it (one per line)")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..rundir import model_tag
+from .training import Busy, TrainingQueue, train_command
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,10 @@ class PredictResponse(BaseModel):
 
 class JobOut(BaseModel):
     id: int
-    run_dir: str
-    status: str
+    round: str = Field(description="the round's directory under the training dir")
+    status: str = Field(description="running | done | failed | timed out | interrupted")
     detail: str
+    seconds: float | None = None
 
 
 class TrainingResponse(BaseModel):
@@ -96,8 +97,10 @@ class TrainingResponse(BaseModel):
 
 
 ERRORS = {400: {"description": "nothing to train on"},
-          409: {"description": "START_TRAINING for a project that was not set up with a hostname and token"},
-          413: {"description": "the tasks' texts are over the request's character limit"},
+          409: {"description": "a training job is running (one at a time), or START_TRAINING for a project that was "
+                               "not set up with a hostname and token"},
+          413: {"description": "the tasks' texts are over the request's character limit, or the export over its "
+                               "byte limit"},
           422: {"description": "the body or the labeling config cannot be used (named in detail)"},
           429: {"description": "the queue is full; retry after the Retry-After seconds"},
           502: {"description": "Label Studio could not be reached for the project's annotations"},
@@ -133,19 +136,9 @@ def parse_schema(config: str | None, model_types: tuple[str, ...]) -> Schema:
 
 
 @dataclass
-class Job:
-    id: int
-    run_dir: str
-    status: str = "running"  # running | done | failed
-    detail: str = ""
-
-
-@dataclass
 class Projects:
-    """What /setup told us per project (the Label Studio host and token to fetch its export), and the jobs."""
+    """What /setup told us per project (the Label Studio host and token to fetch its export)."""
     hosts: dict[str, tuple[str, str]] = field(default_factory=dict)  # project id -> (hostname, access token)
-    jobs: list[Job] = field(default_factory=list)
-    running: set = field(default_factory=set)  # the jobs' asyncio tasks: held, or the loop may drop them mid-run
 
 
 def fetch_export(hostname: str, token: str, project_id: str) -> list[dict]:
@@ -185,41 +178,35 @@ def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
                                               to_name=schema.to_name, labels=keep) if texts else [],
                                model_version=version())
 
+    queue = TrainingQueue(cfg.train_dir, cfg.train_timeout, cfg.keep_rounds, cfg.train_threads) if cfg.train_dir \
+        else None
+    app.state.training = queue  # serve's lifespan stops its job with the server
+
     async def start_training(tasks: list[dict]) -> JSONResponse:
-        if not cfg.train_dir:
+        if queue is None:
             return JSONResponse({"status": "ok", "result": "training is off: start the server with --train-dir DIR "
                                                            "to retrain on the project's annotations"}, 201)
         if not any(t.get("annotations") for t in tasks if isinstance(t, dict)):
             raise HTTPException(400, "no annotated task to train on")
-        job = Job(len(projects.jobs) + 1, str(Path(cfg.train_dir) / f"round_{len(projects.jobs) + 1}"))
-        Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-        export = Path(job.run_dir) / "label_studio_export.json"
-        export.write_text(json.dumps(tasks, ensure_ascii=False))
-        projects.jobs.append(job)
-        task = asyncio.create_task(_train(job, export))
-        projects.running.add(task)
-        task.add_done_callback(projects.running.discard)
-        return JSONResponse({"status": "ok", "result": {"job": job.id, "run_dir": job.run_dir}}, 201)
-
-    async def _train(job: Job, export: Path) -> None:
-        cmd = [sys.executable, "-m", "llm_ner.cli", "train", "--init", str(state["model_dir"]), "--train",
-               str(export), "--output", job.run_dir, "--set", "data.dev=null", "--set", "data.test=null",
-               "--no-progress", *(["--config", cfg.train_config] if cfg.train_config else []),
-               *(a for kv in cfg.train_set for a in ("--set", kv))]
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT)
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            lines = out.decode(errors="replace").strip().splitlines()
-            job.status, job.detail = "failed", lines[-1] if lines else f"exit {proc.returncode}"
-            log.error("retraining job %d failed: %s", job.id, job.detail)
-            return
+        if (n := len(json.dumps(tasks, ensure_ascii=False).encode())) > cfg.max_export_bytes:
+            raise HTTPException(413, f"the export has {n} bytes; the limit is {cfg.max_export_bytes}")
         try:
-            await reload(str(Path(job.run_dir) / "model"))
-        except Exception as e:  # the old model keeps serving; the job says why the new one did not load
-            job.status, job.detail = "failed", f"the retrained model did not load ({type(e).__name__}: {e})"
-            return
-        job.status, job.detail = "done", version()
+            job = queue.new_round(tasks)
+        except Busy as e:
+            raise HTTPException(409, str(e)) from None
+        queue.start(job, train_command(str(state["model_dir"]), queue.root / job.round, cfg.train_config,
+                                       cfg.train_set), _serve_new)
+        return JSONResponse({"status": "ok", "result": {"job": job.id, "round": job.round}}, 201)
+
+    async def _serve_new(job) -> str:
+        """A job that succeeded: its model is served (the old one keeps serving if it does not load); rounds beyond
+        the kept number are removed, never the served one."""
+        try:
+            await reload(str(queue.model_dir(job)))
+        except Exception as e:
+            raise RuntimeError(f"the retrained model did not load ({type(e).__name__})") from e
+        queue.prune(Path(state["model_dir"]))
+        return version()
 
     @app.post("/webhook", tags=["label-studio"], responses={**ERRORS, **STARTED,
                                                              200: {"description": "an event we do not act on"}})
@@ -247,4 +234,6 @@ def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
 
     @app.get("/v1/training", tags=["label-studio"], response_model=TrainingResponse)
     async def training() -> TrainingResponse:
-        return TrainingResponse(jobs=[JobOut(**vars(j)) for j in projects.jobs], model_version=version())
+        jobs = queue.jobs if queue else []
+        return TrainingResponse(jobs=[JobOut(id=j.id, round=j.round, status=j.status, detail=j.detail,
+                                             seconds=j.seconds) for j in jobs], model_version=version())

@@ -431,6 +431,8 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
                  state["load_seconds"])
         yield
         await state["batcher"].stop()
+        if getattr(app.state, "training", None):  # no training process outlives the server
+            await app.state.training.stop()
 
     # FastAPIOffline: /docs is FastAPI's Swagger UI with its files served from the package, not from a CDN (an
     # exposed or air-gapped server must not make browsers load scripts from elsewhere)

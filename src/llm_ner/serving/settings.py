@@ -45,6 +45,11 @@ class ServeConfig:
                                        "--init` this model) into DIR/round_K and serve the result; off by default")
     train_config: str | None = _opt(None, "run config for retraining (default: the built-in defaults)")
     train_set: tuple[str, ...] = ()
+    train_timeout: float = _opt(3600.0, "seconds a retraining job may run; past it the job is stopped")
+    train_threads: int | None = _opt(None, "CPU threads for a retraining job (default: torch's own choice; give "
+                                           "fewer than the cores to keep serving responsive)")
+    keep_rounds: int = _opt(3, "retraining rounds kept on disk (the served one is never removed)")
+    max_export_bytes: int = _opt(50_000_000, "a Label Studio export bigger than this is refused (413)")
 
     def __post_init__(self) -> None:
         positive = ("max_text_chars", "max_batch", "max_batch_texts", "max_queue", "max_request_chars",
@@ -59,6 +64,9 @@ class ServeConfig:
                             "queue)")
         if self.request_timeout <= 0:
             raise UserError("--request-timeout must be more than 0 seconds")
+        if self.train_timeout <= 0 or self.keep_rounds < 1 or self.max_export_bytes < 1 or (
+                self.train_threads is not None and self.train_threads < 1):
+            raise UserError("--train-timeout, --keep-rounds, --max-export-bytes and --train-threads must be positive")
         if self.max_body_bytes is not None and self.max_body_bytes < 1:
             raise UserError("--max-body-bytes must be at least 1")
 

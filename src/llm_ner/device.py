@@ -1,7 +1,8 @@
 """What the hardware can do, asked once: native bf16 arithmetic on this CPU. A leaf module.
 
 Why ask: PyTorch runs bf16 on any AVX512 CPU, but only CPUs with the AVX512-BF16 (or AMX-BF16) instructions do it
-natively; elsewhere bf16 is emulated and slower than fp32, so "auto" precision must stay fp32 there."""
+natively, and only when PyTorch's kernels are allowed to use them (not with ATEN_CPU_CAPABILITY forced to default or
+avx2); elsewhere bf16 is emulated and slower than fp32, so "auto" precision must stay fp32 there."""
 
 from __future__ import annotations
 
@@ -19,4 +20,9 @@ def cpu_has_native_bf16() -> bool:
             flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        return False
+    # ... and PyTorch's kernels use them: with ATEN_CPU_CAPABILITY forced down (default / avx2), bf16 is emulated
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX")

@@ -130,7 +130,7 @@ def test_the_logistic_recalibration_is_fitted_chosen_saved_and_served(tiny_ner_d
 
     d = tmp_path / "model"
     shutil.copytree(tiny_ner_dir, d)
-    ner = NERModel.from_pretrained(d)
+    ner = NERModel.from_pretrained(d, precision="fp32")  # calibrate() fits fp32 scores
     sents = load_corpus("conll2003:valid", limit=120)
     pred = ner(sents).tags
     # sentences 0, 1, 4, 5, ...: gold = the model's own tags (its entities right); the others: no entity (all wrong)
@@ -143,7 +143,7 @@ def test_the_logistic_recalibration_is_fitted_chosen_saved_and_served(tiny_ner_d
     cal = json.loads((d / "calibration.json").read_text())
     lg = Logistic.from_dict(cal["logistic"])
     assert lg.coef[1] > 0 and lg.seen == seen  # seen in training raises the score
-    served = NERModel.from_pretrained(d)
+    served = NERModel.from_pretrained(d, precision="fp32")
     assert served.temperature == 1.0 and served.recalibration == lg
     m, tags = evaluate_model(served, gold)
     assert tags == pred and m["calibration"]["method"] == "logistic"  # tags unchanged

@@ -96,7 +96,8 @@ def regions(prediction: dict) -> list[tuple]:
 
 def test_label_studio_predicts_and_retrains_through_us(label_studio, tiny_ner_dir, tmp_path):
     proc, backend = start_server(tiny_ner_dir, "--train-dir", str(tmp_path / "rounds"), "--train-set",
-                                 "training.max_steps=2")
+                                 "training.max_steps=2", "--label-studio-url", label_studio,
+                                 "--promote-margin", "-100")  # the gate runs; any score passes it here
     try:
         status, project = ls(label_studio, "/api/projects", {"title": "ner", "label_config": CONFIG})
         assert status == 201, project
@@ -122,13 +123,18 @@ def test_label_studio_predicts_and_retrains_through_us(label_studio, tiny_ner_di
             assert all(0 <= r["score"] <= 1 and r["from_name"] == "label" and r["to_name"] == "text"
                        for r in p["result"])
 
-        # two tasks annotated in Label Studio, then "Start training": Label Studio sends START_TRAINING, we fetch the
-        # project's export (hostname and token from /setup), retrain from the served model and serve the result
-        for task_id, (start, end, label) in zip(sorted(text_of)[:2], [(0, 15, "PER"), (0, 5, "ORG")], strict=True):
+        # three tasks annotated in Label Studio, one skipped, then "Start training": Label Studio sends
+        # START_TRAINING, we fetch the project's export (from --label-studio-url, with the token from /setup),
+        # retrain from the served model on what was not held out for the gate, and serve the result
+        spans = [(0, 15, "PER"), (0, 5, "ORG"), (0, 13, "PER")]
+        for task_id, (start, end, label) in zip([t for t in sorted(text_of) if t != sorted(text_of)[2]], spans,
+                                                strict=True):
             text = text_of[task_id]
             result = [{"from_name": "label", "to_name": "text", "type": "labels",
                        "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]}}]
             assert ls(label_studio, f"/api/tasks/{task_id}/annotations", {"result": result})[0] == 201
+        skipped = sorted(text_of)[2]  # "Skip" in Label Studio: a cancelled annotation, which is not a label
+        assert ls(label_studio, f"/api/tasks/{skipped}/annotations", {"result": [], "was_cancelled": True})[0] == 201
         status, _ = ls(label_studio, f"/api/ml/{ml['id']}/train", {}, "POST")
         assert status == 200, _
         deadline = time.time() + 300
@@ -139,12 +145,15 @@ def test_label_studio_predicts_and_retrains_through_us(label_studio, tiny_ner_di
         assert jobs[0]["round"] == "round_1" and "/" not in jobs[0]["detail"]  # relative names only
         run = tmp_path / "rounds" / jobs[0]["round"]
         summary = json.loads((run / "summary.json").read_text())
-        assert summary["init"]["model_dir"] == str(tiny_ner_dir) and summary["train_sentences"] == 2
+        used = jobs[0]["export"]
+        assert used["tasks"] == 3 and used["cancelled_dropped"] == 1 and used["predictions_dropped"] == len(TEXTS)
+        assert summary["init"]["model_dir"] == str(tiny_ner_dir) and summary["train_sentences"] == 3 - used["held_out"]
         new = get_json(backend + "/health")["model"]
-        assert new["version"] != ident["version"] and jobs[0]["detail"] == f"{new['name']}@{new['version']}"
+        assert new["version"] != ident["version"] and jobs[0]["promoted"] and f"{new['name']}@{new['version']}" in \
+            jobs[0]["detail"]
         # Label Studio sees the new version at its next setup, and the predictions come from the new model
         status, ml2 = ls(label_studio, f"/api/ml/{ml['id']}")  # Label Studio asks /setup again
-        assert status == 200 and ml2["model_version"] == jobs[0]["detail"], ml2
+        assert status == 200 and ml2["model_version"] == f"{new['name']}@{new['version']}", ml2
 
         # a project whose labels the model does not have cannot connect: /setup refuses it
         status, other = ls(label_studio, "/api/projects", {"title": "pii", "label_config": CONFIG.replace(

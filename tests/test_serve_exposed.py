@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 from test_serve import TEXTS, get_json, start_server
 
-from llm_ner.serving.serve import ApiKeys, read_api_keys
+from llm_ner.serving.middleware import ApiKeys
+from llm_ner.serving.serve import read_api_keys
 
 
 def call(url, path="/v1/entities", body=None, headers=None, method=None):
@@ -39,7 +40,7 @@ def stop(proc):
 def test_key_check_compares_every_key_in_constant_time(monkeypatch):
     """No early exit that would time which key nearly matched: whatever the header, every key is compared, each with
     hmac.compare_digest (constant time for equal-length inputs)."""
-    import llm_ner.serving.serve as serve
+    import llm_ner.serving.middleware as serve
 
     seen = []
 
@@ -209,7 +210,8 @@ def test_bad_flags_are_one_line_errors(tiny_ner_dir, tmp_path):
     empty.write_text("# nothing\n")
     for args, msg in ((["--api-key-file", str(empty)], "no API key in it"),
                       (["--api-key-file", str(tmp_path / "missing.txt")], "missing.txt"),
-                      (["--max-queue", "0"], "--max-queue must be at least 1")):
+                      (["--max-queue", "0"], "--max-queue must be at least 1"),
+                      (["--label-studio-url", "file:///etc/passwd"], "--label-studio-url must be an http(s) URL")):
         r = subprocess.run([sys.executable, "-m", "llm_ner.cli", "serve", "--model", str(tiny_ner_dir), *args],
                            capture_output=True, text=True, timeout=120, env={**os.environ})
         assert r.returncode == 2 and msg in r.stderr + r.stdout and "Traceback" not in r.stderr, r.stderr

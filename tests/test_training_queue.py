@@ -44,7 +44,7 @@ def test_rounds_follow_the_highest_on_disk_and_one_job_runs_at_a_time(tmp_path):
         q = TrainingQueue(tmp_path, timeout=30, keep_rounds=5, threads=1)
         job = q.new_round([{"data": {"text": "x"}}])
         assert job.round == "round_8" and (tmp_path / "round_8" / "label_studio_export.json").is_file()
-        q.start(job, [sys.executable, "-c", "import time; time.sleep(0.5)"], _done)
+        q.start(job, [[sys.executable, "-c", "import time; time.sleep(0.5)"]], _done)
         with pytest.raises(Busy, match="job 8 is running"):
             q.new_round([])
         await _wait(q)
@@ -57,7 +57,8 @@ def test_a_job_past_its_time_limit_is_stopped(tmp_path):
     async def go():
         q = TrainingQueue(tmp_path, timeout=1, keep_rounds=5, threads=None)
         job = q.new_round([])
-        q.start(job, [sys.executable, "-c", "import time; time.sleep(60)"], _done)
+        q.start(job, [[sys.executable, "-c", "pass"], [sys.executable, "-c", "import time; time.sleep(60)"]],
+                _done)  # the limit holds for the job's steps together
         t = time.time()
         await _wait(q)
         assert job.status == "timed out" and time.time() - t < 20
@@ -74,7 +75,7 @@ def test_the_server_stopping_ends_the_job_and_a_restart_marks_it_interrupted(tmp
         # the training process starts a child of its own, as torch / DataLoader workers may: both must end
         code = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
                 f"time.sleep(600)']); open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(600)")
-        q.start(job, [sys.executable, "-c", code], _done)
+        q.start(job, [[sys.executable, "-c", code]], _done)
         while not pid_file.exists():
             await asyncio.sleep(0.05)
         await q.stop()

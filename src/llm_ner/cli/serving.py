@@ -54,6 +54,15 @@ def serve(
     train_threads: Annotated[int | None, Opt(help=S.help_of("train_threads"))] = S.default("train_threads"),
     keep_rounds: Annotated[int, Opt(help=S.help_of("keep_rounds"))] = S.default("keep_rounds"),
     max_export_bytes: Annotated[int, Opt(help=S.help_of("max_export_bytes"))] = S.default("max_export_bytes"),
+    label_studio_url: Annotated[str | None, Opt(help=S.help_of("label_studio_url"))] = S.default("label_studio_url"),
+    fetch_timeout: Annotated[float, Opt(help=S.help_of("fetch_timeout"))] = S.default("fetch_timeout"),
+    max_projects: Annotated[int, Opt(help=S.help_of("max_projects"))] = S.default("max_projects"),
+    promote_data: Annotated[str | None, Opt(help=S.help_of("promote_data"))] = S.default("promote_data"),
+    holdout: Annotated[float, Opt(help=S.help_of("holdout"))] = S.default("holdout"),
+    promote_margin: Annotated[float, Opt(help=S.help_of("promote_margin"))] = S.default("promote_margin"),
+    train_key_file: Annotated[str | None, Opt(envvar="LLM_NER_TRAIN_KEY_FILE", help=(
+        "training keys, one per line: they may also predict; /train, /webhook and /v1/training/rollback need one "
+        "when keys are set (also: LLM_NER_TRAIN_KEYS, comma-separated)"))] = None,
     verbose: Verbose = False,
 ) -> None:
     """HTTP service: demo page at /, POST /v1/entities, GET /v1/labels, /health, /metrics, OpenAPI docs at /docs;
@@ -70,11 +79,15 @@ def serve(
         max_body_bytes=max_body_bytes, max_queue=max_queue, model_name=model_name, model_version=model_version,
         max_request_chars=max_request_chars, max_queue_chars=max_queue_chars, request_timeout=request_timeout,
         train_dir=train_dir, train_config=train_config, train_set=tuple(train_set or ()), train_timeout=train_timeout,
-        train_threads=train_threads, keep_rounds=keep_rounds, max_export_bytes=max_export_bytes)
+        train_threads=train_threads, keep_rounds=keep_rounds, max_export_bytes=max_export_bytes,
+        label_studio_url=label_studio_url, fetch_timeout=fetch_timeout, max_projects=max_projects,
+        promote_data=promote_data, holdout=holdout, promote_margin=promote_margin)
     keys = read_api_keys(api_key_file, os.environ.get("LLM_NER_API_KEYS"))
-    if api_key_file and not keys:
-        raise UserError(f"{api_key_file}: no API key in it (one per line)")
-    if not keys and not no_auth and not is_loopback(host):
+    train_keys = read_api_keys(train_key_file, os.environ.get("LLM_NER_TRAIN_KEYS"))
+    for path, got in ((api_key_file, keys), (train_key_file, train_keys)):
+        if path and not got:
+            raise UserError(f"{path}: no API key in it (one per line)")
+    if not (keys or train_keys) and not no_auth and not is_loopback(host):
         raise UserError(f"refusing to serve on {host} without API keys: anyone who can reach it could use it. Give "
                         "keys (--api-key-file FILE, or LLM_NER_API_KEYS=k1,k2), or say --no-auth to serve it open")
-    run(replace(cfg, api_keys=keys), host, port, shutdown_timeout)
+    run(replace(cfg, api_keys=keys, train_keys=train_keys), host, port, shutdown_timeout)

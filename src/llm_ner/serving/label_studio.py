@@ -4,19 +4,24 @@ Label Studio (1.23, ml/api_connector.py) calls them — on the same app, the sam
 
   POST /setup    {project: "ID.TIMESTAMP", schema: labeling config, hostname, access_token} -> {model_version}.
                  A config with no <Labels> over a <Text>, or none of whose labels the model knows, is refused (422),
-                 so the project shows the problem when it connects.
+                 so the project shows the problem when it connects. The token is kept (to fetch the export); the
+                 hostname is not used: exports come only from the operator's --label-studio-url.
   POST /predict  {tasks: [{id, data: {FIELD: text}}], label_config, project} -> {results: [a prediction per task:
                  {result: [a region per entity, with its score], score, model_version}]}
   POST /webhook  {action, project: {id, ...}, ...}: ANNOTATION_CREATED / _UPDATED / _DELETED are acknowledged;
-                 START_TRAINING fetches the project's export from Label Studio (hostname and token from /setup) and
-                 retrains. Other actions: 200 {"status": "Unknown event"}, as the SDK answers.
+                 START_TRAINING fetches the project's export from --label-studio-url (with the token from /setup)
+                 and retrains. Other actions: 200 {"status": "Unknown event"}, as the SDK answers.
   POST /train    {annotations: [tasks with annotations, in the export layout], project, label_config}: the older
                  protocol's training call, same job.
 
+  POST /v1/training/rollback {round: "round_K" | "start"}: serve a kept round (or the model started on) again.
+
 Retraining (only with `serve --train-dir DIR`: a server does not start CPU-heavy jobs unless told) runs `llm-ner
-train --init <the served model>` on the project's annotations into DIR/round_K, in a separate process; when it
-succeeds, the server loads the new model, and /setup and every prediction name its version. GET /v1/training lists
-the jobs.
+train --init <the served model>` on the project's submitted annotations (never cancelled ones, never predictions)
+into DIR/round_K, in a separate process (training.py: one job at a time, a time limit); then the promotion gate
+scores the new model and the served one on held-out data, and only a round at least as good (+ margin) is served —
+/setup and every prediction then name its version. GET /v1/training lists the jobs, what of the export each used, and
+its scores. Training, rollback and START_TRAINING need a training key when keys are set (serve.py's ApiKeys).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import urllib.request
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..rundir import model_tag
-from .training import Busy, TrainingQueue, train_command
+from .batcher import TextFailed
+from .training import ROUND, Busy, TrainingQueue, clean_export, split_holdout, train_command
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +58,8 @@ class _Open(BaseModel):
 class SetupRequest(_Open):
     project: str = Field("", description="'ID.TIMESTAMP'")
     label_config: str = Field("", alias="schema", description="the project's labeling config (XML)")
-    hostname: str | None = Field(None, description="where Label Studio is (to fetch annotations for training)")
+    hostname: str | None = Field(None, description="where Label Studio says it is: not used (the server fetches "
+                                                   "exports only from its --label-studio-url)")
     access_token: str | None = None
 
 
@@ -89,16 +98,29 @@ class JobOut(BaseModel):
     status: str = Field(description="running | done | failed | timed out | interrupted")
     detail: str
     seconds: float | None = None
+    export: dict = Field(description="what of the export was used and dropped: tasks, annotations, "
+                                     "cancelled_dropped, predictions_dropped, unannotated_dropped, held_out")
+    f1: float | None = Field(None, description="the new model's F1 on the held-out data")
+    served_f1: float | None = Field(None, description="the model served then, on the same data")
+    promoted: bool | None = Field(None, description="whether the gate let the round be served")
 
 
 class TrainingResponse(BaseModel):
     jobs: list[JobOut]
+    served: str | None = Field(description="the round served (null: the model the server was started on)")
     model_version: str
 
 
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    round: str = Field(description="a kept round (round_K) to serve again, or 'start' for the model the server "
+                                   "was started on")
+
+
 ERRORS = {400: {"description": "nothing to train on"},
-          409: {"description": "a training job is running (one at a time), or START_TRAINING for a project that was "
-                               "not set up with a hostname and token"},
+          409: {"description": "a training job or an export fetch is running (one at a time), START_TRAINING for a "
+                               "project not set up with a token or on a server without --label-studio-url, or too "
+                               "many projects"},
           413: {"description": "the tasks' texts are over the request's character limit, or the export over its "
                                "byte limit"},
           422: {"description": "the body or the labeling config cannot be used (named in detail)"},
@@ -135,24 +157,54 @@ def parse_schema(config: str | None, model_types: tuple[str, ...]) -> Schema:
     raise HTTPException(422, "the labeling config has no <Labels> over a <Text>: nothing for an NER model to do")
 
 
-@dataclass
-class Projects:
-    """What /setup told us per project (the Label Studio host and token to fetch its export)."""
-    hosts: dict[str, tuple[str, str]] = field(default_factory=dict)  # project id -> (hostname, access token)
+MAX_TOKEN_CHARS = 512  # a Label Studio token is 40 hex characters (legacy) or a JWT of a few hundred
 
 
-def fetch_export(hostname: str, token: str, project_id: str) -> list[dict]:
-    """The project's tasks with their annotations, from Label Studio's export API (the JSON export layout)."""
-    url = f"{hostname.rstrip('/')}/api/projects/{project_id}/export?exportType=JSON"
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following it would carry the token to wherever the answer points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError for the 3xx
+
+
+# Only http(s) handlers (no file:, ftp:, data:), no proxies from the environment's *_proxy variables, no redirects.
+_OPENER = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
+
+
+def fetch_export(base_url: str, token: str, project_id: str, dest: Path, timeout: float, max_bytes: int) -> object:
+    """The project's tasks with their annotations, from Label Studio's export API (the JSON export layout), streamed
+    to `dest` under a total deadline and a byte cap; then parsed. Raises OSError / ValueError (the caller logs the
+    reason and answers a generic 502)."""
+    if not project_id.isdigit():
+        raise ValueError(f"project id {project_id!r} is not a number")
+    url = f"{base_url.rstrip('/')}/api/projects/{project_id}/export?exportType=JSON"
     req = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})
-    with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 (the host Label Studio itself gave us)
-        return json.loads(r.read())
+    deadline = time.monotonic() + timeout
+    n = 0
+    # each read is bounded by the socket timeout (at most the time left) and the whole download by the deadline:
+    # a host dripping a byte at a time cannot hold a worker past it
+    with _OPENER.open(req, timeout=min(10.0, timeout)) as r, open(dest, "wb") as out:  # noqa: S310 (http(s) only)
+        while chunk := r.read1(65536):  # what has arrived, not 64 KiB (read() would wait for a dripping host)
+            n += len(chunk)
+            if n > max_bytes:
+                raise ExportTooLarge(f"the export is over {max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the export took more than {timeout:g} s")
+            out.write(chunk)
+    with open(dest, "rb") as f:
+        return json.load(f)
 
 
-def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
-    """The ML-backend endpoints. `state` holds the live model ("ner"), batcher and identity; `reload(model_dir)`
-    swaps in a retrained model."""
-    projects = Projects()
+class ExportTooLarge(ValueError):
+    pass
+
+
+def add_routes(app: FastAPI, cfg, state: dict, reload, queue: TrainingQueue | None) -> None:
+    """The ML-backend endpoints. `state` holds the live model ("ner"), batcher, identity and model dir;
+    `reload(model_dir)` swaps in another model; `queue` runs retraining (None: training is off)."""
+    tokens: dict[str, str] = {}  # project id -> the access token /setup gave (to fetch the project's export)
+    fetcher = ThreadPoolExecutor(1, thread_name_prefix="ls-export")  # never the pool predictions run in
+    fetching = asyncio.Lock()  # one export download at a time, and none while a job runs
 
     def version() -> str:
         return model_tag(state["identity"])
@@ -161,52 +213,85 @@ def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
     async def setup(body: SetupRequest) -> SetupResponse:
         parse_schema(body.label_config, tuple(state["ner"].labels.types))
         pid = body.project.split(".", 1)[0]
-        if body.hostname and body.access_token:
-            projects.hosts[pid] = (body.hostname, body.access_token)
+        if body.access_token:
+            if len(body.access_token) > MAX_TOKEN_CHARS or not pid.isdigit():
+                raise HTTPException(422, f"a project id is a number and a token at most {MAX_TOKEN_CHARS} characters")
+            if pid not in tokens and len(tokens) >= cfg.max_projects:
+                raise HTTPException(409, f"{cfg.max_projects} projects are set up already (--max-projects)")
+            tokens[pid] = body.access_token
         return SetupResponse(model_version=version())
 
     @app.post("/predict", tags=["label-studio"], response_model=PredictResponse, responses=ERRORS)
     async def predict(body: PredictRequest) -> PredictResponse:
         schema = parse_schema(body.label_config, tuple(state["ner"].labels.types))
+        if len(body.tasks) > cfg.max_batch:
+            raise HTTPException(413, f"{len(body.tasks)} tasks; the limit is {cfg.max_batch} (--max-batch)")
         texts = [str(t.data.get(schema.field, "")) for t in body.tasks]
+        if (long := next((i for i, t in enumerate(texts) if len(t) > cfg.max_text_chars), None)) is not None:
+            raise HTTPException(413, f"tasks[{long}] has {len(texts[long])} characters; the limit is "
+                                     f"{cfg.max_text_chars}")
         if (n := sum(map(len, texts))) > cfg.max_request_chars:
             raise HTTPException(413, f"the tasks' texts have {n} characters in all; the limit is "
                                      f"{cfg.max_request_chars}")
-        res = await state["batcher"].submit(texts) if texts else []
+        try:
+            res = await state["batcher"].submit(texts) if texts else []
+        except TextFailed as e:
+            where = f"tasks[{e.index}]" if e.index is not None else "the tasks"
+            log.error("%s of a /predict request could not be processed: %s", where, e)
+            raise HTTPException(422, f"{where} could not be processed ({type(e.error).__name__})") from None
         keep = set(schema.labels)  # the project cannot show a label it does not have
         return PredictResponse(results=res.to("label-studio-regions", model=version(), from_name=schema.from_name,
                                               to_name=schema.to_name, labels=keep) if texts else [],
                                model_version=version())
 
-    queue = TrainingQueue(cfg.train_dir, cfg.train_timeout, cfg.keep_rounds, cfg.train_threads) if cfg.train_dir \
-        else None
-    app.state.training = queue  # serve's lifespan stops its job with the server
-
-    async def start_training(tasks: list[dict]) -> JSONResponse:
+    async def start_training(tasks: object) -> JSONResponse:
         if queue is None:
             return JSONResponse({"status": "ok", "result": "training is off: start the server with --train-dir DIR "
                                                            "to retrain on the project's annotations"}, 201)
-        if not any(t.get("annotations") for t in tasks if isinstance(t, dict)):
-            raise HTTPException(400, "no annotated task to train on")
+        if queue.running:
+            raise HTTPException(409, str(Busy(queue.running)))
+        try:
+            tasks, counts = clean_export(tasks)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
         if (n := len(json.dumps(tasks, ensure_ascii=False).encode())) > cfg.max_export_bytes:
             raise HTTPException(413, f"the export has {n} bytes; the limit is {cfg.max_export_bytes}")
+        held: list[dict] = []
+        if not cfg.promote_data:
+            if len(tasks) < 2:
+                raise HTTPException(400, f"{len(tasks)} annotated task(s) (cancelled ones and predictions are not "
+                                         "labels): at least 2 are needed, one is held out to judge the new model")
+            tasks, held = split_holdout(tasks, cfg.holdout)
+            counts["held_out"] = len(held)
+        elif not tasks:
+            raise HTTPException(400, "no annotated task to train on (cancelled ones and predictions are not labels)")
         try:
-            job = queue.new_round(tasks)
+            job = queue.new_round(tasks, held, counts)
         except Busy as e:
             raise HTTPException(409, str(e)) from None
-        queue.start(job, train_command(str(state["model_dir"]), queue.root / job.round, cfg.train_config,
-                                       cfg.train_set), _serve_new)
-        return JSONResponse({"status": "ok", "result": {"job": job.id, "round": job.round}}, 201)
+        served = str(state["model_dir"])
+        queue.start(job, [train_command(served, queue.root / job.round, cfg.train_config, cfg.train_set),
+                          *queue.gate_commands(job, served, cfg.promote_data)], _judge)
+        return JSONResponse({"status": "ok", "result": {"job": job.id, "round": job.round, "export": counts}}, 201)
 
-    async def _serve_new(job) -> str:
-        """A job that succeeded: its model is served (the old one keeps serving if it does not load); rounds beyond
-        the kept number are removed, never the served one."""
+    async def _judge(job) -> str:
+        """The gate: the round is served if it scored at least the served model's F1 + margin on the held-out data;
+        otherwise it is kept on disk (a rollback can still serve it) and the served model stays."""
+        if not queue.verdict(job, cfg.promote_margin):
+            queue.prune(Path(state["model_dir"]))
+            return (f"kept, not served: held-out F1 {job.f1} < the served model's {job.served_f1} + margin "
+                    f"{cfg.promote_margin:g}")
+        await _serve(job.round)
+        return f"served as {version()}: held-out F1 {job.f1} against {job.served_f1}"
+
+    async def _serve(round_name: str | None) -> None:
+        model_dir = str(queue.model_dir_of(round_name)) if round_name else cfg.model_dir
         try:
-            await reload(str(queue.model_dir(job)))
+            await reload(model_dir)
         except Exception as e:
-            raise RuntimeError(f"the retrained model did not load ({type(e).__name__})") from e
+            raise RuntimeError(f"the model of {round_name or 'the start'} did not load ({type(e).__name__})") from e
+        queue.point(round_name)
         queue.prune(Path(state["model_dir"]))
-        return version()
 
     @app.post("/webhook", tags=["label-studio"], responses={**ERRORS, **STARTED,
                                                              200: {"description": "an event we do not act on"}})
@@ -216,16 +301,29 @@ def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
         if body.action != "START_TRAINING":
             return JSONResponse({"status": "ok", "result": f"{body.action} noted; training starts on START_TRAINING"},
                                 201)
-        if not cfg.train_dir:
+        if queue is None:
             return await start_training([])  # says training is off, without fetching anything
         pid = str((body.project or {}).get("id", ""))
-        if pid not in projects.hosts:
-            raise HTTPException(409, f"project {pid!r} was not set up with a hostname and token (/setup): cannot "
-                                     "fetch its annotations")
-        try:
-            tasks = await asyncio.get_running_loop().run_in_executor(None, fetch_export, *projects.hosts[pid], pid)
-        except (OSError, ValueError) as e:  # unreachable, refused, or not JSON
-            raise HTTPException(502, f"could not fetch project {pid}'s annotations from Label Studio ({e})") from None
+        if not cfg.label_studio_url or pid not in tokens:
+            raise HTTPException(409, "cannot fetch the project's annotations: the server has no --label-studio-url"
+                                if not cfg.label_studio_url else
+                                f"project {pid!r} was not set up with a token (/setup)")
+        if fetching.locked() or queue.running:
+            raise HTTPException(409, "a training job, or the fetch of an export, is under way; one at a time")
+        async with fetching:
+            dest = queue.root / f".export-{pid}.part"
+            try:
+                tasks = await asyncio.get_running_loop().run_in_executor(
+                    fetcher, fetch_export, cfg.label_studio_url, tokens[pid], pid, dest, cfg.fetch_timeout,
+                    cfg.max_export_bytes)
+            except ExportTooLarge as e:
+                raise HTTPException(413, f"{e}; the limit is --max-export-bytes") from None
+            except (OSError, ValueError) as e:  # unreachable, refused, redirected, too slow, or not JSON
+                log.warning("fetching project %s's export from Label Studio failed: %s", pid, e)
+                raise HTTPException(502, "could not fetch the project's annotations from Label Studio (the "
+                                         "server's log says why)") from None
+            finally:
+                dest.unlink(missing_ok=True)
         return await start_training(tasks)
 
     @app.post("/train", tags=["label-studio"], responses={**ERRORS, **STARTED})
@@ -235,5 +333,18 @@ def add_routes(app: FastAPI, cfg, state: dict, reload) -> None:
     @app.get("/v1/training", tags=["label-studio"], response_model=TrainingResponse)
     async def training() -> TrainingResponse:
         jobs = queue.jobs if queue else []
-        return TrainingResponse(jobs=[JobOut(id=j.id, round=j.round, status=j.status, detail=j.detail,
-                                             seconds=j.seconds) for j in jobs], model_version=version())
+        return TrainingResponse(jobs=[JobOut(**{k: getattr(j, k) for k in JobOut.model_fields}) for j in jobs],
+                                served=queue.current() if queue else None, model_version=version())
+
+    @app.post("/v1/training/rollback", tags=["label-studio"], response_model=TrainingResponse,
+              responses={404: {"description": "no such kept round with a model"}})
+    async def rollback(body: RollbackRequest) -> TrainingResponse:
+        if queue is None:
+            raise HTTPException(404, "training is off: there are no rounds")
+        name = None if body.round == "start" else body.round
+        if name is not None and not (ROUND.match(name) and queue.model_dir_of(name).is_dir()):
+            raise HTTPException(404, f"no kept round {body.round!r} with a model")
+        if queue.running:
+            raise HTTPException(409, str(Busy(queue.running)))
+        await _serve(name)
+        return await training()

@@ -26,15 +26,11 @@ On SIGTERM the server stops accepting and finishes what is in flight.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hmac
 import ipaddress
-import json
 import logging
-import math
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -42,6 +38,7 @@ from typing import Annotated
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -49,13 +46,15 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from ..inference.outputs import Thresholds
 from ..rundir import model_identity
 from . import label_studio
+from .batcher import Batcher, TextFailed
+from .middleware import DOCS_ASSETS, ApiKeys, BodyLimit, Metrics
 from .settings import ServeConfig
+from .training import TrainingQueue
 
 log = logging.getLogger(__name__)
 
 
-OPEN_PATHS = {"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"}  # no key needed: no data in them
-DOCS_ASSETS = "/docs-assets"  # Swagger UI's own files, served by us (fastapi-offline): /docs needs no CDN
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")  # Host headers a loopback server without keys accepts
 
 
 def is_loopback(host: str) -> bool:
@@ -146,271 +145,15 @@ class EntitiesResponse(BaseModel):
     latency_ms: float
 
 
-async def _send_json(send, status: int, body: dict, headers: tuple = ()) -> None:
-    raw = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
-                            *headers]})
-    await send({"type": "http.response.body", "body": raw})
-
-
-class BodyLimit:
-    """ASGI middleware: a body over `limit` bytes gets 413 before anything parses it. A declared Content-Length is
-    checked up front; a chunked body is read up to the limit (never more is held) and replayed to the app."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        too_large = {"detail": f"the request body is over the limit of {self.limit} bytes"}
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await _send_json(send, 413 if length.isdigit() else 400,
-                                    too_large if length.isdigit() else {"detail": "bad Content-Length"})
-        if length is not None:  # the server (h11/httptools) stops at Content-Length: nothing more to guard
-            return await self.app(scope, receive, send)
-        chunks, n = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return
-            chunks.append(msg.get("body", b""))
-            n += len(chunks[-1])
-            if n > self.limit:
-                return await _send_json(send, 413, too_large)
-            if not msg.get("more_body"):
-                break
-        body, sent = b"".join(chunks), False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
-class ApiKeys:
-    """ASGI middleware: with keys configured, every path outside OPEN_PATHS needs `Authorization: Bearer KEY`. Keys
-    are compared in constant time, all of them every time (no early exit that would time which one nearly matched);
-    the 401 says nothing about why."""
-
-    def __init__(self, app, keys: tuple[str, ...]):
-        self.app, self.keys = app, [k.encode() for k in keys]
-
-    def allowed(self, header: bytes | None) -> bool:
-        """`Bearer KEY`, or `Basic base64(any-user:KEY)` — what Label Studio sends to an ML backend with basic auth."""
-        scheme, _, given = (header or b"").partition(b" ")
-        given, scheme = given.strip(), scheme.lower()
-        known = scheme in (b"bearer", b"basic")
-        if scheme == b"basic":
-            try:
-                given = base64.b64decode(given, validate=True).partition(b":")[2]
-            except ValueError:
-                known = False
-        ok = False
-        for k in self.keys:  # every key, whatever the header: no early exit to time
-            ok |= hmac.compare_digest(given, k)
-        return ok and known
-
-    async def __call__(self, scope, receive, send):
-        if (scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS
-                or scope["path"].startswith(DOCS_ASSETS + "/")  # Swagger UI's scripts and styles
-                or scope["method"] == "OPTIONS"):  # CORS preflight carries no credentials
-            return await self.app(scope, receive, send)
-        if not self.allowed(dict(scope["headers"]).get(b"authorization")):
-            return await _send_json(send, 401, {"detail": "unauthorized"}, ((b"www-authenticate", b"Bearer"),))
-        await self.app(scope, receive, send)
-
-
-class Metrics:
-    """Prometheus metrics of one app (its own registry, so two apps in one process do not mix), and the ASGI
-    middleware that counts every request by path and status and times it."""
-
-    BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-    def __init__(self, paths: set[str]):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.paths = paths  # known routes; anything else counts as "other" (bounded label values)
-        self.registry = r = CollectorRegistry()
-        self.requests = Counter("llm_ner_requests", "HTTP requests by path and status", ["path", "status"],
-                                registry=r)
-        self.latency = Histogram("llm_ner_request_seconds", "request latency in seconds", ["path"], registry=r)
-        self.batch = Histogram("llm_ner_batch_texts", "texts per model call", buckets=self.BATCH_BUCKETS,
-                               registry=r)
-        self.queue_depth = Gauge("llm_ner_queue_depth", "requests waiting for the model", registry=r)
-        self.queue_chars = Gauge("llm_ner_queue_chars", "characters waiting for the model", registry=r)
-        self.in_flight = Gauge("llm_ner_in_flight", "requests accepted and not yet answered", registry=r)
-        self.load_seconds = Gauge("llm_ner_model_load_seconds", "seconds the model took to load", registry=r)
-
-    def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-    def middleware(self, app):
-        async def asgi(scope, receive, send):
-            if scope["type"] != "http":
-                return await app(scope, receive, send)
-            path = scope["path"] if scope["path"] in self.paths else "other"
-            status, t0 = 500, time.perf_counter()
-
-            async def send_status(msg):
-                nonlocal status
-                if msg["type"] == "http.response.start":
-                    status = msg["status"]
-                await send(msg)
-
-            try:
-                await app(scope, receive, send_status)
-            finally:
-                self.requests.labels(path, str(status)).inc()
-                self.latency.labels(path).observe(time.perf_counter() - t0)
-
-        return asgi
-
-
-class TextFailed(Exception):
-    """The model raised on one text of a request (found by running the texts alone): that request fails, no other."""
-
-    def __init__(self, index: int | None, error: BaseException):
-        super().__init__(f"{type(error).__name__}: {error}")
-        self.index, self.error = index, error
-
-
-@dataclass
-class _Job:
-    texts: list[str]
-    fut: asyncio.Future
-    chars: int
-
-
-class _Batcher:
-    """Collects requests and runs them through the model in combined batches, one batch at a time.
-
-    What a request costs is counted in texts and characters, not requests: the queue refuses (429) past `max_queue`
-    requests or `max_queue_chars` characters waiting. A request not answered within `request_timeout` gets 503; if it
-    is still queued then, it is dropped before it costs any work. One text that makes the model raise fails only its
-    own request: a failed batch is re-run request by request, and the failing request text by text, to name the text.
-    """
-
-    def __init__(self, ner, cfg: ServeConfig, metrics: Metrics):
-        self.ner, self.cfg, self.metrics = ner, cfg, metrics
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=cfg.max_queue)
-        self.queued_chars = 0
-        self.task: asyncio.Task | None = None
-        self.in_flight = 0  # requests submitted and not yet answered (queued or in the model): shown by /health
-        self.last_batch_seconds = 1.0  # how long the last model call took: the Retry-After hint
-        metrics.queue_depth.set_function(self.queue.qsize)
-        metrics.queue_chars.set_function(lambda: self.queued_chars)
-        metrics.in_flight.set_function(lambda: self.in_flight)
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._worker())
-
-    def dead(self) -> str | None:
-        """Why the worker is not running (None while it is): /health reports it, so a supervisor restarts us."""
-        if self.task is None or not self.task.done():
-            return None
-        err = None if self.task.cancelled() else self.task.exception()
-        return f"the batching worker stopped ({type(err).__name__}: {err})" if err else "the batching worker stopped"
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
-
-    def _busy(self) -> HTTPException:
-        retry = str(max(1, math.ceil(self.last_batch_seconds)))
-        return HTTPException(429, f"the server is busy ({self.queue.qsize()} requests, {self.queued_chars} characters "
-                                  "are waiting); retry later", headers={"Retry-After": retry})
-
-    async def submit(self, texts: list[str]) -> list:
-        if why := self.dead():
-            raise HTTPException(503, why)
-        chars = sum(map(len, texts))
-        # an empty queue takes any request the size limits let through; otherwise the characters waiting are capped
-        if self.queue.qsize() and self.queued_chars + chars > self.cfg.max_queue_chars:
-            raise self._busy()
-        job = _Job(texts, asyncio.get_running_loop().create_future(), chars)
-        try:
-            self.queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise self._busy() from None
-        self.queued_chars += chars
-        self.in_flight += 1
-        try:
-            async with asyncio.timeout(self.cfg.request_timeout):
-                return await asyncio.shield(job.fut)
-        except TimeoutError:
-            job.fut.cancel()  # still queued: the worker skips it; already running: its answer is dropped
-            raise HTTPException(503, f"the request was not answered within {self.cfg.request_timeout:g} s "
-                                     "(--request-timeout); send fewer or shorter texts, or retry later") from None
-        finally:
-            self.in_flight -= 1
-
-    async def _worker(self) -> None:
-        while True:
-            jobs = [await self.queue.get()]
-            await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # let requests that arrive together share a batch
-            while not self.queue.empty() and sum(len(j.texts) for j in jobs) < self.cfg.max_batch_texts:
-                jobs.append(self.queue.get_nowait())
-            self.queued_chars -= sum(j.chars for j in jobs)
-            jobs = [j for j in jobs if not j.fut.done()]  # timed out while queued: no work for them
-            try:
-                await self._run(jobs)
-            except Exception as e:  # a bug here must not leave requests hanging, nor stop the worker
-                log.exception("batch failed")
-                for j in jobs:
-                    if not j.fut.done():
-                        j.fut.set_exception(e)
-
-    async def _predict(self, texts: list[str]) -> list:
-        self.metrics.batch.observe(len(texts))
-        t0 = time.perf_counter()
-        res = await asyncio.get_running_loop().run_in_executor(None, self.ner, texts)
-        self.last_batch_seconds = time.perf_counter() - t0
-        return res
-
-    async def _run(self, jobs: list[_Job]) -> None:
-        if not jobs:
-            return
-        try:
-            res = await self._predict([t for j in jobs for t in j.texts])
-        except Exception as e:
-            if len(jobs) > 1:  # isolate: each request alone, so only the one holding the bad text fails
-                for j in jobs:
-                    await self._run([j])
-            elif not jobs[0].fut.done():
-                jobs[0].fut.set_exception(await self._name_failing_text(jobs[0].texts, e))
-            return
-        k = 0
-        for j in jobs:
-            if not j.fut.done():
-                j.fut.set_result(res[k : k + len(j.texts)])
-            k += len(j.texts)
-
-    async def _name_failing_text(self, texts: list[str], error: Exception) -> TextFailed:
-        if len(texts) > 1:
-            for i, t in enumerate(texts):
-                try:
-                    await self._predict([t])
-                except Exception as e:
-                    return TextFailed(i, e)
-        return TextFailed(0 if len(texts) == 1 else None, error)  # None: the texts fail only together
-
-
 def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
-    state: dict = {"identity": model_identity(cfg.model_dir, cfg.model_name, cfg.model_version),
-                   "model_dir": cfg.model_dir}
+    queue = TrainingQueue(cfg.train_dir, cfg.train_timeout, cfg.keep_rounds, cfg.train_threads) if cfg.train_dir \
+        else None
+    served = queue.current() if queue and ner is None else None  # a promoted round outlives a restart
+    model_dir = str(queue.model_dir_of(served)) if served else cfg.model_dir
+    if served:
+        log.info("serving %s (the training dir's current round), not the model given", served)
+    state: dict = {"identity": model_identity(model_dir, cfg.model_name, None if served else cfg.model_version),
+                   "model_dir": model_dir}
     metrics = Metrics({"/", "/health", "/metrics", "/v1/labels", "/v1/entities"} | label_studio.PATHS)
 
     @asynccontextmanager
@@ -418,21 +161,21 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         from ..inference.engine import NERModel
 
         t0 = time.time()
-        state["ner"] = ner or NERModel.from_pretrained(cfg.model_dir, device=cfg.device,
+        state["ner"] = ner or NERModel.from_pretrained(model_dir, device=cfg.device,
                                                           trust_remote_code=cfg.trust_remote_code,
                                                           precision=cfg.precision, min_score=cfg.min_score)
         if ner is not None and cfg.min_score is not None:  # a model handed in (tests, embedding) gets it too
             ner.thresholds = Thresholds.of(cfg.min_score, ner.calibration.get("thresholds"))
         state["load_seconds"] = round(time.time() - t0, 2)
         metrics.load_seconds.set(state["load_seconds"])
-        state["batcher"] = app.state.batcher = _Batcher(state["ner"], cfg, metrics)
+        state["batcher"] = app.state.batcher = Batcher(state["ner"], cfg, metrics)
         state["batcher"].start()
         log.info("model %s (%s) loaded in %.1f s", state["identity"]["name"], state["identity"]["version"],
                  state["load_seconds"])
         yield
         await state["batcher"].stop()
-        if getattr(app.state, "training", None):  # no training process outlives the server
-            await app.state.training.stop()
+        if queue:  # no training process outlives the server
+            await queue.stop()
 
     # FastAPIOffline: /docs is FastAPI's Swagger UI with its files served from the package, not from a CDN (an
     # exposed or air-gapped server must not make browsers load scripts from elsewhere)
@@ -441,7 +184,9 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
     # Starlette runs the last added middleware first: CORS outermost (a preflight is answered, and a 401 or 413
     # still carries the CORS headers a browser needs to read it), then the counting, the key check, the body cap.
     app.add_middleware(BodyLimit, limit=cfg.body_limit())
-    app.add_middleware(ApiKeys, keys=cfg.api_keys)
+    app.add_middleware(ApiKeys, keys=cfg.api_keys, train_keys=cfg.train_keys)
+    if cfg.allowed_hosts:  # loopback without keys: a web page's DNS rebinding must not reach us by another name
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(cfg.allowed_hosts))
     app.add_middleware(metrics.middleware)
     if cfg.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
@@ -516,7 +261,8 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         state["model_dir"], state["identity"] = model_dir, model_identity(model_dir, cfg.model_name)
         log.info("now serving %s (%s)", model_dir, state["identity"]["version"])
 
-    label_studio.add_routes(app, cfg, state, reload)
+    app.state.training = queue
+    label_studio.add_routes(app, cfg, state, reload, queue)
 
     # the body model carries this server's limits, so it is made here (and set as a real class, not a string
     # annotation, for FastAPI to resolve)
@@ -537,5 +283,7 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
 def run(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, graceful_seconds: int = 30) -> None:
     import uvicorn
 
+    if is_loopback(host) and not cfg.all_keys() and not cfg.allowed_hosts:
+        cfg = replace(cfg, allowed_hosts=LOOPBACK_NAMES)
     # On SIGTERM/SIGINT uvicorn stops accepting connections and lets in-flight requests finish (up to the timeout).
     uvicorn.run(create_app(cfg), host=host, port=port, timeout_graceful_shutdown=graceful_seconds, log_level="info")

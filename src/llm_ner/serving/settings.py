@@ -5,6 +5,7 @@ FastAPI import: the CLI reads this without the [serve] extra."""
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
+from urllib.parse import urlsplit
 
 from ..errors import UserError
 
@@ -50,6 +51,23 @@ class ServeConfig:
                                            "fewer than the cores to keep serving responsive)")
     keep_rounds: int = _opt(3, "retraining rounds kept on disk (the served one is never removed)")
     max_export_bytes: int = _opt(50_000_000, "a Label Studio export bigger than this is refused (413)")
+    # The Label Studio link (issue 34): the operator names the one host exports are fetched from; a caller's /setup
+    # cannot point the server at another (SSRF). http(s) only, no redirect, a total deadline, a byte cap.
+    label_studio_url: str | None = _opt(None, "Label Studio's base URL (http or https): the only place the server "
+                                              "fetches a project's export from (START_TRAINING); /setup's hostname "
+                                              "is not used")
+    fetch_timeout: float = _opt(120.0, "seconds a Label Studio export may take to download in all")
+    max_projects: int = _opt(100, "Label Studio projects /setup remembers (tokens); past it: 409")
+    # The promotion gate: a finished round is served only if it scores at least the served model's F1 + margin on
+    # held-out data — the operator's file, else a slice of the export kept out of training.
+    promote_data: str | None = _opt(None, "labelled data both models are scored on before a round is served (file "
+                                          "or bundled name; default: a slice of the export held out from training)")
+    holdout: float = _opt(0.2, "the share of the export's annotated tasks held out for the promotion gate (when "
+                               "--promote-data is not given)")
+    promote_margin: float = _opt(0.0, "F1 points a new round must gain over the served model on the held-out data "
+                                      "to be served (negative: the drop tolerated)")
+    train_keys: tuple[str, ...] = ()  # the keys that may train, promote and roll back (api_keys may only predict)
+    allowed_hosts: tuple[str, ...] = ()  # Host headers accepted (set for loopback without keys: DNS rebinding)
 
     def __post_init__(self) -> None:
         positive = ("max_text_chars", "max_batch", "max_batch_texts", "max_queue", "max_request_chars",
@@ -67,8 +85,18 @@ class ServeConfig:
         if self.train_timeout <= 0 or self.keep_rounds < 1 or self.max_export_bytes < 1 or (
                 self.train_threads is not None and self.train_threads < 1):
             raise UserError("--train-timeout, --keep-rounds, --max-export-bytes and --train-threads must be positive")
+        if self.label_studio_url is not None:
+            u = urlsplit(self.label_studio_url)
+            if u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment:
+                raise UserError(f"--label-studio-url must be an http(s) URL with a host and no query, got "
+                                f"{self.label_studio_url!r}")
+        if self.fetch_timeout <= 0 or self.max_projects < 1 or not 0 < self.holdout < 1:
+            raise UserError("--fetch-timeout and --max-projects must be positive, --holdout between 0 and 1")
         if self.max_body_bytes is not None and self.max_body_bytes < 1:
             raise UserError("--max-body-bytes must be at least 1")
+
+    def all_keys(self) -> tuple[str, ...]:
+        return self.api_keys + self.train_keys
 
     def body_limit(self) -> int:
         return self.max_body_bytes or BODY_BYTES_PER_CHAR * self.max_request_chars + BODY_JSON_SLACK

@@ -1,0 +1,256 @@
+"""The model-in-the-loop an operator can leave running (issue 34): the Label Studio link cannot be turned against the
+server (the URL is the operator's, no redirect carries the token, a total deadline, a byte cap, a generic 502),
+skipped annotations and predictions are never labels, a retrained round is served only through the promotion gate,
+the `current` pointer outlives a restart, a rollback is one call, and training needs a training key. Real uvicorn,
+real HTTP, real `train --init` processes, fake Label Studio hosts in-process."""
+
+import base64
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from test_serve import get_json, start_server
+
+from llm_ner.errors import UserError
+from llm_ner.serving.label_studio import ExportTooLarge, fetch_export
+from llm_ner.serving.settings import ServeConfig
+from llm_ner.serving.training import clean_export, split_holdout
+
+CONFIG = ('<View><Labels name="label" toName="text"><Label value="PER"/><Label value="LOC"/><Label value="ORG"/>'
+          '</Labels><Text name="text" value="$text"/></View>')
+
+
+def task(i: int, text: str, spans=(), cancelled=False, predicted=True) -> dict:
+    result = [{"type": "labels", "from_name": "label", "to_name": "text",
+               "value": {"start": s, "end": e, "text": text[s:e], "labels": [lab]}} for s, e, lab in spans]
+    return {"id": i, "data": {"text": text}, "annotations": [{"result": result, "was_cancelled": cancelled}],
+            "predictions": [{"result": [], "model_version": "x"}] if predicted else []}
+
+
+EXPORT = [task(1, "Peter Blackburn visited New York .", [(0, 15, "PER"), (24, 32, "LOC")]),
+          task(2, "Apple hired John Smith .", [(0, 5, "ORG"), (12, 22, "PER")]),
+          task(3, "The weather was fine .", cancelled=True),  # skipped in Label Studio
+          task(4, "Angela Merkel met Emmanuel Macron in Paris .", [(0, 13, "PER"), (18, 33, "PER"), (37, 42, "LOC")]),
+          {"id": 5, "data": {"text": "Nobody annotated this ."}, "annotations": [],
+           "predictions": [{"result": [{"type": "labels", "value": {"start": 0, "end": 6, "labels": ["PER"]}}]}]}]
+
+
+class FakeLabelStudio:
+    """Label Studio's export API, misbehaving by project id: 1 answers the export, 2 redirects to `other` (which must
+    never be called), 3 drips a byte every 0.2 s, 4 sends more bytes than allowed, 5 sends what is not JSON."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, str, str]] = []  # (server, path, authorization)
+        self.other = self._serve("other")
+        self.main = self._serve("main")
+
+    def _serve(self, name: str) -> str:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                fake.seen.append((name, self.path, self.headers.get("Authorization", "")))
+                pid = self.path.split("/")[3] if self.path.startswith("/api/projects/") else ""
+                if name == "main" and pid == "2":
+                    self.send_response(302)
+                    self.send_header("Location", fake.other + self.path)
+                    self.end_headers()
+                    return
+                body = {"1": json.dumps(EXPORT).encode(), "3": b"[" + b" " * 200 + b"]", "4": b"[" + b" " * 10_000
+                        + b"]", "5": b"<html>not json"}.get(pid, json.dumps(EXPORT).encode())
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for k in range(0, len(body), 1 if pid == "3" else len(body)):
+                    self.wfile.write(body[k:k + (1 if pid == "3" else len(body))])
+                    self.wfile.flush()
+                    if pid == "3":
+                        time.sleep(0.2)
+
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        self.__dict__.setdefault("servers", []).append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+
+    def close(self):
+        for s in self.servers:
+            s.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fake_ls():
+    f = FakeLabelStudio()
+    yield f
+    f.close()
+
+
+def test_cancelled_annotations_and_predictions_are_never_labels():
+    tasks, counts = clean_export(EXPORT)
+    assert [t["id"] for t in tasks] == [1, 2, 4] and all("predictions" not in t for t in tasks)
+    assert counts == {"tasks": 3, "annotations": 3, "cancelled_dropped": 1, "predictions_dropped": 5,
+                      "unannotated_dropped": 2}
+    for bad in ({"tasks": []}, [1, 2], "[]"):
+        with pytest.raises(ValueError):
+            clean_export(bad)
+    train, held = split_holdout(tasks, 0.2)
+    assert held and train and len(train) + len(held) == 3
+    again = split_holdout(list(reversed(tasks)), 0.2)[1]  # by id, not by position: the same task every round
+    assert [t["id"] for t in again] == [t["id"] for t in held]
+
+
+def test_the_export_fetch_is_bounded(fake_ls, tmp_path):
+    dest = tmp_path / "export.json"
+    assert fetch_export(fake_ls.main, "tok", "1", dest, 10, 10_000_000) == EXPORT
+    assert fake_ls.seen[-1] == ("main", "/api/projects/1/export?exportType=JSON", "Token tok")
+    with pytest.raises(urllib.error.HTTPError):  # a redirect is refused: the token goes nowhere else
+        fetch_export(fake_ls.main, "tok", "2", dest, 10, 10_000_000)
+    assert not [s for s in fake_ls.seen if s[0] == "other"]
+    t = time.monotonic()
+    with pytest.raises(TimeoutError):  # a byte every 0.2 s: each read is quick, the whole is not
+        fetch_export(fake_ls.main, "tok", "3", dest, 1.0, 10_000_000)
+    assert time.monotonic() - t < 5
+    with pytest.raises(ExportTooLarge):
+        fetch_export(fake_ls.main, "tok", "4", dest, 10, 1000)
+    with pytest.raises(ValueError):
+        fetch_export(fake_ls.main, "tok", "5", dest, 10, 10_000_000)
+    with pytest.raises(ValueError):  # a project id is a number: nothing can be appended to the path
+        fetch_export(fake_ls.main, "tok", "1/../../x", dest, 10, 10_000_000)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://host/x", "http://", "http://host/#frag",
+                                 "gopher://host"])
+def test_the_label_studio_url_is_http_only(url):
+    with pytest.raises(UserError, match="--label-studio-url"):
+        ServeConfig("m", label_studio_url=url)
+
+
+def call(url: str, path: str, body=None, key: str | None = None, headers: dict | None = None):
+    h = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
+    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(), headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, _body(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, _body(e.read())
+
+
+def _body(raw: bytes):
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+def wait_job(url: str, key: str, deadline: float = 300) -> dict:
+    t = time.time()
+    while True:
+        jobs = call(url, "/v1/training", key=key)[1]["jobs"]
+        if jobs and jobs[-1]["status"] != "running":
+            return jobs[-1]
+        assert time.time() - t < deadline, jobs
+        time.sleep(0.5)
+
+
+def test_gate_pointer_rollback_and_keys(tiny_ner_dir, fake_ls, tmp_path):
+    (tmp_path / "keys").write_text("predict-key\n")
+    (tmp_path / "train_keys").write_text("train-key\n")
+    rounds = tmp_path / "rounds"
+    args = ("--train-dir", str(rounds), "--train-set", "training.max_steps=2", "--label-studio-url", fake_ls.main,
+            "--promote-margin", "100", "--max-projects", "2", "--api-key-file", str(tmp_path / "keys"),
+            "--train-key-file", str(tmp_path / "train_keys"))
+    proc, url = start_server(tiny_ner_dir, *args)
+    try:
+        start_version = get_json(url + "/health")["model"]["version"]
+        # /setup: the token is kept; the hostname a caller names is never fetched from
+        for pid in ("1", "2"):
+            body = {"project": f"{pid}.123", "schema": CONFIG, "hostname": "file:///etc/passwd#",
+                    "access_token": "tok"}
+            assert call(url, "/setup", body, key="predict-key")[0] == 200
+        status, err = call(url, "/setup", {"project": "9.1", "schema": CONFIG, "access_token": "t"}, key="train-key")
+        assert status == 409 and "--max-projects" in err["detail"]
+        status, _ = call(url, "/setup", {"project": "1.1", "schema": CONFIG, "access_token": "t" * 513},
+                         key="train-key")
+        assert status == 422
+
+        # training needs a training key; a prediction key may predict, not train
+        start = {"action": "START_TRAINING", "project": {"id": 1}}
+        assert call(url, "/webhook", start)[0] == 401
+        assert call(url, "/webhook", start, key="predict-key")[0] == 403
+        assert call(url, "/train", {"annotations": EXPORT}, key="predict-key")[0] == 403
+        assert call(url, "/v1/entities", {"text": "Peter went home ."}, key="train-key")[0] == 200
+
+        # a redirecting Label Studio: a generic 502, the token never reaches the other host
+        status, err = call(url, "/webhook", {"action": "START_TRAINING", "project": {"id": 2}}, key="train-key")
+        assert status == 502 and "log" in err["detail"] and "127.0.0.1" not in err["detail"]
+        assert not [s for s in fake_ls.seen if s[0] == "other"]
+
+        # a round that does not pass the gate (margin 100 F1 points) is kept, not served
+        status, started = call(url, "/webhook", start, key="train-key")
+        assert status == 201, started
+        assert call(url, "/train", {"annotations": EXPORT}, key="train-key")[0] == 409  # one job at a time
+        job = wait_job(url, "predict-key")
+        assert job["status"] == "done" and job["promoted"] is False and "kept, not served" in job["detail"], job
+        assert job["export"]["tasks"] == 3 and job["export"]["cancelled_dropped"] == 1
+        assert job["export"]["predictions_dropped"] == 5 and job["export"]["held_out"] >= 1
+        summary = json.loads((rounds / job["round"] / "summary.json").read_text())
+        assert summary["train_sentences"] == 3 - job["export"]["held_out"]  # the held-out tasks never trained
+        assert get_json(url + "/health")["model"]["version"] == start_version
+        assert ("main", "/api/projects/1/export?exportType=JSON", "Token tok") in fake_ls.seen
+
+        # rollback (here: forward) to the kept round is one call, with a training key
+        assert call(url, "/v1/training/rollback", {"round": job["round"]}, key="predict-key")[0] == 403
+        assert call(url, "/v1/training/rollback", {"round": "round_99"}, key="train-key")[0] == 404
+        status, out = call(url, "/v1/training/rollback", {"round": job["round"]}, key="train-key")
+        assert status == 200 and out["served"] == job["round"]
+        round_version = get_json(url + "/health")["model"]["version"]
+        assert round_version != start_version
+        assert json.loads((rounds / "current.json").read_text()) == {"round": job["round"]}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    # a restart serves what the pointer names, not the model given on the command line
+    proc, url = start_server(tiny_ner_dir, *args)
+    try:
+        assert get_json(url + "/health")["model"]["version"] == round_version
+        status, out = call(url, "/v1/training/rollback", {"round": "start"}, key="train-key")
+        assert status == 200 and out["served"] is None
+        assert get_json(url + "/health")["model"]["version"] == start_version
+        assert Path(rounds / job["round"] / "model").is_dir()  # a rollback removes nothing
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_predict_limits_and_host_check(tiny_ner_dir):
+    proc, url = start_server(tiny_ner_dir, "--max-text-chars", "100", "--max-batch", "3")
+    try:
+        body = {"tasks": [{"id": k, "data": {"text": "Peter went home ."}} for k in range(4)], "label_config": CONFIG}
+        status, err = call(url, "/predict", body)
+        assert status == 413 and "4 tasks" in err["detail"]
+        body["tasks"] = body["tasks"][:2] + [{"id": 9, "data": {"text": "x" * 101}}]
+        status, err = call(url, "/predict", body)
+        assert status == 413 and "tasks[2]" in err["detail"]
+        # loopback without keys: a page that rebinds its own name to 127.0.0.1 still sends its name as Host
+        assert call(url, "/v1/labels", headers={"Host": "attacker.example"})[0] == 400
+        assert call(url, "/v1/labels", headers={"Host": "localhost"})[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_basic_auth_scopes():
+    from llm_ner.serving.middleware import ApiKeys
+
+    g = ApiKeys(None, ("p",), ("t",))
+    basic = b"Basic " + base64.b64encode(b"ls:t")
+    assert g.allowed(basic) and g._matches(g.given(basic), g.train) and not g._matches(g.given(basic), g.keys)

@@ -37,18 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..rundir import model_tag
 from .batcher import TextFailed
-from .training import ROUND, Busy, TrainingQueue, clean_export, split_holdout, train_command
+from .training_api import STARTED, training_off
 
 log = logging.getLogger(__name__)
 
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
-PATHS = {"/setup", "/predict", "/webhook", "/train", "/v1/training"}
+PATHS = {"/setup", "/predict", "/webhook", "/train", "/v1/training", "/v1/training/rollback"}  # counted by /metrics
 
 
 class _Open(BaseModel):
@@ -79,10 +78,6 @@ class WebhookRequest(_Open):
     project: dict[str, Any] | None = None
 
 
-class TrainRequest(_Open):
-    annotations: list[dict[str, Any]] = Field(default_factory=list, description="tasks in the export layout")
-
-
 class SetupResponse(BaseModel):
     model_version: str
 
@@ -90,31 +85,6 @@ class SetupResponse(BaseModel):
 class PredictResponse(BaseModel):
     results: list[dict[str, Any]] = Field(description="a prediction per task: result (regions), score, model_version")
     model_version: str
-
-
-class JobOut(BaseModel):
-    id: int
-    round: str = Field(description="the round's directory under the training dir")
-    status: str = Field(description="running | done | failed | timed out | interrupted")
-    detail: str
-    seconds: float | None = None
-    export: dict = Field(description="what of the export was used and dropped: tasks, annotations, "
-                                     "cancelled_dropped, predictions_dropped, unannotated_dropped, held_out")
-    f1: float | None = Field(None, description="the new model's F1 on the held-out data")
-    served_f1: float | None = Field(None, description="the model served then, on the same data")
-    promoted: bool | None = Field(None, description="whether the gate let the round be served")
-
-
-class TrainingResponse(BaseModel):
-    jobs: list[JobOut]
-    served: str | None = Field(description="the round served (null: the model the server was started on)")
-    model_version: str
-
-
-class RollbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    round: str = Field(description="a kept round (round_K) to serve again, or 'start' for the model the server "
-                                   "was started on")
 
 
 ERRORS = {400: {"description": "nothing to train on"},
@@ -127,7 +97,6 @@ ERRORS = {400: {"description": "nothing to train on"},
           429: {"description": "the queue is full; retry after the Retry-After seconds"},
           502: {"description": "Label Studio could not be reached for the project's annotations"},
           503: {"description": "not answered in time, or the server is unhealthy"}}
-STARTED = {201: {"description": "acknowledged (a training job started, or why not)"}}
 
 
 @dataclass(frozen=True)
@@ -199,19 +168,18 @@ class ExportTooLarge(ValueError):
     pass
 
 
-def add_routes(app: FastAPI, cfg, state: dict, reload, queue: TrainingQueue | None) -> None:
-    """The ML-backend endpoints. `state` holds the live model ("ner"), batcher, identity and model dir;
-    `reload(model_dir)` swaps in another model; `queue` runs retraining (None: training is off)."""
+def router(cfg) -> APIRouter:
+    """The ML-backend endpoints. The served model is `app.state.served`; START_TRAINING hands the fetched export to
+    `app.state.retrainer` (training_api.py), which is None when training is off."""
+    r = APIRouter(tags=["label-studio"])
     tokens: dict[str, str] = {}  # project id -> the access token /setup gave (to fetch the project's export)
     fetcher = ThreadPoolExecutor(1, thread_name_prefix="ls-export")  # never the pool predictions run in
-    fetching = asyncio.Lock()  # one export download at a time, and none while a job runs
+    fetching = asyncio.Lock()  # one export download at a time
 
-    def version() -> str:
-        return model_tag(state["identity"])
-
-    @app.post("/setup", tags=["label-studio"], response_model=SetupResponse, responses=ERRORS)
-    async def setup(body: SetupRequest) -> SetupResponse:
-        parse_schema(body.label_config, tuple(state["ner"].labels.types))
+    @r.post("/setup", response_model=SetupResponse, responses=ERRORS)
+    async def setup(body: SetupRequest, request: Request) -> SetupResponse:
+        served = request.app.state.served
+        parse_schema(body.label_config, tuple(served.ner.labels.types))
         pid = body.project.split(".", 1)[0]
         if body.access_token:
             if len(body.access_token) > MAX_TOKEN_CHARS or not pid.isdigit():
@@ -219,11 +187,12 @@ def add_routes(app: FastAPI, cfg, state: dict, reload, queue: TrainingQueue | No
             if pid not in tokens and len(tokens) >= cfg.max_projects:
                 raise HTTPException(409, f"{cfg.max_projects} projects are set up already (--max-projects)")
             tokens[pid] = body.access_token
-        return SetupResponse(model_version=version())
+        return SetupResponse(model_version=served.version())
 
-    @app.post("/predict", tags=["label-studio"], response_model=PredictResponse, responses=ERRORS)
-    async def predict(body: PredictRequest) -> PredictResponse:
-        schema = parse_schema(body.label_config, tuple(state["ner"].labels.types))
+    @r.post("/predict", response_model=PredictResponse, responses=ERRORS)
+    async def predict(body: PredictRequest, request: Request) -> PredictResponse:
+        served = request.app.state.served
+        schema = parse_schema(body.label_config, tuple(served.ner.labels.types))
         if len(body.tasks) > cfg.max_batch:
             raise HTTPException(413, f"{len(body.tasks)} tasks; the limit is {cfg.max_batch} (--max-batch)")
         texts = [str(t.data.get(schema.field, "")) for t in body.tasks]
@@ -234,84 +203,36 @@ def add_routes(app: FastAPI, cfg, state: dict, reload, queue: TrainingQueue | No
             raise HTTPException(413, f"the tasks' texts have {n} characters in all; the limit is "
                                      f"{cfg.max_request_chars}")
         try:
-            res = await state["batcher"].submit(texts) if texts else []
+            res = await served.batcher.submit(texts) if texts else []
         except TextFailed as e:
             where = f"tasks[{e.index}]" if e.index is not None else "the tasks"
             log.error("%s of a /predict request could not be processed: %s", where, e)
             raise HTTPException(422, f"{where} could not be processed ({type(e.error).__name__})") from None
         keep = set(schema.labels)  # the project cannot show a label it does not have
-        return PredictResponse(results=res.to("label-studio-regions", model=version(), from_name=schema.from_name,
-                                              to_name=schema.to_name, labels=keep) if texts else [],
-                               model_version=version())
+        regions = res.to("label-studio-regions", model=served.version(), from_name=schema.from_name,
+                         to_name=schema.to_name, labels=keep) if texts else []
+        return PredictResponse(results=regions, model_version=served.version())
 
-    async def start_training(tasks: object) -> JSONResponse:
-        if queue is None:
-            return JSONResponse({"status": "ok", "result": "training is off: start the server with --train-dir DIR "
-                                                           "to retrain on the project's annotations"}, 201)
-        if queue.running:
-            raise HTTPException(409, str(Busy(queue.running)))
-        try:
-            tasks, counts = clean_export(tasks)
-        except ValueError as e:
-            raise HTTPException(422, str(e)) from None
-        if (n := len(json.dumps(tasks, ensure_ascii=False).encode())) > cfg.max_export_bytes:
-            raise HTTPException(413, f"the export has {n} bytes; the limit is {cfg.max_export_bytes}")
-        held: list[dict] = []
-        if not cfg.promote_data:
-            if len(tasks) < 2:
-                raise HTTPException(400, f"{len(tasks)} annotated task(s) (cancelled ones and predictions are not "
-                                         "labels): at least 2 are needed, one is held out to judge the new model")
-            tasks, held = split_holdout(tasks, cfg.holdout)
-            counts["held_out"] = len(held)
-        elif not tasks:
-            raise HTTPException(400, "no annotated task to train on (cancelled ones and predictions are not labels)")
-        try:
-            job = queue.new_round(tasks, held, counts)
-        except Busy as e:
-            raise HTTPException(409, str(e)) from None
-        served = str(state["model_dir"])
-        queue.start(job, [train_command(served, queue.root / job.round, cfg.train_config, cfg.train_set),
-                          *queue.gate_commands(job, served, cfg.promote_data)], _judge)
-        return JSONResponse({"status": "ok", "result": {"job": job.id, "round": job.round, "export": counts}}, 201)
-
-    async def _judge(job) -> str:
-        """The gate: the round is served if it scored at least the served model's F1 + margin on the held-out data;
-        otherwise it is kept on disk (a rollback can still serve it) and the served model stays."""
-        if not queue.verdict(job, cfg.promote_margin):
-            queue.prune(Path(state["model_dir"]))
-            return (f"kept, not served: held-out F1 {job.f1} < the served model's {job.served_f1} + margin "
-                    f"{cfg.promote_margin:g}")
-        await _serve(job.round)
-        return f"served as {version()}: held-out F1 {job.f1} against {job.served_f1}"
-
-    async def _serve(round_name: str | None) -> None:
-        model_dir = str(queue.model_dir_of(round_name)) if round_name else cfg.model_dir
-        try:
-            await reload(model_dir)
-        except Exception as e:
-            raise RuntimeError(f"the model of {round_name or 'the start'} did not load ({type(e).__name__})") from e
-        queue.point(round_name)
-        queue.prune(Path(state["model_dir"]))
-
-    @app.post("/webhook", tags=["label-studio"], responses={**ERRORS, **STARTED,
+    @r.post("/webhook", responses={**ERRORS, **STARTED,
                                                              200: {"description": "an event we do not act on"}})
-    async def webhook(body: WebhookRequest) -> JSONResponse:
+    async def webhook(body: WebhookRequest, request: Request) -> JSONResponse:
+        retrainer = request.app.state.retrainer
         if body.action not in TRAIN_EVENTS:
             return JSONResponse({"status": "Unknown event"}, 200)
         if body.action != "START_TRAINING":
             return JSONResponse({"status": "ok", "result": f"{body.action} noted; training starts on START_TRAINING"},
                                 201)
-        if queue is None:
-            return await start_training([])  # says training is off, without fetching anything
+        if retrainer is None:
+            return training_off()
         pid = str((body.project or {}).get("id", ""))
         if not cfg.label_studio_url or pid not in tokens:
             raise HTTPException(409, "cannot fetch the project's annotations: the server has no --label-studio-url"
                                 if not cfg.label_studio_url else
                                 f"project {pid!r} was not set up with a token (/setup)")
-        if fetching.locked() or queue.running:
+        if fetching.locked() or retrainer.queue.running:
             raise HTTPException(409, "a training job, or the fetch of an export, is under way; one at a time")
         async with fetching:
-            dest = queue.root / f".export-{pid}.part"
+            dest = retrainer.queue.root / f".export-{pid}.part"
             try:
                 tasks = await asyncio.get_running_loop().run_in_executor(
                     fetcher, fetch_export, cfg.label_studio_url, tokens[pid], pid, dest, cfg.fetch_timeout,
@@ -324,27 +245,6 @@ def add_routes(app: FastAPI, cfg, state: dict, reload, queue: TrainingQueue | No
                                          "server's log says why)") from None
             finally:
                 dest.unlink(missing_ok=True)
-        return await start_training(tasks)
+        return retrainer.start(tasks)
 
-    @app.post("/train", tags=["label-studio"], responses={**ERRORS, **STARTED})
-    async def train(body: TrainRequest) -> JSONResponse:
-        return await start_training(body.annotations)
-
-    @app.get("/v1/training", tags=["label-studio"], response_model=TrainingResponse)
-    async def training() -> TrainingResponse:
-        jobs = queue.jobs if queue else []
-        return TrainingResponse(jobs=[JobOut(**{k: getattr(j, k) for k in JobOut.model_fields}) for j in jobs],
-                                served=queue.current() if queue else None, model_version=version())
-
-    @app.post("/v1/training/rollback", tags=["label-studio"], response_model=TrainingResponse,
-              responses={404: {"description": "no such kept round with a model"}})
-    async def rollback(body: RollbackRequest) -> TrainingResponse:
-        if queue is None:
-            raise HTTPException(404, "training is off: there are no rounds")
-        name = None if body.round == "start" else body.round
-        if name is not None and not (ROUND.match(name) and queue.model_dir_of(name).is_dir()):
-            raise HTTPException(404, f"no kept round {body.round!r} with a model")
-        if queue.running:
-            raise HTTPException(409, str(Busy(queue.running)))
-        await _serve(name)
-        return await training()
+    return r

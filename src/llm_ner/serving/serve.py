@@ -7,6 +7,11 @@
                       503 {"status": "error"} if the batching worker has stopped
   GET  /metrics       Prometheus text format: requests by path and status, latency, batch sizes, queue depth
   GET  /docs          OpenAPI UI (FastAPI's Swagger UI, its files served from the package: works offline)
+  Label Studio's ML-backend endpoints (label_studio.py) and retraining's (training_api.py)
+
+The parts, one concern a module: settings.py (every limit, declared once), middleware.py (body cap, keys, metrics),
+batcher.py (micro-batching), served.py (the model on app.state and its one load path), and a router per concern:
+entities.py (/, /v1/entities, /v1/labels), ops.py (/health, /metrics), label_studio.py, training_api.py.
 
 Exposing it: with API keys (`--api-key-file`, or LLM_NER_API_KEYS) every path but /, /health and the OpenAPI docs
 needs `Authorization: Bearer KEY` (401 otherwise, saying nothing else); `--cors-origin` allows browsers on other
@@ -25,31 +30,25 @@ On SIGTERM the server stops accepting and finishes what is in flight.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-import time
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from ..inference.outputs import Thresholds
-from ..rundir import model_identity
-from . import label_studio
-from .batcher import Batcher, TextFailed
+from . import entities, label_studio, ops, training_api
 from .middleware import DOCS_ASSETS, ApiKeys, BodyLimit, Metrics
+from .served import Served
 from .settings import ServeConfig
 from .training import TrainingQueue
+from .training_api import Retrainer
 
 log = logging.getLogger(__name__)
 
@@ -78,102 +77,24 @@ def read_api_keys(path: str | None, env_value: str | None) -> tuple[str, ...]:
     return tuple(keys)
 
 
-class EntitiesRequest(BaseModel):
-    # exactly one of the two fields, and neither may be null: said in the OpenAPI schema too (oneOf), so clients and
-    # schema-driven testers know; the size limits are added per app (request_model) from the ServeConfig
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [{"required": ["text"]},
-                                                                            {"required": ["texts"]}]})
-    text: str = Field(None, description="one text")
-    texts: list[str] = Field(None, description="several texts")
-    review: bool = Field(False, strict=True, description=(
-        "also return, per text, the entities scored below the server's thresholds (--min-score, and the per-type "
-        "thresholds saved by `llm-ner calibrate --target-precision`) as `needs_review`; without it they are left out"))
-
-    @model_validator(mode="after")
-    def _one_of(self) -> EntitiesRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' or 'texts'")
-        return self
-
-    def all_texts(self) -> list[str]:
-        return [self.text] if self.text is not None else list(self.texts or [])
-
-
-def request_model(cfg: ServeConfig) -> type[EntitiesRequest]:
-    """EntitiesRequest with this server's limits as maxLength / maxItems, so they are validated and documented."""
-    text = Annotated[str, Field(max_length=cfg.max_text_chars)]
-    return create_model("EntitiesRequest", __base__=EntitiesRequest,
-                        text=(text, Field(None, description=f"one text, at most {cfg.max_text_chars} characters")),
-                        texts=(list[text], Field(None, max_length=cfg.max_batch, description=(
-                            f"several texts, at most {cfg.max_batch}, each at most {cfg.max_text_chars} characters"))))
-
-
-TOO_LARGE = {"string_too_long", "too_long"}
-
-
-def _too_large_message(e: dict) -> str:
-    where = "".join(f"[{x}]" if isinstance(x, int) else (f".{x}" if i else str(x))
-                    for i, x in enumerate(e.get("loc", ())[1:]))  # ("body", "texts", 3) -> "texts[3]"
-    n, limit = len(e.get("input") or ()), (e.get("ctx") or {}).get("max_length")
-    unit = "characters" if e["type"] == "string_too_long" else "texts"
-    return f"{where} has {n} {unit}; the limit is {limit}"
-
-
-class EntityOut(BaseModel):
-    start: int
-    end: int
-    label: str
-    text: str
-    score: float
-
-
-class TextResult(BaseModel):
-    entities: list[EntityOut] = Field(description="entities whose score reaches the thresholds; score = the model's "
-                                                  "(calibrated) probability of exactly this entity")
-    needs_review: list[EntityOut] | None = Field(None, description="entities below the thresholds (only when the "
-                                                                   "request set review: true)")
-
-
-class ModelInfo(BaseModel):
-    name: str
-    version: str
-
-
-class EntitiesResponse(BaseModel):
-    results: list[TextResult]
-    model: ModelInfo
-    latency_ms: float
-
-
 def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
+    """The service: its middleware, the routers of each concern, and on app.state the served model (`served`), its
+    metrics and the retrainer (None unless `cfg.train_dir`). `ner`: a model to serve instead of loading one."""
     queue = TrainingQueue(cfg.train_dir, cfg.train_timeout, cfg.keep_rounds, cfg.train_threads) if cfg.train_dir \
         else None
-    served = queue.current() if queue and ner is None else None  # a promoted round outlives a restart
-    model_dir = str(queue.model_dir_of(served)) if served else cfg.model_dir
-    if served:
-        log.info("serving %s (the training dir's current round), not the model given", served)
-    state: dict = {"identity": model_identity(model_dir, cfg.model_name, None if served else cfg.model_version),
-                   "model_dir": model_dir}
+    current = queue.current() if queue and ner is None else None  # a promoted round outlives a restart
+    if current:
+        log.info("serving %s (the training dir's current round), not the model given", current)
     metrics = Metrics({"/", "/health", "/metrics", "/v1/labels", "/v1/entities"} | label_studio.PATHS)
+    served = Served(cfg, str(queue.model_dir_of(current)) if current else cfg.model_dir, metrics,
+                    None if current else cfg.model_version)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from ..inference.engine import NERModel
-
-        t0 = time.time()
-        state["ner"] = ner or NERModel.from_pretrained(model_dir, device=cfg.device,
-                                                          trust_remote_code=cfg.trust_remote_code,
-                                                          precision=cfg.precision, min_score=cfg.min_score)
-        if ner is not None and cfg.min_score is not None:  # a model handed in (tests, embedding) gets it too
-            ner.thresholds = Thresholds.of(cfg.min_score, ner.calibration.get("thresholds"))
-        state["load_seconds"] = round(time.time() - t0, 2)
-        metrics.load_seconds.set(state["load_seconds"])
-        state["batcher"] = app.state.batcher = Batcher(state["ner"], cfg, metrics)
-        state["batcher"].start()
-        log.info("model %s (%s) loaded in %.1f s", state["identity"]["name"], state["identity"]["version"],
-                 state["load_seconds"])
+        served.start(ner)
+        app.state.batcher = served.batcher
         yield
-        await state["batcher"].stop()
+        await served.batcher.stop()
         if queue:  # no training process outlives the server
             await queue.stop()
 
@@ -181,8 +102,12 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
     # exposed or air-gapped server must not make browsers load scripts from elsewhere)
     app = FastAPIOffline(title="llm-ner", version="1", lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS,
                          description="Named-entity recognition with a transformed decoder LLM.")
+    app.state.served, app.state.metrics = served, metrics
+    app.state.retrainer = Retrainer(cfg, queue, served) if queue else None
+    app.state.training = queue
     # Starlette runs the last added middleware first: CORS outermost (a preflight is answered, and a 401 or 413
-    # still carries the CORS headers a browser needs to read it), then the counting, the key check, the body cap.
+    # still carries the CORS headers a browser needs to read it), then the counting, the Host check, the key check,
+    # the body cap.
     app.add_middleware(BodyLimit, limit=cfg.body_limit())
     app.add_middleware(ApiKeys, keys=cfg.api_keys, train_keys=cfg.train_keys)
     if cfg.allowed_hosts:  # loopback without keys: a web page's DNS rebinding must not reach us by another name
@@ -191,93 +116,22 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
     if cfg.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, exc: RequestValidationError) -> JSONResponse:
-        # Over a size limit only -> 413; anything else malformed -> 422. FastAPI's default echoes the offending input
-        # back; a body with NaN/Infinity (which the JSON parser accepts) then fails to render and becomes a 500.
-        # Report where and what, never the input itself.
-        errors = exc.errors()
-        if errors and all(e.get("type") in TOO_LARGE for e in errors):
-            return JSONResponse(status_code=413, content={"detail": "; ".join(map(_too_large_message, errors))})
-        errs = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type"))}
-                for e in errors]
-        return JSONResponse(status_code=422, content={"detail": errs})
-
-    def model_info() -> dict:
-        labels = list(state["ner"].labels.types) if "ner" in state else []
-        return {**state["identity"], "labels": labels}
-
-    page = resources.files("llm_ner").joinpath("serving/web/demo.html").read_text(encoding="utf-8")  # read once
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def demo() -> HTMLResponse:
-        return HTMLResponse(page)
-
-    @app.get("/health", responses={503: {"description": "the batching worker has stopped: requests cannot be "
-                                                        "answered (restart the server)"}})
-    async def health() -> JSONResponse:
-        b = state.get("batcher")
-        dead = b.dead() if b else None
-        body = {"status": "error" if dead else "ok", "model": model_info(), "load_seconds": state.get("load_seconds"),
-                "in_flight": b.in_flight if b else 0, "queued": b.queue.qsize() if b else 0,
-                "queued_chars": b.queued_chars if b else 0}
-        return JSONResponse(body | ({"detail": dead} if dead else {}), status_code=503 if dead else 200)
-
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-    async def prometheus() -> Response:
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
-
-    @app.get("/v1/labels")
-    async def labels() -> dict:
-        ls = state["ner"].labels
-        return {"types": list(ls.types), "tags": ls.tags, "descriptions": ls.descriptions, "model": model_info()}
-
-    async def entities(req: EntitiesRequest) -> EntitiesResponse:
-        texts = req.all_texts()
-        if (n := sum(map(len, texts))) > cfg.max_request_chars:
-            raise HTTPException(413, f"the texts have {n} characters in all; the limit is {cfg.max_request_chars}")
-        t0 = time.time()
-        try:
-            res = await state["batcher"].submit(texts) if texts else []
-        except TextFailed as e:
-            where = "text" if req.text is not None else (f"texts[{e.index}]" if e.index is not None else "the texts")
-            log.error("%s of a request could not be processed: %s", where, e)
-            raise HTTPException(422, f"{where} could not be processed ({type(e.error).__name__}); other requests "
-                                     "were not affected") from None
-        return EntitiesResponse(
-            results=[TextResult(**r) for r in replace(res, review=req.review).to("records")] if texts else [],
-            model=ModelInfo(**state["identity"]), latency_ms=round(1000 * (time.time() - t0), 2))
-
-    async def reload(model_dir: str) -> None:
-        """Serve a retrained model from now on (Label Studio retraining): loaded beside the old one, then swapped."""
-        from ..inference.engine import NERModel
-
-        new = await asyncio.get_running_loop().run_in_executor(None, lambda: NERModel.from_pretrained(
-            model_dir, device=cfg.device, trust_remote_code=cfg.trust_remote_code, precision=cfg.precision,
-            min_score=cfg.min_score))
-        state["ner"] = state["batcher"].ner = new
-        state["model_dir"], state["identity"] = model_dir, model_identity(model_dir, cfg.model_name)
-        log.info("now serving %s (%s)", model_dir, state["identity"]["version"])
-
-    app.state.training = queue
-    label_studio.add_routes(app, cfg, state, reload, queue)
-
-    # the body model carries this server's limits, so it is made here (and set as a real class, not a string
-    # annotation, for FastAPI to resolve)
-    entities.__annotations__["req"] = request_model(cfg)
-    app.post("/v1/entities", response_model=EntitiesResponse,
-             responses={400: {"description": "the body is not parseable (e.g. not UTF-8)"},
-                        401: {"description": "an API key is required and was missing or wrong"},
-                        413: {"description": "a text, the batch, its characters or the raw body is over the limit"},
-                        422: {"description": "the body is malformed, or the model failed on one of its texts "
-                                             "(named in detail)"},
-                        429: {"description": "the queue is full; retry after the Retry-After seconds"},
-                        503: {"description": "not answered within the request time limit, or the server is "
-                                             "unhealthy"}})(entities)
-
+    app.add_exception_handler(RequestValidationError, _invalid)
+    for r in (entities.router(cfg), ops.router, label_studio.router(cfg), training_api.router):
+        app.include_router(r)
     return app
+
+
+async def _invalid(request, exc: RequestValidationError) -> JSONResponse:
+    """Over a size limit only -> 413; anything else malformed -> 422. FastAPI's default echoes the offending input
+    back; a body with NaN/Infinity (which the JSON parser accepts) then fails to render and becomes a 500. Report
+    where and what, never the input itself."""
+    errors = exc.errors()
+    if errors and all(e.get("type") in entities.TOO_LARGE for e in errors):
+        return JSONResponse(status_code=413, content={"detail": "; ".join(map(entities.too_large_message, errors))})
+    errs = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type"))}
+            for e in errors]
+    return JSONResponse(status_code=422, content={"detail": errs})
 
 
 def run(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, graceful_seconds: int = 30) -> None:

@@ -9,25 +9,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach for the hub
 
 
-# The tests whose results come from running a model (tags, spans, scores, losses): .ci/run runs them a second time
-# with the CPU kernels forced down (`pytest -m outputs`), as another CPU rounds, so a float compared too exactly fails
-# in CI rather than on a user's machine. (The rest — readers, config, CLI errors, layout — compute no floats.)
-OUTPUT_MODULES = {"test_annotation", "test_batch", "test_calibrate", "test_cli", "test_crf", "test_decoder_options",
-                  "test_demo_page", "test_entry_points", "test_fuzz", "test_hardening", "test_integration",
-                  "test_model", "test_predict", "test_quantize", "test_serve", "test_serve_exposed",
-                  "test_serve_robust", "test_spacy", "test_train"}
+# A test module that runs a model (tags, spans, scores, losses) says so: `pytestmark = pytest.mark.outputs`. .ci/run
+# runs those a second time with the CPU kernels forced down (`pytest -m outputs`), as another CPU rounds, so a float
+# compared too exactly fails in CI rather than on a user's machine. test_layout checks that every module using a model
+# fixture, a tiny model or torch carries the marker (no hand-kept list to forget).
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "optional(reason): may skip under CI=true (needs what the README does not "
                                        "promise, e.g. a GPU)")
     config.addinivalue_line("markers", "outputs: compares what a model computed (run again on other CPU kernels)")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module.__name__ in OUTPUT_MODULES:
-            item.add_marker(pytest.mark.outputs)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -13,6 +13,9 @@ from llm_ner.cli import app
 from llm_ner.data import DataError, detect_format, load_corpus, spans
 from llm_ner.data.annotation import doccano_records, label_studio_records
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 FIX = Path(__file__).parent / "fixtures" / "annotation"
 runner = CliRunner()
 

@@ -9,6 +9,9 @@ ray = pytest.importorskip("ray")
 from llm_ner.inference.engine import NERModel  # noqa: E402
 from llm_ner.serving.batch import ray_predict  # noqa: E402
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 
 def test_ray_batch_predict_matches_direct_prediction(tiny_ner_dir, tmp_path):
     texts = [f"Peter visited New York and Washington on day {i} ." for i in range(40)] + ["", "Apple hired John ."]

@@ -15,6 +15,9 @@ from llm_ner.evaluation.evaluate import calibration_metrics, evaluate_model, sco
 from llm_ner.inference.engine import NERModel
 from llm_ner.inference.outputs import Thresholds
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 runner = CliRunner()
 
 

@@ -8,6 +8,9 @@ from typer.testing import CliRunner
 
 from llm_ner.cli import app
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 runner = CliRunner()
 CONLL = "Peter B-PER\nBlackburn I-PER\nflew O\nto O\nBrussels B-LOC\n. O\n\nEU B-ORG\nrejects O\n"
 

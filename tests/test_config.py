@@ -11,6 +11,9 @@ from llm_ner.config import ConfigError, NERConfig, RunConfig, config_path, load_
 from llm_ner.labels import LabelSet
 from llm_ner.modeling.model import LLMForTokenClassification
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 LABELS = LabelSet.from_types(["PER", "LOC"])
 
 

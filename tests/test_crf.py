@@ -1,9 +1,13 @@
+
 import itertools
 
+import pytest
 import torch
 
 from llm_ner.labels import LabelSet
 from llm_ner.modeling.crf import CRF
+
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
 
 def brute_force(crf, em, n):

@@ -1,15 +1,19 @@
 """Issue 23 item 4: `llm-ner learning-curve` — the LLM and the encoder on the same nested random subsets, over seeds,
 one row per run, a summary per size; bad input as one-line errors. Tiny models, a few steps."""
 
+
 import json
 import shutil
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from llm_ner.active.curve import shuffled
 from llm_ner.cli import app
 from llm_ner.data import load_corpus, read_conll
+
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
 runner = CliRunner()
 QUICK = ["--set", "training.max_steps=1", "--set", "data.max_dev_sentences=8", "--set", "data.max_test_sentences=8",

@@ -13,6 +13,9 @@ from llm_ner.modeling.align import document_groups, document_texts, encode_sente
 from llm_ner.modeling.model import LLMForTokenClassification, repeat_rows
 from llm_ner.training.train import train
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # sequence repetition
 

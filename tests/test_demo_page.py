@@ -13,6 +13,9 @@ import pytest
 from approx import SCORE_ATOL, assert_same_entities
 from test_serve import post, start_server
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 SENTENCE = "Peter Blackburn of the European Commission met officials in New York and Washington on Monday ."
 
 

@@ -1,10 +1,15 @@
 """Training under torchrun with DDP, 2 processes on the CPU (gloo), with no code change: both ranks end with the
 same weights, the steps are logged once, the model is saved once."""
 
+
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
 HERE = Path(__file__).parent
 

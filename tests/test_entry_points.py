@@ -18,6 +18,9 @@ from llm_ner.errors import UserError
 from llm_ner.inference.engine import NERModel
 from llm_ner.inference.outputs import Thresholds
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 runner = CliRunner()
 TEXTS = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London ."]
 

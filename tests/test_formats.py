@@ -11,6 +11,9 @@ from llm_ner.cli import app
 from llm_ner.data import DataError, detect_format, load_corpus, read_conll, read_texts
 from llm_ner.evaluation.evaluate import score_files
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 runner = CliRunner()
 
 

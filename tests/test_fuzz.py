@@ -14,6 +14,9 @@ from llm_ner.inference.engine import NERModel
 from llm_ner.labels import LabelSet
 from llm_ner.modeling.model import LLMForTokenClassification
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 SPECIAL = ["\u200d", "\u200b", "\u202e", "\r\n", "\t", "\x00", "\x1b", "ש", "ﺝ", "😀", "👩‍👩‍👧", "e\u0301", " "]
 texts = st.lists(st.one_of(st.text(max_size=12), st.sampled_from(SPECIAL), st.sampled_from(["Peter", "New York",
                                                                                            "EU", ".", "-"])),

@@ -15,6 +15,9 @@ from llm_ner.labels import LabelSet
 from llm_ner.modeling.align import sentence_text
 from llm_ner.modeling.model import LLMForTokenClassification, read_model_config
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 runner = CliRunner()
 
 

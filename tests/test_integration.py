@@ -10,7 +10,7 @@ from llm_ner.data.words import split_words
 from llm_ner.inference.engine import NERModel
 from llm_ner.training.train import train
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.outputs]
 
 
 def test_real_default_model_trains_saves_and_predicts(tmp_path):

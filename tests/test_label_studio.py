@@ -17,6 +17,8 @@ from test_serve import free_port, get_json, start_server
 
 from llm_ner.inference.engine import NERModel
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
 LABEL_STUDIO = "label-studio==1.23.2"
 TOKEN = "llmnertesttoken0123456789abcdef"
 CONFIG = ('<View><Labels name="label" toName="text"><Label value="PER"/><Label value="LOC"/><Label value="ORG"/>'
@@ -33,6 +35,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings.label_studio")
 import django
 django.setup()
 from organizations.models import Organization
+
 for o in Organization.objects.all():
     o.jwt.legacy_api_tokens_enabled = True
     o.jwt.save()

@@ -2,7 +2,7 @@
 stage or of stages before it in STAGES (a stage is a top-level folder, or one of the few core modules); inside a
 stage, imports form no circle. Lazy imports inside functions count too; `if TYPE_CHECKING:` imports are annotations,
 not imports. Also: docs/layout.md names every module; cli/ declares shared options once; output shapes are built only
-in inference/outputs.py."""
+in inference/outputs.py; every test module that runs a model is marked for CI's second pass."""
 
 import ast
 from pathlib import Path
@@ -170,3 +170,15 @@ def test_output_shapes_are_built_only_in_the_registry():
     bad = [(p.relative_to(PKG).as_posix(), m) for p in PKG.rglob("*.py") for m in marks
            if p.relative_to(PKG).as_posix() not in allowed and m in p.read_text()]
     assert not bad, bad
+
+
+RUNS_A_MODEL = ("tiny_ner_dir", "tiny_llama", "tiny_tokenizer", "make_llama", "NERModel", "start_server",
+                "from_backbone", "LLMForTokenClassification", "import torch")
+
+
+def test_every_test_that_runs_a_model_is_in_the_second_pass():
+    """.ci/run reruns `-m outputs` with the CPU kernels forced down: a module that runs a model must say so with its
+    marker, so no test that compares model outputs can be left out of that pass by a forgotten list entry."""
+    unmarked = [p.name for p in sorted((ROOT / "tests").glob("test_*.py")) if p.name != "test_layout.py"
+                if any(w in p.read_text() for w in RUNS_A_MODEL) and "pytest.mark.outputs" not in p.read_text()]
+    assert not unmarked, f"these run a model but lack `pytestmark = pytest.mark.outputs`: {unmarked}"

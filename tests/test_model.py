@@ -9,6 +9,9 @@ from llm_ner.labels import LabelSet
 from llm_ner.modeling.align import collate, encode_sentences, window_feature
 from llm_ner.modeling.model import LLMForTokenClassification, ModelLoadError, resolve_layers
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 LABELS = LabelSet.from_types(["PER", "LOC"])
 
 

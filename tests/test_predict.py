@@ -10,6 +10,9 @@ from llm_ner.labels import LabelSet
 from llm_ner.modeling.align import encode_texts, merge_windows, sentence_text
 from llm_ner.modeling.model import LLMForTokenClassification
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 LABELS = LabelSet.from_types(["PER", "LOC", "ORG"])
 WORDS = (
     "Peter visited New York and Washington on Monday . Apple hired John Smith from Google in London . "

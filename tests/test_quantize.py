@@ -9,6 +9,9 @@ from llm_ner.inference.engine import NERModel
 from llm_ner.inference.quantize import Int8Linear, activation_absmax, int_mm_is_exact, quantize_int8, smooth
 from llm_ner.modeling.model import LLMForTokenClassification
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 SENTS = ["Peter visited London today .", "EU rejects German call to boycott British lamb .",
          "Apple hired John Smith from Google in London ."]
 

@@ -1,8 +1,12 @@
+
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from llm_ner.cli import app
+
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
 runner = CliRunner()
 

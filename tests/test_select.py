@@ -15,6 +15,9 @@ from llm_ner.data import load_corpus
 from llm_ner.inference.engine import NERModel
 from llm_ner.modeling.align import sentence_text
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 runner = CliRunner()
 POOL = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London .",
         "The weather was fine .", "Angela Merkel met Emmanuel Macron in Paris on Tuesday .",

@@ -19,6 +19,9 @@ from hypothesis import strategies as st
 
 from llm_ner.inference.engine import NERModel
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 TEXTS = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London .",
          "", "😀 EU rejects German call", "The European Commission said on Thursday it disagreed ."]
 

@@ -1,6 +1,7 @@
 """The service as one would expose it: API keys, CORS, a body cap before parsing, the model named (not its path),
 backpressure (429 + Retry-After) and Prometheus metrics — each on a real server on 127.0.0.1, called over HTTP."""
 
+
 import http.client
 import json
 import os
@@ -10,10 +11,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
+import pytest
 from test_serve import TEXTS, get_json, start_server
 
 from llm_ner.serving.middleware import ApiKeys
 from llm_ner.serving.serve import read_api_keys
+
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
 
 def call(url, path="/v1/entities", body=None, headers=None, method=None):

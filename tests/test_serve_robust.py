@@ -20,6 +20,9 @@ from llm_ner.data.words import split_words
 from llm_ner.inference.engine import NERModel
 from llm_ner.serving.serve import ServeConfig, create_app
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 GOOD = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London ."]
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 SCRIPT = Path(__file__).parent.parent / "scripts" / "simulate_al.py"
 
 

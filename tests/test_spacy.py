@@ -6,6 +6,9 @@ spacy = pytest.importorskip("spacy")
 
 from llm_ner.inference.engine import NERModel  # noqa: E402
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 TEXTS = ["Peter visited New York and Washington on Monday .", "Apple hired John Smith from Google in London .",
          "", "The European Commission said on Thursday it disagreed ."]
 

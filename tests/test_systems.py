@@ -1,9 +1,13 @@
+
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from llm_ner.cli import app
+
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,6 +10,9 @@ from llm_ner.config import ConfigError, load_config
 from llm_ner.data.words import split_words
 from llm_ner.training.train import TrainError, train
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 runner = CliRunner()
 
 

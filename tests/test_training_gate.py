@@ -21,6 +21,9 @@ from llm_ner.serving.label_studio import ExportTooLarge, fetch_export
 from llm_ner.serving.settings import ServeConfig
 from llm_ner.serving.training import clean_export, split_holdout
 
+pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
+
+
 CONFIG = ('<View><Labels name="label" toName="text"><Label value="PER"/><Label value="LOC"/><Label value="ORG"/>'
           '</Labels><Text name="text" value="$text"/></View>')
 

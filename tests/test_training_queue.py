@@ -100,3 +100,16 @@ def test_rounds_kept_on_disk_are_capped_and_the_served_one_is_never_removed(tmp_
     gone = q.prune(served=tmp_path / "round_1" / "model")
     assert sorted(gone) == ["round_2", "round_3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["round_1", "round_4", "round_5"]
+
+
+def test_failed_rounds_are_pruned_too(tmp_path):
+    """Found by the soak run: only a served round triggered the pruning, so failed rounds piled up on disk."""
+    async def go():
+        q = TrainingQueue(tmp_path, timeout=30, keep_rounds=1, threads=None)
+        for _ in range(3):
+            job = q.new_round([])
+            q.start(job, [[sys.executable, "-c", "raise SystemExit(3)"]], _done)
+            await _wait(q)
+            assert job.status == "failed"
+    asyncio.run(go())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round_3"]

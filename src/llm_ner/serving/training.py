@@ -69,6 +69,7 @@ class TrainingQueue:
         self.running: Job | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task | None = None
+        self.protect: Callable[[], Path | None] = lambda: None  # the served model's dir: never pruned
 
     def _rounds(self) -> list[tuple[int, Path]]:
         return sorted((int(m.group(1)), p) for p in self.root.iterdir() if (m := ROUND.match(p.name)) and p.is_dir())
@@ -147,6 +148,7 @@ class TrainingQueue:
             job.seconds = round(time.time() - job.started, 1)
             job.save(self.root)
             self.running, self._proc = None, None
+            self.prune(self.protect())  # after every job, whatever its end (a failed round must not pile up)
             log.info("retraining job %d: %s %s", job.id, job.status, job.detail)
 
     def _kill(self) -> None:

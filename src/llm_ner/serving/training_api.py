@@ -63,6 +63,7 @@ class Retrainer:
 
     def __init__(self, cfg: ServeConfig, queue: TrainingQueue, served: Served):
         self.cfg, self.queue, self.served = cfg, queue, served
+        queue.protect = lambda: Path(served.model_dir)
 
     def start(self, tasks: object) -> JSONResponse:
         cfg, queue = self.cfg, self.queue
@@ -93,7 +94,6 @@ class Retrainer:
         """The gate: the round is served if it scored at least the served model's F1 + margin on the held-out data;
         otherwise it is kept on disk (a rollback can still serve it) and the served model stays."""
         if not self.queue.verdict(job, self.cfg.promote_margin):
-            self.queue.prune(Path(self.served.model_dir))
             return (f"kept, not served: held-out F1 {job.f1} < the served model's {job.served_f1} + margin "
                     f"{self.cfg.promote_margin:g}")
         await self.serve(job.round)

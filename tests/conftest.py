@@ -87,3 +87,13 @@ def tiny_ner_dir(tiny_llama, tiny_tokenizer, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("served") / "model"
     model.save_pretrained(d, tokenizer=tiny_tokenizer)
     return d
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One Ray runtime for every batch-prediction test (ray_predict leaves a Ray it did not start running): starting
+    Ray costs ~15 s a time on 2 cores."""
+    ray = pytest.importorskip("ray")
+    ray.init(include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-dow
 
 
 
-def test_ray_batch_predict_matches_direct_prediction(tiny_ner_dir, tmp_path):
+def test_ray_batch_predict_matches_direct_prediction(tiny_ner_dir, tmp_path, ray_session):
     texts = [f"Peter visited New York and Washington on day {i} ." for i in range(40)] + ["", "Apple hired John ."]
     src = tmp_path / "corpus.jsonl"
     src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))

@@ -120,6 +120,12 @@ def from_label_studio(model, tmp_path, min_score=None, precision=None, review=Fa
             for p in body["results"]], None
 
 
+@pytest.fixture(autouse=True)
+def _one_ray_for_the_batch_entry(request):
+    if getattr(request.node, "callspec", None) and request.node.callspec.params.get("entry") == "batch":
+        request.getfixturevalue("ray_session")
+
+
 ENTRY_POINTS = {"cli_text": from_cli_text, "cli_conll": from_cli_conll, "batch": from_batch,
                 "service": from_service, "spacy": from_spacy, "pipeline": from_pipeline,
                 "label_studio": from_label_studio}

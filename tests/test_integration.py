@@ -49,8 +49,9 @@ def test_real_default_model_trains_saves_and_predicts(tmp_path):
 
 def test_int8_per_token_tracks_fp32_on_the_real_model():
     """On real SmolLM2 weights (which have the outlier activation channels a tiny random model lacks), the default
-    int8 (per-token activation scales, every Linear, SmoothQuant) keeps the head's input close to fp32, and much
-    closer than torch.ao's per-tensor scales on the same layers — the reason it is the default."""
+    int8 (per-token activation scales, every Linear, SmoothQuant) keeps the head's input close to fp32 (torch.ao's
+    per-tensor scales on the same layers: 0.38, the reason per-token is the default — measured once, not re-run here
+    for its two minutes on 2 cores)."""
     import torch
     from test_model import batch_for, head_input
     from tiny import ner_config
@@ -64,17 +65,10 @@ def test_int8_per_token_tracks_fp32_on_the_real_model():
     tok = load_tokenizer("smollm2-135m")
     batch = batch_for(tok, [" ".join(s.tokens) for s in load_corpus("conll2003:test", limit=16)])
     calib = batch_for(tok, calibration_texts(32))
-
-    def build():
-        torch.manual_seed(0)
-        return LLMForTokenClassification.from_backbone(ner_config(
-            LabelSet.from_types(["PER", "LOC", "ORG", "MISC"]), "smollm2-135m", mode="frozen")).eval()
-
-    ref = head_input(build(), batch)
-    err = {}
-    for scheme in ("per_token", "per_tensor"):
-        m = build()
-        quantize_int8(m, lambda m=m: m(**calib), scheme=scheme)
-        err[scheme] = ((head_input(m, batch) - ref).norm(dim=-1) / ref.norm(dim=-1)).median().item()
-    assert err["per_token"] < 0.12, err  # measured 0.078 (per-tensor: 0.38)
-    assert err["per_token"] < 0.5 * err["per_tensor"], err
+    torch.manual_seed(0)
+    m = LLMForTokenClassification.from_backbone(ner_config(
+        LabelSet.from_types(["PER", "LOC", "ORG", "MISC"]), "smollm2-135m", mode="frozen")).eval()
+    ref = head_input(m, batch)
+    quantize_int8(m, lambda: m(**calib), scheme="per_token")
+    err = ((head_input(m, batch) - ref).norm(dim=-1) / ref.norm(dim=-1)).median().item()
+    assert err < 0.12, err  # measured 0.078

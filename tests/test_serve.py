@@ -193,13 +193,13 @@ def test_openapi_contract(case):
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(tiny_ner_dir):
-    """SIGTERM while a slow request (4 × 100k characters, seconds of work) is being served: the request still gets
+    """SIGTERM while a slow request (2 × 40k characters, seconds of work) is being served: the request still gets
     its full, correct answer; new connections are refused; the process exits cleanly."""
     # a generous shutdown timeout: the test is about finishing the request, not about how fast a busy CI machine is
     proc, url = start_server(tiny_ner_dir, "--max-text-chars", "100000", "--shutdown-timeout", "300")
-    text = ("Peter visited New York. " * 5000)[:100_000]
+    text = ("Peter visited New York. " * 2000)[:40_000]
     with ThreadPoolExecutor(1) as ex:
-        fut = ex.submit(post, url, {"texts": [text] * 4})
+        fut = ex.submit(post, url, {"texts": [text] * 2})
         deadline = time.time() + 60
         while get_json(url + "/health")["in_flight"] < 1:  # wait until the server has the request (not a fixed sleep)
             assert time.time() < deadline and not fut.done(), "the request never reached the server"
@@ -208,9 +208,9 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_ner_dir):
         status, body = fut.result(timeout=300)
     # uvicorn re-raises the captured SIGTERM after its clean shutdown, so the exit status is "terminated by SIGTERM"
     assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
-    assert status == 200 and len(body["results"]) == 4
+    assert status == 200 and len(body["results"]) == 2
     want = [e.to_dict() for e in NERModel.from_pretrained(tiny_ner_dir)(text).entities[0]]
-    got = body["results"][3]["entities"]
+    got = body["results"][1]["entities"]
 
     def spans(ents):
         return [(e["start"], e["end"], e["label"]) for e in ents]

@@ -71,7 +71,9 @@ def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str |
     if fmt != "text":
         check_jsonl_texts(input_path)  # here, with the line named, not as a Ray traceback from inside a worker
 
-    ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ours = not ray.is_initialized()  # a Ray the caller started (a cluster, a notebook, a test session) stays up
+    if ours:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         # text: one row per line, column "text"; JSON lines: one row per record, other fields kept
         ds = ray.data.read_text(input_path) if fmt == "text" else ray.data.read_json(input_path, lines=True)
@@ -82,4 +84,5 @@ def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str |
         ds.write_json(output_dir)
         return sum(1 for f in Path(output_dir).glob("*.json") for _ in f.open())
     finally:
-        ray.shutdown()
+        if ours:
+            ray.shutdown()

@@ -7,6 +7,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach for the hub
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: two workers on 2 cores, one thread each (and their
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses): two torch pools of 2 threads starve each other
 
 
 # A test module that runs a model (tags, spans, scores, losses) says so: `pytestmark = pytest.mark.outputs`. .ci/run

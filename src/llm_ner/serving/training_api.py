@@ -21,8 +21,10 @@ STARTED = {201: {"description": "acknowledged (a training job started, or why no
 def training_off() -> JSONResponse:
     return JSONResponse({"status": "ok", "result": "training is off: start the server with --train-dir DIR to "
                                                        "retrain on the project's annotations"}, 201)
-ERRORS = {400: {"description": "nothing to train on"},
-          403: {"description": "the key may predict, not train"},
+AUTH = {400: {"description": "the body is not parseable (e.g. not JSON)"},
+        401: {"description": "an API key is required and was missing or wrong"},
+        403: {"description": "the key may predict, not train"}}
+ERRORS = {**AUTH, 400: {"description": "nothing to train on, or the body is not parseable"},
           409: {"description": "a training job is running (one at a time)"},
           413: {"description": "the export is over its byte limit"},
           422: {"description": "the export is not a list of tasks"}}
@@ -134,7 +136,7 @@ async def training(request: Request) -> TrainingResponse:
 
 
 @router.post("/v1/training/rollback", response_model=TrainingResponse,
-             responses={404: {"description": "training is off, or no such kept round with a model"},
+             responses={**AUTH, 404: {"description": "training is off, or no such kept round with a model"},
                         409: {"description": "a training job is running"}})
 async def rollback(body: RollbackRequest, request: Request) -> TrainingResponse:
     rt = _retrainer(request)

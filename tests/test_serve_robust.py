@@ -99,7 +99,7 @@ def test_health_says_when_the_batching_worker_is_dead(tiny_ner_dir, ner):
     with running(app) as url:
         assert call(url, path="/health")[0] == 200
         assert call(url, {"text": GOOD[0]})[0] == 200
-        app.state.batcher.task.cancel()  # the worker gone, whatever the cause
+        app.state.served.batcher.task.cancel()  # the worker gone, whatever the cause
         time.sleep(0.2)
         status, body = call(url, path="/health")
         assert status == 503 and body["status"] == "error" and "worker stopped" in body["detail"]

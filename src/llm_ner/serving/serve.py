@@ -92,7 +92,6 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         served.start(ner)
-        app.state.batcher = served.batcher
         yield
         await served.batcher.stop()
         if queue:  # no training process outlives the server
@@ -104,7 +103,6 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
                          description="Named-entity recognition with a transformed decoder LLM.")
     app.state.served, app.state.metrics = served, metrics
     app.state.retrainer = Retrainer(cfg, queue, served) if queue else None
-    app.state.training = queue
     # Starlette runs the last added middleware first: CORS outermost (a preflight is answered, and a 401 or 413
     # still carries the CORS headers a browser needs to read it), then the counting, the Host check, the key check,
     # the body cap.

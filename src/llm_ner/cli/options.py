@@ -31,6 +31,10 @@ ConfigName = Annotated[str | None, Opt(help="YAML config file, or a bundled name
 SetKeys = Annotated[list[str] | None, Opt("--set", help="override a config key (repeat): --set training.seed=1")]
 RunDir = Annotated[str | None, Opt("--output", help="run directory")]
 Progress = Annotated[bool, Opt(help="progress bars")]
+LLMModel = Annotated[str | None, Opt(help="the LLM side: a decoder backbone (default: the config's backbone, or "
+                                           "gemma3-270m where the config names an encoder)")]
+EncoderModel = Annotated[str | None, Opt(help="the encoder side (default: embeddinggemma-300m; minilm-l6 is the small "
+                                               "row)")]
 BatchSize = Annotated[int, Opt(help="texts per batch (the token budget may grow it)")]
 TrustRemoteCode = Annotated[bool, Opt(help="allow the backbone's own Python code to run")]
 Precision = Annotated[str, Opt(help=" | ".join(f"{k}: {v}" for k, v in PRECISIONS.items()))]

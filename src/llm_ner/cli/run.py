@@ -6,7 +6,19 @@ from typing import Annotated
 
 import typer
 
-from .options import Opt, Progress, SetKeys, Verbose, baseline_app, command, fail, overrides, setup_logging
+from .options import (
+    EncoderModel,
+    LLMModel,
+    Opt,
+    Progress,
+    SetKeys,
+    Verbose,
+    baseline_app,
+    command,
+    fail,
+    overrides,
+    setup_logging,
+)
 
 
 @command()
@@ -46,7 +58,7 @@ def train(
 @command("encoder", baseline_app)
 def baseline_encoder(
     config: Annotated[str | None, Opt(help="run config whose data section to reuse (e.g. quickstart)")] = "quickstart",
-    model: Annotated[str | None, Opt(help="encoder: minilm-l6 (offline) or a hub id such as bert-base-cased")] = None,
+    model: EncoderModel = None,
     output: Annotated[str, Opt(help="run directory")] = "runs/encoder",
     epochs: Annotated[float | None, Opt()] = None,
     max_steps: Annotated[int | None, Opt()] = None,
@@ -109,8 +121,10 @@ def quickstart(
     setup_logging(verbose)
     from ..config import load_config
     from ..training.train import train as run_train
+    from .data import fetch_missing
 
     cfg = load_config("quickstart", {"output": output})
+    fetch_missing([cfg.model.backbone])
     typer.echo(f"llm-ner quickstart: {cfg.model.backbone}, {cfg.training.mode} fine-tuning on the first "
                f"{cfg.data.max_train_sentences} sentences of {cfg.data.train}, test on {cfg.data.test}")
     run_train(cfg, resume=resume, progress=True)
@@ -124,8 +138,8 @@ def learning_curve(
     seeds: Annotated[str, Opt(help="seeds, comma-separated (a seed is also the subset's shuffle)")] = "1,2,3",
     seeds_up_to: Annotated[int, Opt(help="sizes above this run the first seed only")] = 2000,
     systems: Annotated[str, Opt(help="llm,encoder or one of them")] = "llm,encoder",
-    llm_model: Annotated[str | None, Opt(help="the LLM backbone (default: the config's)")] = None,
-    encoder_model: Annotated[str | None, Opt(help="the encoder (default: minilm-l6)")] = None,
+    llm_model: LLMModel = None,
+    encoder_model: EncoderModel = None,
     output: Annotated[str, Opt(help="directory for the runs and results.{json,md}")] = "runs/curve",
     set_: SetKeys = None,
     llm_set: Annotated[list[str] | None, Opt("--llm-set", help="override a config key for the LLM's runs")] = None,
@@ -152,7 +166,10 @@ def learning_curve(
         fail(f"--sizes {sizes!r} / --seeds {seeds!r}: give whole numbers (sizes may say 'all'), comma-separated")
     if not points or not seed_list or any(p is not None and p < 1 for p in points):
         fail("--sizes and --seeds need at least one value each, sizes at least 1")
-    own = {"llm": {**parse_set(llm_set), **({"model.backbone": llm_model} if llm_model else {})},
+    from ..comparison.compare import llm_backbone
+
+    llm_model = llm_model or llm_backbone(config, parse_set(set_))
+    own = {"llm": {**parse_set(llm_set), "model.backbone": llm_model},
            "encoder": {**parse_set(encoder_set), **({"model.backbone": encoder_model} if encoder_model else {})}}
     rows = run_curve(config, points, seed_list, chosen, output, seeds_up_to, parse_set(set_), own, progress,
                      keep_models)
@@ -168,18 +185,26 @@ def compare(
     llm_run: Annotated[str | None, Opt(help="reuse this finished LLM run dir")] = None,
     encoder_run: Annotated[str | None, Opt(help="reuse this finished encoder run dir")] = None,
     prompt_run: Annotated[str | None, Opt(help="reuse this finished prompt run dir")] = None,
+    llm_model: LLMModel = None,
+    encoder_model: EncoderModel = None,
     rerun: Annotated[bool, Opt(help="re-run systems even if their run dir is finished")] = False,
     progress: Progress = True,
 ) -> None:
     """Train/evaluate (or reuse) the LLM model, the encoder and the prompted baseline; print one table."""
     setup_logging()
+    from ..baselines.encoder import ENCODER_DEFAULTS
     from ..comparison.compare import compare as run_compare
     from ..comparison.compare import table_markdown
     from ..config import config_path
+    from .data import fetch_missing
 
     config = str(config_path(config))  # the systems run in subprocesses: pass them a path
-    rows = run_compare(config, output, prompt_sentences, [s.strip() for s in systems.split(",") if s.strip()],
-                       {"llm": llm_run, "encoder": encoder_run, "prompt": prompt_run}, rerun, progress)
+    chosen = [s.strip() for s in systems.split(",") if s.strip()]
+    fetch_missing([encoder_model or ENCODER_DEFAULTS["model.backbone"] if "encoder" in chosen and not encoder_run
+                   else None, llm_model])
+    rows = run_compare(config, output, prompt_sentences, chosen,
+                       {"llm": llm_run, "encoder": encoder_run, "prompt": prompt_run}, rerun, progress,
+                       {"llm": llm_model, "encoder": encoder_model})
     typer.echo(table_markdown(rows))
 
 

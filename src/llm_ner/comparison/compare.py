@@ -15,19 +15,29 @@ import sys
 from pathlib import Path
 
 from .. import rundir as R
+from ..config import load_config
 from ..evaluation.evaluate import compute_metrics
 from ..fsutil import atomic_write_text
+from ..modeling.backbones import decoder_or_default
 
 log = logging.getLogger(__name__)
 
 SYSTEMS = ("llm", "encoder", "prompt")
 
 
-def run_system(name: str, config: str, run_dir: Path, prompt_sentences: int, progress: bool) -> None:
+def llm_backbone(config: str | None, overrides: dict | None = None) -> str:
+    """The LLM side of a comparison: the config's backbone if it is a decoder, else the default decoder (the
+    quickstart names the encoder that won at its budget; a comparison still sets a decoder against it)."""
+    return decoder_or_default(load_config(config, overrides or {}).model.backbone)
+
+
+def run_system(name: str, config: str, run_dir: Path, prompt_sentences: int, progress: bool,
+               backbone: str | None = None) -> None:
     base = [sys.executable, "-m", "llm_ner.cli"]
+    model = ["--model", backbone] if backbone else []
     cmd = {
-        "llm": ["train", "--config", config, "--output", str(run_dir)],
-        "encoder": ["baseline", "encoder", "--config", config, "--output", str(run_dir)],
+        "llm": ["train", "--config", config, "--output", str(run_dir), *model],
+        "encoder": ["baseline", "encoder", "--config", config, "--output", str(run_dir), *model],
         "prompt": ["baseline", "prompt", "--config", config, "--output", str(run_dir), "--max-sentences",
                    str(prompt_sentences)],
     }[name]
@@ -91,14 +101,19 @@ def table_markdown(rows: list[dict]) -> str:
 
 
 def compare(config: str, output: str | Path, prompt_sentences: int = 100, systems=SYSTEMS,
-            runs: dict[str, str] | None = None, rerun: bool = False, progress: bool = True) -> list[dict]:
+            runs: dict[str, str] | None = None, rerun: bool = False, progress: bool = True,
+            models: dict[str, str | None] | None = None) -> list[dict]:
+    """`models`: the backbone of the llm / encoder system (default: `llm_backbone`, the encoder baseline's own)."""
     out = Path(output)
+    models = {**(models or {})}
+    if "llm" in systems and not (runs or {}).get("llm"):
+        models["llm"] = models.get("llm") or llm_backbone(config)
     run_dirs = {}
     for name in systems:
         given = (runs or {}).get(name)
         d = Path(given) if given else out / name
         if not given and (rerun or not R.is_finished(d)):
-            run_system(name, config, d, prompt_sentences, progress)
+            run_system(name, config, d, prompt_sentences, progress, models.get(name))
         run_dirs[name] = R.load_run(d)
     subset = prompt_sentences if "prompt" in run_dirs else None
     rows = [system_row(run, subset, n) for n, run in run_dirs.items()]

@@ -129,6 +129,18 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+# What a comparison puts up by default, as measured (docs/results.md "Issue 33"): the cased encoder of the decoder's own
+# family, and the decoder set against it where a config names no decoder of its own (the quickstart names the encoder:
+# it won at the quickstart's budget).
+DEFAULT_ENCODER = "embeddinggemma-300m"
+DEFAULT_DECODER = "gemma3-270m"
+
+
+def decoder_or_default(name: str) -> str:
+    """The LLM side of a comparison: `name` when it is a decoder (a user's own LLM), else DEFAULT_DECODER."""
+    return DEFAULT_DECODER if is_encoder(name) else name
+
+
 def alias_of(record: Backbone) -> str:
     return next(k for k, v in BACKBONES.items() if v is record)
 

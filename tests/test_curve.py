@@ -89,7 +89,7 @@ def test_a_smaller_subset_keeps_the_configs_optimizer_steps():
     from llm_ner.active.curve import budgeted
     from llm_ner.config import load_config
 
-    cfg = load_config("quickstart", {})  # 2,000 sentences x 1 epoch
+    cfg = load_config("quickstart", {"training.batch_size": 16})  # 2,000 sentences x 1 epoch, 125 steps of 16
     assert budgeted(cfg, 250).training.epochs == 8.0 and budgeted(cfg, 1000).training.epochs == 2.0
     assert budgeted(cfg, 250).training.eval_steps == 125  # evaluated as the 2,000-sentence run is: once, at the end
     assert budgeted(cfg, 2000).training.epochs == 1.0 and budgeted(cfg, 14041).training.epochs == 1.0

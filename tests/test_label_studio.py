@@ -5,6 +5,7 @@ No mock on either side."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,9 +55,8 @@ def label_studio_venv() -> Path:
     return venv
 
 
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    venv, data, port = label_studio_venv(), tmp_path_factory.mktemp("ls"), free_port()
+def start_label_studio(venv: Path, data: Path) -> tuple[subprocess.Popen, str, dict]:
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_HOST": url,
            # our backend listens on 127.0.0.1, which Label Studio refuses to call by default (its SSRF guard)
@@ -68,17 +68,47 @@ def label_studio(tmp_path_factory):
     while True:
         try:
             if get_json(url + "/health").get("status") == "UP":
-                break
+                return proc, url, env
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             pytest.fail("Label Studio did not start: " + proc.stdout.read().decode()[-2000:])
-        time.sleep(1)
-    subprocess.run([str(venv / "bin" / "python"), "-c", LEGACY_TOKENS], env=env, check=True, capture_output=True)
-    yield url
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def label_studio_data(venv: Path) -> Path:
+    """A data dir holding a migrated database with the test user, its token and legacy tokens on, made once beside
+    the venv: a first start on an empty dir spends about a minute in Django's migrations, a start on a copy ~8 s."""
+    template = venv.parent / f"{LABEL_STUDIO}-data"
+    if not (template / "label_studio.sqlite3").is_file():
+        building = Path(str(template) + f".building-{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        proc, _, env = start_label_studio(venv, building)
+        try:
+            subprocess.run([str(venv / "bin" / "python"), "-c", LEGACY_TOKENS], env=env, check=True,
+                           capture_output=True)
+        finally:
+            stop(proc)
+        shutil.rmtree(template, ignore_errors=True)
+        building.rename(template)
+    return template
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    venv = label_studio_venv()
+    data = tmp_path_factory.mktemp("ls") / "data"
+    shutil.copytree(label_studio_data(venv), data)
+    proc, url, _ = start_label_studio(venv, data)
+    yield url
+    stop(proc)
 
 
 def ls(url: str, path: str, body=None, method: str | None = None):
@@ -164,5 +194,4 @@ def test_label_studio_predicts_and_retrains_through_us(label_studio, tiny_ner_di
         status, refused = ls(label_studio, "/api/ml", {"url": backend, "project": other["id"], "title": "x"})
         assert status == 400 and "422" in json.dumps(refused), refused
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)

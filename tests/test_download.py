@@ -122,10 +122,10 @@ def test_the_quickstart_and_compare_fetch_a_missing_backbone_once(shipped, monke
 def test_a_comparison_sets_a_decoder_against_the_encoder():
     """The quickstart names the encoder that won at its budget; compare's LLM side is then the default decoder, and a
     config that names a decoder (a user's own LLM) keeps it."""
-    from llm_ner.comparison.compare import llm_backbone
+    from llm_ner.comparison.compare import sides
     from llm_ner.config import load_config
 
     assert backbones.is_encoder(load_config("quickstart").model.backbone)
-    assert llm_backbone("quickstart") == backbones.DEFAULT_DECODER
-    assert llm_backbone("quickstart", {"model.backbone": "smollm2-135m"}) == "smollm2-135m"
-    assert llm_backbone("quickstart", {"model.backbone": "my-org/my-llm"}) == "my-org/my-llm"
+    assert sides("quickstart")["llm"] == backbones.DEFAULT_DECODER
+    assert sides("quickstart", overrides={"model.backbone": "smollm2-135m"})["llm"] == "smollm2-135m"
+    assert sides("quickstart", overrides={"model.backbone": "my-org/my-llm"})["llm"] == "my-org/my-llm"

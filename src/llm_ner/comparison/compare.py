@@ -15,20 +15,26 @@ import sys
 from pathlib import Path
 
 from .. import rundir as R
+from ..baselines.encoder import ENCODER_DEFAULTS
 from ..config import load_config
 from ..evaluation.evaluate import compute_metrics
 from ..fsutil import atomic_write_text
-from ..modeling.backbones import decoder_or_default
+from ..modeling.backbones import DEFAULT_DECODER, is_encoder
 
 log = logging.getLogger(__name__)
 
 SYSTEMS = ("llm", "encoder", "prompt")
 
 
-def llm_backbone(config: str | None, overrides: dict | None = None) -> str:
-    """The LLM side of a comparison: the config's backbone if it is a decoder, else the default decoder (the
-    quickstart names the encoder that won at its budget; a comparison still sets a decoder against it)."""
-    return decoder_or_default(load_config(config, overrides or {}).model.backbone)
+def sides(config: str | None, llm: str | None = None, encoder: str | None = None,
+          overrides: dict | None = None) -> dict[str, str]:
+    """The backbones a comparison sets side by side, where not given: the config's backbone if it is a decoder (a
+    user's own LLM), else DEFAULT_DECODER (the quickstart names the encoder that won at its budget; a comparison still
+    sets a decoder against it); and the encoder baseline's default."""
+    if llm is None:
+        backbone = load_config(config, overrides or {}).model.backbone
+        llm = DEFAULT_DECODER if is_encoder(backbone) else backbone
+    return {"llm": llm, "encoder": encoder or ENCODER_DEFAULTS["model.backbone"]}
 
 
 def run_system(name: str, config: str, run_dir: Path, prompt_sentences: int, progress: bool,
@@ -103,11 +109,9 @@ def table_markdown(rows: list[dict]) -> str:
 def compare(config: str, output: str | Path, prompt_sentences: int = 100, systems=SYSTEMS,
             runs: dict[str, str] | None = None, rerun: bool = False, progress: bool = True,
             models: dict[str, str | None] | None = None) -> list[dict]:
-    """`models`: the backbone of the llm / encoder system (default: `llm_backbone`, the encoder baseline's own)."""
+    """`models`: the backbone of the llm / encoder system (default: `sides`)."""
     out = Path(output)
-    models = {**(models or {})}
-    if "llm" in systems and not (runs or {}).get("llm"):
-        models["llm"] = models.get("llm") or llm_backbone(config)
+    models = sides(config, **(models or {}))
     run_dirs = {}
     for name in systems:
         given = (runs or {}).get(name)

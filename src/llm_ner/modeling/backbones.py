@@ -136,11 +136,6 @@ DEFAULT_ENCODER = "embeddinggemma-300m"
 DEFAULT_DECODER = "gemma3-270m"
 
 
-def decoder_or_default(name: str) -> str:
-    """The LLM side of a comparison: `name` when it is a decoder (a user's own LLM), else DEFAULT_DECODER."""
-    return DEFAULT_DECODER if is_encoder(name) else name
-
-
 def alias_of(record: Backbone) -> str:
     return next(k for k, v in BACKBONES.items() if v is record)
 

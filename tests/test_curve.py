@@ -34,6 +34,8 @@ def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_pat
     seeds = {(x["system"], x["sentences"]): x["seeds"] for x in res["summary"]}
     assert seeds == {("llm", 8): 2, ("encoder", 8): 2, ("llm", 16): 1, ("encoder", 16): 1}
     assert all(x["test_f1"] is not None for x in res["summary"])
+    assert {(x["system"], x["head"]) for x in res["rows"]} == {("llm", "crf"), ("encoder", "linear")}
+    assert {x["backbone"] for x in res["rows"] if x["system"] == "llm"} == {str(tiny_llama)}
     assert "| 16 | llm | 1 |" in (out / "results.md").read_text()  # the table, beside the json
 
     def tokens(run):

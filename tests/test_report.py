@@ -165,6 +165,9 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
     rows = [{"system": s, "sentences": n, "seed": seed, "dev_f1": 0.0, "test_f1": f1, "train_seconds": 60.0}
             for s, n, seed, f1 in (("llm", 250, 1, 60.0), ("llm", 250, 2, 62.0), ("encoder", 250, 1, 40.0),
                                    ("encoder", 250, 2, 44.0), ("llm", 1000, 1, 75.0), ("encoder", 1000, 1, 70.0))]
+    for row in rows:  # what each side trained, as `learning-curve` records it
+        row.update({"backbone": "gemma3-270m", "head": "crf"} if row["system"] == "llm" else
+                   {"backbone": "embeddinggemma-300m", "head": "linear"})
     from llm_ner.active.curve import summarise
 
     (tmp_path / "curve.json").write_text(json.dumps({"config": "quickstart", "rows": rows,
@@ -186,6 +189,8 @@ def test_report_shows_the_learning_curve_and_the_active_learning_simulation(tiny
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "## How much labelled data" in md and "## Active learning" in md
     assert "![learning_curve](learning_curve.png)" in md and "![active_learning](active_learning.png)" in md
+    assert ("recipe (LLM: gemma3-270m + crf head) and the encoder baseline (embeddinggemma-300m + linear head) on "
+            "the same random subset") in md
     assert ("The LLM's lead is largest at 250 sentences: +19.00 F1; at ≤ 1,000 sentences it is +5.00 to +19.00. "
             "Its lowest lead is +5.00 F1, at 1,000 sentences. It leads by 10 F1 or more at 250 sentences.") in md
     # random's last round: (61 + 63) / 2 = 62.00 with 600 labels; uncertainty's round 1 (400 labels) has 64.00:

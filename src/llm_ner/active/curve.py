@@ -87,6 +87,7 @@ def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int
                 run_dir = out / f"{system}_{n}_{seed}"
                 s = train_on(cfg, order[:n], run_dir, progress)
                 done[(system, n, seed)] = {"system": system, "sentences": n, "seed": seed,
+                                           "backbone": cfg.model.backbone, "head": "crf" if cfg.model.crf else "linear",
                                            "dev_f1": s["best_dev_f1"], "test_f1": (s.get("test") or {}).get("f1"),
                                            "train_seconds": s["train_seconds"]}
                 save(out, config, list(done.values()))

@@ -216,7 +216,8 @@ def learning_curve_text(curve: dict) -> str:
     # what each side trained (rows of curves run before the backbone was recorded name the system only)
     named = {r["system"]: f"{r['backbone']} + {r['head']} head" for r in curve["rows"] if "backbone" in r}
     text = render("curve.md.j2", {
-        "config": curve["config"], "llm": named.get("llm"), "encoder": named.get("encoder"), "lead": hi[0], "lead_at": hi[1], "lowest": lo[0] if lo != hi else None,
+        "config": curve["config"], "llm": named.get("llm"), "encoder": named.get("encoder"),
+        "lead": hi[0], "lead_at": hi[1], "lowest": lo[0] if lo != hi else None,
         "lowest_at": lo[1], "small": [d for d, m in leads if m <= 1000],
         "ten": sorted(m for d, m in leads if d >= 10)})  # "does the LLM pay off for my few hundred sentences?"
     return text + "\n\n" + table(curve["rows"]).rstrip("\n")

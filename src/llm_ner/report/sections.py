@@ -92,7 +92,26 @@ def results(runs: list[dict], llm: dict) -> str:
         prompt = {"model": pr["model"], "k_shot": ps["k_shot"], "latency_p50": ps.get("latency_p50"),
                   **{k: c.get(k, 0) for k in ("requests", "malformed", "hallucinated", "unknown_type", "refusal")}}
     return render("results.md.j2", {"runs": rows, "seed_lines": seeds_lines(runs), "prompt": prompt,
-                                    "encoder_gap": llm["metrics"]["f1"] - enc["metrics"]["f1"] if enc else None})
+                                    "gaps": encoder_gaps(runs) if enc else []})
+
+
+def encoder_gaps(runs: list[dict]) -> list[dict]:
+    """The LLM against the encoder where both read the same data (the runs' `data` config: splits, subsets, context),
+    each recipe's test F1 averaged over the seeds it ran: a document-context LLM is set against a document-context
+    encoder, not against whichever encoder run came first."""
+    groups: dict[str, dict[str, dict[str, list[dict]]]] = {}  # data -> kind -> recipe -> runs
+    for r in runs:
+        if r["kind"] in ("llm", "encoder"):
+            data = json.dumps(((r["run"].config or {}).get("data")), sort_keys=True)
+            groups.setdefault(data, {}).setdefault(r["kind"], {}).setdefault(_recipe(r), []).append(r)
+    out = []
+    for data, kinds in groups.items():
+        for ls in (kinds.get("llm") or {}).values():
+            for es in (kinds.get("encoder") or {}).values():
+                gap = statistics.mean(r["metrics"]["f1"] for r in ls) - statistics.mean(r["metrics"]["f1"] for r in es)
+                out.append({"gap": gap, "llm": ls[0]["model"], "encoder": es[0]["model"], "llm_seeds": len(ls),
+                            "encoder_seeds": len(es), "context": (json.loads(data) or {}).get("context", "sentence")})
+    return out
 
 
 def _recipe(run: dict) -> str:

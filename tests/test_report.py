@@ -255,3 +255,21 @@ def test_the_llm_is_set_against_the_encoder_that_read_the_same_data():
     assert round(gaps["document"]["gap"], 2) == 1.1 and gaps["document"]["llm_seeds"] == 2
     assert round(gaps["sentence"]["gap"], 2) == 0.5 and gaps["sentence"]["encoder_seeds"] == 2
     assert gaps["sentence"]["llm"] == "llm-model" and gaps["sentence"]["encoder"] == "encoder-model"
+
+
+def test_the_curve_says_where_the_lead_turns():
+    """A curve where the encoder leads on little data and the LLM on more: the report names the two sizes between which
+    the lead changes hands; a curve with one side ahead everywhere says so."""
+    from llm_ner.active.curve import summarise
+    from llm_ner.report.sections import learning_curve_text
+
+    def curve(points):
+        rows = [{"system": s, "sentences": n, "seed": 1, "dev_f1": 0.0, "test_f1": f1, "train_seconds": 60.0}
+                for n, llm, enc in points for s, f1 in (("llm", llm), ("encoder", enc))]
+        return {"config": "quickstart", "rows": rows, "summary": summarise(rows)}
+
+    text = learning_curve_text(curve([(250, 70.0, 80.0), (2000, 84.0, 87.0), (8000, 90.0, 89.5)]))
+    assert "The LLM takes the lead between 2,000 and 8,000 sentences (the LLM's lead -3.00 → +0.50 F1)." in text
+    assert "is ahead at every size" not in text
+    text = learning_curve_text(curve([(250, 70.0, 80.0), (2000, 84.0, 87.0)]))
+    assert "The encoder is ahead at every size measured." in text and "takes the lead" not in text

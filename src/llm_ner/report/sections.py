@@ -6,6 +6,7 @@ run's saved config and summary (`facts`), and the backbone's "why" and quirks fr
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import statistics
 from importlib import resources
@@ -232,13 +233,19 @@ def learning_curve_text(curve: dict) -> str:
     leads = [(by[("llm", n)]["test_f1"] - by[("encoder", n)]["test_f1"], n) for s, n in by if s == "llm"
              and ("encoder", n) in by]
     hi, lo = (max(leads), min(leads)) if leads else ((None, None), (None, None))
+    by_size = sorted((n, d) for d, n in leads)
+    # where the sign of the lead changes between two measured sizes: the answer to "how much data before the LLM pays"
+    turns = [{"who": "LLM" if d2 >= 0 else "encoder", "after": n1, "by": n2, "before_lead": d1, "lead": d2}
+             for (n1, d1), (n2, d2) in itertools.pairwise(by_size) if (d1 >= 0) != (d2 >= 0)]
+    ahead = None if turns or not leads else ("LLM" if lo[0] >= 0 else "encoder")
     # what each side trained (rows of curves run before the backbone was recorded name the system only)
     named = {r["system"]: f"{r['backbone']} + {r['head']} head" for r in curve["rows"] if "backbone" in r}
     text = render("curve.md.j2", {
         "config": curve["config"], "llm": named.get("llm"), "encoder": named.get("encoder"),
         "lead": hi[0], "lead_at": hi[1], "lowest": lo[0] if lo != hi else None,
         "lowest_at": lo[1], "small": [d for d, m in leads if m <= 1000],
-        "ten": sorted(m for d, m in leads if d >= 10)})  # "does the LLM pay off for my few hundred sentences?"
+        "ten": sorted(m for d, m in leads if d >= 10),  # "does the LLM pay off for my few hundred sentences?"
+        "turns": turns, "ahead": ahead})
     return text + "\n\n" + table(curve["rows"]).rstrip("\n")
 
 

@@ -5,6 +5,8 @@ options that command declares (parsed by the CLI itself, offline, in seconds); t
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,11 @@ def test_the_readme_python_runs(tiny_ner_dir):
         exec(compile(code.replace("runs/quickstart/model", str(tiny_ner_dir)), "README.md", "exec"), scope)
         if "preds" in scope:
             assert len(scope["preds"]) == 2 and isinstance(scope["preds"].to("pipeline"), list)
+
+
+def test_the_results_table_is_rendered_from_the_run_records():
+    """README's first results table is scripts/results_table.py's output over docs/runs: a number changes with its
+    records, never by hand."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py")], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.count("\n") >= 9 and out in (ROOT / "README.md").read_text()

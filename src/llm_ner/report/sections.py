@@ -245,7 +245,7 @@ def learning_curve_text(curve: dict) -> str:
         "lead": hi[0], "lead_at": hi[1], "lowest": lo[0] if lo != hi else None,
         "lowest_at": lo[1], "small": [d for d, m in leads if m <= 1000],
         "ten": sorted(m for d, m in leads if d >= 10),  # "does the LLM pay off for my few hundred sentences?"
-        "turns": turns, "ahead": ahead})
+        "turns": turns, "ahead": ahead, "lo_lead": lo[0]})
     return text + "\n\n" + table(curve["rows"]).rstrip("\n")
 
 

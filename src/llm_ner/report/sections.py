@@ -80,12 +80,11 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
 
-def results(runs: list[dict], llm: dict) -> str:
+def results(runs: list[dict]) -> str:
     rows = [{"name": r["name"], "kind": r["kind"], "f1": _pct(r["metrics"]["f1"]), "p": _pct(r["metrics"]["precision"]),
              "r": _pct(r["metrics"]["recall"]), "macro": _pct(r["metrics"]["macro_f1"]),
              "strict": _pct(r["metrics"].get("strict", {}).get("f1")), "sentences": r["metrics"]["sentences"]}
             for r in runs]
-    enc = next((r for r in runs if r["kind"] == "encoder"), None)
     pr = next((r for r in runs if r["kind"] == "prompt"), None)
     prompt = None
     if pr:
@@ -93,7 +92,7 @@ def results(runs: list[dict], llm: dict) -> str:
         prompt = {"model": pr["model"], "k_shot": ps["k_shot"], "latency_p50": ps.get("latency_p50"),
                   **{k: c.get(k, 0) for k in ("requests", "malformed", "hallucinated", "unknown_type", "refusal")}}
     return render("results.md.j2", {"runs": rows, "seed_lines": seeds_lines(runs), "prompt": prompt,
-                                    "gaps": encoder_gaps(runs) if enc else []})
+                                    "gaps": encoder_gaps(runs)})
 
 
 def encoder_gaps(runs: list[dict]) -> list[dict]:
@@ -326,7 +325,7 @@ def sections(runs: list[dict], extras: dict[str, dict]) -> list[tuple[str, str]]
     out = [("Dataset and why", render("dataset.md.j2", f)), ("Model and why", render("model.md.j2", f)),
            ("How the LLM was transformed", render("transformed.md.j2", f)),
            ("How training differs from language-model training", render("training.md.j2", f)),
-           ("Results", results(runs, llm)), ("Confidence", confidence(llm)), ("Failure cases", failures(llm)),
+           ("Results", results(runs)), ("Confidence", confidence(llm)), ("Failure cases", failures(llm)),
            ("Limitations and improvements", render("limitations.md.j2", f)),
            ("Decoder study", study_text(study) if study else None),
            ("How much labelled data", learning_curve_text(curve) if curve else None),

@@ -10,7 +10,8 @@ encoder" comparison wins by its recipe. Starting from a config (the quickstart: 
        3 seeds (test is read only here, after the choice)
 
 Eight runs choose, three report: the same selection budget for every side. A step is kept only if it raises dev F1.
-A finished run is reused (results.json is enough to go on from; run dirs lose their models once recorded).
+A finished run is reused (results.json is enough to go on from; run dirs lose their models once recorded); a run
+killed half-way goes on from its last checkpoint.
 
     python scripts/recipe_search.py --backbone embeddinggemma-300m --output runs/recipes
     python scripts/recipe_search.py --backbone gemma3-270m --output runs/recipes
@@ -58,7 +59,8 @@ class Search:
             over = {"model.backbone": self.backbone, **({} if test else {"data.test": None}), **START, **self.fixed,
                     **over, "training.seed": seed, "output": str(run_dir)}
             # the config's recipes (what an earlier search chose) must not leak into the runs that search again
-            s = train(load_config(self.config, over, base={"recipes": {}}), progress=False)
+            # resume: a search killed mid-run (a session's end) goes on from that run's last checkpoint
+            s = train(load_config(self.config, over, base={"recipes": {}}), resume=True, progress=False)
             self.done[key] = {"name": key, "overrides": {k: v for k, v in over.items() if k != "output"},
                               "dev_f1": s["best_dev_f1"], "test_f1": (s.get("test") or {}).get("f1"),
                               "train_seconds": s["train_seconds"], "global_step": s["global_step"],

@@ -99,19 +99,28 @@ def encoder_gaps(runs: list[dict]) -> list[dict]:
     """The LLM against the encoder where both read the same data (the runs' `data` config: splits, subsets, context),
     each recipe's test F1 averaged over the seeds it ran: a document-context LLM is set against a document-context
     encoder, not against whichever encoder run came first."""
-    groups: dict[str, dict[str, dict[str, list[dict]]]] = {}  # data -> kind -> recipe -> runs
-    for r in runs:
-        if r["kind"] in ("llm", "encoder"):
-            data = json.dumps(((r["run"].config or {}).get("data")), sort_keys=True)
-            groups.setdefault(data, {}).setdefault(r["kind"], {}).setdefault(_recipe(r), []).append(r)
+    groups: dict[str, dict[str, list[list[dict]]]] = {}  # data -> kind -> one list of runs per recipe
+    for rs in by_recipe(runs):
+        if rs[0]["kind"] in ("llm", "encoder"):
+            data = json.dumps(rs[0]["run"].config.get("data"), sort_keys=True)
+            groups.setdefault(data, {}).setdefault(rs[0]["kind"], []).append(rs)
     out = []
     for data, kinds in groups.items():
-        for ls in (kinds.get("llm") or {}).values():
-            for es in (kinds.get("encoder") or {}).values():
+        for ls in kinds.get("llm", []):
+            for es in kinds.get("encoder", []):
                 gap = statistics.mean(r["metrics"]["f1"] for r in ls) - statistics.mean(r["metrics"]["f1"] for r in es)
                 out.append({"gap": gap, "llm": ls[0]["model"], "encoder": es[0]["model"], "llm_seeds": len(ls),
                             "encoder_seeds": len(es), "context": (json.loads(data) or {}).get("context", "sentence")})
     return out
+
+
+def by_recipe(runs: list[dict]) -> list[list[dict]]:
+    """The runs that have a config, one list per recipe (`_recipe`: the seeds of one recipe together)."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        if r["run"].config:
+            groups.setdefault(_recipe(r), []).append(r)
+    return list(groups.values())
 
 
 def _recipe(run: dict) -> str:
@@ -127,11 +136,7 @@ def _recipe(run: dict) -> str:
 
 def seeds_lines(runs: list[dict]) -> list[str]:
     """One line per recipe run over several seeds (`_seeds_line`)."""
-    groups: dict[str, list[dict]] = {}
-    for r in runs:
-        if r["run"].config:
-            groups.setdefault(_recipe(r), []).append(r)
-    return [_seeds_line(rs) for rs in groups.values() if len(rs) > 1]
+    return [_seeds_line(rs) for rs in by_recipe(runs) if len(rs) > 1]
 
 
 def _seed_list(rs: list[dict]) -> str:
@@ -241,10 +246,10 @@ def learning_curve_text(curve: dict) -> str:
     named = {r["system"]: f"{r['backbone']} + {r['head']} head" for r in curve["rows"] if "backbone" in r}
     text = render("curve.md.j2", {
         "config": curve["config"], "llm": named.get("llm"), "encoder": named.get("encoder"),
-        "lead": hi[0], "lead_at": hi[1], "lowest": lo[0] if lo != hi else None,
+        "lead": hi[0], "lead_at": hi[1], "lowest": lo[0],
         "lowest_at": lo[1], "small": [d for d, m in leads if m <= 1000],
         "ten": sorted(m for d, m in leads if d >= 10),  # "does the LLM pay off for my few hundred sentences?"
-        "turns": turns, "ahead": ahead, "lo_lead": lo[0]})
+        "turns": turns, "ahead": ahead})
     return text + "\n\n" + table(curve["rows"]).rstrip("\n")
 
 

@@ -136,11 +136,16 @@ def study(study: dict, out: Path) -> Path:
 def learning_curve(curve: dict, out: Path) -> Path:
     """Test F1 (mean ± sd over seeds) against training sentences, a line per system (active/curve.py)."""
     fig, ax = _plt().subplots(figsize=(7, 4))
+    named = {r["system"]: f"{r['system']}: {r['backbone']}" for r in curve["rows"] if "backbone" in r}
     for system in sorted({r["system"] for r in curve["summary"]}):
         pts = [r for r in curve["summary"] if r["system"] == system and r["test_f1"] is not None]
         ax.errorbar([r["sentences"] for r in pts], [r["test_f1"] for r in pts], marker="o", capsize=3,
-                    yerr=[r["test_f1_sd"] or 0 for r in pts], label=system)
+                    yerr=[r["test_f1_sd"] or 0 for r in pts], label=named.get(system, system))
     ax.set(xscale="log", xlabel="training sentences", ylabel="test F1", title="how much labelled data")
+    # the measured sizes as the ticks ("250", "1,000"): matplotlib's log minor labels overlap ("3×10², 4×10²")
+    sizes = sorted({r["sentences"] for r in curve["summary"] if r["sentences"]})
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.minorticks_off()
     ax.legend()
     return _save(fig, out / "learning_curve.png")
 

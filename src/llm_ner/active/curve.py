@@ -111,6 +111,12 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def trained(curve: dict) -> dict[str, dict]:
+    """What each system of a curve's results trained: {system: {"backbone", "head"}} (rows of curves run before the
+    backbone was recorded name the system only)."""
+    return {r["system"]: {"backbone": r["backbone"], "head": r["head"]} for r in curve["rows"] if "backbone" in r}
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| training sentences | system | seeds | test F1 | train min |", "|---|---|---|---|---|"]
     for r in summarise(rows):

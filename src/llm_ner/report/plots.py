@@ -135,8 +135,10 @@ def study(study: dict, out: Path) -> Path:
 
 def learning_curve(curve: dict, out: Path) -> Path:
     """Test F1 (mean ± sd over seeds) against training sentences, a line per system (active/curve.py)."""
+    from ..active.curve import trained
+
     fig, ax = _plt().subplots(figsize=(7, 4))
-    named = {r["system"]: f"{r['system']}: {r['backbone']}" for r in curve["rows"] if "backbone" in r}
+    named = {system: f"{system}: {t['backbone']}" for system, t in trained(curve).items()}
     for system in sorted({r["system"] for r in curve["summary"]}):
         pts = [r for r in curve["summary"] if r["system"] == system and r["test_f1"] is not None]
         ax.errorbar([r["sentences"] for r in pts], [r["test_f1"] for r in pts], marker="o", capsize=3,

@@ -231,7 +231,7 @@ def _pm(xs: list[float]) -> tuple[float, float]:
 def learning_curve_text(curve: dict) -> str:
     """The curve's table, and where the LLM's lead over the encoder is largest and lowest (from active/curve.py's
     summary)."""
-    from ..active.curve import table
+    from ..active.curve import table, trained
 
     by = {(r["system"], r["sentences"]): r for r in curve["summary"] if r["test_f1"] is not None}
     leads = [(by[("llm", n)]["test_f1"] - by[("encoder", n)]["test_f1"], n) for s, n in by if s == "llm"
@@ -242,8 +242,7 @@ def learning_curve_text(curve: dict) -> str:
     turns = [{"who": "LLM" if d2 >= 0 else "encoder", "after": n1, "by": n2, "before_lead": d1, "lead": d2}
              for (n1, d1), (n2, d2) in itertools.pairwise(by_size) if (d1 >= 0) != (d2 >= 0)]
     ahead = None if turns or not leads else ("LLM" if lo[0] >= 0 else "encoder")
-    # what each side trained (rows of curves run before the backbone was recorded name the system only)
-    named = {r["system"]: f"{r['backbone']} + {r['head']} head" for r in curve["rows"] if "backbone" in r}
+    named = {system: f"{t['backbone']} + {t['head']} head" for system, t in trained(curve).items()}
     text = render("curve.md.j2", {
         "config": curve["config"], "llm": named.get("llm"), "encoder": named.get("encoder"),
         "lead": hi[0], "lead_at": hi[1], "lowest": lo[0],

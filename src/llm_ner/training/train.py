@@ -448,14 +448,17 @@ def test_step(cfg: RunConfig, splits: Splits, progress: bool) -> dict:
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True, callbacks: list | None = None) -> dict:
     """Train, keep the best dev model, evaluate it on test (if there is one). Returns the summary (summary.json)."""
-    ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    def group_open() -> bool:
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    ours = not group_open()
     try:
         return _train(cfg, resume, progress, callbacks)
     finally:
         # Under torchrun the Trainer opens the process group; a process that exits with it still open can abort
         # in gloo's worker threads ("terminate called without an active exception", pytorch#190489): close what
         # we opened, leave a caller's own group alone.
-        if ours and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if ours and group_open():
             torch.distributed.destroy_process_group()
 
 

@@ -95,6 +95,17 @@ def test_resume_after_interruption_reproduces_the_same_losses(tiny_llama, tmp_pa
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
 
 
+def test_resume_before_the_first_checkpoint_starts_clean(tiny_llama, tmp_path):
+    # a run killed before its first checkpoint left metrics.jsonl lines that the fresh start must not keep
+    cfg = tiny_cfg(tiny_llama, tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, callbacks=[Crash(3)])
+    assert losses(tmp_path / "b") and not (tmp_path / "b" / "checkpoints" / "checkpoint-4").exists()
+    train(cfg, resume=True, progress=False)
+    recs = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["step"] for r in recs if "loss" in r) == list(range(1, 9))  # each step's loss logged once
+
+
 def test_resume_with_a_changed_model_config_is_a_clear_error(tiny_llama, tmp_path):
     cfg = tiny_cfg(tiny_llama, tmp_path / "b", **{"training.mode": "lora"})
     with pytest.raises(KeyboardInterrupt):

@@ -339,7 +339,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, main: bool) -> str | None:
         step = checkpoint_step(last)
         keep = [ln for ln in (run_dir / R.METRICS).read_text().splitlines() if _step(ln) <= step]
         atomic_write_text(run_dir / R.METRICS, "".join(x + "\n" for x in keep))
-    if not resume:  # a fresh run never mixes with an old one's files
+    if last is None:  # a fresh run — or a resume with nothing to resume — never mixes with an old one's files
         for name in (R.METRICS, R.MODEL, R.CHECKPOINTS, R.INCOMPLETE, R.SUMMARY, R.TEST_METRICS,
                      R.TEST_PREDICTIONS, R.ANALYSIS):
             p = run_dir / name

@@ -243,18 +243,21 @@ def test_the_llm_is_set_against_the_encoder_that_read_the_same_data():
 
     from llm_ner.report.sections import encoder_gaps
 
-    def run(kind, context, seed, f1):
-        cfg = {"data": {"train": "conll2003:train", "context": context}, "model": {"backbone": kind},
-               "training": {"seed": seed}}
+    def run(kind, context, seed, f1, recipes=None):
+        cfg = {"data": {"train": "conll2003:train", "context": context}, "model": {"backbone": kind, "crf": True},
+               "training": {"seed": seed}, "recipes": recipes or {}}
         return {"kind": kind, "model": f"{kind}-model", "metrics": {"f1": f1}, "run": SimpleNamespace(config=cfg)}
 
+    # the second sentence-level encoder seed was saved with the config's recipes table (already applied): same recipe
     runs = [run("llm", "document", 1, 93.0), run("llm", "document", 2, 93.2), run("encoder", "document", 1, 92.0),
-            run("llm", "sentence", 1, 92.0), run("encoder", "sentence", 1, 91.0), run("encoder", "sentence", 2, 92.0)]
+            run("llm", "sentence", 1, 92.0), run("encoder", "sentence", 1, 91.0),
+            run("encoder", "sentence", 2, 92.0, recipes={"encoder": {"training.learning_rate": 2e-5}})]
     gaps = {g["context"]: g for g in encoder_gaps(runs)}
     assert set(gaps) == {"document", "sentence"}
     assert round(gaps["document"]["gap"], 2) == 1.1 and gaps["document"]["llm_seeds"] == 2
     assert round(gaps["sentence"]["gap"], 2) == 0.5 and gaps["sentence"]["encoder_seeds"] == 2
     assert gaps["sentence"]["llm"] == "llm-model" and gaps["sentence"]["encoder"] == "encoder-model"
+    assert gaps["sentence"]["encoder_head"] == "CRF" and gaps["sentence"]["train"] == "all training sentences"
 
 
 def test_the_curve_says_where_the_lead_turns():

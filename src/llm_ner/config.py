@@ -182,8 +182,11 @@ class ConfigError(UserError, ValueError):
 
 # Knobs that change how a run is computed, not what it learns (a step in passes has the one-pass gradient: tested in
 # tests/test_model.py), with the seed and the output dir: two runs that differ only in these repeat one recipe.
+# `recipes` is the table a run's values were looked up in, already applied to training.* / model.*: a run saved with
+# an empty table (the recipe search's) and one saved with the full table trained the same recipe.
 NOT_THE_RECIPE = ("output", "training.seed", "training.max_tokens_per_pass", "training.threads",
-                  "training.eval_batch_size", "training.report_to", "training.save_steps", "training.logging_steps")
+                  "training.eval_batch_size", "training.report_to", "training.save_steps", "training.logging_steps",
+                  "recipes")
 
 
 def first_error(e: ValidationError) -> str:

@@ -110,8 +110,18 @@ def encoder_gaps(runs: list[dict]) -> list[dict]:
             for es in kinds.get("encoder", []):
                 gap = statistics.mean(r["metrics"]["f1"] for r in ls) - statistics.mean(r["metrics"]["f1"] for r in es)
                 out.append({"gap": gap, "llm": ls[0]["model"], "encoder": es[0]["model"], "llm_seeds": len(ls),
-                            "encoder_seeds": len(es), "context": (json.loads(data) or {}).get("context", "sentence")})
+                            "encoder_seeds": len(es), "context": (json.loads(data) or {}).get("context", "sentence"),
+                            "llm_head": _head(ls[0]), "encoder_head": _head(es[0]),
+                            "train": _train_size((json.loads(data) or {}).get("max_train_sentences"))})
     return out
+
+
+def _train_size(n: int | None) -> str:
+    return "all training sentences" if n is None else f"the first {n:,} training sentences"
+
+
+def _head(run: dict) -> str:
+    return "CRF" if (run["run"].config.get("model") or {}).get("crf") else "linear"
 
 
 def by_recipe(runs: list[dict]) -> list[list[dict]]:

@@ -23,6 +23,8 @@ RECORDED = [
      "qs_embeddinggemma-300m_linear_{seed}"),
     ("Gemma 3 270M (decoder, unmasked) → CRF (`--model gemma3-270m`)", "2,000", "lr 5e-5, head 3e-4, 8 a step",
      "qs_gemma3-270m_{seed}"),
+    ("Qwen2.5-Coder-0.5B-Instruct (decoder, unmasked) → CRF (`--model qwen2.5-0.5b`)", "2,000",
+     "lr 5e-5, head 3e-3, 16 a step", "qs_qwen2.5-0.5b_{seed}"),
     ("**Gemma 3 270M → CRF, document context**", "14,041", "`--config conll2003_full_gemma_doc`",
      "gemma_doc_f6_{seed}"),
     ("EmbeddingGemma-300M → CRF, document context", "14,041", "`--config conll2003_full_embeddinggemma_doc`",

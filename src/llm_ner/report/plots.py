@@ -3,8 +3,11 @@ runs hold nothing to draw. `FIGURES` lists them in the order the report shows th
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from pathlib import Path
+
+from .sections import by_recipe
 
 CATS = ["correct", "wrong_type", "boundary_short", "boundary_long", "boundary_shift", "type_and_boundary", "missed",
         "spurious"]
@@ -19,45 +22,73 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, bottom: float = 0.0) -> Path:
+    fig.tight_layout(rect=(0, bottom, 1, 1))  # `bottom`: the figure's share left free for a legend below
     fig.savefig(path, dpi=110)
     _plt().close(fig)
     return path
 
 
+def systems(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The runs as systems: the seeds of one recipe together (sections.by_recipe), named by their first run without
+    its seed, then each run without a config alone. A figure draws a system once, not once per seed."""
+    out = []
+    for rs in by_recipe(runs):
+        name = rs[0]["name"]
+        if len(rs) > 1:
+            seed = f"_{(rs[0]['run'].config.get('training') or {}).get('seed')}"
+            name = f"{name.removesuffix(seed)} ({len(rs)} seeds)"
+        out.append((name, rs))
+    return out + [(r["name"], [r]) for r in runs if not r["run"].config]
+
+
+def _legend(ax, n: int) -> None:
+    """Below the axes, where it hides no data however many systems there are."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2 if n > 3 else 1, fontsize=8)
+
+
 def curves(runs: list[dict], out: Path) -> Path | None:
-    """Training loss and dev F1 per step, every trained run."""
-    trained = [r for r in runs if r["curve"]]
-    if not trained:
+    """Training loss and dev F1 per step, every trained run; the seeds of a system in one colour."""
+    groups = [(name, [r for r in rs if r["curve"]]) for name, rs in systems(runs)]
+    groups = [(name, rs) for name, rs in groups if rs]
+    if not groups:
         return None
-    fig, (a1, a2) = _plt().subplots(1, 2, figsize=(11, 3.8))
-    for r in trained:
-        tl = [(c["step"], c["loss"]) for c in r["curve"] if "loss" in c]
-        ev = [(c["step"], c["eval_f1"]) for c in r["curve"] if "eval_f1" in c]
-        if tl:
-            a1.plot(*zip(*tl, strict=True), label=r["name"], lw=1)
-        if ev:
-            a2.plot(*zip(*ev, strict=True), marker="o", label=r["name"])
+    rows = -(-len(groups) // 3)  # the legend's rows, 3 systems a row, below both plots
+    height = 3.8 + 0.25 * rows
+    fig, (a1, a2) = _plt().subplots(1, 2, figsize=(11, height))
+    for k, (name, rs) in enumerate(groups):
+        color = f"C{k % 10}"
+        for j, r in enumerate(rs):
+            tl = [(c["step"], c["loss"]) for c in r["curve"] if "loss" in c]
+            ev = [(c["step"], c["eval_f1"]) for c in r["curve"] if "eval_f1" in c]
+            label = name if j == 0 else None
+            if tl:
+                a1.plot(*zip(*tl, strict=True), label=label, lw=0.8, alpha=0.7, color=color)
+            if ev:
+                a2.plot(*zip(*ev, strict=True), marker="o", ms=3, label=label, color=color)
     a1.set(title="training loss", xlabel="step", yscale="log")
     a2.set(title="dev entity F1", xlabel="step", ylabel="F1")
-    a1.legend()
-    a2.legend()
-    return _save(fig, out / "curves.png")
+    handles = {label: h for ax in (a1, a2) for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(3, len(groups)), fontsize=8)
+    return _save(fig, out / "curves.png", bottom=(0.25 * rows + 0.1) / height)
 
 
 def _grouped_bars(ax, runs: list[dict], keys: list[str], value: Callable[[dict, str], float]) -> None:
-    w = 0.8 / max(1, len(runs))
-    for k, r in enumerate(runs):
-        ax.bar([i + k * w for i in range(len(keys))], [value(r, c) for c in keys], w, label=r["name"])
-    ax.set_xticks([i + w * (len(runs) - 1) / 2 for i in range(len(keys))], keys)
-    ax.legend()
+    """A bar per system and key: the mean over the system's seeds, their sd as an error bar."""
+    groups = systems(runs)
+    w = 0.8 / max(1, len(groups))
+    for k, (name, rs) in enumerate(groups):
+        vals = [[value(r, c) for r in rs] for c in keys]
+        ax.bar([i + k * w for i in range(len(keys))], [statistics.mean(v) for v in vals], w, label=name,
+               yerr=[statistics.stdev(v) for v in vals] if len(rs) > 1 else None, capsize=2)
+    ax.set_xticks([i + w * (len(groups) - 1) / 2 for i in range(len(keys))], keys)
+    _legend(ax, len(groups))
 
 
 def per_type(runs: list[dict], out: Path) -> Path:
-    """Test F1 per entity type, a bar per system."""
+    """Test F1 per entity type, a bar per system (mean over its seeds)."""
     types = sorted({t for r in runs for t in r["metrics"]["per_type"]})
-    fig, ax = _plt().subplots(figsize=(max(6, 1.6 * len(types)), 3.8))
+    fig, ax = _plt().subplots(figsize=(max(6, 1.6 * len(types)), 3.8 + 0.2 * len(systems(runs))))
     _grouped_bars(ax, runs, types, lambda r, t: r["metrics"]["per_type"].get(t, {}).get("f1", 0))
     ax.set(title="test F1 per entity type", ylabel="F1", ylim=(0, 100))
     return _save(fig, out / "per_type_f1.png")
@@ -83,8 +114,8 @@ def confusion(runs: list[dict], out: Path) -> Path:
 
 
 def errors(runs: list[dict], out: Path) -> Path:
-    """Errors by category (analyze.py's taxonomy), a bar per system."""
-    fig, ax = _plt().subplots(figsize=(10, 3.8))
+    """Errors by category (analyze.py's taxonomy), a bar per system (mean over its seeds)."""
+    fig, ax = _plt().subplots(figsize=(10, 3.8 + 0.2 * len(systems(runs))))
     _grouped_bars(ax, runs, CATS[1:], lambda r, c: r["analysis"]["taxonomy_total"].get(c, 0))
     ax.tick_params(axis="x", rotation=20)
     ax.set(title="errors by category (test set)", ylabel="entities")

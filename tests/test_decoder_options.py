@@ -141,6 +141,30 @@ def test_document_windows_never_lose_a_sentence(tiny_tokenizer):
     assert [len(x) for x in per_sent] == [7] * 12
 
 
+def test_training_windows_never_begin_inside_an_entity(tiny_tokenizer):
+    """A window cut inside an entity begins with I-X, which the CRF forbids at a start (a constant -10,000 in the gold
+    path's score): training windows start at the entity's first word instead, and still cover every word."""
+    words = "Peter Paul Smith visited New York City and Los Angeles today .".split()
+    tags = ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-LOC", "O", "B-LOC", "I-LOC", "O", "O"]
+    sents = [Sentence(words, tags, "doc") for _ in range(10)]
+    no_start = frozenset(i for i, ok in enumerate(LABELS.allowed_starts().tolist()) if not ok)
+
+    def starts(wins):
+        return [LABELS.tags[w.labels[0]] for w in wins]
+
+    old_cuts = 0  # windows the unconstrained cut begins with I-X: the test must see some
+    for length, stride in ((24, 6), (30, 8), (40, 12)):
+        cut = encode_sentences(tiny_tokenizer, sents, LABELS.encode, length, stride, context="document")
+        wins = encode_sentences(tiny_tokenizer, sents, LABELS.encode, length, stride, "document", no_start)
+        assert not any(t.startswith("I-") for t in starts(wins)), (length, stride)
+        _, offsets, _ = document_texts(sents)
+        merged = merge_windows(wins, [len(o) for o in offsets],
+                               [list(range(w.first_word, w.first_word + w.n_words)) for w in wins])
+        assert merged[0] == list(range(len(offsets[0])))
+        old_cuts += sum(t.startswith("I-") for t in starts(cut))
+    assert old_cuts, "no window size cut an entity: the test would not see the old behaviour"
+
+
 def test_document_context_predicts_sentences_with_their_neighbours(tiny_llama, tiny_tokenizer, monkeypatch):
     cfg = tiny_cfg(tiny_llama, "unused")
     model = build(tiny_llama)

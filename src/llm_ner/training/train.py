@@ -360,8 +360,9 @@ def build_model(cfg: RunConfig, labels: LabelSet) -> LLMForTokenClassification:
 def make_features(cfg: RunConfig, tokenizer, model: LLMForTokenClassification, sents: list[Sentence]) -> list[dict]:
     """Training windows as features; with `loss.class_weights: balanced`, sets the model's CE weights from them."""
     labels = model.labels
+    no_start = frozenset(i for i, ok in enumerate(labels.allowed_starts().tolist()) if not ok)
     windows = encode_sentences(tokenizer, sents, labels.encode, cfg.model.max_length, cfg.model.stride,
-                               cfg.data.context)
+                               cfg.data.context, no_start)
     features = [window_feature(w, labels.continuation if cfg.model.label_all_subtokens else None) for w in windows]
     if cfg.loss.class_weights == "balanced":
         counts = Counter(lab for f in features for lab in f["labels"])

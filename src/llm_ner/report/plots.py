@@ -73,9 +73,9 @@ def curves(runs: list[dict], out: Path) -> Path | None:
     return _save(fig, out / "curves.png", bottom=(0.25 * rows + 0.1) / height)
 
 
-def _grouped_bars(ax, runs: list[dict], keys: list[str], value: Callable[[dict, str], float]) -> None:
-    """A bar per system and key: the mean over the system's seeds, their sd as an error bar."""
-    groups = systems(runs)
+def _grouped_bars(ax, groups: list[tuple[str, list[dict]]], keys: list[str],
+                  value: Callable[[dict, str], float]) -> None:
+    """A bar per system (`systems`) and key: the mean over the system's seeds, their sd as an error bar."""
     w = 0.8 / max(1, len(groups))
     for k, (name, rs) in enumerate(groups):
         vals = [[value(r, c) for r in rs] for c in keys]
@@ -88,8 +88,9 @@ def _grouped_bars(ax, runs: list[dict], keys: list[str], value: Callable[[dict, 
 def per_type(runs: list[dict], out: Path) -> Path:
     """Test F1 per entity type, a bar per system (mean over its seeds)."""
     types = sorted({t for r in runs for t in r["metrics"]["per_type"]})
-    fig, ax = _plt().subplots(figsize=(max(6, 1.6 * len(types)), 3.8 + 0.2 * len(systems(runs))))
-    _grouped_bars(ax, runs, types, lambda r, t: r["metrics"]["per_type"].get(t, {}).get("f1", 0))
+    groups = systems(runs)
+    fig, ax = _plt().subplots(figsize=(max(6, 1.6 * len(types)), 3.8 + 0.2 * len(groups)))
+    _grouped_bars(ax, groups, types, lambda r, t: r["metrics"]["per_type"].get(t, {}).get("f1", 0))
     ax.set(title="test F1 per entity type", ylabel="F1", ylim=(0, 100))
     return _save(fig, out / "per_type_f1.png")
 
@@ -115,8 +116,9 @@ def confusion(runs: list[dict], out: Path) -> Path:
 
 def errors(runs: list[dict], out: Path) -> Path:
     """Errors by category (analyze.py's taxonomy), a bar per system (mean over its seeds)."""
-    fig, ax = _plt().subplots(figsize=(10, 3.8 + 0.2 * len(systems(runs))))
-    _grouped_bars(ax, runs, CATS[1:], lambda r, c: r["analysis"]["taxonomy_total"].get(c, 0))
+    groups = systems(runs)
+    fig, ax = _plt().subplots(figsize=(10, 3.8 + 0.2 * len(groups)))
+    _grouped_bars(ax, groups, CATS[1:], lambda r, c: r["analysis"]["taxonomy_total"].get(c, 0))
     ax.tick_params(axis="x", rotation=20)
     ax.set(title="errors by category (test set)", ylabel="entities")
     return _save(fig, out / "errors.png")

@@ -106,13 +106,14 @@ def encoder_gaps(runs: list[dict]) -> list[dict]:
             groups.setdefault(data, {}).setdefault(rs[0]["kind"], []).append(rs)
     out = []
     for data, kinds in groups.items():
+        d = json.loads(data) or {}  # the data section both sides read
         for ls in kinds.get("llm", []):
             for es in kinds.get("encoder", []):
                 gap = statistics.mean(r["metrics"]["f1"] for r in ls) - statistics.mean(r["metrics"]["f1"] for r in es)
                 out.append({"gap": gap, "llm": ls[0]["model"], "encoder": es[0]["model"], "llm_seeds": len(ls),
-                            "encoder_seeds": len(es), "context": (json.loads(data) or {}).get("context", "sentence"),
+                            "encoder_seeds": len(es), "context": d.get("context", "sentence"),
                             "llm_head": _head(ls[0]), "encoder_head": _head(es[0]),
-                            "train": _train_size((json.loads(data) or {}).get("max_train_sentences"))})
+                            "train": _train_size(d.get("max_train_sentences"))})
     return out
 
 

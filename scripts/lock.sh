@@ -33,4 +33,17 @@ done
 uv pip compile pyproject.toml --extra test "${links[@]}" --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
    --no-emit-find-links --no-emit-index-url --quiet --format pylock.toml -o pylock.toml
 sed -i -E 's#file://[^"]*/(torch-[0-9.]+)\+(cpu[^"/]*\.whl)#https://download.pytorch.org/whl/cpu/\1%2B\2#' pylock.toml
-echo "wrote requirements.txt requirements-test.txt requirements-serve.txt pylock.toml"
+# Environments the tests (and docs) build beside ours, from locks/NAME.in: exact versions with hashes, installed with
+# `pip install --require-hashes -r locks/NAME.txt` (tests/venvs.py keys its cache by the lock's hash). Kept versions
+# are preferred as above; UPGRADE=1 moves them.
+for in in locks/*.in; do
+  out="${in%.in}.txt"
+  [ -n "${UPGRADE:-}" ] && rm -f "$out"
+  uv pip compile "$in" --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes \
+     --no-emit-index-url --no-header --quiet -o "$out.new"
+  { echo "# Lock for ${in#locks/} (CPython 3.11, Linux x86_64), with hashes: install with pip install --require-hashes -r $out"
+    echo "# Regenerate with scripts/lock.sh (uv pip compile $in)."
+    cat "$out.new"; } > "$out"
+  rm "$out.new"
+done
+echo "wrote requirements.txt requirements-test.txt requirements-serve.txt pylock.toml locks/*.txt"

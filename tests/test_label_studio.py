@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,12 +14,13 @@ from pathlib import Path
 
 import pytest
 from test_serve import free_port, get_json, start_server
+from venvs import locked_venv
 
 from llm_ner.inference.engine import NERModel
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
-LABEL_STUDIO = "label-studio==1.23.2"
+LABEL_STUDIO = "label-studio"  # locks/label-studio.txt: Label Studio 1.23.2 and every dependency, pinned with hashes
 TOKEN = "llmnertesttoken0123456789abcdef"
 CONFIG = ('<View><Labels name="label" toName="text"><Label value="PER"/><Label value="LOC"/><Label value="ORG"/>'
           '</Labels><Text name="text" value="$text"/></View>')
@@ -44,15 +44,11 @@ for o in Organization.objects.all():
 
 
 def label_studio_venv() -> Path:
-    """A virtual environment with Label Studio, made once and kept under the user cache (pip's cache makes a rebuild
-    about a minute)."""
-    venv = Path(os.environ.get("LLM_NER_CACHE", Path.home() / ".cache" / "llm-ner")) / "test-venvs" / LABEL_STUDIO
-    if not (venv / "bin" / "label-studio").is_file():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", LABEL_STUDIO], capture_output=True, text=True)
-        if r.returncode:
-            pytest.fail(f"could not install {LABEL_STUDIO}: {r.stderr[-1500:]}")
-    return venv
+    """Label Studio's own venv, from its lock (tests/venvs.py), made once per lock under the user cache."""
+    try:
+        return locked_venv(LABEL_STUDIO)
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 def start_label_studio(venv: Path, data: Path) -> tuple[subprocess.Popen, str, dict]:
@@ -85,7 +81,7 @@ def stop(proc: subprocess.Popen) -> None:
 def label_studio_data(venv: Path) -> Path:
     """A data dir holding a migrated database with the test user, its token and legacy tokens on, made once beside
     the venv: a first start on an empty dir spends about a minute in Django's migrations, a start on a copy ~8 s."""
-    template = venv.parent / f"{LABEL_STUDIO}-data"
+    template = venv.parent / f"{venv.name}-data"
     if not (template / "label_studio.sqlite3").is_file():
         building = Path(str(template) + f".building-{os.getpid()}")
         shutil.rmtree(building, ignore_errors=True)

@@ -6,6 +6,7 @@ real HTTP, real `train --init` processes, fake Label Studio hosts in-process."""
 
 import base64
 import json
+import shutil
 import threading
 import time
 import urllib.error
@@ -17,7 +18,7 @@ import pytest
 from test_serve import get_json, start_server
 
 from llm_ner.errors import UserError
-from llm_ner.serving.label_studio import ExportTooLarge, fetch_export
+from llm_ner.serving.label_studio import ExportRefused, ExportTooLarge, fetch_export
 from llm_ner.serving.settings import ServeConfig
 from llm_ner.serving.training import clean_export, split_holdout
 
@@ -45,7 +46,8 @@ EXPORT = [task(1, "Peter Blackburn visited New York .", [(0, 15, "PER"), (24, 32
 
 class FakeLabelStudio:
     """Label Studio's export API, misbehaving by project id: 1 answers the export, 2 redirects to `other` (which must
-    never be called), 3 drips a byte every 0.2 s, 4 sends more bytes than allowed, 5 sends what is not JSON."""
+    never be called), 3 drips a byte every 0.2 s, 4 sends more bytes than allowed, 5 sends what is not JSON, 6 drips
+    its status line and headers a byte every 0.2 s (each read is quick; the response never gets to its body)."""
 
     def __init__(self):
         self.seen: list[tuple[str, str, str]] = []  # (server, path, authorization)
@@ -62,6 +64,12 @@ class FakeLabelStudio:
             def do_GET(self):
                 fake.seen.append((name, self.path, self.headers.get("Authorization", "")))
                 pid = self.path.split("/")[3] if self.path.startswith("/api/projects/") else ""
+                if pid == "6":
+                    for b in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"x" * 200:
+                        self.wfile.write(bytes([b]))
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                    return
                 if name == "main" and pid == "2":
                     self.send_response(302)
                     self.send_header("Location", fake.other + self.path)
@@ -114,12 +122,16 @@ def test_the_export_fetch_is_bounded(fake_ls, tmp_path):
     dest = tmp_path / "export.json"
     assert fetch_export(fake_ls.main, "tok", "1", dest, 10, 10_000_000) == EXPORT
     assert fake_ls.seen[-1] == ("main", "/api/projects/1/export?exportType=JSON", "Token tok")
-    with pytest.raises(urllib.error.HTTPError):  # a redirect is refused: the token goes nowhere else
+    with pytest.raises(ExportRefused, match="302"):  # a redirect is refused: the token goes nowhere else
         fetch_export(fake_ls.main, "tok", "2", dest, 10, 10_000_000)
     assert not [s for s in fake_ls.seen if s[0] == "other"]
     t = time.monotonic()
     with pytest.raises(TimeoutError):  # a byte every 0.2 s: each read is quick, the whole is not
         fetch_export(fake_ls.main, "tok", "3", dest, 1.0, 10_000_000)
+    assert time.monotonic() - t < 5
+    t = time.monotonic()
+    with pytest.raises(TimeoutError):  # issue 43: the deadline covers the status line and headers too
+        fetch_export(fake_ls.main, "tok", "6", dest, 1.0, 10_000_000)
     assert time.monotonic() - t < 5
     with pytest.raises(ExportTooLarge):
         fetch_export(fake_ls.main, "tok", "4", dest, 10, 1000)
@@ -168,8 +180,8 @@ def test_gate_pointer_rollback_and_keys(tiny_ner_dir, fake_ls, tmp_path):
     (tmp_path / "train_keys").write_text("train-key\n")
     rounds = tmp_path / "rounds"
     args = ("--train-dir", str(rounds), "--train-set", "training.max_steps=2", "--label-studio-url", fake_ls.main,
-            "--promote-margin", "100", "--max-projects", "2", "--api-key-file", str(tmp_path / "keys"),
-            "--train-key-file", str(tmp_path / "train_keys"))
+            "--promote-margin", "100", "--promote-min-entities", "1", "--max-projects", "2", "--api-key-file",
+            str(tmp_path / "keys"), "--train-key-file", str(tmp_path / "train_keys"))
     proc, url = start_server(tiny_ner_dir, *args)
     try:
         start_version = get_json(url + "/health")["model"]["version"]
@@ -177,7 +189,10 @@ def test_gate_pointer_rollback_and_keys(tiny_ner_dir, fake_ls, tmp_path):
         for pid in ("1", "2"):
             body = {"project": f"{pid}.123", "schema": CONFIG, "hostname": "file:///etc/passwd#",
                     "access_token": "tok"}
-            assert call(url, "/setup", body, key="predict-key")[0] == 200
+            assert call(url, "/setup", body, key="train-key")[0] == 200
+        # a prediction key may call /setup, but cannot swap in the token training fetches with (issue 43)
+        body = {"project": "1.124", "schema": CONFIG, "access_token": "attacker-token"}
+        assert call(url, "/setup", body, key="predict-key")[0] == 200
         status, err = call(url, "/setup", {"project": "9.1", "schema": CONFIG, "access_token": "t"}, key="train-key")
         assert status == 409 and "--max-projects" in err["detail"]
         status, _ = call(url, "/setup", {"project": "1.1", "schema": CONFIG, "access_token": "t" * 513},
@@ -208,6 +223,7 @@ def test_gate_pointer_rollback_and_keys(tiny_ner_dir, fake_ls, tmp_path):
         assert summary["train_sentences"] == 3 - job["export"]["held_out"]  # the held-out tasks never trained
         assert get_json(url + "/health")["model"]["version"] == start_version
         assert ("main", "/api/projects/1/export?exportType=JSON", "Token tok") in fake_ls.seen
+        assert not [x for x in fake_ls.seen if "attacker-token" in x[2]]
 
         # rollback (here: forward) to the kept round is one call, with a training key
         assert call(url, "/v1/training/rollback", {"round": job["round"]}, key="predict-key")[0] == 403
@@ -257,3 +273,109 @@ def test_basic_auth_scopes():
     g = ApiKeys(None, ("p",), ("t",))
     basic = b"Basic " + base64.b64encode(b"ls:t")
     assert g.allowed(basic) and g._matches(g.given(basic), g.train) and not g._matches(g.given(basic), g.keys)
+
+
+def _gate_files(tmp_path, new_tags, served_tags, gold):
+    from llm_ner.evaluation.evaluate import compute_metrics
+    from llm_ner.serving.training import GATE_NEW, GATE_SERVED, Job
+
+    (tmp_path / "round_1").mkdir(exist_ok=True)
+    for name, pred in ((GATE_NEW, new_tags), (GATE_SERVED, served_tags)):
+        (tmp_path / "round_1" / name).write_text(json.dumps(compute_metrics(gold, pred)))
+    return Job(1, "round_1")
+
+
+GOLD = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-PER", "O"]] * 3  # 12 gold entities
+HALF = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "O", "O", "O"]] * 3  # 6 found
+MORE = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "O", "O"]] * 3  # 9 found
+
+
+@pytest.mark.parametrize("new, served, margin, promoted", [
+    (MORE, HALF, 0.0, True), (MORE, HALF, 1.0, True),  # better: served at margin 0 and at +1
+    (HALF, HALF, 0.0, True), (HALF, HALF, 1.0, False),  # equal: only at margin 0
+    (HALF, MORE, 0.0, False), (HALF, MORE, -1.0, False),  # worse: never at 0, nor within a 1-point tolerance
+])
+def test_the_gate_compares_real_scores_at_real_margins(tmp_path, new, served, margin, promoted):
+    from llm_ner.serving.training import TrainingQueue
+
+    q = TrainingQueue(tmp_path, timeout=60, keep_rounds=3, threads=None)
+    job = _gate_files(tmp_path, new, served, GOLD)
+    assert q.verdict(job, margin, min_entities=10) is promoted and job.judged and job.gold_entities == 12
+    q.close()
+
+
+def test_the_gate_does_not_judge_without_gold_entities_nor_round_a_loss_away(tmp_path):
+    """Issue 43: with no gold entity both models score F1 0.0 and `0.0 >= 0.0 + 0` promoted a model that tags
+    every word; and F1s rounded to 2 decimals before comparing let a slightly worse round through at margin 0."""
+    from llm_ner.serving.training import TrainingQueue
+
+    q = TrainingQueue(tmp_path, timeout=60, keep_rounds=3, threads=None)
+    none = [["O"] * 4] * 4
+    job = _gate_files(tmp_path, [["B-PER", "I-PER", "B-LOC", "B-ORG"]] * 4, none, none)
+    assert q.verdict(job, 0.0, min_entities=1) is False and job.judged is False and job.gold_entities == 0
+    job = _gate_files(tmp_path, MORE, HALF, GOLD)
+    assert q.verdict(job, 0.0, min_entities=13) is False and job.judged is False  # 12 < 13: not judged
+    for name, f1 in (("gate_new_metrics.json", 80.001), ("gate_served_metrics.json", 80.004)):
+        (tmp_path / "round_1" / name).write_text(json.dumps({"f1": f1, "gold_entities": 50}))
+    assert q.verdict(job, 0.0, min_entities=10) is False and job.f1 == job.served_f1 == 80.0  # shown rounded
+    q.close()
+
+
+def test_a_failed_step_shows_no_path_of_the_servers_disk(tmp_path):
+    import asyncio
+    import sys
+
+    from llm_ner.serving.training import LOG_FILE, TrainingQueue
+
+    async def go():
+        q = TrainingQueue(tmp_path, timeout=60, keep_rounds=3, threads=None)
+        job = q.new_round([])
+        code = "print('OSError: /home/op/models/base/model.safetensors is unreadable'); raise SystemExit(1)"
+
+        async def never(job):
+            raise AssertionError
+        q.start(job, [[sys.executable, "-c", code]], never)
+        while q.running:
+            await asyncio.sleep(0.05)
+        q.close()
+        return job
+    job = asyncio.run(go())
+    assert job.status == "failed" and "/" not in job.detail and "<path> is unreadable" in job.detail, job.detail
+    assert "/home/op/models" in (tmp_path / job.round / LOG_FILE).read_text()  # the operator's log has it all
+
+
+def test_the_loop_refuses_bad_input_and_the_gate_never_serves_unjudged(tiny_ner_dir, tmp_path):
+    """Issue 43, through a real server at the default margin 0: held-out data without a gold entity is not judged
+    (kept, not served); a malformed /train body is a 422, not a 500; a /train body over the prediction body cap but
+    under --max-export-bytes is taken; a rollback to a failed or broken round is a 409, not a 500."""
+    rounds = tmp_path / "rounds"
+    (rounds / "round_5" / "model").mkdir(parents=True)  # a round that failed while saving: a partial model dir
+    (rounds / "round_5" / "job.json").write_text(json.dumps({"id": 5, "round": "round_5", "status": "failed"}))
+    shutil.copytree(tiny_ner_dir, rounds / "round_6" / "model")  # finished, then its weights went missing
+    (rounds / "round_6" / "model" / "head.safetensors").unlink()
+    (rounds / "round_6" / "job.json").write_text(json.dumps({"id": 6, "round": "round_6", "status": "done"}))
+    nogold = tmp_path / "nogold.conll"
+    nogold.write_text("The O\nweather O\nwas O\nfine O\n. O\n\nNothing O\nhere O\n. O\n")
+    proc, url = start_server(tiny_ner_dir, "--train-dir", str(rounds), "--train-set", "training.max_steps=1",
+                             "--promote-data", str(nogold), "--keep-rounds", "5")
+    try:
+        version = get_json(url + "/health")["model"]["version"]
+        for bad in ({"annotations": [{"annotations": 5}]}, {"annotations": [{"data": "x", "annotations": []}]},
+                    {"annotations": [{"annotations": [{"result": "x"}]}]}):
+            status, err = call(url, "/train", bad)
+            assert status == 422 and "task [0]" in err["detail"], (bad, status, err)
+        for name in ("round_5", "round_6"):
+            status, err = call(url, "/v1/training/rollback", {"round": name})
+            assert status == 409 and name in err["detail"], (status, err)
+        assert get_json(url + "/health")["model"]["version"] == version
+        padded = [{**t, "predictions": [{"result": [], "pad": "x" * 3_000_000}]} for t in EXPORT[:2]]
+        status, started = call(url, "/train", {"annotations": padded})  # ~6 MB: over the 2.4 MB prediction cap
+        assert status == 201, (status, started)
+        job = wait_job(url, "")
+        assert job["status"] == "done" and job["judged"] is False and job["promoted"] is False, job
+        assert job["gold_entities"] == 0 and "not judged" in job["detail"], job
+        assert get_json(url + "/health")["model"]["version"] == version  # not served
+        assert not (rounds / job["round"] / "checkpoints").exists() and (rounds / job["round"] / "model").is_dir()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -85,12 +85,86 @@ def test_the_server_stopping_ends_the_job_and_a_restart_marks_it_interrupted(tmp
     time.sleep(0.5)
     assert not _alive(child)  # no orphan keeps the cores busy
     assert job.status == "interrupted"
-    # a server killed outright leaves "running" on disk: the next start reports it interrupted
-    rec = json.loads((tmp_path / job.round / JOB_FILE).read_text())
-    (tmp_path / job.round / JOB_FILE).write_text(json.dumps({**rec, "status": "running"}))
-    again = TrainingQueue(tmp_path, timeout=600, keep_rounds=5, threads=None)
-    assert [(j.round, j.status) for j in again.jobs] == [(job.round, "interrupted")]
+
+
+# A server (this script) that starts a job whose training process has a child of its own (as torch / DataLoader
+# workers may), writes both pids, then waits: the test SIGKILLs it, as the OOM killer or a double Ctrl-C would.
+SERVER = """
+import asyncio, os, sys, time
+from pathlib import Path
+from llm_ner.serving.training import TrainingQueue
+
+root = Path(sys.argv[1])
+
+async def done(job):
+    return "served"
+
+async def main():
+    q = TrainingQueue(root, timeout=600, keep_rounds=5, threads=None)
+    job = q.new_round([])
+    code = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
+            "time.sleep(600)']); open(sys.argv[1], 'w').write(f'{os.getpid()} {c.pid}'); time.sleep(600)")
+    q.start(job, [[sys.executable, "-c", "import os; " + code, str(root / "pids")]], done)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_server_killed_outright_leaves_no_orphan(tmp_path):
+    """Issue 43: the job ran in its own session and only the server's shutdown hook ended it, so after a SIGKILL it
+    trained on with no time limit. Now the training process dies with the server (parent-death signal), and the
+    next server kills what is left of its group (the child), recorded in the round, and marks the job interrupted."""
+    import signal
+    import subprocess
+
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path)])
+    deadline = time.time() + 60
+    while not (tmp_path / "pids").is_file() or len((tmp_path / "pids").read_text().split()) < 2:
+        assert time.time() < deadline and server.poll() is None
+        time.sleep(0.05)
+    leader, child = map(int, (tmp_path / "pids").read_text().split())
+    assert (tmp_path / "round_1" / "job.pid").is_file()  # the group is on record while the step runs
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    t = time.time()
+    while _alive(leader) and time.time() - t < 10:
+        time.sleep(0.05)
+    assert not _alive(leader)  # died with the server
+    again = TrainingQueue(tmp_path, timeout=600, keep_rounds=5, threads=None)  # the next start
+    time.sleep(0.2)
+    assert not _alive(child)  # the leader's own child, left behind: killed by the next start
+    assert [(j.round, j.status) for j in again.jobs] == [("round_1", "interrupted")]
     assert again.new_round([]).round == "round_2"
+    again.close()
+
+
+def test_a_step_leaves_nothing_running_when_its_leader_exits(tmp_path):
+    """`_kill` skipped the group once the main process had exited: a child it left in the background ran on."""
+    pid_file = tmp_path / "pid"
+    code = ("import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(c.pid))")
+
+    async def go():
+        q = TrainingQueue(tmp_path, timeout=60, keep_rounds=5, threads=None)
+        job = q.new_round([])
+        q.start(job, [[sys.executable, "-c", code]], _done)
+        await _wait(q)
+        q.close()
+        return job
+    job = asyncio.run(go())
+    time.sleep(0.3)
+    assert job.status == "done" and not _alive(int(pid_file.read_text()))
+
+
+def test_one_server_per_training_dir(tmp_path):
+    from llm_ner.errors import UserError
+
+    q = TrainingQueue(tmp_path, timeout=60, keep_rounds=5, threads=None)
+    with pytest.raises(UserError, match=r"another server uses this training dir \(server pid \d+\)"):
+        TrainingQueue(tmp_path, timeout=60, keep_rounds=5, threads=None)
+    q.close()
+    TrainingQueue(tmp_path, timeout=60, keep_rounds=5, threads=None).close()  # free again once the first is gone
 
 
 def test_rounds_kept_on_disk_are_capped_and_the_served_one_is_never_removed(tmp_path):
@@ -99,7 +173,49 @@ def test_rounds_kept_on_disk_are_capped_and_the_served_one_is_never_removed(tmp_
     q = TrainingQueue(tmp_path, timeout=600, keep_rounds=2, threads=None)
     gone = q.prune(served=tmp_path / "round_1" / "model")
     assert sorted(gone) == ["round_2", "round_3"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["round_1", "round_4", "round_5"]
+    assert sorted(p.name for p in tmp_path.glob("round_*")) == ["round_1", "round_4", "round_5"]
+
+
+def _round(root, k: int, status: str, promoted: bool | None, model: bool = True) -> None:
+    from llm_ner.serving.training import Job
+
+    (root / f"round_{k}").mkdir()
+    if model:
+        (root / f"round_{k}" / "model").mkdir()
+        (root / f"round_{k}" / "model" / "llm_ner_config.json").write_text("{}")
+    Job(k, f"round_{k}", status=status, promoted=promoted).save(root)
+
+
+def test_pruning_never_deletes_a_rollback_target_and_drops_failed_rounds_first(tmp_path):
+    """Issue 43: keep_rounds counted failed rounds and only the served round was protected, so after a rollback the
+    previously promoted round could be deleted. Now the promoted rounds come first, failed rounds go first."""
+    _round(tmp_path, 1, "done", True)  # promoted, then rolled back from
+    _round(tmp_path, 2, "done", True)  # promoted
+    for k in (3, 4, 5):
+        _round(tmp_path, k, "failed", None, model=k == 4)  # round_4 died while saving: a partial model
+    _round(tmp_path, 6, "done", False)  # kept, not served
+    q = TrainingQueue(tmp_path, timeout=60, keep_rounds=3, threads=None)
+    gone = q.prune(served=None)  # served: the model the server started on (a rollback to "start")
+    assert sorted(gone) == ["round_3", "round_4", "round_5"]  # the failed ones, however new
+    assert sorted(p.name for p in tmp_path.glob("round_*")) == ["round_1", "round_2", "round_6"]
+    q.keep = 1  # one slot: the newest promoted round; the served one (round_1) is kept beside it
+    assert sorted(q.prune(served=tmp_path / "round_1" / "model")) == ["round_6"]
+    assert sorted(p.name for p in tmp_path.glob("round_*")) == ["round_1", "round_2"]
+    q.close()
+
+
+def test_a_round_keeps_its_model_not_the_trainers_checkpoints(tmp_path):
+    code = "import os, sys; os.makedirs(os.path.join(sys.argv[1], 'checkpoints', 'checkpoint-2'))"
+
+    async def go():
+        q = TrainingQueue(tmp_path, timeout=60, keep_rounds=5, threads=None)
+        job = q.new_round([])
+        q.start(job, [[sys.executable, "-c", code, str(tmp_path / job.round)]], _done)
+        await _wait(q)
+        q.close()
+        return job
+    job = asyncio.run(go())
+    assert job.status == "done" and not (tmp_path / job.round / "checkpoints").exists()
 
 
 def test_failed_rounds_are_pruned_too(tmp_path):
@@ -112,4 +228,4 @@ def test_failed_rounds_are_pruned_too(tmp_path):
             await _wait(q)
             assert job.status == "failed"
     asyncio.run(go())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["round_3"]
+    assert sorted(p.name for p in tmp_path.glob("round_*")) == ["round_3"]

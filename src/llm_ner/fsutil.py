@@ -8,18 +8,30 @@ import shutil
 from pathlib import Path
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str, durable: bool = False) -> None:
     """Write to a temp file then rename, so a crash never leaves a half-written file; on an error (a full disk) the
-    old file stays as it was and the temp file is removed."""
+    old file stays as it was and the temp file is removed. `durable`: the file and the rename are on disk when this
+    returns (fsync of the file, then of its directory), so a power cut cannot bring back the old one — for a
+    pointer a restart acts on (the served round); other writes skip the cost."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a temp file
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

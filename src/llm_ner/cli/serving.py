@@ -60,6 +60,8 @@ def serve(
     promote_data: Annotated[str | None, Opt(help=S.help_of("promote_data"))] = S.default("promote_data"),
     holdout: Annotated[float, Opt(help=S.help_of("holdout"))] = S.default("holdout"),
     promote_margin: Annotated[float, Opt(help=S.help_of("promote_margin"))] = S.default("promote_margin"),
+    promote_min_entities: Annotated[int, Opt(help=S.help_of("promote_min_entities"))] = S.default(
+        "promote_min_entities"),
     train_key_file: Annotated[str | None, Opt(envvar="LLM_NER_TRAIN_KEY_FILE", help=(
         "training keys, one per line: they may also predict; /train, /webhook and /v1/training/rollback need one "
         "when keys are set (also: LLM_NER_TRAIN_KEYS, comma-separated)"))] = None,
@@ -81,7 +83,8 @@ def serve(
         train_dir=train_dir, train_config=train_config, train_set=tuple(train_set or ()), train_timeout=train_timeout,
         train_threads=train_threads, keep_rounds=keep_rounds, max_export_bytes=max_export_bytes,
         label_studio_url=label_studio_url, fetch_timeout=fetch_timeout, max_projects=max_projects,
-        promote_data=promote_data, holdout=holdout, promote_margin=promote_margin)
+        promote_data=promote_data, holdout=holdout, promote_margin=promote_margin,
+        promote_min_entities=promote_min_entities)
     keys = read_api_keys(api_key_file, os.environ.get("LLM_NER_API_KEYS"))
     train_keys = read_api_keys(train_key_file, os.environ.get("LLM_NER_TRAIN_KEYS"))
     for path, got in ((api_key_file, keys), (train_key_file, train_keys)):

@@ -4,7 +4,8 @@ Label Studio (1.23, ml/api_connector.py) calls them — on the same app, the sam
 
   POST /setup    {project: "ID.TIMESTAMP", schema: labeling config, hostname, access_token} -> {model_version}.
                  A config with no <Labels> over a <Text>, or none of whose labels the model knows, is refused (422),
-                 so the project shows the problem when it connects. The token is kept (to fetch the export); the
+                 so the project shows the problem when it connects. The token is kept (to fetch the export) when
+                 the caller may train (a training key, or no keys); the
                  hostname is not used: exports come only from the operator's --label-studio-url.
   POST /predict  {tasks: [{id, data: {FIELD: text}}], label_config, project} -> {results: [a prediction per task:
                  {result: [a region per entity, with its score], score, model_version}]}
@@ -27,15 +28,18 @@ its scores. Training, rollback and START_TRAINING need a training key when keys 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import logging
-import time
-import urllib.request
+import socket
+import threading
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -129,39 +133,59 @@ def parse_schema(config: str | None, model_types: tuple[str, ...]) -> Schema:
 MAX_TOKEN_CHARS = 512  # a Label Studio token is 40 hex characters (legacy) or a JWT of a few hundred
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is an error: following it would carry the token to wherever the answer points."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None  # urllib then raises HTTPError for the 3xx
-
-
-# Only http(s) handlers (no file:, ftp:, data:), no proxies from the environment's *_proxy variables, no redirects.
-_OPENER = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
-
-
 def fetch_export(base_url: str, token: str, project_id: str, dest: Path, timeout: float, max_bytes: int) -> object:
     """The project's tasks with their annotations, from Label Studio's export API (the JSON export layout), streamed
     to `dest` under a total deadline and a byte cap; then parsed. Raises OSError / ValueError (the caller logs the
-    reason and answers a generic 502)."""
+    reason and answers a generic 502).
+
+    http.client, not urllib: no redirect is followed (it would carry the token elsewhere), no proxy is read from the
+    environment, only http(s). The deadline covers everything — connecting, the status line and headers, the body:
+    a timer shuts the socket when it passes, so a host dripping its headers a byte at a time cannot hold a worker
+    (a socket timeout alone bounds each read, not their sum)."""
     if not project_id.isdigit():
         raise ValueError(f"project id {project_id!r} is not a number")
-    url = f"{base_url.rstrip('/')}/api/projects/{project_id}/export?exportType=JSON"
-    req = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})
-    deadline = time.monotonic() + timeout
+    u = urlsplit(base_url)
+    conn_cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(u.hostname, u.port, timeout=min(10.0, timeout))
+    path = f"{u.path.rstrip('/')}/api/projects/{project_id}/export?exportType=JSON"
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        if conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+    timer = threading.Timer(timeout, expire)
+    timer.start()
     n = 0
-    # each read is bounded by the socket timeout (at most the time left) and the whole download by the deadline:
-    # a host dripping a byte at a time cannot hold a worker past it
-    with _OPENER.open(req, timeout=min(10.0, timeout)) as r, open(dest, "wb") as out:  # noqa: S310 (http(s) only)
-        while chunk := r.read1(65536):  # what has arrived, not 64 KiB (read() would wait for a dripping host)
-            n += len(chunk)
-            if n > max_bytes:
-                raise ExportTooLarge(f"the export is over {max_bytes} bytes")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the export took more than {timeout:g} s")
-            out.write(chunk)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Token {token}"})
+        r = conn.getresponse()
+        if r.status != 200:  # a 3xx is refused like any other answer: the token goes nowhere else
+            raise ExportRefused(f"Label Studio answered {r.status} {r.reason}")
+        with open(dest, "wb") as out:
+            while chunk := r.read1(65536):  # what has arrived, not 64 KiB (read() would wait for a dripping host)
+                n += len(chunk)
+                if n > max_bytes:
+                    raise ExportTooLarge(f"the export is over {max_bytes} bytes")
+                out.write(chunk)
+                if expired.is_set():
+                    break
+    except (OSError, http.client.HTTPException) as e:
+        if expired.is_set():
+            raise TimeoutError(f"the export took more than {timeout:g} s") from None
+        raise e if isinstance(e, OSError) else ConnectionError(f"{type(e).__name__}: {e}") from None
+    finally:
+        timer.cancel()
+        conn.close()
+    if expired.is_set():
+        raise TimeoutError(f"the export took more than {timeout:g} s")
     with open(dest, "rb") as f:
         return json.load(f)
+
+
+class ExportRefused(ConnectionError):
+    """Label Studio answered, but not with the export (an error status, or a redirect we do not follow)."""
 
 
 class ExportTooLarge(ValueError):
@@ -181,7 +205,9 @@ def router(cfg) -> APIRouter:
         served = request.app.state.served
         parse_schema(body.label_config, tuple(served.ner.labels.types))
         pid = body.project.split(".", 1)[0]
-        if body.access_token:
+        # the token training fetches exports with is kept only from a caller who may train: a prediction key must
+        # not swap in a token of its own (the next training would fetch with it)
+        if body.access_token and getattr(request.state, "may_train", True):
             if len(body.access_token) > MAX_TOKEN_CHARS or not pid.isdigit():
                 raise HTTPException(422, f"a project id is a number and a token at most {MAX_TOKEN_CHARS} characters")
             if pid not in tokens and len(tokens) >= cfg.max_projects:
@@ -245,6 +271,6 @@ def router(cfg) -> APIRouter:
                                          "server's log says why)") from None
             finally:
                 dest.unlink(missing_ok=True)
-        return retrainer.start(tasks)
+        return await retrainer.start(tasks)
 
     return r

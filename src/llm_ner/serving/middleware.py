@@ -24,15 +24,16 @@ class BodyLimit:
     """ASGI middleware: a body over `limit` bytes gets 413 before anything parses it. A declared Content-Length is
     checked up front; a chunked body is read up to the limit (never more is held) and replayed to the app."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, per_path: dict[str, int] | None = None):
+        self.app, self.limit, self.per_path = app, limit, per_path or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        too_large = {"detail": f"the request body is over the limit of {self.limit} bytes"}
+        limit = self.per_path.get(scope["path"], self.limit)
+        too_large = {"detail": f"the request body is over the limit of {limit} bytes"}
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             return await _send_json(send, 413 if length.isdigit() else 400,
                                     too_large if length.isdigit() else {"detail": "bad Content-Length"})
         if length is not None:  # the server (h11/httptools) stops at Content-Length: nothing more to guard
@@ -44,7 +45,7 @@ class BodyLimit:
                 return
             chunks.append(msg.get("body", b""))
             n += len(chunks[-1])
-            if n > self.limit:
+            if n > limit:
                 return await _send_json(send, 413, too_large)
             if not msg.get("more_body"):
                 break
@@ -108,6 +109,7 @@ class ApiKeys:
         if scope["path"] in TRAIN_PATHS and not trains:
             return await _send_json(send, 403, {"detail": "this key may predict, not train: training, promotion "
                                                           "and rollback need a training key (--train-key-file)"})
+        scope.setdefault("state", {})["may_train"] = trains  # request.state.may_train: /setup keeps tokens only then
         await self.app(scope, receive, send)
 
 

@@ -106,7 +106,7 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
     # Starlette runs the last added middleware first: CORS outermost (a preflight is answered, and a 401 or 413
     # still carries the CORS headers a browser needs to read it), then the counting, the Host check, the key check,
     # the body cap.
-    app.add_middleware(BodyLimit, limit=cfg.body_limit())
+    app.add_middleware(BodyLimit, limit=cfg.body_limit(), per_path=cfg.path_body_limits())
     app.add_middleware(ApiKeys, keys=cfg.api_keys, train_keys=cfg.train_keys)
     if cfg.allowed_hosts:  # loopback without keys: a web page's DNS rebinding must not reach us by another name
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(cfg.allowed_hosts))

@@ -66,6 +66,8 @@ class ServeConfig:
                                "--promote-data is not given)")
     promote_margin: float = _opt(0.0, "F1 points a new round must gain over the served model on the held-out data "
                                       "to be served (negative: the drop tolerated)")
+    promote_min_entities: int = _opt(10, "gold entities the held-out data must hold for the gate to judge; fewer "
+                                         "(F1 on nothing is 0 for both models): the round is kept, not served")
     train_keys: tuple[str, ...] = ()  # the keys that may train, promote and roll back (api_keys may only predict)
     allowed_hosts: tuple[str, ...] = ()  # Host headers accepted (set for loopback without keys: DNS rebinding)
 
@@ -90,8 +92,10 @@ class ServeConfig:
             if u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment:
                 raise UserError(f"--label-studio-url must be an http(s) URL with a host and no query, got "
                                 f"{self.label_studio_url!r}")
-        if self.fetch_timeout <= 0 or self.max_projects < 1 or not 0 < self.holdout < 1:
-            raise UserError("--fetch-timeout and --max-projects must be positive, --holdout between 0 and 1")
+        if self.fetch_timeout <= 0 or self.max_projects < 1 or not 0 < self.holdout < 1 or \
+                self.promote_min_entities < 1:
+            raise UserError("--fetch-timeout, --max-projects and --promote-min-entities must be positive, --holdout "
+                            "between 0 and 1")
         if self.max_body_bytes is not None and self.max_body_bytes < 1:
             raise UserError("--max-body-bytes must be at least 1")
 
@@ -100,6 +104,12 @@ class ServeConfig:
 
     def body_limit(self) -> int:
         return self.max_body_bytes or BODY_BYTES_PER_CHAR * self.max_request_chars + BODY_JSON_SLACK
+
+    def path_body_limits(self) -> dict[str, int]:
+        """Paths whose body another limit governs: POST /train carries a whole export, up to --max-export-bytes
+        (its tasks as Label Studio sends them, with the predictions we drop), not a prediction request's size."""
+        return {"/train": max(self.body_limit(), 2 * self.max_export_bytes + BODY_JSON_SLACK)} if self.train_dir \
+            else {}
 
 
 def default(name: str):

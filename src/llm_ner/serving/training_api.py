@@ -5,6 +5,7 @@ The queue itself (one job, a time limit, the gate's files, the pointer) is train
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ class JobOut(BaseModel):
                                      "cancelled_dropped, predictions_dropped, unannotated_dropped, held_out")
     f1: float | None = Field(None, description="the new model's F1 on the held-out data")
     served_f1: float | None = Field(None, description="the model served then, on the same data")
+    gold_entities: int | None = Field(None, description="the gold entities of the held-out data the gate scored")
+    judged: bool | None = Field(None, description="false: too few gold entities to judge (--promote-min-entities); "
+                                                  "the round is kept, not served")
     promoted: bool | None = Field(None, description="whether the gate let the round be served")
 
 
@@ -67,10 +71,23 @@ class Retrainer:
         self.cfg, self.queue, self.served = cfg, queue, served
         queue.protect = lambda: Path(served.model_dir)
 
-    def start(self, tasks: object) -> JSONResponse:
+    async def start(self, tasks: object) -> JSONResponse:
         cfg, queue = self.cfg, self.queue
         if queue.running:
             raise HTTPException(409, str(Busy(queue.running)))
+        # cleaning, measuring and splitting a 50 MB export takes a while: in a thread, never on the event loop
+        tasks, held, counts = await asyncio.to_thread(self._prepare, tasks)
+        if queue.running:  # another request started a job while this one was being prepared
+            raise HTTPException(409, str(Busy(queue.running)))
+        job = queue.new_round(tasks, held, counts)
+        served = str(self.served.model_dir)
+        queue.start(job, [train_command(served, queue.root / job.round, cfg.train_config, cfg.train_set),
+                          *queue.gate_commands(job, served, cfg.promote_data)], self.judge)
+        return JSONResponse({"status": "ok", "result": {"job": job.id, "round": job.round, "export": counts}}, 201)
+
+    def _prepare(self, tasks: object) -> tuple[list[dict], list[dict], dict]:
+        """What of the export trains and what is held out for the gate, with the counts; HTTPException if none."""
+        cfg = self.cfg
         try:
             tasks, counts = clean_export(tasks)
         except ValueError as e:
@@ -86,18 +103,19 @@ class Retrainer:
             counts["held_out"] = len(held)
         elif not tasks:
             raise HTTPException(400, "no annotated task to train on (cancelled ones and predictions are not labels)")
-        job = queue.new_round(tasks, held, counts)
-        served = str(self.served.model_dir)
-        queue.start(job, [train_command(served, queue.root / job.round, cfg.train_config, cfg.train_set),
-                          *queue.gate_commands(job, served, cfg.promote_data)], self.judge)
-        return JSONResponse({"status": "ok", "result": {"job": job.id, "round": job.round, "export": counts}}, 201)
+        return tasks, held, counts
 
     async def judge(self, job: Job) -> str:
-        """The gate: the round is served if it scored at least the served model's F1 + margin on the held-out data;
-        otherwise it is kept on disk (a rollback can still serve it) and the served model stays."""
-        if not self.queue.verdict(job, self.cfg.promote_margin):
+        """The gate: the round is served if the held-out data holds enough gold entities to judge and it scored at
+        least the served model's F1 + margin there; otherwise it is kept on disk (a rollback can still serve it)
+        and the served model stays."""
+        cfg = self.cfg
+        if not self.queue.verdict(job, cfg.promote_margin, cfg.promote_min_entities):
+            if not job.judged:
+                return (f"not judged, kept, not served: the held-out data holds {job.gold_entities} gold entities, "
+                        f"fewer than --promote-min-entities {cfg.promote_min_entities}")
             return (f"kept, not served: held-out F1 {job.f1} < the served model's {job.served_f1} + margin "
-                    f"{self.cfg.promote_margin:g}")
+                    f"{cfg.promote_margin:g}")
         await self.serve(job.round)
         return f"served as {self.served.version()}: held-out F1 {job.f1} against {job.served_f1}"
 
@@ -124,7 +142,7 @@ def _retrainer(request: Request) -> Retrainer:
 @router.post("/train", responses={**ERRORS, **STARTED})
 async def train(body: TrainRequest, request: Request) -> JSONResponse:
     rt = request.app.state.retrainer
-    return rt.start(body.annotations) if rt else training_off()
+    return await rt.start(body.annotations) if rt else training_off()
 
 
 @router.get("/v1/training", response_model=TrainingResponse)
@@ -137,7 +155,8 @@ async def training(request: Request) -> TrainingResponse:
 
 @router.post("/v1/training/rollback", response_model=TrainingResponse,
              responses={**AUTH, 404: {"description": "training is off, or no such kept round with a model"},
-                        409: {"description": "a training job is running"}})
+                        409: {"description": "a training job is running, or the round did not finish or its model "
+                                             "does not load"}})
 async def rollback(body: RollbackRequest, request: Request) -> TrainingResponse:
     rt = _retrainer(request)
     name = None if body.round == "start" else body.round
@@ -145,5 +164,10 @@ async def rollback(body: RollbackRequest, request: Request) -> TrainingResponse:
         raise HTTPException(404, f"no kept round {body.round!r} with a model")
     if rt.queue.running:
         raise HTTPException(409, str(Busy(rt.queue.running)))
-    await rt.serve(name)
+    if name is not None and (job := rt.queue.job_of(name)) is not None and job.status != "done":
+        raise HTTPException(409, f"{name} did not finish ({job.status}): it has no model to serve")
+    try:
+        await rt.serve(name)
+    except RuntimeError as e:  # a partial or broken model dir: the served model stays
+        raise HTTPException(409, f"{e}; the served model is unchanged") from None
     return await training(request)

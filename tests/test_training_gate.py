@@ -116,6 +116,17 @@ def test_cancelled_annotations_and_predictions_are_never_labels():
     assert held and train and len(train) + len(held) == 3
     again = split_holdout(list(reversed(tasks)), 0.2)[1]  # by id, not by position: the same task every round
     assert [t["id"] for t in again] == [t["id"] for t in held]
+    # issue 43: never an empty training side, whatever the hashes say (46 of 1,000 two-task exports had one)
+    for k in range(1000):
+        pair = [{"id": f"{k}-a", "data": {}}, {"id": f"{k}-b", "data": {}}]
+        train, held = split_holdout(pair, 0.2)
+        assert len(train) == len(held) == 1
+        train, held = split_holdout(pair, 0.99)
+        assert len(train) == len(held) == 1
+    big = [{"id": i, "data": {}} for i in range(20_000)]  # linear: the old split compared every pair (quadratic)
+    t = time.monotonic()
+    train, held = split_holdout(big, 0.2)
+    assert len(train) + len(held) == 20_000 and 3_500 < len(held) < 4_500 and time.monotonic() - t < 5
 
 
 def test_the_export_fetch_is_bounded(fake_ls, tmp_path):

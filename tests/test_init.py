@@ -107,3 +107,26 @@ def test_init_errors_are_one_line(first_run, tmp_path):
                                 "data.dev=null", "--set", "data.test=null", "--no-progress"])
         errors = [line for line in r.output.splitlines() if line.startswith("error:")]
         assert r.exit_code == 2 and len(errors) == 1 and want in errors[0], r.output
+
+
+@pytest.mark.parametrize("mode", ["lora", "frozen"])
+def test_init_keeps_the_saved_training_mode(tiny_llama, tmp_path, mode):
+    """Issue 43: --init took only the saved model section, so every retraining round of a LoRA or frozen-backbone
+    model was a full fine-tune. The saved mode (and LoRA settings) now carry over unless the run sets its own."""
+    first = tmp_path / "first"
+    base = ["--output", str(first), "--max-steps", "1", "--set", "data.max_train_sentences=8", "--set",
+            "data.dev=null", "--set", "data.test=null", "--no-progress"]
+    r = runner.invoke(app, ["train", "--model", str(tiny_llama), "--set", f"training.mode={mode}", "--set",
+                            "training.lora.r=4", *base])
+    assert r.exit_code == 0, r.output
+    for k, extra in enumerate(([], ["--set", "training.mode=full"])):
+        out = tmp_path / f"again{k}"
+        r = runner.invoke(app, ["train", "--init", str(first / "model"), "--output", str(out), "--max-steps", "1",
+                                "--set", "data.max_train_sentences=8", "--set", "data.dev=null", "--set",
+                                "data.test=null", "--no-progress", *extra])
+        assert r.exit_code == 0, r.output
+        training = yaml.safe_load((out / "config.yaml").read_text())["training"]
+        want = mode if not extra else "full"
+        assert training["mode"] == want and read_model_config(out / "model").mode == want
+        if want == "lora":
+            assert training["lora"]["r"] == 4

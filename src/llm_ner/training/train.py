@@ -272,15 +272,21 @@ def mixed_precision(t: TrainingConfig) -> str | None:
 
 
 def continue_from(cfg: RunConfig) -> tuple[RunConfig, LabelSet | None]:
-    """With `training.init`: the run takes the saved model's model section (the run's config.yaml then records what
-    was continued) and starts from its labels. Without: the run as configured, no labels yet."""
+    """With `training.init`: the run takes the saved model's model section and its training mode with its LoRA
+    settings — a LoRA model goes on as LoRA, a frozen backbone stays frozen, unless the run sets training.mode
+    itself (the run's config.yaml records what was continued) — and starts from its labels. Without: the run as
+    configured, no labels yet."""
     if not cfg.training.init:
         return cfg, None
     saved = read_model_config(cfg.training.init)  # a missing or broken model dir: a one-line error, before any work
     model = saved.model.model_copy(update={"trust_remote_code": cfg.model.trust_remote_code})
     if model != cfg.model:
         log.info("--init: the model section is %s's", cfg.training.init)
-    return cfg.model_copy(update={"model": model}), LabelSet.from_dict(saved.labels)
+    training = cfg.training
+    if "mode" not in training.model_fields_set:
+        training = training.model_copy(update={"mode": saved.mode, "lora": saved.lora})
+        log.info("--init: training mode %s, as %s was trained", saved.mode, cfg.training.init)
+    return cfg.model_copy(update={"model": model, "training": training}), LabelSet.from_dict(saved.labels)
 
 
 def load_data(cfg: RunConfig, start: LabelSet | None = None) -> Splits:

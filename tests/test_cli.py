@@ -171,3 +171,29 @@ def test_serve_limits_are_declared_once():
     for bad in ({"max_queue": 0}, {"max_queue_chars": 10, "max_request_chars": 20}, {"request_timeout": 0}):
         with pytest.raises(UserError):
             ServeConfig("m", **bad)
+
+
+def test_no_command_overwrites_its_input(tiny_ner_dir, tmp_path):
+    """Issue 43: `evaluate --data dev.conll --output dev.json` wrote its predictions (`token gold pred`) over the gold
+    dev.conll; predict and select took an output equal to their input. Each is a one-line error now, the input
+    untouched, also through a symlink."""
+    dev = tmp_path / "dev.conll"
+    dev.write_text(CONLL)
+    texts = tmp_path / "pool.txt"
+    texts.write_text("Peter went to Paris .\nAnn met Bob .\n")
+    (tmp_path / "link.txt").symlink_to(texts)
+    m = str(tiny_ner_dir)
+    cases = [["evaluate", "--model", m, "--data", str(dev), "--output", str(tmp_path / "dev.json")],
+             ["evaluate", "--model", m, "--data", str(dev), "--output", str(dev)],
+             ["predict", "--model", m, "--input", str(texts), "--output", str(tmp_path / "link.txt")],
+             ["predict", "--model", m, "--input", str(dev), "--output", str(dev)],
+             ["select", "--model", m, "--pool", str(texts), "--n", "1", "--output", str(texts)],
+             ["score", str(dev), str(dev), "--output", str(dev)],
+             ["analyze", str(dev), "--output", str(dev)]]
+    for args in cases:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "would be overwritten" in r.output, (args, r.output)
+        assert len(r.output.strip().splitlines()) == 1, r.output
+    assert dev.read_text() == CONLL and texts.read_text() == "Peter went to Paris .\nAnn met Bob .\n"
+    r = runner.invoke(app, ["evaluate", "--model", m, "--data", str(dev), "--output", str(tmp_path / "m" / "d.json")])
+    assert r.exit_code == 0 and (tmp_path / "m" / "d.conll").is_file(), r.output  # elsewhere: written

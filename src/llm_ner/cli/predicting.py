@@ -26,6 +26,7 @@ from .options import (
     fail,
     load_model,
     outputs_help,
+    refuse_overwrite,
     setup_logging,
 )
 
@@ -62,12 +63,13 @@ def predict(
     out = check_output(to, tokens_in, review)
     if output and not input:
         raise DataError("--output needs --input (--text prints its spans)")
+    if to == "conll" and not output and input:  # CoNLL goes beside its input unless told
+        output = str(Path(input).with_suffix(".pred.conll"))
+    refuse_overwrite({"--output": output}, {"--input": input})
     ner = load_model(model, batch_size, trust_remote_code, precision, min_score)
     # token input gets the same thresholds and outputs as raw text: entities per sentence, then the chosen shape
     preds = ner(items, review=review, gold=kind == "conll", progress=tokens_in or bool(input))
     body = preds.to(out.name, model=model_tag(model_identity(model)))
-    if to == "conll" and not output:  # CoNLL goes beside its input unless told
-        output = str(Path(input).with_suffix(".pred.conll"))
     if output:
         atomic_write_text(Path(output), body)
         typer.echo(f"wrote {output}", err=True)
@@ -106,6 +108,7 @@ def select_texts(
     from ..rundir import model_identity, model_tag
 
     out = check_output(to, False, review)
+    refuse_overwrite({"--output": output}, {"--pool": pool, **{f"--exclude {e}": e for e in exclude or []}})
     kind, items = read_texts(pool, format)
     texts = list(items) if kind == "text" else texts_and_offsets(items)[0]
     chosen_from = candidates(texts, n, strategy, training_keys(model) | labelled_keys(exclude or []), pool)

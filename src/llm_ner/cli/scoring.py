@@ -18,6 +18,7 @@ from .options import (
     Verbose,
     command,
     load_model,
+    refuse_overwrite,
     setup_logging,
 )
 
@@ -39,9 +40,11 @@ def evaluate(
     from ..data import load_corpus
     from ..evaluation.evaluate import evaluate_model, format_table
 
+    preds = Path(output).with_suffix(".conll") if output else None
+    refuse_overwrite({"--output": output, "its predictions": preds}, {"--data": data})
     sents = load_corpus(data, limit=limit)
     ner = load_model(model, batch_size, trust_remote_code, precision)
-    m, _ = evaluate_model(ner, sents, True, output, Path(output).with_suffix(".conll") if output else None, data)
+    m, _ = evaluate_model(ner, sents, True, output, preds, data)
     typer.echo(format_table(m, f"{data}:"))
     if output:
         typer.echo(f"wrote {output}", err=True)
@@ -90,6 +93,7 @@ def score(
     from ..evaluation.evaluate import format_table, score_files
     from ..fsutil import atomic_write_text
 
+    refuse_overwrite({"--output": output}, {"gold": gold, "pred": pred})
     m = score_files(gold, pred)
     typer.echo(json.dumps(m, indent=2) if as_json else format_table(m))
     if output:
@@ -109,6 +113,7 @@ def analyze(
     from ..evaluation.analyze import summary_lines
     from ..fsutil import atomic_write_text
 
+    refuse_overwrite({"--output": output}, {"predictions": predictions, "--train": train_data})
     sents, pred = read_predictions(predictions)
     a = run_analysis(sents, pred, load_corpus(train_data) if train_data else None, worst)
     if output:

@@ -59,6 +59,13 @@ class Sentence:
 # readers
 
 
+def open_lines(path: str | Path):
+    """A (possibly gzipped, by its .gz suffix) UTF-8 file opened as text lines, a BOM dropped: for reading a huge
+    file as a stream (format detection, batch-predict's check) rather than whole."""
+    path = Path(path)
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8-sig")
+
+
 def _open_text(path: Path) -> list[str]:
     """Read a (possibly gzipped) UTF-8 file; a decoding error names the line."""
     raw = path.read_bytes()

@@ -10,7 +10,6 @@ and refuses what is ambiguous with a message that says how to declare the format
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from .corpus import (
     _read_jsonl,
     bundled_names,
     normalise,
+    open_lines,
     read_conll,
     read_docbin,
     read_doccano,
@@ -116,9 +116,8 @@ def _first_lines(path: Path, n: int = 200) -> tuple[list[tuple[int, str]], bool]
     without loading the whole file (batch prediction inputs can be huge)."""
     out: list[tuple[int, str]] = []
     blank = False
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8-sig") as f:
+        with open_lines(path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     blank = blank or bool(out)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..data.corpus import iter_jsonl
+from ..data import DataError
+from ..data.corpus import iter_jsonl, open_lines
 from ..data.formats import FORMATS, format_names, record_text
 
 
@@ -50,9 +51,21 @@ STREAMED = [n for n in format_names(texts=True) if n == "text" or FORMATS[n].tex
 def check_jsonl_texts(path: str) -> None:
     """Every line of a JSON-lines input is a JSON object with a string 'text': the readers' own checks, on a stream
     (the file may be huge)."""
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, rec in iter_jsonl(f, path):
-            record_text(rec, path, lineno)
+    try:
+        with open_lines(path) as f:
+            for lineno, rec in iter_jsonl(f, path):
+                record_text(rec, path, lineno)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        raise DataError(f"{path}: cannot be read ({e})") from None
+
+
+def predictor_args(model_dir: str, batch_size: int, threads: int | None, precision: str, min_score: float | None,
+                   review: bool) -> dict:
+    """What each Ray actor builds its NERBatchPredictor from: the command's own options, --batch-size included."""
+    return {"model_dir": str(Path(model_dir).resolve()), "batch_size": batch_size, "threads": threads,
+            "precision": precision, "min_score": min_score, "review": review}
 
 
 def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str | None = None, concurrency: int = 1,
@@ -62,8 +75,12 @@ def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str |
     predict, write JSON lines to output_dir."""
     import ray
 
-    from ..data import DataError, detect_format
+    from ..data import detect_format
 
+    out = Path(output_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # Ray adds its files beside whatever is there, and the count below would read them all
+        raise DataError(f"--output {output_dir}: not an empty folder; give a new or empty one")
     fmt = detect_format(input_path, allow_text=True)
     if fmt not in STREAMED:
         raise DataError(f"{input_path}: batch-predict reads texts ({', '.join(STREAMED)}), not {fmt}; use "
@@ -77,12 +94,16 @@ def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str |
     try:
         # text: one row per line, column "text"; JSON lines: one row per record, other fields kept
         ds = ray.data.read_text(input_path) if fmt == "text" else ray.data.read_json(input_path, lines=True)
-        ds = ds.map_batches(NERBatchPredictor, fn_constructor_kwargs={
-            "model_dir": str(Path(model_dir).resolve()), "threads": threads, "precision": precision,
-            "min_score": min_score, "review": review},
+        ds = ds.map_batches(NERBatchPredictor, fn_constructor_kwargs=predictor_args(
+            model_dir, batch_size, threads, precision, min_score, review),
             batch_size=batch_size, batch_format="numpy", concurrency=concurrency)
         ds.write_json(output_dir)
-        return sum(1 for f in Path(output_dir).glob("*.json") for _ in f.open())
+        return sum(_count_lines(f) for f in out.glob("*.json"))
     finally:
         if ours:
             ray.shutdown()
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)

@@ -197,3 +197,29 @@ def test_no_command_overwrites_its_input(tiny_ner_dir, tmp_path):
     assert dev.read_text() == CONLL and texts.read_text() == "Peter went to Paris .\nAnn met Bob .\n"
     r = runner.invoke(app, ["evaluate", "--model", m, "--data", str(dev), "--output", str(tmp_path / "m" / "d.json")])
     assert r.exit_code == 0 and (tmp_path / "m" / "d.conll").is_file(), r.output  # elsewhere: written
+
+
+def test_compare_names_a_bad_system_and_never_reuses_another_models_run(tmp_path):
+    """Issue 43: `compare --systems <typo>` was a KeyError traceback, and a finished run in the output folder was
+    reused whatever --llm-model asked for."""
+    r = runner.invoke(app, ["compare", "--systems", "llm,encodr", "--output", str(tmp_path)])
+    assert r.exit_code == 2 and "--systems 'llm,encodr'" in r.output and len(r.output.strip().splitlines()) == 1
+    run = tmp_path / "llm"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"backbone": "gemma3-270m", "system": "llm"}))
+    (run / "test_metrics.json").write_text(json.dumps({"f1": 90.0}))
+    r = runner.invoke(app, ["compare", "--systems", "llm", "--llm-model", "smollm2-135m", "--output", str(tmp_path),
+                            "--no-progress"])
+    assert r.exit_code == 2 and "finished llm run of gemma3-270m, not smollm2-135m" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_int8_on_a_gpu_is_a_one_line_error(tiny_ner_dir, tmp_path, monkeypatch):
+    """Issue 43: `--precision int8` where the model loads on CUDA was a ValueError traceback."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the device choice sees a GPU; nothing loads
+    r = runner.invoke(app, ["predict", "--model", str(tiny_ner_dir), "--text", "Peter went home .", "--precision",
+                            "int8"])
+    assert r.exit_code == 2 and "runs on the CPU only" in r.output and len(r.output.strip().splitlines()) == 1, \
+        r.output

@@ -66,6 +66,11 @@ def test_learning_curve_runs_nested_subsets_for_both_systems(tiny_llama, tmp_pat
                              "--systems", "llm", "--output", str(out), "--keep-models", *QUICK])
     assert r4.exit_code == 0, r4.output
     assert (out / "llm_4_1" / "model").is_dir()  # --keep-models keeps them
+    # issue 43: another --llm-model on the same output was ignored (the recorded points reused as if its own)
+    r5 = runner.invoke(app, ["learning-curve", "--sizes", "8", "--seeds", "1", "--llm-model", str(tmp_path / "bert"),
+                             "--systems", "llm", "--output", str(out), *QUICK])
+    assert r5.exit_code == 2 and f"holds llm points of {tiny_llama}" in r5.output, r5.output
+    assert len(r5.output.strip().splitlines()) == 1
 
 
 def test_bad_curve_arguments_are_one_line_errors(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import rundir
 from ..baselines.encoder import encoder_config
 from ..config import RunConfig, load_config
-from ..data import Sentence, load_split, write_conll
+from ..data import DataError, Sentence, load_split, write_conll
 from ..fsutil import atomic_write_text
 from ..modeling.backbones import resolve
 from ..training.train import train
@@ -47,7 +47,10 @@ def budgeted(cfg: RunConfig, n: int) -> RunConfig:
 def train_on(cfg: RunConfig, sentences: Sequence[Sentence], run_dir: Path, progress: bool = False) -> dict:
     """`cfg` trained on exactly `sentences` (written into the run dir as CoNLL) at the config's budget (`budgeted`)
     — or the finished run's summary."""
-    if not (run_dir / rundir.SUMMARY).is_file():
+    summary = run_dir / rundir.SUMMARY
+    if summary.is_file() and (was := json.loads(summary.read_text()).get("backbone")) != cfg.model.backbone:
+        raise DataError(f"{run_dir} holds a finished run of {was}, not {cfg.model.backbone}: give another --output")
+    if not summary.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_conll(run_dir / "labelled.conll", sentences, None)
         cfg = budgeted(cfg, len(sentences)).model_copy(update={"output": str(run_dir), "data": cfg.data.model_copy(
@@ -66,14 +69,20 @@ def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int
     dropped unless `keep_models` (an LLM run dir holds ~3.4 GB; the curve makes 28 of them)."""
     out = Path(output)
     own = {system: {**(overrides or {}), **((per_system or {}).get(system) or {})} for system in systems}
+    backbone = {}
     for system in systems:  # every backbone found before the first run, not after an hour of the other system's
         cfg = SYSTEMS[system](config, own[system])
         resolve(cfg.model.backbone, cfg.model.gguf_file)
+        backbone[system] = cfg.model.backbone
+    prev = json.loads((out / "results.json").read_text())["rows"] if (out / "results.json").is_file() else []
+    done = {(r["system"], r["sentences"], r["seed"]): r for r in prev}  # earlier calls' points stay in the results
+    for r in prev:  # a point of another backbone is not this curve's: never reused, never mixed in
+        if r["system"] in backbone and r.get("backbone", backbone[r["system"]]) != backbone[r["system"]]:
+            raise DataError(f"{out / 'results.json'} holds {r['system']} points of {r['backbone']}, not "
+                            f"{backbone[r['system']]}: give another --output for this curve")
     # the whole split, not the config's first `max_train_sentences` (the quickstart's 2,000): that cap is its budget
     # (`budgeted`), and the sizes above it (4,000, all) and the simulation's shuffle are of the whole split
     train_s = load_split(load_config(config, {**(overrides or {}), "data.max_train_sentences": None}), "train") or []
-    prev = json.loads((out / "results.json").read_text())["rows"] if (out / "results.json").is_file() else []
-    done = {(r["system"], r["sentences"], r["seed"]): r for r in prev}  # earlier calls' points stay in the results
     for seed in seeds:
         order = shuffled(train_s, seed)
         for size in sizes:

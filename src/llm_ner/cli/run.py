@@ -194,12 +194,14 @@ def compare(
 ) -> None:
     """Train/evaluate (or reuse) the LLM model, the encoder and the prompted baseline; print one table."""
     setup_logging()
+    from ..comparison.compare import SYSTEMS, sides, table_markdown
     from ..comparison.compare import compare as run_compare
-    from ..comparison.compare import sides, table_markdown
     from ..config import config_path
 
     config = str(config_path(config))  # the systems run in subprocesses: pass them a path
     chosen = [s.strip() for s in systems.split(",") if s.strip()]
+    if not chosen or set(chosen) - set(SYSTEMS):
+        fail(f"--systems {systems!r}: choose from {', '.join(SYSTEMS)}")
     runs = {"llm": llm_run, "encoder": encoder_run, "prompt": prompt_run}
     models = sides(config, llm_model, encoder_model)
     fetch_missing([models[s] for s in chosen if s in models and not runs[s]], progress)

@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import rundir as R
 from ..baselines.encoder import ENCODER_DEFAULTS
 from ..config import load_config
+from ..data import DataError
 from ..evaluation.evaluate import compute_metrics
 from ..fsutil import atomic_write_text
 from ..modeling.backbones import DEFAULT_DECODER, is_encoder
@@ -119,6 +120,9 @@ def compare(config: str, output: str | Path, prompt_sentences: int = 100, system
         if not given and (rerun or not R.is_finished(d)):
             run_system(name, config, d, prompt_sentences, progress, models.get(name))
         run_dirs[name] = R.load_run(d)
+        if not given and name in models and run_dirs[name].model_name != models[name]:
+            raise DataError(f"{d} holds a finished {name} run of {run_dirs[name].model_name}, not {models[name]}: "
+                            "give another --output, or --rerun to replace it")
     subset = prompt_sentences if "prompt" in run_dirs else None
     rows = [system_row(run, subset, n) for n, run in run_dirs.items()]
     md = table_markdown(rows)

@@ -97,11 +97,12 @@ class NERModel:
         Thresholds(min_score)  # checked before minutes of loading
         precision = "fp32" if precision is None else precision
         if isinstance(precision, str) and precision not in q.PRECISIONS:
-            raise ValueError(f"precision={precision!r}: use one of {', '.join(q.PRECISIONS)}")
+            raise q.PrecisionError(f"precision={precision!r}: use one of {', '.join(q.PRECISIONS)}")
         spec = q.Int8Spec.parse(precision) if precision not in ("auto", "fp32", "bf16") else None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if spec and device != "cpu":
-            raise ValueError("int8 dynamic quantisation runs on the CPU only; use bf16 on a GPU")
+            raise q.PrecisionError(f"--precision int8 runs on the CPU only (this model would load on {device}); use "
+                                   "bf16 or fp32 on a GPU")
         model = LLMForTokenClassification.from_pretrained(path, device=device, trust_remote_code=trust_remote_code)
         if precision == "bf16":
             model.backbone.to(torch.bfloat16)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..data import load_corpus
+from ..errors import UserError
 from ..modeling.align import sentence_text
 from ..modeling.backbones import family
 from ..modeling.model import LLMForTokenClassification, decoder_layers
@@ -186,6 +187,10 @@ DEFAULT_SCHEME = "per_token"
 
 # The precisions every entry point offers (predict, evaluate, select, serve, batch-predict, the spaCy component), with
 # the help each shows: `NERModel.from_pretrained(precision=...)` is where they are applied.
+class PrecisionError(UserError, ValueError):
+    """A precision this model or device cannot run (a one-line CLI error; a ValueError for library callers)."""
+
+
 PRECISIONS = {
     "auto": "bf16 where the hardware does bf16 natively and the model's spans on check sentences hold, else fp32 "
             "(the default; the choice is logged once)",

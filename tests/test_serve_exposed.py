@@ -52,13 +52,32 @@ def test_key_check_compares_every_key_in_constant_time(monkeypatch):
         seen.append(b)
         return real(a, b)
 
+    import asyncio
+
     real = serve.hmac.compare_digest
     monkeypatch.setattr(serve.hmac, "compare_digest", counting)
-    g = ApiKeys(None, ("alpha", "beta", "gamma"))
-    for header in (b"Bearer alpha", b"Bearer gamma", b"Bearer nope", b"Basic alpha", b"", None):
+    reached, answered = [], []
+
+    async def app(scope, receive, send):  # the routes behind the middleware
+        reached.append(scope["path"])
+
+    async def send(msg):
+        if msg["type"] == "http.response.start":
+            answered.append(msg["status"])
+
+    # the middleware itself, as a request meets it (issue 43: this test once drove a helper requests never used)
+    g = ApiKeys(app, ("alpha", "beta", "gamma"), ("delta",))
+    for header, path, status in ((b"Bearer alpha", "/v1/entities", None), (b"Bearer gamma", "/train", 403),
+                                 (b"Bearer delta", "/train", None), (b"Bearer nope", "/v1/entities", 401),
+                                 (b"Basic alpha", "/v1/entities", 401), (b"", "/v1/entities", 401),
+                                 (None, "/v1/entities", 401)):
         seen.clear()
-        g.allowed(header)
-        assert seen == [b"alpha", b"beta", b"gamma"], header
+        reached.clear()
+        answered.clear()
+        headers = [] if header is None else [(b"authorization", header)]
+        asyncio.run(g({"type": "http", "path": path, "method": "POST", "headers": headers}, None, send))
+        assert seen == [b"delta", b"alpha", b"beta", b"gamma"], header  # every key, whichever matched
+        assert (answered == [status]) if status else (reached == [path] and not answered), (header, path)
     monkeypatch.setattr(serve.hmac, "compare_digest", real)
     g = ApiKeys(None, ("alpha", "beta"))
     assert g.allowed(b"Bearer alpha") and g.allowed(b"bearer beta") and g.allowed(b"Bearer  beta")

@@ -94,18 +94,25 @@ class ApiKeys:
             ok |= hmac.compare_digest(given or b"", k)
         return ok and given is not None
 
+    def scope_of(self, header: bytes | None) -> str | None:
+        """"train", "predict" or None (no valid key) for an Authorization header: every key of both sets is
+        compared, whatever the header — the one check requests go through."""
+        given = self.given(header)
+        trains, predicts = self._matches(given, self.train), self._matches(given, self.keys)
+        return "train" if trains else "predict" if predicts else None
+
     def allowed(self, header: bytes | None) -> bool:
-        return self._matches(self.given(header), self.keys + self.train)
+        return self.scope_of(header) is not None
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or not (self.keys or self.train) or scope["path"] in OPEN_PATHS
                 or scope["path"].startswith(DOCS_ASSETS + "/")  # Swagger UI's scripts and styles
                 or scope["method"] == "OPTIONS"):  # CORS preflight carries no credentials
             return await self.app(scope, receive, send)
-        given = self.given(dict(scope["headers"]).get(b"authorization"))
-        trains, predicts = self._matches(given, self.train), self._matches(given, self.keys)
-        if not (trains or predicts):
+        may = self.scope_of(dict(scope["headers"]).get(b"authorization"))
+        if may is None:
             return await _send_json(send, 401, {"detail": "unauthorized"}, ((b"www-authenticate", b"Bearer"),))
+        trains = may == "train"
         if scope["path"] in TRAIN_PATHS and not trains:
             return await _send_json(send, 403, {"detail": "this key may predict, not train: training, promotion "
                                                           "and rollback need a training key (--train-key-file)"})

@@ -1,14 +1,19 @@
-"""Soak the model-in-the-loop (issue 34): `llm-ner serve` with retraining on, left running for N minutes under mixed
-load — prediction clients, training triggers (`/train` with a fresh slice of CoNLL-2003 as a Label Studio export,
-409 while a job runs), rollbacks, and restarts (SIGTERM, then a new server on the same training dir) — and checked
-all along: the served model is never lost (its files are on disk, the restarted server serves what `current.json`
-names), no training process outlives its server, rounds on disk stay within --keep-rounds + the served one, and no
-request gets a 5xx outside a restart. Real uvicorn, real HTTP, real `train --init` and gate processes.
+"""Soak the model-in-the-loop (issues 34, 43): `llm-ner serve` with retraining on and the promotion gate at margin 0,
+left running for N minutes under mixed load — prediction clients, training triggers (`/train` with a fresh slice of
+CoNLL-2003 as a Label Studio export, 409 while a job runs; every fourth export worse on purpose: its entity types
+rotated, PER marked LOC and so on), rollbacks, and restarts (SIGTERM, the last one SIGKILL, then a new server on the
+same training dir) — and checked all along: the served model is never lost (its files are on disk, the restarted
+server serves what `current.json` names), a round worse on purpose is never served, a promoted round never scored
+below the model it replaced, the newest --keep-rounds promoted rounds (rollback targets) are never pruned, no
+training process outlives its server (not even a SIGKILLed one), rounds on disk stay within --keep-rounds + the
+served + the running one, and no request gets a 5xx outside a restart. Real uvicorn, real HTTP, real `train --init`
+and gate processes; the gate scores on 400 CoNLL-2003 dev sentences (--promote-data).
 
   python scripts/soak.py --minutes 30 --output benchmarks/results/soak.json
 
-Without --model it builds the suite's tiny model (tests/tiny.py, trained 10 steps by `llm-ner train`): the soak
-tests the service's durability, not a model's speed; give --model RUN/model to soak a real one.
+Without --model it builds the suite's tiny model (tests/tiny.py, trained 300 steps by `llm-ner train`, ~33 dev F1:
+enough for a worse round to score worse): the soak tests the service's durability, not a model's speed; give
+--model RUN/model to soak a real one.
 """
 
 from __future__ import annotations
@@ -40,14 +45,19 @@ def tiny_model(work: Path) -> Path:
     backbone = make_llama(work / "backbone", layers=2)
     out = work / "start"
     subprocess.run([sys.executable, "-m", "llm_ner.cli", "train", "--model", str(backbone), "--output", str(out),
-                    "--max-steps", "10", "--set", "data.max_train_sentences=200", "--set", "data.dev=null",
-                    "--set", "data.test=null", "--no-progress"], check=True, capture_output=True)
+                    "--max-steps", "300", "--set", "data.max_train_sentences=3000", "--set", "data.dev=null",
+                    "--set", "data.test=null", "--set", "training.learning_rate=3e-3", "--no-progress"],
+                   check=True, capture_output=True)
     return out / "model"
 
 
-def ls_task(k: int, sent) -> dict:
+ROTATE = {"PER": "LOC", "LOC": "ORG", "ORG": "MISC", "MISC": "PER"}  # a worse-on-purpose export's labels
+
+
+def ls_task(k: int, sent, rotate: bool = False) -> dict:
     """A CoNLL sentence as a Label Studio task with one submitted annotation (and a prediction, which must be
-    dropped), sometimes skipped instead (a cancelled annotation, which must not become a label)."""
+    dropped), sometimes skipped instead (a cancelled annotation, which must not become a label); `rotate`: every
+    entity under the wrong type."""
     from llm_ner.data.schemes import spans
 
     starts, pos = [], 0
@@ -57,7 +67,8 @@ def ls_task(k: int, sent) -> dict:
     text = " ".join(sent.tokens)
     ends = [s + len(t) for s, t in zip(starts, sent.tokens, strict=True)]
     result = [{"type": "labels", "from_name": "label", "to_name": "text",  # spans(): (type, first, last inclusive)
-               "value": {"start": starts[f], "end": ends[la], "text": text[starts[f]:ends[la]], "labels": [lab]}}
+               "value": {"start": starts[f], "end": ends[la], "text": text[starts[f]:ends[la]],
+                         "labels": [ROTATE[lab] if rotate else lab]}}
               for lab, f, la in spans(sent.tags)]
     skipped = k % 9 == 0
     return {"id": k, "data": {"text": text}, "predictions": [{"result": [], "model_version": "x"}],
@@ -77,11 +88,12 @@ def call(url: str, path: str, body=None, key: str = KEY, timeout: float = 120):
 
 
 class Server:
-    def __init__(self, model: Path, train_dir: Path, work: Path, keep: int):
+    def __init__(self, model: Path, train_dir: Path, work: Path, keep: int, holdout: Path):
         self.args = [sys.executable, "-m", "llm_ner.cli", "serve", "--model", str(model), "--train-dir",
-                     str(train_dir), "--train-set", "training.max_steps=5", "--keep-rounds", str(keep),
-                     "--train-timeout", "600", "--train-threads", "1", "--api-key-file", str(work / "keys"),
-                     "--train-key-file", str(work / "train_keys"), "--promote-margin", "0"]
+                     str(train_dir), "--train-set", "training.max_steps=20", "--train-set",
+                     "training.learning_rate=3e-3", "--keep-rounds", str(keep), "--train-timeout", "600",
+                     "--train-threads", "1", "--api-key-file", str(work / "keys"), "--train-key-file",
+                     str(work / "train_keys"), "--promote-data", str(holdout), "--promote-margin", "0"]
         (work / "keys").write_text(KEY + "\n")
         (work / "train_keys").write_text(TRAIN_KEY + "\n")
         self.log = open(work / "server.log", "ab")  # noqa: SIM115 (open for the life of the soak)
@@ -100,8 +112,8 @@ class Server:
             time.sleep(0.5)
         raise SystemExit("the server did not start (see server.log)")
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
         self.proc.wait(timeout=120)
 
 
@@ -125,12 +137,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     model = Path(a.model) if a.model else tiny_model(work)
     train_dir = work / "rounds"
-    sents = [s for s in load_corpus("conll2003:train")[:3000] if len(s.tokens) > 3]
+    from llm_ner.data import write_conll
+
+    sents = [s for s in load_corpus("conll2003:train")[3000:6000] if len(s.tokens) > 3]  # not the start's 3,000
     texts = [" ".join(s.tokens) for s in load_corpus("conll2003:test")[:500]]
-    server = Server(model, train_dir, work, a.keep_rounds)
+    holdout = work / "holdout.conll"
+    write_conll(holdout, load_corpus("conll2003:valid")[:400], None)
+    server = Server(model, train_dir, work, a.keep_rounds, holdout)
     server.start()
     stats = {"predict": {}, "train": {}, "rollback": {}, "restarts": 0, "checks": 0, "violations": [],
-             "latency_ms": [], "versions": set(), "jobs": {}}
+             "latency_ms": [], "versions": set(), "jobs": {}, "worse": set(), "promoted": []}
     lock, stop_at, restarting = threading.Lock(), time.time() + 60 * a.minutes, threading.Event()
 
     def count(kind: str, status: int) -> None:
@@ -159,10 +175,21 @@ def main() -> None:
         if status != 200:
             return
         for j in tr["jobs"]:
-            stats["jobs"][j["round"]] = (j["status"], j["promoted"])
+            stats["jobs"][j["round"]] = (j["status"], j["promoted"], j["f1"], j["served_f1"])
+            if j["promoted"] and j["round"] not in stats["promoted"]:
+                stats["promoted"].append(j["round"])
+            if j["promoted"] and j["f1"] < j["served_f1"]:
+                stats["violations"].append(f"{where}: {j['round']} promoted with F1 {j['f1']} < {j['served_f1']}")
+            if j["promoted"] and j["round"] in stats["worse"]:
+                stats["violations"].append(f"{where}: {j['round']}, worse on purpose, was promoted ({j})")
         cur = tr["served"]
+        if cur in stats["worse"]:
+            stats["violations"].append(f"{where}: {cur}, worse on purpose, is served")
         if cur and not (train_dir / cur / "model" / "llm_ner_config.json").is_file():
             stats["violations"].append(f"{where}: the served round {cur} has no model on disk")
+        for r in stats["promoted"][-a.keep_rounds:]:  # rollback targets
+            if not (train_dir / r / "model" / "llm_ner_config.json").is_file():
+                stats["violations"].append(f"{where}: promoted round {r}, a rollback target, is gone")
         rounds = [p for p in train_dir.glob("round_*") if p.is_dir()]
         if len(rounds) > a.keep_rounds + 1 + 1:  # the kept, the served, and one being trained
             stats["violations"].append(f"{where}: {len(rounds)} rounds on disk")
@@ -173,10 +200,17 @@ def main() -> None:
     rng, k = random.Random(0), 0
     restart_every = 60 * a.minutes / (a.restarts + 1)
     next_restart = time.time() + restart_every
+    n_train = 0
     while time.time() < stop_at:
-        export = [ls_task(k + i, s) for i, s in enumerate(rng.sample(sents, 40))]
+        worse = n_train % 4 == 3
+        export = [ls_task(k + i, s, rotate=worse) for i, s in enumerate(rng.sample(sents, 40))]
         k += 40
-        count("train", call(server.url, "/train", {"annotations": export}, key=TRAIN_KEY)[0])
+        status, body = call(server.url, "/train", {"annotations": export}, key=TRAIN_KEY)
+        count("train", status)
+        if status == 201:
+            n_train += 1
+            if worse:
+                stats["worse"].add(body["result"]["round"])
         time.sleep(rng.uniform(5, 20))
         if rng.random() < 0.2:  # an operator rolls back to a kept round, or to the start
             status, tr = call(server.url, "/v1/training")
@@ -190,11 +224,12 @@ def main() -> None:
             served_before = before["served"] if before else None
             version_before = call(server.url, "/health")[1]["model"]["version"]
             restarting.set()
-            server.stop()
-            # the gate both ways: every other server demands 2 F1 points over the served model
-            server.args[-1] = "2" if server.args[-1] == "0" else "0"
+            last = stats["restarts"] == a.restarts - 1  # the last one as the OOM killer would: SIGKILL
+            server.stop(signal.SIGKILL if last else signal.SIGTERM)
+            time.sleep(2)  # the parent-death signal is immediate; give the kernel a moment to reap
             if orphans := training_processes(train_dir):
-                stats["violations"].append(f"restart: training processes left behind: {orphans}")
+                stats["violations"].append(f"restart ({'SIGKILL' if last else 'SIGTERM'}): training processes "
+                                           f"left behind: {orphans}")
             server.start()
             restarting.clear()
             stats["restarts"] += 1
@@ -211,7 +246,7 @@ def main() -> None:
     server.stop()
     for p in train_dir.glob("round_*/job.json"):  # the stop marks a running job interrupted
         rec = json.loads(p.read_text())
-        stats["jobs"][rec["round"]] = (rec["status"], rec.get("promoted"))
+        stats["jobs"][rec["round"]] = (rec["status"], rec.get("promoted"), rec.get("f1"), rec.get("served_f1"))
     if orphans := training_processes(train_dir):
         stats["violations"].append(f"end: training processes left behind: {orphans}")
     jobs = list(stats["jobs"].values())  # every round seen, also those pruned since
@@ -221,8 +256,11 @@ def main() -> None:
            "restarts": stats["restarts"], "checks": stats["checks"], "versions_served": len(stats["versions"]),
            "latency_ms": {"p50": round(statistics.median(lat), 1), "p95": round(lat[int(0.95 * len(lat))], 1)}
            if lat else None,
-           "jobs": {s: sum(st == s for st, _ in jobs) for s in {st for st, _ in jobs}},
-           "promoted": sum(p is True for _, p in jobs), "kept_not_served": sum(p is False for _, p in jobs),
+           "jobs": {s: sum(j[0] == s for j in jobs) for s in {j[0] for j in jobs}},
+           "promoted": sum(j[1] is True for j in jobs), "kept_not_served": sum(j[1] is False for j in jobs),
+           "worse_on_purpose": {r: stats["jobs"].get(r) for r in sorted(stats["worse"])},
+           "worse_scored_below_served": sum(1 for r in stats["worse"] if (j := stats["jobs"].get(r)) and j[2]
+                                            is not None and j[2] < j[3]),
            "rounds_on_disk": len(list(train_dir.glob("round_*"))), "violations": stats["violations"],
            "machine": f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     Path(a.output).write_text(json.dumps(out, indent=1, default=str) + "\n")

@@ -371,6 +371,23 @@ def test_the_loop_refuses_bad_input_and_the_gate_never_serves_unjudged(tiny_ner_
                              "--promote-data", str(nogold), "--keep-rounds", "5")
     try:
         version = get_json(url + "/health")["model"]["version"]
+        # a web page's "simple" request: a body with no Content-Type (fastapi < 0.132 parsed it as JSON, so any page
+        # could start a training on a keyless loopback server); the floor in pyproject.toml keeps it refused
+        import http.client
+        import re
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        conn.putrequest("POST", "/train", skip_accept_encoding=True)
+        raw = json.dumps({"annotations": EXPORT}).encode()
+        conn.putheader("Content-Length", str(len(raw)))
+        conn.endheaders(raw)
+        assert conn.getresponse().status == 422
+        conn.close()
+        assert call(url, "/v1/training")[1]["jobs"][-1]["round"] == "round_6"  # nothing started
+        floor = re.search(r'"fastapi>=([0-9.]+)"', (Path(__file__).parents[1] / "pyproject.toml").read_text())
+        assert tuple(map(int, floor.group(1).split("."))) >= (0, 132)
         for bad in ({"annotations": [{"annotations": 5}]}, {"annotations": [{"data": "x", "annotations": []}]},
                     {"annotations": [{"annotations": [{"result": "x"}]}]}):
             status, err = call(url, "/train", bad)

@@ -229,3 +229,22 @@ def test_failed_rounds_are_pruned_too(tmp_path):
             assert job.status == "failed"
     asyncio.run(go())
     assert sorted(p.name for p in tmp_path.glob("round_*")) == ["round_3"]
+
+
+def test_the_pointer_is_on_disk_when_it_is_written(tmp_path, monkeypatch):
+    """Issue 43: current.json (what a restarted server serves) was renamed into place without fsync: a power cut
+    could bring back the old pointer. The file and its directory are now fsynced before point() returns."""
+    import stat
+
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        return real(fd)
+    q = TrainingQueue(tmp_path, timeout=60, keep_rounds=3, threads=None)
+    (tmp_path / "round_1" / "model").mkdir(parents=True)
+    monkeypatch.setattr(os, "fsync", fsync)
+    q.point("round_1")
+    assert synced == ["file", "dir"] and q.current() == "round_1"
+    q.close()

@@ -6,7 +6,7 @@ same training dir) — and checked all along: the served model is never lost (it
 server serves what `current.json` names), a round worse on purpose is never served, a promoted round never scored
 below the model it replaced, the newest --keep-rounds promoted rounds (rollback targets) are never pruned, no
 training process outlives its server (not even a SIGKILLed one), rounds on disk stay within --keep-rounds + the
-served + the running one, and no request gets a 5xx outside a restart. Real uvicorn, real HTTP, real `train --init`
+served + the running one, no round number is given twice, and no request gets a 5xx outside a restart. Real uvicorn, real HTTP, real `train --init`
 and gate processes; the gate scores on 400 CoNLL-2003 dev sentences (--promote-data).
 
   python scripts/soak.py --minutes 30 --output benchmarks/results/soak.json
@@ -146,7 +146,7 @@ def main() -> None:
     server = Server(model, train_dir, work, a.keep_rounds, holdout)
     server.start()
     stats = {"predict": {}, "train": {}, "rollback": {}, "restarts": 0, "checks": 0, "violations": [],
-             "latency_ms": [], "versions": set(), "jobs": {}, "worse": set(), "promoted": []}
+             "latency_ms": [], "versions": set(), "jobs": {}, "worse": set(), "promoted": [], "given": set()}
     lock, stop_at, restarting = threading.Lock(), time.time() + 60 * a.minutes, threading.Event()
 
     def count(kind: str, status: int) -> None:
@@ -209,8 +209,12 @@ def main() -> None:
         count("train", status)
         if status == 201:
             n_train += 1
+            name = body["result"]["round"]
+            if name in stats["given"]:  # a round's number is given once, ever (its records would mix)
+                stats["violations"].append(f"train: {name} given a second time")
+            stats["given"].add(name)
             if worse:
-                stats["worse"].add(body["result"]["round"])
+                stats["worse"].add(name)
         time.sleep(rng.uniform(5, 20))
         if rng.random() < 0.2:  # an operator rolls back to a kept round, or to the start
             status, tr = call(server.url, "/v1/training")

@@ -231,6 +231,26 @@ def test_failed_rounds_are_pruned_too(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("round_*")) == ["round_3"]
 
 
+def test_a_pruned_rounds_number_is_never_given_again(tmp_path):
+    """Found by the issue-43 soak: once failed rounds were pruned first, the newest round could be a failed one that
+    was deleted, and the next round took its number (two jobs named round_17, their records mixed up)."""
+    async def go():
+        q = TrainingQueue(tmp_path, timeout=30, keep_rounds=1, threads=None)
+        _round(tmp_path, 1, "done", True)
+        q.jobs = q._load()
+        job = q.new_round([])
+        assert job.round == "round_2"
+        q.start(job, [[sys.executable, "-c", "raise SystemExit(3)"]], _done)
+        await _wait(q)  # failed, and pruned at once: round_1 (promoted) keeps the one slot
+        assert not (tmp_path / "round_2").exists()
+        assert q.new_round([]).round == "round_3"
+        q.close()
+    asyncio.run(go())
+    again = TrainingQueue(tmp_path, timeout=30, keep_rounds=1, threads=None)
+    assert again.new_round([]).round == "round_4"  # across a restart too
+    again.close()
+
+
 def test_the_pointer_is_on_disk_when_it_is_written(tmp_path, monkeypatch):
     """Issue 43: current.json (what a restarted server serves) was renamed into place without fsync: a power cut
     could bring back the old pointer. The file and its directory are now fsynced before point() returns."""

@@ -50,6 +50,7 @@ GATE_NEW, GATE_SERVED = "gate_new_metrics.json", "gate_served_metrics.json"
 PID_FILE = "job.pid"  # the running step's {pid, pgid, start}: a server that finds the job unfinished kills the group
 LOG_FILE = "train.log"  # each step's output, for the operator (responses show a redacted last line)
 LOCK_FILE = ".server.lock"  # held by the one server that uses the training dir
+LAST_FILE = "last_round"  # the highest round number ever given: a pruned round's number is never given again
 
 
 @dataclass
@@ -118,7 +119,8 @@ class TrainingQueue:
         out for the promotion gate) written into it."""
         if self.running:
             raise Busy(self.running)
-        k = max((k for k, _ in self._rounds()), default=0) + 1
+        k = max(max((k for k, _ in self._rounds()), default=0), self._last()) + 1
+        atomic_write_text(self.root / LAST_FILE, f"{k}\n", durable=True)  # before the dir: a kill cannot reuse k
         job = Job(k, f"round_{k}", started=time.time(), export=dict(counts or {}))
         (self.root / job.round).mkdir()  # FileExistsError if another process took it: never write into a kept round
         atomic_write_text(self.root / job.round / EXPORT_FILE, json.dumps(export, ensure_ascii=False))
@@ -128,6 +130,12 @@ class TrainingQueue:
         self.jobs.append(job)
         self.running = job
         return job
+
+    def _last(self) -> int:
+        try:
+            return int((self.root / LAST_FILE).read_text())
+        except (OSError, ValueError):
+            return 0
 
     def model_dir(self, job: Job) -> Path:
         return self.model_dir_of(job.round)

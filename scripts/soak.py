@@ -6,8 +6,9 @@ same training dir) — and checked all along: the served model is never lost (it
 server serves what `current.json` names), a round worse on purpose is never served, a promoted round never scored
 below the model it replaced, the newest --keep-rounds promoted rounds (rollback targets) are never pruned, no
 training process outlives its server (not even a SIGKILLed one), rounds on disk stay within --keep-rounds + the
-served + the running one, no round number is given twice, and no request gets a 5xx outside a restart. Real uvicorn, real HTTP, real `train --init`
-and gate processes; the gate scores on 400 CoNLL-2003 dev sentences (--promote-data).
+served + the running one, no round number is given twice, and no request gets a 5xx outside a restart. Real
+uvicorn, real HTTP, real `train --init` and gate processes; the gate scores on 400 CoNLL-2003 dev sentences
+(--promote-data).
 
   python scripts/soak.py --minutes 30 --output benchmarks/results/soak.json
 

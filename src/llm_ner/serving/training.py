@@ -317,7 +317,9 @@ def _start_time(pid: int) -> str | None:
 
 
 def _group_members(pgid: int, not_before: int) -> list[int]:
-    out = []
+    out: list[int] = []
+    if not Path("/proc").is_dir():  # not Linux: the parent-death signal is Linux's too; nothing to find here
+        return out
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:

@@ -1,7 +1,7 @@
 """Soak the model-in-the-loop (issues 34, 43): `llm-ner serve` with retraining on and the promotion gate at margin 0,
 left running for N minutes under mixed load — prediction clients, training triggers (`/train` with a fresh slice of
-CoNLL-2003 as a Label Studio export, 409 while a job runs; every fourth export worse on purpose: its entity types
-rotated, PER marked LOC and so on), rollbacks, and restarts (SIGTERM, the last one SIGKILL, then a new server on the
+CoNLL-2003 as a Label Studio export, 409 while a job runs; every fourth export worse on purpose: submitted with no
+entity marked), rollbacks, and restarts (SIGTERM, the last one SIGKILL, then a new server on the
 same training dir) — and checked all along: the served model is never lost (its files are on disk, the restarted
 server serves what `current.json` names), a round worse on purpose is never served, a promoted round never scored
 below the model it replaced, the newest --keep-rounds promoted rounds (rollback targets) are never pruned, no
@@ -52,13 +52,12 @@ def tiny_model(work: Path) -> Path:
     return out / "model"
 
 
-ROTATE = {"PER": "LOC", "LOC": "ORG", "ORG": "MISC", "MISC": "PER"}  # a worse-on-purpose export's labels
-
-
-def ls_task(k: int, sent, rotate: bool = False) -> dict:
+def ls_task(k: int, sent, worse: bool = False) -> dict:
     """A CoNLL sentence as a Label Studio task with one submitted annotation (and a prediction, which must be
-    dropped), sometimes skipped instead (a cancelled annotation, which must not become a label); `rotate`: every
-    entity under the wrong type."""
+    dropped), sometimes skipped instead (a cancelled annotation, which must not become a label); `worse`: submitted
+    with no entity marked (an annotator who clicked through). Types rotated instead (PER as LOC ...) were tried first:
+    on the tiny model one such round scored 35.39 against the served 33.90 on the gold held-out data — not worse, so
+    the gate rightly served it."""
     from llm_ner.data.schemes import spans
 
     starts, pos = [], 0
@@ -68,9 +67,8 @@ def ls_task(k: int, sent, rotate: bool = False) -> dict:
     text = " ".join(sent.tokens)
     ends = [s + len(t) for s, t in zip(starts, sent.tokens, strict=True)]
     result = [{"type": "labels", "from_name": "label", "to_name": "text",  # spans(): (type, first, last inclusive)
-               "value": {"start": starts[f], "end": ends[la], "text": text[starts[f]:ends[la]],
-                         "labels": [ROTATE[lab] if rotate else lab]}}
-              for lab, f, la in spans(sent.tags)]
+               "value": {"start": starts[f], "end": ends[la], "text": text[starts[f]:ends[la]], "labels": [lab]}}
+              for lab, f, la in ([] if worse else spans(sent.tags))]
     skipped = k % 9 == 0
     return {"id": k, "data": {"text": text}, "predictions": [{"result": [], "model_version": "x"}],
             "annotations": [{"result": [] if skipped else result, "was_cancelled": skipped}]}
@@ -204,7 +202,7 @@ def main() -> None:
     n_train = 0
     while time.time() < stop_at:
         worse = n_train % 4 == 3
-        export = [ls_task(k + i, s, rotate=worse) for i, s in enumerate(rng.sample(sents, 40))]
+        export = [ls_task(k + i, s, worse=worse) for i, s in enumerate(rng.sample(sents, 40))]
         k += 40
         status, body = call(server.url, "/train", {"annotations": export}, key=TRAIN_KEY)
         count("train", status)
@@ -261,7 +259,8 @@ def main() -> None:
            "restarts": stats["restarts"], "checks": stats["checks"], "versions_served": len(stats["versions"]),
            "latency_ms": {"p50": round(statistics.median(lat), 1), "p95": round(lat[int(0.95 * len(lat))], 1)}
            if lat else None,
-           "jobs": {s: sum(j[0] == s for j in jobs) for s in {j[0] for j in jobs}},
+           # a round pruned between two checks keeps the status it was last seen with ("running": its end unseen)
+           "jobs_last_seen": {s: sum(j[0] == s for j in jobs) for s in {j[0] for j in jobs}},
            "promoted": sum(j[1] is True for j in jobs), "kept_not_served": sum(j[1] is False for j in jobs),
            "worse_on_purpose": {r: stats["jobs"].get(r) for r in sorted(stats["worse"])},
            "worse_scored_below_served": sum(1 for r in stats["worse"] if (j := stats["jobs"].get(r)) and j[2]

@@ -70,6 +70,7 @@ class Retrainer:
     def __init__(self, cfg: ServeConfig, queue: TrainingQueue, served: Served):
         self.cfg, self.queue, self.served = cfg, queue, served
         queue.protect = lambda: Path(served.model_dir)
+        queue.prune(queue.protect())  # what an earlier server left (an interrupted round) within the cap at start
 
     async def start(self, tasks: object) -> JSONResponse:
         cfg, queue = self.cfg, self.queue

@@ -174,7 +174,9 @@ def fetch_export(base_url: str, token: str, project_id: str, dest: Path, timeout
     except (OSError, http.client.HTTPException) as e:
         if expired.is_set():
             raise TimeoutError(f"the export took more than {timeout:g} s") from None
-        raise e if isinstance(e, OSError) else ConnectionError(f"{type(e).__name__}: {e}") from None
+        if isinstance(e, OSError):
+            raise
+        raise ConnectionError(f"{type(e).__name__}: {e}") from None  # a malformed answer: the caller's OSError
     finally:
         timer.cancel()
         conn.close()

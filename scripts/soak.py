@@ -1,7 +1,7 @@
 """Soak the model-in-the-loop (issues 34, 43): `llm-ner serve` with retraining on and the promotion gate at margin 0,
 left running for N minutes under mixed load — prediction clients, training triggers (`/train` with a fresh slice of
-CoNLL-2003 as a Label Studio export, 409 while a job runs; every fourth export worse on purpose: submitted with no
-entity marked), rollbacks, and restarts (SIGTERM, the last one SIGKILL, then a new server on the
+CoNLL-2003 as a Label Studio export, 409 while a job runs; every fourth export worse on purpose: the true entities
+left out, other words marked), rollbacks, and restarts (SIGTERM, the last one SIGKILL, then a new server on the
 same training dir) — and checked all along: the served model is never lost (its files are on disk, the restarted
 server serves what `current.json` names), a round worse on purpose is never served, a promoted round never scored
 below the model it replaced, the newest --keep-rounds promoted rounds (rollback targets) are never pruned, no
@@ -54,10 +54,11 @@ def tiny_model(work: Path) -> Path:
 
 def ls_task(k: int, sent, worse: bool = False) -> dict:
     """A CoNLL sentence as a Label Studio task with one submitted annotation (and a prediction, which must be
-    dropped), sometimes skipped instead (a cancelled annotation, which must not become a label); `worse`: submitted
-    with no entity marked (an annotator who clicked through). Types rotated instead (PER as LOC ...) were tried first:
-    on the tiny model one such round scored 35.39 against the served 33.90 on the gold held-out data — not worse, so
-    the gate rightly served it."""
+    dropped), sometimes skipped instead (a cancelled annotation, which must not become a label); `worse`: the true
+    entities left out and words outside them marked instead, under a type by turn (noise an annotator would not make
+    by accident). Tried before: types rotated (PER as LOC ...) — on the tiny model one such round scored 35.39
+    against the served 33.90 on the gold held-out data, not worse, so the gate rightly served it; no entity at all —
+    `train` refuses an export without entities, so the round never reached the gate."""
     from llm_ner.data.schemes import spans
 
     starts, pos = [], 0
@@ -68,10 +69,16 @@ def ls_task(k: int, sent, worse: bool = False) -> dict:
     ends = [s + len(t) for s, t in zip(starts, sent.tokens, strict=True)]
     result = [{"type": "labels", "from_name": "label", "to_name": "text",  # spans(): (type, first, last inclusive)
                "value": {"start": starts[f], "end": ends[la], "text": text[starts[f]:ends[la]], "labels": [lab]}}
-              for lab, f, la in ([] if worse else spans(sent.tags))]
+              for lab, f, la in (_noise(sent, k) if worse else spans(sent.tags))]
     skipped = k % 9 == 0
     return {"id": k, "data": {"text": text}, "predictions": [{"result": [], "model_version": "x"}],
             "annotations": [{"result": [] if skipped else result, "was_cancelled": skipped}]}
+
+
+def _noise(sent, k: int) -> list[tuple[str, int, int]]:
+    """One-word spans on every other word outside the true entities, types in turn."""
+    outside = [i for i, t in enumerate(sent.tags) if t == "O"][k % 2::2]
+    return [(("PER", "LOC", "ORG", "MISC")[(k + j) % 4], i, i) for j, i in enumerate(outside)]
 
 
 def call(url: str, path: str, body=None, key: str = KEY, timeout: float = 120):

@@ -48,15 +48,18 @@ def train_on(cfg: RunConfig, sentences: Sequence[Sentence], run_dir: Path, progr
     """`cfg` trained on exactly `sentences` (written into the run dir as CoNLL) at the config's budget (`budgeted`)
     — or the finished run's summary."""
     summary = run_dir / rundir.SUMMARY
-    if summary.is_file() and (was := json.loads(summary.read_text()).get("backbone")) != cfg.model.backbone:
-        raise DataError(f"{run_dir} holds a finished run of {was}, not {cfg.model.backbone}: give another --output")
-    if not summary.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_conll(run_dir / "labelled.conll", sentences, None)
-        cfg = budgeted(cfg, len(sentences)).model_copy(update={"output": str(run_dir), "data": cfg.data.model_copy(
-            update={"train": str(run_dir / "labelled.conll"), "max_train_sentences": None})})
-        train(cfg, progress=progress)
-    return json.loads((run_dir / rundir.SUMMARY).read_text())
+    if summary.is_file():  # a finished run is reused — only if it trained this backbone
+        done = json.loads(summary.read_text())
+        if done.get("backbone") != cfg.model.backbone:
+            raise DataError(f"{run_dir} holds a finished run of {done.get('backbone')}, not {cfg.model.backbone}: "
+                            "give another --output")
+        return done
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_conll(run_dir / "labelled.conll", sentences, None)
+    cfg = budgeted(cfg, len(sentences)).model_copy(update={"output": str(run_dir), "data": cfg.data.model_copy(
+        update={"train": str(run_dir / "labelled.conll"), "max_train_sentences": None})})
+    train(cfg, progress=progress)
+    return json.loads(summary.read_text())
 
 
 def learning_curve(config: str, sizes: Sequence[int | None], seeds: Sequence[int], systems: Sequence[str],

@@ -19,6 +19,7 @@ from .errors import UserError
 
 Mode = Literal["lora", "full", "frozen"]
 BUNDLED_CORPORA = ("conll2003", "wnut17")  # corpora shipped in the package, with train / valid / test splits
+ADAPT_RECORD = "llm_ner_adapt.json"  # what `llm-ner adapt` writes beside the backbone it adapted (training/adapt.py)
 
 
 class _Strict(BaseModel):
@@ -63,6 +64,10 @@ class ModelConfig(_Strict):
     unmask: str | list[int] = "all"  # all | none | upper_half | lower_half | middle_third | "A-B" | [layer, ...]
     head_layers: list[int] = Field(default_factory=lambda: [-1])
     head_dropout: float = 0.1
+    # The head's rows at the start of training. random: N(0, 0.02). names: each type's B- and I- rows point where the
+    # backbone puts the type's name ("person" for PER: labels.TYPE_WORDS); descriptions: the label schema's one-line
+    # description where there is one, else the name (training/head_init.py).
+    head_init: Literal["random", "names", "descriptions"] = "random"
     crf: bool = True
     label_all_subtokens: bool = False
     max_length: int = 256
@@ -174,6 +179,44 @@ class RunConfig(_Strict):
         if self.model.freeze_layers and self.training.mode != "full":  # lora / frozen: it would be ignored
             raise ValueError(f"model.freeze_layers applies to training.mode full, not {self.training.mode}")
         return self
+
+
+class AdaptConfig(_Strict):
+    """`llm-ner adapt`: continued pre-training of a backbone on unlabelled text before any label (training/adapt.py).
+    Decoders: masked next-token prediction through the attention fine-tuning will use (LLM2Vec's MNTP: a share of
+    the tokens masked, token i predicted from position i-1 by the model's own LM head); encoders: masked-LM."""
+
+    backbone: str = "gemma3-270m"  # alias, hub id, local dir or .gguf, as model.backbone
+    gguf_file: str | None = None
+    # The text: a file in any format `predict` reads (its words only; tags never), or a bundled split
+    # (conll2003:train). Never the dev or test text of a run you will score.
+    pool: str = "conll2003:train"
+    pool_format: str = "auto"  # auto or a name from the format registry (llm_ner.data.formats.FORMATS)
+    objective: Literal["auto", "mntp", "mlm"] = "auto"  # auto: mntp for a decoder, mlm for an encoder
+    unmask: str | list[int] = "all"  # decoders: the layers adapted bidirectional (as model.unmask; "none": causal)
+    attn_implementation: Literal["sdpa", "eager"] = "eager"  # eager: faster bf16 backward on a CPU (model section)
+    mask_ratio: float = Field(default=0.2, gt=0, lt=1)  # LLM2Vec's MNTP configs mask 20 %; BERT masked 15 %
+    max_length: int = Field(default=128, ge=8)  # tokens a chunk (the pool's texts are joined, then cut)
+    batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    weight_decay: float = 0.0
+    # The budget: steps (> 0), else tokens (the pool read once when neither is set); `minutes` stops earlier
+    # whatever the schedule (the record says so).
+    max_steps: int = -1
+    max_tokens: int | None = Field(default=None, ge=1)
+    minutes: float | None = Field(default=None, gt=0)
+    heldout_chunks: int = Field(default=32, ge=1)  # the pool's last chunks, never trained on: the loss before/after
+    # The input embeddings (and a tied LM head with them) keep their pre-trained values: a step touches few of the
+    # 262k rows, and the head that scores the masked tokens should not drift to make the task easy.
+    train_embeddings: bool = False
+    save_steps: int = 25
+    logging_steps: int = 5
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16"] = "bf16"  # bf16: autocast where the CPU computes bf16 natively
+    threads: int | None = None
+    output: str = "runs/adapted"
 
 
 class ConfigError(UserError, ValueError):
@@ -309,7 +352,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None, b
     recipes = raw.get("recipes") or {}
     if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
         raise ConfigError(f"{path or 'config'}: recipes: expected backbone: {{dotted.key: value}}")
-    for k, v in recipes.get(backbone, {}).items():
+    for k, v in recipes.get(backbone, recipes.get(adapted_from(backbone), {})).items():
         _set_dotted(raw, k, v)
     for k, v in overrides.items():  # None is a value here (--set data.test=null); callers drop unset flags
         _set_dotted(raw, k, v)
@@ -318,6 +361,18 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None, b
     except ValidationError as e:
         n = len(e.errors())
         raise ConfigError(f"{path or 'config'}: {first_error(e)}" + (f" ({n} errors)" if n > 1 else "")) from None
+
+
+def adapted_from(backbone: str) -> str:
+    """The backbone an adapted one (`llm-ner adapt`'s output dir) started from, named as it was; else itself. An
+    adapted backbone trains with its base's recipe unless the config has a recipe for the dir itself."""
+    record = Path(backbone) / ADAPT_RECORD
+    if not record.is_file():
+        return backbone
+    try:
+        return str(json.loads(record.read_text()).get("adapted_from", backbone))
+    except (OSError, json.JSONDecodeError):
+        return backbone
 
 
 def parse_set(items: list[str] | None) -> dict:

@@ -113,6 +113,20 @@ class LabelSet:
         return cls.from_types(names, desc)
 
 
+# What the common type abbreviations mean, in words a language model has read (head_init: names). A type not here is
+# read as its own name, "_" and "-" as spaces ("creative-work" -> "creative work").
+TYPE_WORDS = {"PER": "person", "PERSON": "person", "LOC": "location", "ORG": "organisation",
+              "MISC": "other named entity", "GPE": "country or city", "NORP": "nationality or group",
+              "FAC": "building or facility", "DATE": "date", "TIME": "time", "MONEY": "money"}
+
+
+def type_phrase(labels: LabelSet, type_: str, describe: bool = False) -> str:
+    """A type in words: its schema description (describe=True, where there is one), else its name spelled out."""
+    if describe and labels.descriptions.get(type_):
+        return labels.descriptions[type_]
+    return TYPE_WORDS.get(type_.upper(), type_.replace("_", " ").replace("-", " ").lower())
+
+
 def label_set_for(train: Sequence[Sentence], schema: str | Path | None = None, train_name: str = "train") -> LabelSet:
     """A model's labels: the schema file's types if one is given (every training type must be in it), else the types
     found in the training data. The check `llm-ner validate --schema` runs too."""

@@ -56,6 +56,41 @@ def train(
     run_train(load_config(config, overrides(flags, set_)), resume=resume, progress=progress)
 
 
+@command()
+def adapt(
+    model: Annotated[str, Opt(help="backbone to adapt: alias, hub id, dir or .gguf")] = "gemma3-270m",
+    pool: Annotated[str, Opt(help="unlabelled text: a file `predict` reads, or a bundled split (conll2003:train); "
+                                  "never the dev or test text you will score on")] = "conll2003:train",
+    output: Annotated[str, Opt(help="the adapted backbone's dir (then: train --model OUTPUT)")] = "runs/adapted",
+    minutes: Annotated[float | None, Opt(help="stop after this many minutes of training")] = None,
+    max_steps: Annotated[int | None, Opt(help="optimizer steps (default: the pool once, or --max-tokens)")] = None,
+    max_tokens: Annotated[int | None, Opt(help="tokens to train on")] = None,
+    set_: SetKeys = None,
+    resume: Annotated[bool, Opt(help="continue from the last checkpoint in OUTPUT/checkpoints")] = False,
+    progress: Progress = True,
+    verbose: Verbose = False,
+) -> None:
+    """Adapt a backbone to bidirectional attention on unlabelled text before fine-tuning (masked next-token
+    prediction for a decoder, as LLM2Vec; masked-LM for an encoder). --set takes the adapt section's keys
+    (mask_ratio, max_length, batch_size, learning_rate, unmask, ...)."""
+    setup_logging(verbose)
+    from pydantic import ValidationError
+
+    from ..config import AdaptConfig, ConfigError, first_error
+    from ..training.adapt import adapt as run_adapt
+
+    flags = {"backbone": model, "pool": pool, "output": output, "minutes": minutes, "max_steps": max_steps,
+             "max_tokens": max_tokens}
+    try:
+        cfg = AdaptConfig.model_validate(overrides(flags, set_))
+    except ValidationError as e:
+        raise ConfigError(f"adapt: {first_error(e)}") from None
+    record = run_adapt(cfg, resume=resume, progress=progress)
+    print(f"adapted {record['backbone']} -> {cfg.output}: {record['steps']} steps, {record['tokens_seen']:,} tokens, "
+          f"{record['minutes']} min; held-out masked-token loss {record['heldout_loss_before']} -> "
+          f"{record['heldout_loss_after']}")
+
+
 @command("encoder", baseline_app)
 def baseline_encoder(
     config: Annotated[str | None, Opt(help="run config whose data section to reuse (e.g. quickstart)")] = "quickstart",
@@ -147,6 +182,8 @@ def learning_curve(
                                                  "runs (its own recipe)")] = None,
     keep_models: Annotated[bool, Opt(help="keep each run's checkpoints and model (by default dropped once its "
                                             "point is recorded)")] = False,
+    adapt: Annotated[bool, Opt(help="adapt each backbone on the training split's text first (llm-ner adapt, once, "
+                                     "in OUTPUT/adapted) and train every point from it")] = False,
     progress: Progress = True,
     verbose: Verbose = False,
 ) -> None:
@@ -172,10 +209,23 @@ def learning_curve(
     models = sides(config, llm_model or own["llm"].get("model.backbone"),
                    encoder_model or own["encoder"].get("model.backbone"), parse_set(set_))
     fetch_missing([models[s] for s in chosen], progress)
+    if adapt:
+        models = adapted_sides(config, models, chosen, output, progress)
     own = {s: {**own[s], "model.backbone": models[s]} for s in own}
     rows = run_curve(config, points, seed_list, chosen, output, seeds_up_to, parse_set(set_), own, progress,
                      keep_models)
     typer.echo(table(rows))
+
+
+def adapted_sides(config: str, models: dict[str, str], chosen: list[str], output: str, progress: bool) -> dict:
+    """Each chosen side's backbone adapted on the config's training text (one adapted backbone, reused)."""
+    from pathlib import Path
+
+    from ..config import load_config
+    from ..training.adapt import adapted_backbone
+
+    pool = load_config(config).data.train
+    return {s: adapted_backbone(m, pool, Path(output), progress) if s in chosen else m for s, m in models.items()}
 
 
 @command()
@@ -190,6 +240,8 @@ def compare(
     llm_model: LLMModel = None,
     encoder_model: EncoderModel = None,
     rerun: Annotated[bool, Opt(help="re-run systems even if their run dir is finished")] = False,
+    adapt: Annotated[bool, Opt(help="adapt the LLM and the encoder on the training split's text first (llm-ner "
+                                     "adapt, in OUTPUT/adapted)")] = False,
     progress: Progress = True,
 ) -> None:
     """Train/evaluate (or reuse) the LLM model, the encoder and the prompted baseline; print one table."""
@@ -205,6 +257,8 @@ def compare(
     runs = {"llm": llm_run, "encoder": encoder_run, "prompt": prompt_run}
     models = sides(config, llm_model, encoder_model)
     fetch_missing([models[s] for s in chosen if s in models and not runs[s]], progress)
+    if adapt:
+        models = adapted_sides(config, models, [s for s in chosen if s in models and not runs[s]], output, progress)
     rows = run_compare(config, output, prompt_sentences, chosen, runs, rerun, progress, models)
     typer.echo(table_markdown(rows))
 

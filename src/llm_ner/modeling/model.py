@@ -267,19 +267,10 @@ class LLMForTokenClassification(nn.Module):
     def _swap_band_mask(self, module, args, kwargs):
         return self._swap_mask(module, args, kwargs, self._band_mask)
 
-    # ------------------------------------------------------------------------------------------------------------
-    def forward(
-        self,
-        input_ids: torch.Tensor,  # (B,T)
-        attention_mask: torch.Tensor,  # (B,T) 1 = token, 0 = pad (right padding)
-        word_positions: torch.Tensor,  # (B,W) index of each word's first sub-token
-        word_mask: torch.Tensor,  # (B,W) 1 = real word
-        labels: torch.Tensor | None = None,  # (B,W) tag ids, -100 = ignore
-        token_labels: torch.Tensor | None = None,  # (B,T) tag ids per sub-token (label_all_subtokens), -100 = ignore
-        segment_ids: torch.Tensor | None = None,  # (B,T) packed rows (inference): 0 = pad, k = k-th sequence
-        position_ids: torch.Tensor | None = None,  # (B,T) positions restarting at 0 for each packed sequence
-        loss_denominators: torch.Tensor | None = None,  # (2,) of the whole batch when this is one pass of it
-    ) -> TokenClassifierOutput:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, segment_ids: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,T) tokens -> (B,T,H) fp32 hidden states as the head reads them: the transformed attention, the chosen
+        layer(s), each token's last copy under repetition. Adaptation (training/adapt.py) trains through this too."""
         dtype = self.backbone.get_input_embeddings().weight.dtype
         last_copy = None
         if self.length_factor > 1:
@@ -308,7 +299,22 @@ class LLMForTokenClassification(nn.Module):
             h = out.last_hidden_state.float()  # (B,T,H)
         if last_copy is not None:  # (B,rT,H) -> (B,T,H): each token's last copy
             h = h.gather(1, last_copy.unsqueeze(-1).expand(-1, -1, h.size(-1)))
+        return h
 
+    # ------------------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B,T)
+        attention_mask: torch.Tensor,  # (B,T) 1 = token, 0 = pad (right padding)
+        word_positions: torch.Tensor,  # (B,W) index of each word's first sub-token
+        word_mask: torch.Tensor,  # (B,W) 1 = real word
+        labels: torch.Tensor | None = None,  # (B,W) tag ids, -100 = ignore
+        token_labels: torch.Tensor | None = None,  # (B,T) tag ids per sub-token (label_all_subtokens), -100 = ignore
+        segment_ids: torch.Tensor | None = None,  # (B,T) packed rows (inference): 0 = pad, k = k-th sequence
+        position_ids: torch.Tensor | None = None,  # (B,T) positions restarting at 0 for each packed sequence
+        loss_denominators: torch.Tensor | None = None,  # (2,) of the whole batch when this is one pass of it
+    ) -> TokenClassifierOutput:
+        h = self.encode(input_ids, attention_mask, segment_ids, position_ids)  # (B,T,H)
         logits = self.classifier(self.dropout(h))  # (B,T,C)
         C = logits.size(-1)
         word_logits = logits.gather(1, word_positions.unsqueeze(-1).expand(-1, -1, C))  # (B,W,C)

@@ -46,6 +46,7 @@ from ..labels import LabelSet, label_set_for
 from ..modeling import backbones
 from ..modeling.align import collate, encode_sentences, split_batch, window_feature
 from ..modeling.model import LLMForTokenClassification, read_model_config
+from .head_init import init_head
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,31 @@ class MetricsLogger(TrainerCallback):
                 f.write(json.dumps(rec) + "\n")
 
 
-class NERTrainer(Trainer):
+class TrainableOnlyTrainer(Trainer):
+    """A Trainer whose checkpoints hold only what trains (and our buffers), not the frozen weights (training and
+    adaptation, training/adapt.py, share it)."""
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # Checkpoints hold only what trains (LoRA/head, see _save) and our buffers: the frozen backbone is missing by
+        # design. (The base method also reads PreTrainedModel attributes this nn.Module lacks: resuming a LoRA run
+        # raised AttributeError.) Anything else missing or extra means the run's config changed since the checkpoint.
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        missing = [k for k in load_result.missing_keys if k in trainable]
+        if missing or load_result.unexpected_keys:
+            raise TrainError(f"the checkpoint does not match this run's model (config changed since?): missing "
+                             f"{missing[:3]}, unexpected {load_result.unexpected_keys[:3]}")
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        trainable = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+        buffers = {n: b.detach().cpu().contiguous() for n, b in self.model.named_buffers()
+                   if ".backbone." not in f".{n}"}
+        save_file({**trainable, **buffers}, str(out / "model.safetensors"), metadata={"format": "pt"})
+        torch.save(self.args, out / "training_args.bin")
+
+
+class NERTrainer(TrainableOnlyTrainer):
     def __init__(self, *args, dev: list[Sentence] | None, ner_tokenizer, run_dir: Path, patience: int | None,
                  eval_batch_size: int, max_tokens_per_pass: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -196,25 +221,6 @@ class NERTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-    def _issue_warnings_after_load(self, load_result) -> None:
-        # Checkpoints hold only what trains (LoRA/head, see _save) and our buffers: the frozen backbone is missing by
-        # design. (The base method also reads PreTrainedModel attributes this nn.Module lacks: resuming a LoRA run
-        # raised AttributeError.) Anything else missing or extra means the run's config changed since the checkpoint.
-        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        missing = [k for k in load_result.missing_keys if k in trainable]
-        if missing or load_result.unexpected_keys:
-            raise TrainError(f"the checkpoint does not match this run's model (config changed since?): missing "
-                             f"{missing[:3]}, unexpected {load_result.unexpected_keys[:3]}")
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        out = Path(output_dir or self.args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        trainable = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
-        buffers = {n: b.detach().cpu().contiguous() for n, b in self.model.named_buffers()
-                   if not n.startswith("backbone.")}
-        save_file({**trainable, **buffers}, str(out / "model.safetensors"), metadata={"format": "pt"})
-        torch.save(self.args, out / "training_args.bin")
 
 
 def make_optimizer(model: LLMForTokenClassification, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -481,6 +487,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, callbacks: list | None)
     last = prepare_run_dir(cfg, resume, main=rank == 0)
     tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.gguf_file)
     model = build_model(cfg, splits.labels)
+    if not cfg.training.init:  # a continued model keeps its trained head
+        init_head(model, tokenizer)
     features = make_features(cfg, tokenizer, model, splits.train)
     n_tokens = sum(len(f["input_ids"]) for f in features)
     log.info("train: %d sentences -> %d windows, %d tokens; params %s", len(splits.train), len(features), n_tokens,

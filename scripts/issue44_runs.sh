@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 44's runs at the quickstart budget, one after another (never two torch processes at once on 2 cores):
+# adapt each backbone on the CoNLL-2003 training text (its words only) with the same step and token budget, then
+# the quickstart config on the adapted backbone, each backbone on its own recipe (config.py `adapted_from`).
+# Each finished run's record is kept (scripts/keep_run.sh) and its checkpoints dropped.
+#   scripts/issue44_runs.sh STEP...   (adapt-gemma qs-gemma-42 adapt-eg qs-eg-42 ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=${RUNS:-runs}
+keep() { scripts/keep_run.sh "$1" >/dev/null; rm -rf "$1/checkpoints"; }
+qs() {  # qs NAME BACKBONE SEED [--set ...]
+  local name=$1 backbone=$2 seed=$3; shift 3
+  [ -f "$R/$name/summary.json" ] && [ -f docs/runs/$name/summary.json ] && return 0
+  llm-ner train --config quickstart --model "$backbone" --seed "$seed" --output "$R/$name" --no-progress "$@" \
+    $( [ -d "$R/$name/checkpoints" ] && echo --resume ) && keep "$R/$name"
+}
+adapt() {  # adapt BACKBONE
+  local out="$R/adapted/$1"
+  [ -f "$out/llm_ner_adapt.json" ] && return 0
+  llm-ner adapt --model "$1" --pool conll2003:train --output "$out" --max-steps "${ADAPT_STEPS:-100}" --no-progress \
+    $( [ -d "$out" ] && echo --resume )
+  mkdir -p docs/runs/adapt_$1 && cp "$out/llm_ner_adapt.json" docs/runs/adapt_$1/
+}
+for step in "$@"; do
+  case $step in
+    adapt-gemma) adapt gemma3-270m ;;
+    adapt-eg) adapt embeddinggemma-300m ;;
+    qs-gemma-*) qs "qsa_gemma3-270m_${step##*-}" "$R/adapted/gemma3-270m" "${step##*-}" ;;
+    qs-eg-*) qs "qsa_embeddinggemma-300m_${step##*-}" "$R/adapted/embeddinggemma-300m" "${step##*-}" ;;
+    qsn-gemma-*) qs "qsa_names_gemma3-270m_${step##*-}" "$R/adapted/gemma3-270m" "${step##*-}" \
+                    --set model.head_init=names ;;
+    qsn-raw-gemma-*) qs "qs_names_gemma3-270m_${step##*-}" gemma3-270m "${step##*-}" --set model.head_init=names ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done

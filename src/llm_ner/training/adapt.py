@@ -172,9 +172,10 @@ def heldout_loss(model: MaskedTokenModel, batches: list[dict], precision: str | 
     """Mean masked-token loss over fixed batches (the same masks before and after adaptation)."""
     model.eval()
     total = 0.0
-    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
         for b in batches:
-            total += float(model(**b)["loss"])
+            total += float(model(**{k: v.to(device) for k, v in b.items()})["loss"])
     model.train()
     return total / len(batches)
 

@@ -52,7 +52,7 @@ def test_entity_score_without_crf_is_the_product_of_its_event(tiny_llama):
     logits[0, 0, t["B-PER"]] = logits[0, 1, t["I-PER"]] = 8.0  # B-PER I-PER then something else
     logits[0, 2, t["O"]] = logits[0, 3, t["O"]] = 8.0
     mask = torch.ones(1, 4, dtype=torch.bool)
-    paths, conf = model.decode(logits, mask)
+    paths, conf = model.decoder.decode(logits, mask)
     p = torch.softmax(logits[0], -1)
     want = p[0, t["B-PER"]] * p[1, t["I-PER"]] * (1 - p[2, t["I-PER"]])
     assert paths[0][:2] == [t["B-PER"], t["I-PER"]]

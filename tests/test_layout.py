@@ -10,13 +10,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "llm_ner"
 
-# Bottom to top: data -> labels -> model -> inference -> evaluation -> training -> baselines / comparison -> report ->
+# Bottom to top: data -> labels -> model -> run dirs -> inference -> evaluation -> training -> baselines / comparison -> report ->
 # serving -> cli. Inference and evaluation sit below training, because training selects its best model by predicting
 # and scoring the dev set and ends with the test step.
 STAGES = [
     "errors", "fsutil", "device", "config",  # core: every stage may use them
-    "data", "labels", "rundir",
-    "modeling", "inference", "evaluation", "training",
+    "data", "labels",
+    "modeling", "rundir", "inference", "evaluation", "training",
     "baselines", "active", "comparison", "report",
     "serving", "cli", "__init__",
 ]

@@ -7,7 +7,8 @@ from tiny import ner_config
 from llm_ner.data import Sentence
 from llm_ner.labels import LabelSet
 from llm_ner.modeling.align import collate, encode_sentences, window_feature
-from llm_ner.modeling.model import LLMForTokenClassification, ModelLoadError, resolve_layers
+from llm_ner.modeling.model import LLMForTokenClassification, resolve_layers
+from llm_ner.modeling.persistence import ModelLoadError
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 

@@ -34,12 +34,12 @@ def test_path_logprob_is_the_crf_likelihood_or_the_softmax_sum(tiny_ner_dir):
     m = NERModel.from_pretrained(tiny_ner_dir).model
     torch.manual_seed(1)
     logits, mask = torch.randn(2, 5, len(m.labels.tags)), torch.tensor([[1] * 5, [1] * 3 + [0] * 2]).bool()
-    paths, _ = m.decode(logits, mask)
-    lp = m.path_logprob(logits, mask, paths)
+    paths, _ = m.decoder.decode(logits, mask)
+    lp = m.decoder.path_logprob(logits, mask, paths)
     assert lp.shape == (2,) and (lp <= 0).all()
     if m.crf is not None:  # the Viterbi path is the likeliest: no other allowed path beats it
         other = [[0] * len(p) for p in paths]  # all O: allowed
-        assert (m.path_logprob(logits, mask, other) <= lp + 1e-6).all()
+        assert (m.decoder.path_logprob(logits, mask, other) <= lp + 1e-6).all()
 
 
 def test_uncertainty_picks_the_least_sure_and_skips_repeats_and_labelled(tiny_ner_dir, tmp_path):

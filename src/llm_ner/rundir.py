@@ -15,11 +15,14 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
 from .config import NERConfig, load_config
 from .data import DataError, Sentence, load_split, read_predictions
+from .modeling import persistence
+from .modeling.backbones import is_encoder
 
 CONFIG = "config.yaml"
 MODEL = "model"
@@ -32,19 +35,8 @@ TEST_PREDICTIONS = "test_predictions.conll"
 ANALYSIS = "analysis.json"
 PROMPT_STATS = "prompt_stats.json"
 BEST = "best.json"  # inside model/: the best dev F1 so far, survives a kill
-MODEL_CONFIG = "llm_ner_config.json"  # inside model/ (model.CONFIG_NAME)
+MODEL_CONFIG = persistence.CONFIG_NAME  # inside model/
 CALIBRATION = "calibration.json"  # inside model/: temperature and score thresholds (calibrate.py)
-
-# Architectures that are encoders (masked-LM pre-training, bidirectional by design): how a run is told to be the
-# encoder baseline rather than an LLM, from the backbone's own config.json.
-ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "albert", "mpnet",
-                 "camembert", "modernbert", "ernie", "xlnet", "mobilebert", "funnel", "longformer", "bigbird"}
-
-
-def system_kind(model_type: str | None) -> str:
-    """'encoder' for a BERT-style backbone, else 'llm'."""
-    return "encoder" if (model_type or "").lower() in ENCODER_TYPES else "llm"
-
 
 def _json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -96,8 +88,8 @@ def load_run(run_dir: str | Path) -> Run:
         name = (mcfg or {}).get("model", {}).get("backbone") or summary.get("backbone")
         model_type = summary.get("model_type") or (_json(d / MODEL / "backbone" / "config.json") or {}).get(
             "model_type")
-        kind = summary.get("system") or ("encoder" if model_type is None and name == "minilm-l6"
-                                         else system_kind(model_type))
+        kind = summary.get("system") or ("encoder" if is_encoder(name or "", SimpleNamespace(model_type=model_type))
+                                         else "llm")
     curve = []
     if (d / METRICS).is_file():
         curve = [json.loads(x) for x in (d / METRICS).read_text().splitlines() if x.strip()]

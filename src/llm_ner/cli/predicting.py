@@ -132,7 +132,7 @@ def batch_predict(
     review: Review = False,
 ) -> None:
     """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
-    from ..modeling.model import read_model_config
+    from ..modeling.persistence import read_model_config
     from ..serving.batch import ray_predict
 
     check_score(min_score)
@@ -150,7 +150,8 @@ def export(
 ) -> None:
     """Write a standalone copy of a model dir (safetensors); --merge-lora folds the adapters in (no peft at load)."""
     from ..inference.engine import load_tokenizer
-    from ..modeling.model import LLMForTokenClassification, read_model_config
+    from ..modeling.model import LLMForTokenClassification
+    from ..modeling.persistence import read_model_config
 
     m = LLMForTokenClassification.from_pretrained(model)
     m.save_pretrained(output, tokenizer=load_tokenizer(model), merge_lora=merge_lora)

@@ -70,7 +70,7 @@ def serve(
     """HTTP service: demo page at /, POST /v1/entities, GET /v1/labels, /health, /metrics, OpenAPI docs at /docs;
     a Label Studio ML backend at /setup, /predict, /webhook (point a project's Model settings at this URL)."""
     setup_logging(verbose)
-    from ..modeling.model import read_model_config
+    from ..modeling.persistence import read_model_config
     from ..serving.serve import is_loopback, read_api_keys, run
 
     check_score(min_score)

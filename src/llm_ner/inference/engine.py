@@ -181,7 +181,7 @@ class NERModel:
             logits = self.model(**batch).logits  # (B,W,C); packed: every window's words side by side in its row
             t1 = time.perf_counter()
             logits, word_mask = unpack_word_logits(logits, where) if packed else (logits, batch["word_mask"])
-            paths, conf = self.model.decode(logits, word_mask, self.temperature)
+            paths, conf = self.model.decoder.decode(logits, word_mask, self.temperature)
             st["forward_s"] += t1 - t0
             st["decode_s"] += time.perf_counter() - t1
             st["tokens"] += int(batch["attention_mask"].sum())
@@ -198,7 +198,7 @@ class NERModel:
         out: list[tuple] = []
         for i in range(0, len(logits), batch):
             lg, mask = _padded(logits[i : i + batch])
-            paths, conf = self.model.decode(lg, mask, temperature)
+            paths, conf = self.model.decoder.decode(lg, mask, temperature)
             out += list(zip(paths, conf, strict=True))
         return out
 
@@ -210,7 +210,7 @@ class NERModel:
         for i in range(0, len(res), batch):
             chunk = res[i : i + batch]
             lg, mask = _padded([r[2] for r in chunk])
-            lp = self.model.path_logprob(lg, mask, [list(r[0]) for r in chunk])
+            lp = self.model.decoder.path_logprob(lg, mask, [list(r[0]) for r in chunk])
             out += (lp / mask.sum(1).clamp(min=1)).tolist()
         return out
 

@@ -172,13 +172,18 @@ _GEMMA = Family(int8_smoothing=False, quirks=(
 FAMILIES: dict[str, Family] = {
     "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA, "smollm3": _LLAMA,
     "gemma": _GEMMA, "gemma2": _GEMMA, "gemma3": _GEMMA, "gemma3_text": _GEMMA,
-    "bert": Family(lora_targets=("query", "key", "value", "dense"), int8_smoothing=False, encoder=True),
 }
+# Encoder architectures (masked-LM pre-training, bidirectional by design): a run on one is the encoder baseline.
+# LoRA targets are BERT's module names (a family that names them otherwise needs training.lora.targets).
+_ENCODER = Family(lora_targets=("query", "key", "value", "dense"), int8_smoothing=False, encoder=True)
+FAMILIES.update(dict.fromkeys((
+    "bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "albert", "mpnet",
+    "camembert", "modernbert", "ernie", "xlnet", "mobilebert", "funnel", "longformer", "bigbird"), _ENCODER))
 
 
 def family(model_type: str | None) -> Family:
     """The family's facts; an unknown family gets Llama's defaults (LoRA targets are checked against the modules)."""
-    return FAMILIES.get(model_type or "", _LLAMA)
+    return FAMILIES.get((model_type or "").lower(), _LLAMA)
 
 
 class BackboneError(UserError, RuntimeError):
@@ -280,3 +285,18 @@ def convert_gguf(src_dir: Path, gguf_file: str, out: Path) -> Path:
     tok.save_pretrained(tmp)
     replace_dir(tmp, out)
     return out
+
+
+def load(name: str, gguf_file: str | None, attn: str, trust_remote_code: bool, dtype=None):
+    """transformers' AutoModel (no LM head) from an alias, dir, GGUF or hub id. safetensors only."""
+    from transformers import AutoModel
+
+    path, gguf = resolve(name, gguf_file)
+    kwargs = dict(attn_implementation=attn, trust_remote_code=trust_remote_code)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    else:
+        kwargs["use_safetensors"] = True
+    return AutoModel.from_pretrained(path, **kwargs)

@@ -21,40 +21,30 @@ B batch, T tokens, W words, H hidden size, C tags (O + B-/I- per type, see label
 3. CRF (crf.py) with transitions that IOB2 forbids fixed at -10_000, so decoding always gives well-formed spans.
 4. Training modes: LoRA (peft adapters on the attention/MLP projections), full fine-tuning, or a frozen backbone
    (head + CRF only; the backbone then runs under no_grad, which is ~3x cheaper).
+Decoding the word logits (Viterbi, entity scores) is `model.decoder` (decoding.py); the files of a saved model are
+persistence.py's (`save_pretrained` / `from_pretrained` / `from_init` delegate to it).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
-import json
 import logging
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from ..config import ConfigError, NERConfig
-from ..errors import UserError
-from ..fsutil import atomic_write_text
 from ..labels import LabelSet
-from . import backbones
+from . import backbones, persistence
 from .crf import CRF
+from .decoding import Decoder
 
 log = logging.getLogger(__name__)
-
-CONFIG_NAME = "llm_ner_config.json"
-HEAD_NAME = "head.safetensors"
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """A model directory that cannot be loaded (missing/corrupt files); the message says which file."""
-
 
 def resolve_layers(spec: str | list[int], n_layers: int) -> list[int]:
     """Which decoder layers get bidirectional attention."""
@@ -153,39 +143,6 @@ def band(mask: torch.Tensor, window: int) -> torch.Tensor:
     # a NaN in a pad row reaches real tokens in the next layer (0 * NaN). Let such rows see everything (discarded).
     dead = (out == torch.finfo(mask.dtype).min).all(-1, keepdim=True)  # (B,1,T,1)
     return out.masked_fill(dead, 0.0)
-
-
-def load_backbone(name: str, gguf_file: str | None, attn: str, trust_remote_code: bool, dtype=None) -> nn.Module:
-    """AutoModel (no LM head) from an alias, dir, GGUF or hub id. safetensors only."""
-    from transformers import AutoModel
-
-    path, gguf = backbones.resolve(name, gguf_file)
-    kwargs = dict(attn_implementation=attn, trust_remote_code=trust_remote_code)
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if gguf:
-        kwargs["gguf_file"] = gguf
-    else:
-        kwargs["use_safetensors"] = True
-    return AutoModel.from_pretrained(path, **kwargs)
-
-
-def read_model_config(path: str | Path) -> NERConfig:
-    """A model dir's llm_ner_config.json (any format version); a ModelLoadError names what is wrong. Cheap: callers
-    that start a server or a cluster job check the dir with it before loading anything."""
-    path = Path(path)
-    cfg_file = path / CONFIG_NAME
-    if not path.is_dir():
-        raise ModelLoadError(f"{path}: no such model dir")
-    if not cfg_file.is_file():
-        raise ModelLoadError(f"{path}: not an llm-ner model dir ({CONFIG_NAME} missing; was the save completed?)")
-    try:
-        raw = json.loads(cfg_file.read_text())
-        if not isinstance(raw, dict):
-            raise ConfigError("expected a JSON object")
-        return NERConfig.from_dict(raw)
-    except (json.JSONDecodeError, ConfigError) as e:
-        raise ModelLoadError(f"{cfg_file}: corrupt config ({e})") from None
 
 
 class LLMForTokenClassification(nn.Module):
@@ -357,53 +314,6 @@ class LLMForTokenClassification(nn.Module):
             loss = loss + cfg.crf_weight * nll
         return loss
 
-    @torch.no_grad()
-    def decode(self, word_logits: torch.Tensor, word_mask: torch.Tensor,
-               temperature: float = 1.0) -> tuple[list[list[int]], list[list[float]]]:
-        """Best tag ids per word, and a confidence per word: for a word inside a predicted entity, the probability of
-        that whole entity (`span_scores`); for an O word, its softmax probability of O. `temperature` divides every
-        logit and CRF potential (calibration); it never changes the tags."""
-        probs = F.softmax(word_logits.float() / temperature, -1)
-        if self.crf is not None:
-            paths = self.crf.decode(word_logits, word_mask)
-        else:
-            paths = [row[: int(n)].tolist() for row, n in zip(word_logits.argmax(-1), word_mask.sum(1), strict=True)]
-        conf = [[probs[b, i, t].item() for i, t in enumerate(p)] for b, p in enumerate(paths)]
-        spans = [(b, s, e, p[s : e + 1]) for b, p in enumerate(paths) for s, e in self.labels.span_bounds(p)]
-        for (b, s, e, _), score in zip(spans, self.span_scores(word_logits, word_mask, spans, probs, temperature),
-                                       strict=True):
-            conf[b][s : e + 1] = [score] * (e - s + 1)
-        return paths, conf
-
-    @torch.no_grad()
-    def path_logprob(self, word_logits: torch.Tensor, word_mask: torch.Tensor, paths: list[list[int]]) -> torch.Tensor:
-        """(B,) log-probability of each row's decoded tag path: with a CRF, log p(path | words) (forward algorithm);
-        without one, the sum of the per-word log-softmax of its tags. Active learning ranks texts by it."""
-        tags = torch.zeros(word_mask.shape, dtype=torch.long, device=word_logits.device)  # (B,W)
-        for b, p in enumerate(paths):
-            tags[b, : len(p)] = torch.tensor(p, dtype=torch.long)
-        if self.crf is not None:
-            return self.crf.log_likelihood(word_logits, tags, word_mask)
-        logp = F.log_softmax(word_logits.float(), -1).gather(2, tags.unsqueeze(2)).squeeze(2)  # (B,W)
-        return (logp * word_mask).sum(1)
-
-    def span_scores(self, word_logits, word_mask, spans, probs, temperature: float) -> list[float]:
-        """The probability that the model puts exactly this entity here: its tags B-X I-X ... and the next word not
-        I-X. With a CRF, the exact marginal (forward-backward); without one, the same event under independent
-        per-word softmaxes: the product of the tags' probabilities times P(next word is not I-X)."""
-        cont = self.labels.continuation
-        if self.crf is not None:
-            return self.crf.span_probs(word_logits, word_mask, [(b, s, e, p, cont[p[0]]) for b, s, e, p in spans],
-                                       temperature)
-        lengths = word_mask.sum(1).tolist()
-        out = []
-        for b, s, e, p in spans:
-            score = float(torch.prod(probs[b, torch.arange(s, e + 1), torch.tensor(p)]))
-            if e + 1 < lengths[b]:
-                score *= 1.0 - float(probs[b, e + 1, cont[p[0]]])
-            out.append(score)
-        return out
-
     # ------------------------------------------------------------------------------------------------------------
     # construction, training modes, save / load
 
@@ -411,7 +321,7 @@ class LLMForTokenClassification(nn.Module):
     def from_backbone(cls, config: NERConfig, dtype=None) -> LLMForTokenClassification:
         """A fresh model for training: load the backbone and set it up for config.mode."""
         m = config.model
-        backbone = load_backbone(m.backbone, m.gguf_file, m.attn_implementation, m.trust_remote_code, dtype)
+        backbone = backbones.load(m.backbone, m.gguf_file, m.attn_implementation, m.trust_remote_code, dtype)
         model = cls(config, backbone)
         model.setup_mode()
         return model
@@ -458,104 +368,20 @@ class LLMForTokenClassification(nn.Module):
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
+    @property
+    def decoder(self) -> Decoder:
+        """Word logits -> tags and scores (decoding.py), over this model's labels and CRF."""
+        return Decoder(self.labels, self.crf)
+
+    # save / load: persistence.py (the files of a model dir)
     def save_pretrained(self, path: str | Path, tokenizer=None, merge_lora: bool = False) -> None:
-        """config + head/CRF weights + (full backbone | LoRA adapter | nothing for a frozen backbone), safetensors."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        cfg = self.config.model_copy(deep=True)
-        is_peft = hasattr(self.backbone, "peft_config")
-        if cfg.mode == "full" or (is_peft and merge_lora) or self.backbone_changed:
-            bb = self.backbone
-            if is_peft:  # merge a copy so the live model keeps its adapters
-                bb = copy.deepcopy(self.backbone).merge_and_unload()
-            bb.save_pretrained(path / "backbone", safe_serialization=True)
-            cfg.backbone_saved = "full"
-        elif is_peft:
-            self.backbone.save_pretrained(path / "adapter", safe_serialization=True)
-            cfg.backbone_saved = "lora"
-        else:
-            cfg.backbone_saved = "none"
-        save_file(self.head_state_dict(), str(path / HEAD_NAME), metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save_pretrained(path)
-        atomic_write_text(path / CONFIG_NAME, cfg.to_json())  # config last: its presence marks a complete save
+        persistence.save(self, path, tokenizer, merge_lora)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, trust_remote_code: bool = False,
                         dtype=None) -> LLMForTokenClassification:
-        path = Path(path)
-        cfg = read_model_config(path)
-        cfg.model.trust_remote_code = trust_remote_code
-        model, state = cls._from_saved(path, cfg, cfg, dtype)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("backbone.")]
-        if missing or unexpected:
-            raise ModelLoadError(f"{path / HEAD_NAME}: missing {missing}, unexpected {unexpected}")
-        model.eval()
-        if device:
-            model.to(device)
-        return model
+        return persistence.load(cls, path, device, trust_remote_code, dtype)
 
     @classmethod
     def from_init(cls, path: str | Path, config: NERConfig, dtype=None) -> LLMForTokenClassification:
-        """A model to train further (config.mode) that starts from a saved one: its backbone as trained (LoRA adapters
-        merged in), head and CRF. `config.labels` may add types to the saved ones: each saved tag keeps its head row,
-        CRF scores and class weight; a new tag starts fresh. `config.model` must be the saved model's."""
-        path = Path(path)
-        saved = read_model_config(path)
-        if config.model.model_dump(exclude={"trust_remote_code"}) != saved.model.model_dump(
-                exclude={"trust_remote_code"}):
-            raise ConfigError(f"{path}: --init continues this model, so the run's model section must be the saved one")
-        model, state = cls._from_saved(path, config, saved, dtype)
-        if hasattr(model.backbone, "peft_config"):
-            model.backbone = model.backbone.merge_and_unload()
-        old = {t: i for i, t in enumerate(LabelSet.from_dict(saved.labels).tags)}
-        lost = set(old) - set(model.labels.tags)
-        if lost:
-            raise ConfigError(f"{path}: --init keeps the saved model's labels, but {sorted(lost)} are missing")
-        new_ids = {i: model.labels.tags.index(t) for t, i in old.items()}  # saved tag id -> its id now
-        own = model.state_dict()
-        for key, value in state.items():
-            target = own[key].clone()
-            if key.endswith("_mask"):  # the CRF's IOB2 constraints: built from the labels, not learned
-                continue
-            if key == "crf.transitions":
-                for i, a in new_ids.items():
-                    for j, b in new_ids.items():
-                        target[a, b] = value[i, j]
-            elif value.shape[:1] == (len(old),) and key != "layer_mix":  # per-tag rows: classifier, CRF start/end
-                for i, a in new_ids.items():
-                    target[a] = value[i]
-            else:
-                target = value
-            own[key] = target
-        model.load_state_dict({k: v for k, v in own.items() if not k.startswith("backbone.")}, strict=False)
-        model.backbone_changed = saved.backbone_saved != "none"
-        model.setup_mode()
-        return model
-
-    @classmethod
-    def _from_saved(cls, path: Path, config: NERConfig, saved: NERConfig, dtype) -> tuple[LLMForTokenClassification,
-                                                                                          dict]:
-        """A model of `config` on the backbone saved in `path` (as `saved` describes it), and the saved head's
-        tensors, not yet loaded. A broken dir is one ModelLoadError."""
-        m, trust = saved.model, config.model.trust_remote_code
-        try:
-            if saved.backbone_saved == "full":
-                backbone = load_backbone(str(path / "backbone"), None, m.attn_implementation, trust, dtype)
-            else:
-                backbone = load_backbone(m.backbone, m.gguf_file, m.attn_implementation, trust, dtype)
-            model = cls(config, backbone)
-            if saved.backbone_saved == "lora":
-                from peft import PeftModel
-
-                model.backbone = PeftModel.from_pretrained(backbone, path / "adapter")
-            state = load_file(str(path / HEAD_NAME))
-        except (ModelLoadError, backbones.BackboneError):
-            raise
-        except Exception as e:  # safetensors/json/peft errors have many types; all mean "this dir is broken"
-            msg = f"{path}: cannot load model ({type(e).__name__}: {str(e).splitlines()[0]})"
-            if "custom code" in str(e) and not trust:
-                msg += " - its code was not run; pass trust_remote_code=True (--trust-remote-code) only if you trust it"
-            raise ModelLoadError(msg) from e
-        return model, state
+        return persistence.load_to_continue(cls, path, config, dtype)

@@ -45,7 +45,8 @@ from ..inference.engine import NERModel, load_tokenizer
 from ..labels import LabelSet, label_set_for
 from ..modeling import backbones
 from ..modeling.align import collate, encode_sentences, split_batch, window_feature
-from ..modeling.model import LLMForTokenClassification, read_model_config
+from ..modeling.model import LLMForTokenClassification
+from ..modeling.persistence import read_model_config
 from .head_init import init_head
 
 log = logging.getLogger(__name__)

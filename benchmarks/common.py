@@ -27,7 +27,7 @@ def rss_mb() -> float:
 
 def test_texts(n: int | None = None, split: str = "test") -> tuple[list, list[str]]:
     from llm_ner.data import load_corpus
-    from llm_ner.modeling.align import sentence_text
+    from llm_ner.modeling.processor import sentence_text
 
     sents = load_corpus(f"conll2003:{split}", limit=n)
     return sents, [sentence_text(s.tokens)[0] for s in sents]

@@ -204,7 +204,7 @@ def w_raw_text(a) -> dict:
     from llm_ner.data import spans
     from llm_ner.data.words import split_words
     from llm_ner.inference.engine import NERModel
-    from llm_ner.modeling.align import sentence_text
+    from llm_ner.modeling.processor import sentence_text
 
     sents, _ = test_texts()
     ner = NERModel.from_pretrained(a.model, device="cpu")

@@ -15,7 +15,7 @@ def _built(cfg, sents):
     from `cfg`."""
     from llm_ner.inference.engine import load_tokenizer
     from llm_ner.labels import label_set_for
-    from llm_ner.modeling.align import encode_sentences, window_feature
+    from llm_ner.modeling.processor import encode_sentences, window_feature
     from llm_ner.training.train import build_model, make_optimizer
 
     labels = label_set_for(sents)
@@ -32,7 +32,7 @@ def _train_setup(a, config: str = "quickstart", overrides: dict | None = None):
 
     from llm_ner.config import load_config
     from llm_ner.data import load_corpus
-    from llm_ner.modeling.align import collate
+    from llm_ner.modeling.processor import collate
 
     # SmolLM2-135M unless told otherwise: the benchmark rows were measured with it (the quickstart now uses Gemma)
     cfg = load_config(config, {"training.mode": a.mode, "model.backbone": "smollm2-135m", **(overrides or {})})
@@ -50,7 +50,7 @@ def _train_steps(model, opt, batches, precision: str, max_tokens: int | None = N
     batch's loss denominators); (tokens, seconds)."""
     import torch
 
-    from llm_ner.modeling.align import split_batch
+    from llm_ner.modeling.processor import split_batch
 
     n_tok, t = 0, time.perf_counter()
     for b in batches:
@@ -86,7 +86,7 @@ def w_train_padding(a) -> dict:
     from llm_ner.data import load_corpus
     from llm_ner.inference.engine import load_tokenizer
     from llm_ner.labels import label_set_for
-    from llm_ner.modeling.align import encode_sentences
+    from llm_ner.modeling.processor import encode_sentences
 
     out = {}
     tok = load_tokenizer("smollm2-135m")
@@ -226,7 +226,7 @@ def _full_batches(config: str):
 
     from llm_ner.config import load_config
     from llm_ner.data import load_corpus
-    from llm_ner.modeling.align import collate
+    from llm_ner.modeling.processor import collate
 
     cfg = load_config(config)
     model, opt, tok, feats = _built(cfg, load_corpus("conll2003:train"))
@@ -325,7 +325,7 @@ def w_backbone_paired(a) -> dict:
     from llm_ner.data import load_corpus
     from llm_ner.inference.engine import load_tokenizer
     from llm_ner.labels import label_set_for
-    from llm_ner.modeling.align import collate, encode_sentences, window_feature
+    from llm_ner.modeling.processor import collate, encode_sentences, window_feature
     from llm_ner.training.train import build_model, make_optimizer
 
     q = load_config("quickstart")

@@ -26,7 +26,7 @@ from llm_ner.config import load_config, parse_set
 from llm_ner.data import load_corpus
 from llm_ner.fsutil import atomic_write_text
 from llm_ner.inference.engine import NERModel
-from llm_ner.modeling.align import texts_and_offsets
+from llm_ner.modeling.processor import texts_and_offsets
 
 
 def run_round(config: str, overrides: dict, labelled: list, seed: int, run_dir: Path) -> dict:

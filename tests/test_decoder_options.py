@@ -9,8 +9,8 @@ from tiny import ner_config
 from llm_ner.config import ConfigError, load_config
 from llm_ner.data import Sentence
 from llm_ner.inference.engine import NERModel
-from llm_ner.modeling.align import document_groups, document_texts, encode_sentences, merge_windows, split_documents
 from llm_ner.modeling.model import LLMForTokenClassification, repeat_rows
+from llm_ner.modeling.processor import document_groups, document_texts, encode_sentences, merge_windows, split_documents
 from llm_ner.training.train import train
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
@@ -165,22 +165,19 @@ def test_training_windows_never_begin_inside_an_entity(tiny_tokenizer):
     assert old_cuts, "no window size cut an entity: the test would not see the old behaviour"
 
 
-def test_document_context_predicts_sentences_with_their_neighbours(tiny_llama, tiny_tokenizer, monkeypatch):
+def test_document_context_predicts_sentences_with_their_neighbours(tiny_llama, tiny_tokenizer):
     cfg = tiny_cfg(tiny_llama, "unused")
     model = build(tiny_llama)
     model.config.context = "document"
     ner = NERModel(model, tiny_tokenizer)
-    fed = []
-    run = NERModel._run
-    monkeypatch.setattr(NERModel, "_run", lambda self, windows, progress=False, keep_logits=False: fed.extend(windows)
-                        or run(self, windows, progress, keep_logits))
+    fed = ner.run(DOC).windows
     tags = ner(DOC).tags
     assert [len(t) for t in tags] == [len(s) for s in DOC]
     assert len(fed) == 4  # d1's two sentences share one window
     assert len(fed[0].word_positions) == len(DOC[0]) + len(DOC[1])
     # what a word of d1's first sentence gets depends on the second sentence (its context) ...
     other = [DOC[0], Sentence("Paris burns today .".split(), ["B-LOC", "O", "O", "O"], "d1")]
-    conf = [ner._words(*document_texts(d)[:2])[1][0][:5] for d in (DOC[:2], other)]
+    conf = [ner.decode(ner.run(d))[1][0][:5] for d in (DOC[:2], other)]
     assert conf[0] != conf[1]
     # ... and not on it in sentence mode
     model.config.context = "sentence"

@@ -44,7 +44,7 @@ def test_predict_spans_always_inside_and_aligned(ner, batch):
 def test_very_long_document(ner):
     text = ("Peter visited New York. " * 4200)[:100_000]
     words = split_words(text)
-    tags, _ = ner._words([text], [words])
+    tags, _ = ner.decode(ner.run([text]))
     assert len(tags[0]) == len(words) and None not in tags[0]  # every word of ~20k got a tag from some window
     ents = ner(text).entities[0]
     assert all(text[e.start : e.end] == e.text for e in ents)

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from llm_ner.cli import app
 from llm_ner.data import load_corpus, spans
 from llm_ner.labels import LabelSet
-from llm_ner.modeling.align import sentence_text
 from llm_ner.modeling.model import LLMForTokenClassification
 from llm_ner.modeling.persistence import read_model_config
+from llm_ner.modeling.processor import sentence_text
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 

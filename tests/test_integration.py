@@ -43,7 +43,7 @@ def test_real_default_model_trains_saves_and_predicts(tmp_path):
     long = " ".join([text] * 40)
     words = split_words(long)
     assert len(ner.tokenizer(long)["input_ids"]) > 2 * ner.model.config.model.max_length
-    tags, _ = ner._words([long], [words])
+    tags, _ = ner.decode(ner.run([long]))
     assert len(tags[0]) == len(words)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "llm_ner"
 
-# Bottom to top: data -> labels -> model -> run dirs -> inference -> evaluation -> training -> baselines / comparison -> report ->
-# serving -> cli. Inference and evaluation sit below training, because training selects its best model by predicting
-# and scoring the dev set and ends with the test step.
+# Bottom to top: data -> labels -> model -> run dirs -> inference -> evaluation -> training -> baselines / comparison ->
+# report -> serving -> cli. Inference and evaluation sit below training, because training selects its best model by
+# predicting and scoring the dev set and ends with the test step.
 STAGES = [
     "errors", "fsutil", "device", "config",  # core: every stage may use them
     "data", "labels",
@@ -182,3 +182,17 @@ def test_every_test_that_runs_a_model_is_in_the_second_pass():
     unmarked = [p.name for p in sorted((ROOT / "tests").glob("test_*.py")) if p.name != "test_layout.py"
                 if any(w in p.read_text() for w in RUNS_A_MODEL) and "pytest.mark.outputs" not in p.read_text()]
     assert not unmarked, f"these run a model but lack `pytestmark = pytest.mark.outputs`: {unmarked}"
+
+
+def test_no_code_outside_inference_calls_a_private_method_of_nermodel():
+    """The prediction pass has public steps (NERModel.run / decode / sequence_scores): evaluation, calibration,
+    selection and serving compose those, never NERModel's private helpers."""
+    tree = ast.parse((PKG / "inference" / "engine.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NERModel")
+    private = {f.name for f in cls.body if isinstance(f, ast.FunctionDef) and f.name.startswith("_")
+               and not f.name.startswith("__")}
+    assert private  # the check sees them
+    bad = [(p.relative_to(PKG).as_posix(), node.attr) for p in PKG.rglob("*.py")
+           if p.relative_to(PKG).parts[0] != "inference"
+           for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Attribute) and node.attr in private]
+    assert not bad, bad

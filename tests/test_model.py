@@ -6,9 +6,9 @@ from tiny import ner_config
 
 from llm_ner.data import Sentence
 from llm_ner.labels import LabelSet
-from llm_ner.modeling.align import collate, encode_sentences, window_feature
 from llm_ner.modeling.model import LLMForTokenClassification, resolve_layers
 from llm_ner.modeling.persistence import ModelLoadError
+from llm_ner.modeling.processor import collate, encode_sentences, window_feature
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
@@ -252,7 +252,7 @@ def test_a_batch_in_passes_has_the_batchs_loss_and_gradient(tiny_llama, tiny_tok
     one-pass loss and gradient — with class weights, label smoothing and the CRF all in play."""
     import torch.nn.functional as F
 
-    from llm_ner.modeling.align import split_batch
+    from llm_ner.modeling.processor import split_batch
 
     words = ["Peter", "visited", "London", "and", "met", "Anna", "in", "Paris", "last", "week"]
     sents = [Sentence(words[:n], (["B-PER", "O", "B-LOC"] + ["O"] * 7)[:n]) for n in (10, 3, 7, 2, 9, 5)]
@@ -281,7 +281,7 @@ def test_a_batch_in_passes_has_the_batchs_loss_and_gradient(tiny_llama, tiny_tok
 
 
 def test_split_batch_bounds_each_pass_and_keeps_every_row_once(tiny_tokenizer):
-    from llm_ner.modeling.align import split_batch
+    from llm_ner.modeling.processor import split_batch
 
     sents = [Sentence(["w"] * n, ["O"] * n) for n in (1, 12, 4, 30, 7, 7, 2)]
     feats = [window_feature(w) for w in encode_sentences(tiny_tokenizer, sents, LABELS.encode, 64, 8)]

@@ -3,12 +3,19 @@ import torch
 from tiny import ner_config
 
 from llm_ner.data.words import split_words
-from llm_ner.inference.batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
 from llm_ner.inference.engine import NERModel
 from llm_ner.inference.outputs import tags_to_entities
 from llm_ner.labels import LabelSet
-from llm_ner.modeling.align import encode_texts, merge_windows, sentence_text
 from llm_ner.modeling.model import LLMForTokenClassification
+from llm_ner.modeling.processor import (
+    budget_batches,
+    encode_texts,
+    merge_windows,
+    pack_rows,
+    packed_inputs,
+    sentence_text,
+    unpack_word_logits,
+)
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
@@ -53,7 +60,7 @@ def test_windows_cover_every_word_within_budget(tiny_tokenizer):
 
 
 def test_merge_prefers_the_most_central_window():
-    from llm_ner.modeling.align import Window
+    from llm_ner.modeling.processor import Window
 
     w1 = Window(0, 0, [], [0] * 6, [])  # words 0..5
     w2 = Window(0, 3, [], [0] * 6, [])  # words 3..8
@@ -118,7 +125,7 @@ def test_sentences_with_raw_text_are_predicted_on_that_text(tiny_llama, tiny_tok
     text = "Mail Ann Lee's team at ann.lee@example.com (London), today."
     words = split_words(text)
     s = Sentence([text[a:b] for a, b in words], ["O"] * len(words), text=text, offsets=words)
-    assert model([s]).tags[0] == model._words([text], [words])[0][0]
+    assert model([s]).tags[0] == model.decode(model.run([text]))[0][0]
 
 
 def test_packing_equals_one_window_per_row(tiny_llama, tiny_tokenizer):
@@ -127,10 +134,10 @@ def test_packing_equals_one_window_per_row(tiny_llama, tiny_tokenizer):
     m = ner(tiny_llama, tiny_tokenizer)
     texts = [" ".join(WORDS[i : i + n]) for i in range(0, 20, 3) for n in (1, 2, 5, 11, 29)] + [""]
     m.pack, m.max_batch_tokens = False, 256
-    ref_tags, ref_conf = m._words(texts, [split_words(t) for t in texts])
+    ref_tags, ref_conf = m.decode(m.run(texts))
     m.pack = True
     m.stats.clear()
-    got_tags, got_conf = m._words(texts, [split_words(t) for t in texts])
+    got_tags, got_conf = m.decode(m.run(texts))
     assert got_tags == ref_tags
     for a, b in zip(got_conf, ref_conf, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
@@ -171,7 +178,7 @@ def test_budget_batches_respect_the_budget_and_keep_order():
 
 
 def test_packed_inputs_round_trip_through_unpack():
-    from llm_ner.modeling.align import Window
+    from llm_ner.modeling.processor import Window
 
     wins = [Window(k, 0, list(range(1, n + 1)), list(range(0, n, 2)), [0] * n) for k, n in enumerate((6, 4, 2))]
     batch, where = packed_inputs(wins, [[0, 2], [1]], pad_id=0)

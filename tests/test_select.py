@@ -13,7 +13,7 @@ from llm_ner.active.select import diverse_pick
 from llm_ner.cli import app
 from llm_ner.data import load_corpus
 from llm_ner.inference.engine import NERModel
-from llm_ner.modeling.align import sentence_text
+from llm_ner.modeling.processor import sentence_text
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 

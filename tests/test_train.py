@@ -7,7 +7,6 @@ from typer.testing import CliRunner
 
 from llm_ner.cli import app
 from llm_ner.config import ConfigError, load_config
-from llm_ner.data.words import split_words
 from llm_ner.training.train import TrainError, train
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
@@ -158,11 +157,10 @@ def test_export_merge_lora_and_pipeline_output(tiny_llama, tmp_path):
     assert not (tmp_path / "merged" / "adapter").exists()
     a, b = NERModel.from_pretrained(out / "model"), NERModel.from_pretrained(tmp_path / "merged")
     text = "Peter visited New York and Washington on Monday ."
-    words = split_words(text)
-    (tags_a, conf_a), (tags_b, conf_b) = a._words([text], [words]), b._words([text], [words])
+    (tags_a, conf_a), (tags_b, conf_b) = a.decode(a.run([text])), b.decode(b.run([text]))
     assert tags_a == tags_b and conf_a[0] == pytest.approx(conf_b[0], abs=SCORE_ATOL)  # merging changes no decision
     with a.model.backbone.disable_adapter():  # and the adapters do matter: without them the scores move
-        tags_0, conf_0 = a._words([text], [words])
+        tags_0, conf_0 = a.decode(a.run([text]))
     assert tags_0 != tags_a or max(abs(x - y) for x, y in zip(conf_0[0], conf_a[0], strict=True)) > 10 * SCORE_ATOL
     for d in b(text).to("pipeline")[0]:
         assert set(d) == {"entity_group", "score", "word", "start", "end"} and text[d["start"]:d["end"]] == d["word"]
@@ -236,6 +234,6 @@ def test_training_in_passes_learns_the_same_model(tiny_llama, tmp_path):
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
     sents = load_corpus("conll2003:valid")[:40]
-    one, passes = (NERModel.from_pretrained(tmp_path / d / "model")._sentences(sents)[0]
+    one, passes = ((m := NERModel.from_pretrained(tmp_path / d / "model")).decode(m.run(sents))[0]
                    for d in ("one", "passes"))
     assert passes == one

@@ -22,7 +22,7 @@ from ..data import DataError, load_corpus
 from ..data.words import split_words
 from ..inference.engine import NERModel
 from ..inference.outputs import Predictions
-from ..modeling.align import texts_and_offsets
+from ..modeling.processor import texts_and_offsets
 
 STRATEGIES = ("diverse", "uncertainty", "random")  # the first is the default: the simulation's best (3 seeds)
 

@@ -104,7 +104,7 @@ def select_texts(
     from ..data import read_texts
     from ..fsutil import atomic_write_text
     from ..inference.outputs import check_output
-    from ..modeling.align import texts_and_offsets
+    from ..modeling.processor import texts_and_offsets
     from ..rundir import model_identity, model_tag
 
     out = check_output(to, False, review)

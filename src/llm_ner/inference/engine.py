@@ -1,5 +1,12 @@
 """NERModel: load a saved model dir once, predict entity spans (with character offsets) for raw texts, or tags for
-pre-tokenised sentences. Inputs are windowed (align.py), sorted by length and batched, so padding stays small."""
+pre-tokenised sentences.
+
+The prediction pass is two public steps, as spaCy's predict / set_annotations:
+    run(texts | sentences)  ──> words ──> windows (modeling/processor.py) ──> sorted, batched or packed forward
+                            ──> a Pass: each window's word logits (W,C) on the CPU
+    decode(pass, T)         ──> tags + confidences per window (model.decoder at temperature T) ──> merged per text
+                            (per sentence for pre-tokenised input), entity scores recalibrated
+`__call__`, `pipe`, `Scorer` (one run, many temperatures: calibration, evaluation) and `select` compose them."""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -19,25 +27,41 @@ from ..data import Sentence
 from ..data.words import split_words
 from ..device import cpu_has_native_bf16
 from ..modeling import backbones
-from ..modeling.align import (
+from ..modeling.model import LLMForTokenClassification
+from ..modeling.processor import (
     Window,
+    budget_batches,
     collate,
     document_texts,
     encode_texts,
     merge_windows,
+    pack_rows,
+    packed_inputs,
     split_documents,
     texts_and_offsets,
+    unpack_word_logits,
     window_feature,
 )
-from ..modeling.model import LLMForTokenClassification
 from . import quantize as q
-from .batching import budget_batches, pack_rows, packed_inputs, unpack_word_logits
 from .confidence import Logistic
 from .outputs import Entity, Predictions, Thresholds, tags_to_entities
 
 log = logging.getLogger(__name__)
 AUTO_CHECK_TEXTS = 32  # news sentences run in fp32 and bf16 when precision is "auto"
 AUTO_AGREEMENT = 0.98  # the share of fp32's spans bf16 must keep to be chosen
+
+
+@dataclass
+class Pass:
+    """What `NERModel.run` computed for some inputs and `decode` reads: the texts the model read, their words, the
+    windows and each window's word logits (W,C) on the CPU."""
+    texts: list[str]
+    offsets: list  # per text: (start, end) of each word
+    keep: list[int]  # the texts that have words (the others predict nothing)
+    windows: list[Window]
+    logits: list[torch.Tensor]
+    sentences: Sequence[Sentence] | None = None  # pre-tokenised input: results go back per sentence
+    groups: list[list[int]] | None = None  # a document model: the sentences each text holds
 
 
 def load_tokenizer(path_or_name: str | Path, gguf_file: str | None = None):
@@ -157,10 +181,79 @@ class NERModel:
         else:
             self.temperature, self.recalibration = float(cal.get("temperature", 1.0)), None
 
+    # -- the prediction pass --------------------------------------------------------------------------------------
+    def run(self, inputs: Sequence[str] | Sequence[Sentence], progress: bool = False) -> Pass:
+        """Raw texts (split into words here) or pre-tokenised sentences (a document model reads each document as one
+        text) -> windows -> every window's word logits."""
+        sentences = None
+        if inputs and all(isinstance(x, Sentence) for x in inputs):
+            sentences = inputs
+            if self.model.config.context == "document":
+                texts, offsets, groups = document_texts(sentences)
+            else:
+                (texts, offsets), groups = texts_and_offsets(sentences), None
+        elif all(isinstance(x, str) for x in inputs):
+            texts, groups = list(inputs), None
+            offsets = [split_words(t) for t in texts]
+        else:
+            raise TypeError("predict raw texts (str) or pre-tokenised Sentences, not a mix or other objects")
+        keep, windows = self._windows(texts, offsets)
+        logits = self._forward(windows, progress) if windows else []
+        return Pass(texts, offsets, keep, windows, logits, sentences, groups)
+
+    def decode(self, p: Pass, temperature: float | None = None, recalibrate: bool = True
+               ) -> tuple[list[list[str]], list[list[float]]]:
+        """A pass's logits -> IOB2 tags and per-word confidences (an entity's words carry its score) per text, or per
+        sentence when the pass read sentences. `temperature`: the model's own when None (calibration tries others);
+        `recalibrate`: entity scores through the saved logistic recalibration when there is one."""
+        t0 = time.perf_counter()
+        res = self._decode_windows(p.logits, self.temperature if temperature is None else temperature)
+        self.stats["decode_s"] += time.perf_counter() - t0
+        n_words = [len(p.offsets[i]) for i in p.keep]
+        merged_tags = merge_windows(p.windows, n_words, [r[0] for r in res])
+        merged_conf = merge_windows(p.windows, n_words, [r[1] for r in res])
+        tags: list[list[str]] = [[] for _ in p.texts]
+        confs: list[list[float]] = [[] for _ in p.texts]
+        id2tag = self.labels.tags
+        for k, i in enumerate(p.keep):
+            tags[i], confs[i] = [id2tag[t] for t in merged_tags[k]], merged_conf[k]
+        if self.recalibration is not None and recalibrate:
+            confs = self.recalibration.apply(p.texts, p.offsets, tags, confs)
+        if p.groups is not None:  # a document's tags back to its sentences
+            sizes = [len(s.tokens) for s in p.sentences]
+            return split_documents(tags, p.groups, sizes), split_documents(confs, p.groups, sizes)
+        return tags, confs
+
+    def sequence_scores(self, p: Pass) -> list[float]:
+        """Per text: the mean over its words of log p(decoded tags), as trained — the "maximum normalised
+        log-probability" of Shen et al. (2018): near 0 sure, very negative unsure. A text cut into windows takes its
+        least sure window's; a text without words scores 0."""
+        scores = [0.0] * len(p.texts)
+        for i in range(0, len(p.logits), 256):
+            lg, mask = _padded(p.logits[i : i + 256])
+            paths, _ = self.model.decoder.decode(lg, mask)
+            lp = self.model.decoder.path_logprob(lg, mask, paths) / mask.sum(1).clamp(min=1)
+            for win, v in zip(p.windows[i : i + 256], lp.tolist(), strict=True):
+                scores[p.keep[win.item]] = min(scores[p.keep[win.item]], v)
+        return scores
+
+    def _windows(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]]
+                 ) -> tuple[list[int], list[Window]]:
+        """The texts that have words, and their model windows."""
+        keep = [i for i, o in enumerate(word_offsets) if len(o) > 0]  # texts with no words predict nothing
+        if not keep:  # (and the tokenizer must not see an empty batch)
+            return [], []
+        cfg = self.model.config.model
+        t0 = time.perf_counter()
+        windows = encode_texts(self.tokenizer, [texts[i] for i in keep], [word_offsets[i] for i in keep],
+                               cfg.max_length, cfg.stride)
+        self.stats["tokenize_s"] += time.perf_counter() - t0
+        return keep, windows
+
     @torch.no_grad()
-    def _run(self, windows: list[Window], progress: bool = False, keep_logits: bool = False) -> list[tuple]:
-        """Forward + decode every window, longest first in batches; results (tag ids, confidences[, word logits
-        (W,C) on the CPU if keep_logits]) in the windows' order."""
+    def _forward(self, windows: list[Window], progress: bool = False) -> list[torch.Tensor]:
+        """Every window's word logits (W,C) on the CPU, in the windows' order; computed longest first, in batches
+        under a token budget or packed rows."""
         lengths = [len(w.input_ids) * self.model.length_factor for w in windows]  # what the backbone sees
         order = list(range(len(windows)))
         if self.sort_by_length:
@@ -179,88 +272,30 @@ class NERModel:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             t0 = time.perf_counter()
             logits = self.model(**batch).logits  # (B,W,C); packed: every window's words side by side in its row
-            t1 = time.perf_counter()
+            st["forward_s"] += time.perf_counter() - t0
             logits, word_mask = unpack_word_logits(logits, where) if packed else (logits, batch["word_mask"])
-            paths, conf = self.model.decoder.decode(logits, word_mask, self.temperature)
-            st["forward_s"] += t1 - t0
-            st["decode_s"] += time.perf_counter() - t1
             st["tokens"] += int(batch["attention_mask"].sum())
             st["padded_tokens"] += batch["input_ids"].numel()
             st["batches"] += 1
+            n_words = word_mask.sum(1).tolist()
             for j, i in enumerate(idx):
-                results[i] = ((paths[j], conf[j], logits[j, : len(paths[j])].float().cpu()) if keep_logits
-                              else (paths[j], conf[j]))
+                results[i] = logits[j, : int(n_words[j])].float().cpu()
         return results
 
     @torch.no_grad()
-    def redecode(self, logits: Sequence[torch.Tensor], temperature: float, batch: int = 256) -> list[tuple]:
-        """Decode kept word logits again at another temperature (calibration: no forward pass needed)."""
-        out: list[tuple] = []
-        for i in range(0, len(logits), batch):
-            lg, mask = _padded(logits[i : i + batch])
+    def _decode_windows(self, logits: Sequence[torch.Tensor], temperature: float, batch: int = 256) -> list[tuple]:
+        """(tag ids, confidences) of each window, in order; decoded in batches of similar length (little padding)."""
+        order = sorted(range(len(logits)), key=lambda i: -len(logits[i]))
+        out: list = [None] * len(logits)
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            lg, mask = _padded([logits[j] for j in idx])
             paths, conf = self.model.decoder.decode(lg, mask, temperature)
-            out += list(zip(paths, conf, strict=True))
+            for j, path, c in zip(idx, paths, conf, strict=True):
+                out[j] = (path, c)
         return out
 
-    @torch.no_grad()
-    def mean_logprobs(self, res: Sequence[tuple], batch: int = 256) -> list[float]:
-        """Per window of `_run(keep_logits=True)`: the mean over its words of log p(decoded tags), as trained —
-        the "maximum normalised log-probability" of Shen et al. (2018): near 0 sure, very negative unsure."""
-        out: list[float] = []
-        for i in range(0, len(res), batch):
-            chunk = res[i : i + batch]
-            lg, mask = _padded([r[2] for r in chunk])
-            lp = self.model.decoder.path_logprob(lg, mask, [list(r[0]) for r in chunk])
-            out += (lp / mask.sum(1).clamp(min=1)).tolist()
-        return out
-
-    def _windows(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]]
-                    ) -> tuple[list[int], list[Window]]:
-        """The texts that have words, and their model windows."""
-        keep = [i for i, o in enumerate(word_offsets) if len(o) > 0]  # texts with no words predict nothing
-        if not keep:  # (and the tokenizer must not see an empty batch)
-            return [], []
-        cfg = self.model.config.model
-        t0 = time.perf_counter()
-        windows = encode_texts(self.tokenizer, [texts[i] for i in keep], [word_offsets[i] for i in keep],
-                               cfg.max_length, cfg.stride)
-        self.stats["tokenize_s"] += time.perf_counter() - t0
-        return keep, windows
-
-    def _merge(self, texts: Sequence[str], word_offsets, keep: list[int], windows: list[Window], res: Sequence[tuple],
-              recalibrate: bool = True) -> tuple[list[list[str]], list[list[float]]]:
-        """Per-window (tag ids, confidences) -> tags and confidences per word of each text; entity scores through the
-        saved logistic recalibration when there is one (and `recalibrate`)."""
-        n_texts = len(texts)
-        n_words = [len(word_offsets[i]) for i in keep]
-        merged_tags = merge_windows(windows, n_words, [r[0] for r in res])
-        merged_conf = merge_windows(windows, n_words, [r[1] for r in res])
-        tags: list[list[str]] = [[] for _ in range(n_texts)]
-        confs: list[list[float]] = [[] for _ in range(n_texts)]
-        id2tag = self.labels.tags
-        for k, i in enumerate(keep):
-            tags[i] = [id2tag[t] for t in merged_tags[k]]
-            confs[i] = merged_conf[k]
-        if self.recalibration is not None and recalibrate:
-            confs = self.recalibration.apply(texts, word_offsets, tags, confs)
-        return tags, confs
-
-    def _sentence_texts(self, sentences: Sequence[Sentence]) -> tuple[list[str], list, list[list[int]] | None]:
-        """The texts the model reads for pre-tokenised sentences and their word offsets: one text per sentence, or,
-        for a model trained with document context, one per document (then also which sentences each holds)."""
-        if self.model.config.context == "document":
-            return document_texts(sentences)
-        return (*texts_and_offsets(sentences), None)
-
-    @staticmethod
-    def _per_sentence(tags: list, confs: list, groups: list[list[int]] | None, sentences: Sequence[Sentence]
-                     ) -> tuple[list[list[str]], list[list[float]]]:
-        """Results per text of `_sentence_texts` -> per sentence."""
-        if groups is None:
-            return tags, confs
-        sizes = [len(s.tokens) for s in sentences]
-        return split_documents(tags, groups, sizes), split_documents(confs, groups, sizes)
-
+    # -- what users call -------------------------------------------------------------------------------------------
     def __call__(self, inputs: str | Sequence[str] | Sequence[Sentence], *, review: bool = False,
                  scored: bool = False, gold: bool = False, progress: bool = False) -> Predictions:
         """The one predict call. Raw text(s) -> entity spans with character offsets into each text; pre-tokenised
@@ -269,26 +304,16 @@ class NERModel:
         the latter show them); `scored` (raw text) adds each text's sequence score. Shape the result with
         `Predictions.to` (`outputs.OUTPUTS`), e.g. `ner(texts).to("pipeline")` for transformers' pipeline dicts."""
         items = [inputs] if isinstance(inputs, str) else list(inputs)
-        if items and all(isinstance(x, Sentence) for x in items):
-            if scored:
-                raise ValueError("scored=True needs raw texts (a sequence score is per text read)")
+        if scored and items and all(isinstance(x, Sentence) for x in items):
+            raise ValueError("scored=True needs raw texts (a sequence score is per text read)")
+        p = self.run(items, progress)
+        tags, confs = self.decode(p)
+        if p.sentences is not None:
             texts, offsets = texts_and_offsets(items)
-            tags, confs = self._sentences(items, progress)
             return Predictions(texts=texts, results=self._split(texts, offsets, tags, confs), review=review, tags=tags,
                                sentences=items, offsets=offsets, gold=gold)
-        if not all(isinstance(x, str) for x in items):
-            raise TypeError("predict raw texts (str) or pre-tokenised Sentences, not a mix or other objects")
-        offsets = [split_words(t) for t in items]
-        keep, windows = self._windows(items, offsets)
-        res = self._run(windows, progress, keep_logits=scored) if windows else []
-        scores = None
-        if scored:  # a text cut into windows takes its least sure window's score; a text without words scores 0
-            scores = [0.0] * len(items)
-            for win, lp in zip(windows, self.mean_logprobs(res), strict=True):
-                scores[keep[win.item]] = min(scores[keep[win.item]], lp)
-        tags, confs = self._merge(items, offsets, keep, windows, res)
-        return Predictions(texts=items, results=self._split(items, offsets, tags, confs), review=review, tags=tags,
-                           offsets=offsets, scores=scores)
+        return Predictions(texts=items, results=self._split(items, p.offsets, tags, confs), review=review, tags=tags,
+                           offsets=p.offsets, scores=self.sequence_scores(p) if scored else None)
 
     def pipe(self, texts: Iterable[str], chunk_size: int = 256, **options) -> Iterator[Predictions]:
         """`__call__` over a (possibly huge) iterable, a chunk of `chunk_size` texts at a time, in order: memory stays
@@ -296,21 +321,6 @@ class NERModel:
         it = iter(texts)
         while chunk := list(islice(it, chunk_size)):
             yield self(chunk, **options)
-
-    def _words(self, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]], progress: bool = False
-               ) -> tuple[list[list[str]], list[list[float]]]:
-        """Tags and confidences per word for texts whose word offsets are given."""
-        keep, windows = self._windows(texts, word_offsets)
-        res = self._run(windows, progress) if windows else []
-        return self._merge(texts, word_offsets, keep, windows, res)
-
-    def _sentences(self, sentences: Sequence[Sentence], progress: bool = False
-                   ) -> tuple[list[list[str]], list[list[float]]]:
-        """IOB2 tags and per-word confidences (an entity's words carry its score) for pre-tokenised sentences. A model
-        trained with document context predicts each document's sentences together (joined into one text, windowed),
-        then splits the tags per sentence."""
-        texts, offsets, groups = self._sentence_texts(sentences)
-        return self._per_sentence(*self._words(texts, offsets, progress), groups, sentences)
 
     def _split(self, texts, offsets, tags, confs) -> list[tuple[list[Entity], list[Entity]]]:
         """Word tags -> entities per text, split at the thresholds: (kept, below them — for review)."""
@@ -339,13 +349,9 @@ class Scorer:
 
     def __init__(self, ner: NERModel, sentences: Sequence[Sentence], progress: bool = False):
         self.ner, self.sentences = ner, sentences
-        self.texts, self.offsets, self.groups = ner._sentence_texts(sentences)
-        self.keep, self.windows = ner._windows(self.texts, self.offsets)
-        self.logits = [r[2] for r in ner._run(self.windows, progress, keep_logits=True)] if self.windows else []
+        self.pass_ = ner.run(sentences, progress)
 
     def at(self, temperature: float, recalibrate: bool = False) -> tuple[list[list[str]], list[list[float]]]:
         """Scores at `temperature`; with `recalibrate`, through the model's logistic recalibration if it has one (the
         scores a user gets: `served`)."""
-        res = self.ner.redecode(self.logits, temperature) if self.logits else []
-        tags, confs = self.ner._merge(self.texts, self.offsets, self.keep, self.windows, res, recalibrate)
-        return self.ner._per_sentence(tags, confs, self.groups, self.sentences)
+        return self.ner.decode(self.pass_, temperature, recalibrate)

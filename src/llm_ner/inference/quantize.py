@@ -28,9 +28,9 @@ from torch import nn
 
 from ..data import load_corpus
 from ..errors import UserError
-from ..modeling.align import sentence_text
 from ..modeling.backbones import family
 from ..modeling.model import LLMForTokenClassification, decoder_layers
+from ..modeling.processor import sentence_text
 
 log = logging.getLogger(__name__)
 

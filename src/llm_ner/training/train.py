@@ -44,9 +44,9 @@ from ..inference.confidence import seen_forms
 from ..inference.engine import NERModel, load_tokenizer
 from ..labels import LabelSet, label_set_for
 from ..modeling import backbones
-from ..modeling.align import collate, encode_sentences, split_batch, window_feature
 from ..modeling.model import LLMForTokenClassification
 from ..modeling.persistence import read_model_config
+from ..modeling.processor import collate, encode_sentences, split_batch, window_feature
 from .head_init import init_head
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,8 @@ class NERTrainer(TrainableOnlyTrainer):
         self.last_eval_step = -1  # fit() evaluates after training only if the Trainer has not at the last step
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """One optimizer step's batch in passes of at most `max_tokens_per_pass` tokens (modeling.align.split_batch),
-        each forward + backward on its own, so activation memory is that of a pass. Each pass divides by the whole
+        """One optimizer step's batch in passes of at most `max_tokens_per_pass` tokens (processor.split_batch), each
+        forward + backward on its own, so activation memory is that of a pass. Each pass divides by the whole
         batch's loss denominators: the gradients add up to the one-pass gradient (up to float rounding)."""
         passes = split_batch(inputs, self.max_tokens_per_pass) if self.max_tokens_per_pass and "labels" in inputs \
             else [inputs]

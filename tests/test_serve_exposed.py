@@ -66,7 +66,7 @@ def test_key_check_compares_every_key_in_constant_time(monkeypatch):
             answered.append(msg["status"])
 
     # the middleware itself, as a request meets it (issue 43: this test once drove a helper requests never used)
-    g = ApiKeys(app, ("alpha", "beta", "gamma"), ("delta",))
+    g = ApiKeys(app, ("alpha", "beta", "gamma"), ("delta",), {"/train": "train", "/v1/entities": "predict"})
     for header, path, status in ((b"Bearer alpha", "/v1/entities", None), (b"Bearer gamma", "/train", 403),
                                  (b"Bearer delta", "/train", None), (b"Bearer nope", "/v1/entities", 401),
                                  (b"Basic alpha", "/v1/entities", 401), (b"", "/v1/entities", 401),
@@ -84,6 +84,24 @@ def test_key_check_compares_every_key_in_constant_time(monkeypatch):
     for bad in (None, b"", b"alpha", b"Basic alpha", b"Bearer alph", b"Bearer alphaa", b"Bearer "):
         assert not g.allowed(bad), bad
     assert read_api_keys(None, " k1 , ,k2") == ("k1", "k2")
+
+
+def test_each_route_declares_its_scope_and_the_app_reads_them(tiny_ner_dir, tmp_path):
+    """Issue 45: a route's auth scope is declared on the route (shown in the OpenAPI schema); the key check and the
+    metrics read them from the app, so a new route is one edit in its router."""
+    from llm_ner.serving.middleware import AUTH_KEY
+    from llm_ner.serving.serve import create_app
+    from llm_ner.serving.settings import ServeConfig
+
+    app = create_app(ServeConfig(str(tiny_ner_dir), train_dir=str(tmp_path / "rounds")))
+    scopes = app.user_middleware[[m.cls.__name__ for m in app.user_middleware].index("ApiKeys")].kwargs["scopes"]
+    assert {p for p, s in scopes.items() if s == "train"} == {"/train", "/webhook", "/v1/training/rollback"}
+    assert {"/", "/health", "/docs", "/openapi.json"} <= {p for p, s in scopes.items() if s == "open"}
+    assert {"/v1/entities", "/v1/labels", "/metrics", "/setup", "/predict", "/v1/training"} <= {
+        p for p, s in scopes.items() if s == "predict"}
+    assert app.state.metrics.paths == set(scopes)
+    schema = app.openapi()["paths"]
+    assert schema["/train"]["post"][AUTH_KEY] == "train" and schema["/v1/entities"]["post"][AUTH_KEY] == "predict"
 
 
 def test_api_keys_from_file_and_environment(tiny_ner_dir, tmp_path):

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from .batcher import TextFailed
+from .middleware import auth
 from .settings import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -99,11 +100,11 @@ def router(cfg: ServeConfig) -> APIRouter:
     r = APIRouter()
     page = resources.files("llm_ner").joinpath("serving/web/demo.html").read_text(encoding="utf-8")  # read once
 
-    @r.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @r.get("/", response_class=HTMLResponse, include_in_schema=False, **auth("open"))
     async def demo() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @r.get("/v1/labels")
+    @r.get("/v1/labels", **auth("predict"))
     async def labels(request: Request) -> dict:
         served = request.app.state.served
         ls = served.ner.labels
@@ -128,5 +129,5 @@ def router(cfg: ServeConfig) -> APIRouter:
     # the body model carries this server's limits, so it is made here (and set as a real class, not a string
     # annotation, for FastAPI to resolve)
     entities.__annotations__["req"] = request_model(cfg)
-    r.post("/v1/entities", response_model=EntitiesResponse, responses=ENTITY_ERRORS)(entities)
+    r.post("/v1/entities", response_model=EntitiesResponse, responses=ENTITY_ERRORS, **auth("predict"))(entities)
     return r

@@ -46,12 +46,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .batcher import TextFailed
+from .middleware import auth
 from .training_api import STARTED, training_off
 
 log = logging.getLogger(__name__)
 
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
-PATHS = {"/setup", "/predict", "/webhook", "/train", "/v1/training", "/v1/training/rollback"}  # counted by /metrics
 
 
 class _Open(BaseModel):
@@ -194,85 +194,101 @@ class ExportTooLarge(ValueError):
     pass
 
 
+class Projects:
+    """The Label Studio link's state, on `app.state.label_studio` beside `served` and `retrainer`: each project's
+    access token from /setup (to fetch its export), and the one download thread and lock exports go through."""
+
+    def __init__(self, max_projects: int):
+        self.max_projects = max_projects
+        self.tokens: dict[str, str] = {}  # project id -> the access token /setup gave
+        self.fetcher = ThreadPoolExecutor(1, thread_name_prefix="ls-export")  # never the pool predictions run in
+        self.fetching = asyncio.Lock()  # one export download at a time
+
+    def remember(self, pid: str, token: str) -> None:
+        if len(token) > MAX_TOKEN_CHARS or not pid.isdigit():
+            raise HTTPException(422, f"a project id is a number and a token at most {MAX_TOKEN_CHARS} characters")
+        if pid not in self.tokens and len(self.tokens) >= self.max_projects:
+            raise HTTPException(409, f"{self.max_projects} projects are set up already (--max-projects)")
+        self.tokens[pid] = token
+
+
 def router(cfg) -> APIRouter:
-    """The ML-backend endpoints. The served model is `app.state.served`; START_TRAINING hands the fetched export to
-    `app.state.retrainer` (training_api.py), which is None when training is off."""
+    """The ML-backend endpoints, each with its auth scope. The served model is `app.state.served`; START_TRAINING
+    hands the fetched export to `app.state.retrainer` (training_api.py), which is None when training is off."""
     r = APIRouter(tags=["label-studio"])
-    tokens: dict[str, str] = {}  # project id -> the access token /setup gave (to fetch the project's export)
-    fetcher = ThreadPoolExecutor(1, thread_name_prefix="ls-export")  # never the pool predictions run in
-    fetching = asyncio.Lock()  # one export download at a time
-
-    @r.post("/setup", response_model=SetupResponse, responses=ERRORS)
-    async def setup(body: SetupRequest, request: Request) -> SetupResponse:
-        served = request.app.state.served
-        parse_schema(body.label_config, tuple(served.ner.labels.types))
-        pid = body.project.split(".", 1)[0]
-        # the token training fetches exports with is kept only from a caller who may train: a prediction key must
-        # not swap in a token of its own (the next training would fetch with it)
-        if body.access_token and getattr(request.state, "may_train", True):
-            if len(body.access_token) > MAX_TOKEN_CHARS or not pid.isdigit():
-                raise HTTPException(422, f"a project id is a number and a token at most {MAX_TOKEN_CHARS} characters")
-            if pid not in tokens and len(tokens) >= cfg.max_projects:
-                raise HTTPException(409, f"{cfg.max_projects} projects are set up already (--max-projects)")
-            tokens[pid] = body.access_token
-        return SetupResponse(model_version=served.version())
-
-    @r.post("/predict", response_model=PredictResponse, responses=ERRORS)
-    async def predict(body: PredictRequest, request: Request) -> PredictResponse:
-        served = request.app.state.served
-        schema = parse_schema(body.label_config, tuple(served.ner.labels.types))
-        if len(body.tasks) > cfg.max_batch:
-            raise HTTPException(413, f"{len(body.tasks)} tasks; the limit is {cfg.max_batch} (--max-batch)")
-        texts = [str(t.data.get(schema.field, "")) for t in body.tasks]
-        if (long := next((i for i, t in enumerate(texts) if len(t) > cfg.max_text_chars), None)) is not None:
-            raise HTTPException(413, f"tasks[{long}] has {len(texts[long])} characters; the limit is "
-                                     f"{cfg.max_text_chars}")
-        if (n := sum(map(len, texts))) > cfg.max_request_chars:
-            raise HTTPException(413, f"the tasks' texts have {n} characters in all; the limit is "
-                                     f"{cfg.max_request_chars}")
-        try:
-            res = await served.batcher.submit(texts) if texts else []
-        except TextFailed as e:
-            where = f"tasks[{e.index}]" if e.index is not None else "the tasks"
-            log.error("%s of a /predict request could not be processed: %s", where, e)
-            raise HTTPException(422, f"{where} could not be processed ({type(e.error).__name__})") from None
-        keep = set(schema.labels)  # the project cannot show a label it does not have
-        regions = res.to("label-studio-regions", model=served.version(), from_name=schema.from_name,
-                         to_name=schema.to_name, labels=keep) if texts else []
-        return PredictResponse(results=regions, model_version=served.version())
-
-    @r.post("/webhook", responses={**ERRORS, **STARTED,
-                                                             200: {"description": "an event we do not act on"}})
-    async def webhook(body: WebhookRequest, request: Request) -> JSONResponse:
-        retrainer = request.app.state.retrainer
-        if body.action not in TRAIN_EVENTS:
-            return JSONResponse({"status": "Unknown event"}, 200)
-        if body.action != "START_TRAINING":
-            return JSONResponse({"status": "ok", "result": f"{body.action} noted; training starts on START_TRAINING"},
-                                201)
-        if retrainer is None:
-            return training_off()
-        pid = str((body.project or {}).get("id", ""))
-        if not cfg.label_studio_url or pid not in tokens:
-            raise HTTPException(409, "cannot fetch the project's annotations: the server has no --label-studio-url"
-                                if not cfg.label_studio_url else
-                                f"project {pid!r} was not set up with a token (/setup)")
-        if fetching.locked() or retrainer.queue.running:
-            raise HTTPException(409, "a training job, or the fetch of an export, is under way; one at a time")
-        async with fetching:
-            dest = retrainer.queue.root / f".export-{pid}.part"
-            try:
-                tasks = await asyncio.get_running_loop().run_in_executor(
-                    fetcher, fetch_export, cfg.label_studio_url, tokens[pid], pid, dest, cfg.fetch_timeout,
-                    cfg.max_export_bytes)
-            except ExportTooLarge as e:
-                raise HTTPException(413, f"{e}; the limit is --max-export-bytes") from None
-            except (OSError, ValueError) as e:  # unreachable, refused, redirected, too slow, or not JSON
-                log.warning("fetching project %s's export from Label Studio failed: %s", pid, e)
-                raise HTTPException(502, "could not fetch the project's annotations from Label Studio (the "
-                                         "server's log says why)") from None
-            finally:
-                dest.unlink(missing_ok=True)
-        return await retrainer.start(tasks)
-
+    r.add_api_route("/setup", setup, methods=["POST"], response_model=SetupResponse, responses=ERRORS,
+                    **auth("predict"))
+    r.add_api_route("/predict", predict, methods=["POST"], response_model=PredictResponse, responses=ERRORS,
+                    **auth("predict"))
+    r.add_api_route("/webhook", webhook, methods=["POST"], **auth("train"),
+                    responses={**ERRORS, **STARTED, 200: {"description": "an event we do not act on"}})
     return r
+
+
+async def setup(body: SetupRequest, request: Request) -> SetupResponse:
+    served = request.app.state.served
+    parse_schema(body.label_config, tuple(served.ner.labels.types))
+    # the token training fetches exports with is kept only from a caller who may train: a prediction key must not
+    # swap in a token of its own (the next training would fetch with it)
+    if body.access_token and getattr(request.state, "may_train", True):
+        request.app.state.label_studio.remember(body.project.split(".", 1)[0], body.access_token)
+    return SetupResponse(model_version=served.version())
+
+
+async def predict(body: PredictRequest, request: Request) -> PredictResponse:
+    cfg, served = request.app.state.cfg, request.app.state.served
+    schema = parse_schema(body.label_config, tuple(served.ner.labels.types))
+    if len(body.tasks) > cfg.max_batch:
+        raise HTTPException(413, f"{len(body.tasks)} tasks; the limit is {cfg.max_batch} (--max-batch)")
+    texts = [str(t.data.get(schema.field, "")) for t in body.tasks]
+    if (long := next((i for i, t in enumerate(texts) if len(t) > cfg.max_text_chars), None)) is not None:
+        raise HTTPException(413, f"tasks[{long}] has {len(texts[long])} characters; the limit is {cfg.max_text_chars}")
+    if (n := sum(map(len, texts))) > cfg.max_request_chars:
+        raise HTTPException(413, f"the tasks' texts have {n} characters in all; the limit is {cfg.max_request_chars}")
+    try:
+        res = await served.batcher.submit(texts) if texts else []
+    except TextFailed as e:
+        where = f"tasks[{e.index}]" if e.index is not None else "the tasks"
+        log.error("%s of a /predict request could not be processed: %s", where, e)
+        raise HTTPException(422, f"{where} could not be processed ({type(e.error).__name__})") from None
+    keep = set(schema.labels)  # the project cannot show a label it does not have
+    regions = res.to("label-studio-regions", model=served.version(), from_name=schema.from_name,
+                     to_name=schema.to_name, labels=keep) if texts else []
+    return PredictResponse(results=regions, model_version=served.version())
+
+
+async def webhook(body: WebhookRequest, request: Request) -> JSONResponse:
+    retrainer = request.app.state.retrainer
+    if body.action not in TRAIN_EVENTS:
+        return JSONResponse({"status": "Unknown event"}, 200)
+    if body.action != "START_TRAINING":
+        return JSONResponse({"status": "ok", "result": f"{body.action} noted; training starts on START_TRAINING"},
+                            201)
+    if retrainer is None:
+        return training_off()
+    tasks = await fetch_project(request.app.state.cfg, request.app.state.label_studio, retrainer,
+                                str((body.project or {}).get("id", "")))
+    return await retrainer.start(tasks)
+
+
+async def fetch_project(cfg, projects: Projects, retrainer, pid: str) -> object:
+    """The project's export from the operator's --label-studio-url, with the token /setup gave; one at a time."""
+    if not cfg.label_studio_url or pid not in projects.tokens:
+        raise HTTPException(409, "cannot fetch the project's annotations: the server has no --label-studio-url"
+                            if not cfg.label_studio_url else f"project {pid!r} was not set up with a token (/setup)")
+    if projects.fetching.locked() or retrainer.queue.running:
+        raise HTTPException(409, "a training job, or the fetch of an export, is under way; one at a time")
+    async with projects.fetching:
+        dest = retrainer.queue.root / f".export-{pid}.part"
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                projects.fetcher, fetch_export, cfg.label_studio_url, projects.tokens[pid], pid, dest,
+                cfg.fetch_timeout, cfg.max_export_bytes)
+        except ExportTooLarge as e:
+            raise HTTPException(413, f"{e}; the limit is --max-export-bytes") from None
+        except (OSError, ValueError) as e:  # unreachable, refused, redirected, too slow, or not JSON
+            log.warning("fetching project %s's export from Label Studio failed: %s", pid, e)
+            raise HTTPException(502, "could not fetch the project's annotations from Label Studio (the server's log "
+                                     "says why)") from None
+        finally:
+            dest.unlink(missing_ok=True)

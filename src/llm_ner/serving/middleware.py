@@ -1,5 +1,6 @@
 """The service's ASGI middleware: the raw body cap (before any parsing), the API keys (prediction and training
-scopes), and the Prometheus counting. No route here."""
+scopes), and the Prometheus counting. No route here: each route declares its own scope (`auth("train")` in its
+decorator, also shown in the OpenAPI schema), and serve.py hands the middleware what the routes declared."""
 
 from __future__ import annotations
 
@@ -7,9 +8,26 @@ import base64
 import hmac
 import json
 import time
+from typing import Literal
 
-OPEN_PATHS = {"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"}  # no key needed: no data in them
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's own files, served by us (fastapi-offline): /docs needs no CDN
+AUTH_KEY = "x-llm-ner-auth"
+Auth = Literal["open", "predict", "train"]
+
+
+def auth(name: Auth) -> dict:
+    """A route's auth scope, for its decorator (`@r.get(path, **auth("open"))`): open (no key: no data in it),
+    predict (any key; the default of a route that declares none), train (a training key: it trains, promotes or
+    rolls back)."""
+    return {"openapi_extra": {AUTH_KEY: name}}
+
+
+def route_auth(ours, app_routes) -> dict[str, Auth]:
+    """Path -> scope: each of our routes as it declared (predict when it declares none); the app's own routes
+    (FastAPI's /docs, /openapi.json) are open. Our routers have no prefix: a route's path is the app's."""
+    scopes: dict[str, Auth] = {r.path: "open" for r in app_routes if isinstance(getattr(r, "path", None), str)}
+    scopes.update({r.path: (r.openapi_extra or {}).get(AUTH_KEY, "predict") for r in ours})
+    return scopes
 
 
 async def _send_json(send, status: int, body: dict, headers: tuple = ()) -> None:
@@ -61,18 +79,17 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-TRAIN_PATHS = {"/train", "/webhook", "/v1/training/rollback"}  # start training, promote, roll back
-
-
 class ApiKeys:
-    """ASGI middleware: with keys configured, every path outside OPEN_PATHS needs `Authorization: Bearer KEY`; the
-    paths that train or change the served model (TRAIN_PATHS) need a training key (`train_keys`), which may also
-    predict — Label Studio sends one credential for every call. Keys are compared in constant time, all of them every
-    time (no early exit that would time which one nearly matched); the 401 says nothing about why; a prediction key on
-    a training path gets 403."""
+    """ASGI middleware: with keys configured, every path but the open ones (`scopes`: path -> the scope its route
+    declared) needs `Authorization: Bearer KEY`; the paths that train or change the served model (scope "train") need
+    a training key (`train_keys`), which may also predict — Label Studio sends one credential for every call. Keys
+    are compared in constant time, all of them every time (no early exit that would time which one nearly matched);
+    the 401 says nothing about why; a prediction key on a training path gets 403."""
 
-    def __init__(self, app, keys: tuple[str, ...], train_keys: tuple[str, ...] = ()):
+    def __init__(self, app, keys: tuple[str, ...], train_keys: tuple[str, ...] = (),
+                 scopes: dict[str, Auth] | None = None):
         self.app, self.keys, self.train = app, [k.encode() for k in keys], [k.encode() for k in train_keys]
+        self.scopes = scopes or {}  # a path no route declared (404s): "predict"
 
     @staticmethod
     def given(header: bytes | None) -> bytes | None:
@@ -105,7 +122,7 @@ class ApiKeys:
         return self.scope_of(header) is not None
 
     async def __call__(self, scope, receive, send):
-        if (scope["type"] != "http" or not (self.keys or self.train) or scope["path"] in OPEN_PATHS
+        if (scope["type"] != "http" or not (self.keys or self.train) or self.scopes.get(scope["path"]) == "open"
                 or scope["path"].startswith(DOCS_ASSETS + "/")  # Swagger UI's scripts and styles
                 or scope["method"] == "OPTIONS"):  # CORS preflight carries no credentials
             return await self.app(scope, receive, send)
@@ -113,7 +130,7 @@ class ApiKeys:
         if may is None:
             return await _send_json(send, 401, {"detail": "unauthorized"}, ((b"www-authenticate", b"Bearer"),))
         trains = may == "train"
-        if scope["path"] in TRAIN_PATHS and not trains:
+        if self.scopes.get(scope["path"]) == "train" and not trains:
             return await _send_json(send, 403, {"detail": "this key may predict, not train: training, promotion "
                                                           "and rollback need a training key (--train-key-file)"})
         scope.setdefault("state", {})["may_train"] = trains  # request.state.may_train: /setup keeps tokens only then
@@ -126,10 +143,10 @@ class Metrics:
 
     BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
-    def __init__(self, paths: set[str]):
+    def __init__(self, paths: set[str] = frozenset()):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        self.paths = paths  # known routes; anything else counts as "other" (bounded label values)
+        self.paths = paths  # the app's routes (serve.py sets them); anything else counts as "other" (bounded labels)
         self.registry = r = CollectorRegistry()
         self.requests = Counter("llm_ner_requests", "HTTP requests by path and status", ["path", "status"],
                                 registry=r)

@@ -5,11 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-router = APIRouter()
+from .middleware import auth
+from .settings import ServeConfig
 
 
-@router.get("/health", responses={503: {"description": "the batching worker has stopped: requests cannot be answered "
-                                                       "(restart the server)"}})
+def router(cfg: ServeConfig) -> APIRouter:
+    """The operator's routes: /health is open (no data in it), /metrics needs a key when keys are set."""
+    r = APIRouter()
+    r.add_api_route("/health", health, methods=["GET"], **auth("open"), responses={503: {
+        "description": "the batching worker has stopped: requests cannot be answered (restart the server)"}})
+    r.add_api_route("/metrics", prometheus, methods=["GET"], response_class=Response,
+                    responses={200: {"content": {"text/plain": {}}}}, **auth("predict"))
+    return r
+
+
 async def health(request: Request) -> JSONResponse:
     served = request.app.state.served
     b = served.batcher
@@ -20,7 +29,6 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body | ({"detail": dead} if dead else {}), status_code=503 if dead else 200)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def prometheus(request: Request) -> Response:
     body, content_type = request.app.state.metrics.render()
     return Response(body, media_type=content_type)

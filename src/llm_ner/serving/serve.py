@@ -1,21 +1,16 @@
-"""HTTP service over NERModel (FastAPI + uvicorn).
+"""HTTP service over NERModel (FastAPI + uvicorn): `create_app` assembles it, `run` serves it.
 
-  GET  /              the demo page (web/demo.html: self-contained, works offline)
-  POST /v1/entities   {"texts": ["...", ...]} or {"text": "..."} -> {"results": [{"entities": [...]}, ...]}
-  GET  /v1/labels     the model's entity types (with descriptions) and tags
-  GET  /health        {"status": "ok", "model": {name, version, labels}, "in_flight": n} once the model is loaded;
-                      503 {"status": "error"} if the batching worker has stopped
-  GET  /metrics       Prometheus text format: requests by path and status, latency, batch sizes, queue depth
-  GET  /docs          OpenAPI UI (FastAPI's Swagger UI, its files served from the package: works offline)
-  Label Studio's ML-backend endpoints (label_studio.py) and retraining's (training_api.py)
+Each route is declared once, in the router of its concern, with its auth scope (middleware.auth): entities.py (/ the
+demo page, POST /v1/entities, GET /v1/labels), ops.py (/health, /metrics), label_studio.py (Label Studio's ML-backend
+protocol: /setup, /predict, /webhook), training_api.py (/train, /v1/training, /v1/training/rollback); FastAPI adds
+the OpenAPI UI at /docs (its files served from the package: works offline). What the routes declare is all the key
+check and the metrics know: a new route is one edit in its router. The parts, one concern a module: settings.py (every
+option and limit, declared once: `serve`'s options are generated from it), middleware.py (body cap, keys, metrics),
+batcher.py (micro-batching), served.py (the model on app.state and its one load path).
 
-The parts, one concern a module: settings.py (every limit, declared once), middleware.py (body cap, keys, metrics),
-batcher.py (micro-batching), served.py (the model on app.state and its one load path), and a router per concern:
-entities.py (/, /v1/entities, /v1/labels), ops.py (/health, /metrics), label_studio.py, training_api.py.
-
-Exposing it: with API keys (`--api-key-file`, or LLM_NER_API_KEYS) every path but /, /health and the OpenAPI docs
-needs `Authorization: Bearer KEY` (401 otherwise, saying nothing else); `--cors-origin` allows browsers on other
-origins; the raw body is capped before any JSON parsing (413); when `max_queue` requests or `max_queue_chars`
+Exposing it: with API keys (`--api-key-file`, or LLM_NER_API_KEYS) every route but the open ones (/, /health and the
+OpenAPI docs) needs `Authorization: Bearer KEY` (401 otherwise, saying nothing else); `--cors-origin` allows browsers
+on other origins; the raw body is capped before any JSON parsing (413); when `max_queue` requests or `max_queue_chars`
 characters already wait for the model, new ones get 429 with Retry-After instead of queueing without bound; a request
 not answered within `request_timeout` gets 503. Responses name the model (a name and a content fingerprint), never the
 server's filesystem. The CLI refuses a non-loopback host without keys (docs/hardening.md has the threat model).
@@ -44,7 +39,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from . import entities, label_studio, ops, training_api
-from .middleware import DOCS_ASSETS, ApiKeys, BodyLimit, Metrics
+from .middleware import DOCS_ASSETS, ApiKeys, BodyLimit, Metrics, route_auth
 from .served import Served
 from .settings import ServeConfig
 from .training import TrainingQueue
@@ -53,6 +48,7 @@ from .training_api import Retrainer
 log = logging.getLogger(__name__)
 
 
+ROUTERS = (entities, ops, label_studio, training_api)  # each module's router(cfg): its routes and their scopes
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")  # Host headers a loopback server without keys accepts
 
 
@@ -85,7 +81,7 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
     current = queue.current() if queue and ner is None else None  # a promoted round outlives a restart
     if current:
         log.info("serving %s (the training dir's current round), not the model given", current)
-    metrics = Metrics({"/", "/health", "/metrics", "/v1/labels", "/v1/entities"} | label_studio.PATHS)
+    metrics = Metrics()
     served = Served(cfg, str(queue.model_dir_of(current)) if current else cfg.model_dir, metrics,
                     None if current else cfg.model_version)
 
@@ -101,13 +97,19 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
     # exposed or air-gapped server must not make browsers load scripts from elsewhere)
     app = FastAPIOffline(title="llm-ner", version="1", lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS,
                          description="Named-entity recognition with a transformed decoder LLM.")
-    app.state.served, app.state.metrics = served, metrics
+    app.state.cfg, app.state.served, app.state.metrics = cfg, served, metrics
     app.state.retrainer = Retrainer(cfg, queue, served) if queue else None
+    app.state.label_studio = label_studio.Projects(cfg.max_projects)
+    routers = [module.router(cfg) for module in ROUTERS]
+    for r in routers:
+        app.include_router(r)
+    scopes = route_auth([route for r in routers for route in r.routes], app.routes)
+    metrics.paths = set(scopes)
     # Starlette runs the last added middleware first: CORS outermost (a preflight is answered, and a 401 or 413
     # still carries the CORS headers a browser needs to read it), then the counting, the Host check, the key check,
     # the body cap.
     app.add_middleware(BodyLimit, limit=cfg.body_limit(), per_path=cfg.path_body_limits())
-    app.add_middleware(ApiKeys, keys=cfg.api_keys, train_keys=cfg.train_keys)
+    app.add_middleware(ApiKeys, keys=cfg.api_keys, train_keys=cfg.train_keys, scopes=scopes)
     if cfg.allowed_hosts:  # loopback without keys: a web page's DNS rebinding must not reach us by another name
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(cfg.allowed_hosts))
     app.add_middleware(metrics.middleware)
@@ -115,8 +117,6 @@ def create_app(cfg: ServeConfig, ner=None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])
     app.add_exception_handler(RequestValidationError, _invalid)
-    for r in (entities.router(cfg), ops.router, label_studio.router(cfg), training_api.router):
-        app.include_router(r)
     return app
 
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from .middleware import auth
 from .served import Served
 from .settings import ServeConfig
 from .training import ROUND, Busy, Job, TrainingQueue, clean_export, split_holdout, train_command
@@ -131,7 +132,17 @@ class Retrainer:
         self.queue.prune(Path(self.served.model_dir))
 
 
-router = APIRouter(tags=["label-studio"])
+def router(cfg: ServeConfig) -> APIRouter:
+    """Retraining's routes, each with its auth scope."""
+    r = APIRouter(tags=["label-studio"])
+    r.add_api_route("/train", train, methods=["POST"], responses={**ERRORS, **STARTED}, **auth("train"))
+    r.add_api_route("/v1/training", training, methods=["GET"], response_model=TrainingResponse, **auth("predict"))
+    r.add_api_route("/v1/training/rollback", rollback, methods=["POST"], response_model=TrainingResponse,
+                    **auth("train"), responses={
+                        **AUTH, 404: {"description": "training is off, or no such kept round with a model"},
+                        409: {"description": "a training job is running, or the round did not finish or its model "
+                                             "does not load"}})
+    return r
 
 
 def _retrainer(request: Request) -> Retrainer:
@@ -140,13 +151,11 @@ def _retrainer(request: Request) -> Retrainer:
     return request.app.state.retrainer
 
 
-@router.post("/train", responses={**ERRORS, **STARTED})
 async def train(body: TrainRequest, request: Request) -> JSONResponse:
     rt = request.app.state.retrainer
     return await rt.start(body.annotations) if rt else training_off()
 
 
-@router.get("/v1/training", response_model=TrainingResponse)
 async def training(request: Request) -> TrainingResponse:
     rt, served = request.app.state.retrainer, request.app.state.served
     jobs = rt.queue.jobs if rt else []
@@ -154,10 +163,6 @@ async def training(request: Request) -> TrainingResponse:
                             served=rt.queue.current() if rt else None, model_version=served.version())
 
 
-@router.post("/v1/training/rollback", response_model=TrainingResponse,
-             responses={**AUTH, 404: {"description": "training is off, or no such kept round with a model"},
-                        409: {"description": "a training job is running, or the round did not finish or its model "
-                                             "does not load"}})
 async def rollback(body: RollbackRequest, request: Request) -> TrainingResponse:
     rt = _retrainer(request)
     name = None if body.round == "start" else body.round

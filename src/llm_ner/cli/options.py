@@ -126,21 +126,13 @@ def command(name: str | None = None, group: typer.Typer = app, help: str | None 
     return deco
 
 
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    return precision
-
-
 def load_model(model: str, batch_size: int = BATCH_SIZE, trust_remote_code: bool = False, precision: str = "auto",
                min_score: float | None = None):
-    """The model for prediction, at the chosen precision and score floor (checked before minutes of loading)."""
+    """The model for prediction, at the chosen precision and score floor (NERModel checks both before loading)."""
     from ..inference.engine import NERModel
-    from ..inference.outputs import Thresholds
 
-    Thresholds(min_score)
     return NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                    precision=check_precision(precision), min_score=min_score)
+                                    precision=precision, min_score=min_score)
 
 
 def overrides(flags: dict, set_: list[str] | None) -> dict:
@@ -160,13 +152,6 @@ def refuse_overwrite(outputs: dict[str, str | Path | None], inputs: dict[str, st
                     os.path.exists(out) and os.path.samefile(out, src))):
                 raise UserError(f"{out_name} {out} is the input {in_name} {src}: it would be overwritten; write "
                                 "the output elsewhere")
-
-
-def check_score(score: float | None) -> None:
-    """Before a model loads: the thresholds' own check (outputs.Thresholds), as a one-line CLI error."""
-    from ..inference.outputs import Thresholds
-
-    Thresholds(score)
 
 
 def fetch(name: str, progress: bool = True, force: bool = False, find_links: str | None = None) -> Path:

@@ -20,8 +20,6 @@ from .options import (
     Review,
     TrustRemoteCode,
     Verbose,
-    check_precision,
-    check_score,
     command,
     fail,
     load_model,
@@ -132,11 +130,14 @@ def batch_predict(
     review: Review = False,
 ) -> None:
     """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
+    from ..inference.outputs import Thresholds
+    from ..inference.quantize import check_precision
     from ..modeling.persistence import read_model_config
     from ..serving.batch import ray_predict
 
-    check_score(min_score)
-    read_model_config(model)  # fail here, not inside a Ray actor
+    # fail here, not inside a Ray actor: the owners' own checks (NERModel runs them again in each actor)
+    Thresholds(min_score)
+    read_model_config(model)
     n = ray_predict(model, input, output, address, concurrency, batch_size, threads, check_precision(precision),
                     min_score, review)
     typer.echo(f"{n} texts -> {output}")

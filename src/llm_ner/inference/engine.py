@@ -120,8 +120,8 @@ class NERModel:
         review."""
         Thresholds(min_score)  # checked before minutes of loading
         precision = "fp32" if precision is None else precision
-        if isinstance(precision, str) and precision not in q.PRECISIONS:
-            raise q.PrecisionError(f"precision={precision!r}: use one of {', '.join(q.PRECISIONS)}")
+        if isinstance(precision, str):
+            q.check_precision(precision)
         spec = q.Int8Spec.parse(precision) if precision not in ("auto", "fp32", "bf16") else None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if spec and device != "cpu":

@@ -200,6 +200,13 @@ PRECISIONS = {
 }
 
 
+def check_precision(precision: str) -> str:
+    """The one check of a precision name (NERModel.from_pretrained, ServeConfig, batch-predict before Ray starts)."""
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 @dataclass(frozen=True)
 class Int8Spec:
     """How to quantise: `NERModel.from_pretrained(..., precision="int8")` takes the defaults; benchmarks pass a spec

@@ -1,10 +1,12 @@
-"""The service's settings, declared once: every limit's default, its help (the CLI's `serve --help` reads both from
-here) and its validation (`ServeConfig.__post_init__`, whoever builds one: the CLI, a test, an embedding app). No
-FastAPI import: the CLI reads this without the [serve] extra."""
+"""The service's settings, declared once: every option's default, its help and its validation
+(`ServeConfig.__post_init__`, whoever builds one: the CLI, a test, an embedding app). `llm-ner serve`'s options are
+generated from these fields (cli/serving.py): a field with a help is an option (`--name-with-dashes`, or its `flag`),
+one marked `shared` takes the CLI's shared option of that name (--precision, --min-score, ...), the others are set
+by code. A new serve option is one field here. No FastAPI import: the CLI reads this without the [serve] extra."""
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..errors import UserError
@@ -13,23 +15,29 @@ BODY_BYTES_PER_CHAR = 6  # a JSON string may escape any character as \uXXXX
 BODY_JSON_SLACK = 65_536  # the JSON around the texts
 
 
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _opt(default, help: str, flag: str | None = None):
+    return field(default=default, metadata={"help": help, **({"flag": flag} if flag else {})})
+
+
+def _shared(default, option: str):
+    """A setting whose CLI option every prediction command shares (cli/options.py declares it once)."""
+    return field(default=default, metadata={"shared": option})
 
 
 @dataclass
 class ServeConfig:
-    model_dir: str
+    model_dir: str = _shared(None, "ModelDir")
     max_text_chars: int = _opt(100_000, "longer texts get 413")
     max_batch: int = _opt(64, "more texts per request get 413")
     batch_wait_ms: float = _opt(5.0, "micro-batching window: how long the worker waits to gather requests (ms)")
     max_batch_texts: int = 64  # texts per model call
     device: str | None = None
-    trust_remote_code: bool = False  # the backbone's own Python code runs only if the user says so
-    precision: str = "auto"  # quantize.PRECISIONS
-    min_score: float | None = None  # entities scored below it (or below their type's calibrated threshold): review
+    trust_remote_code: bool = _shared(False, "TrustRemoteCode")  # the backbone's own code runs only if asked
+    precision: str = _shared("auto", "Precision")  # quantize.PRECISIONS
+    min_score: float | None = _shared(None, "MinScore")  # entities scored below it (or their type's threshold): review
     api_keys: tuple[str, ...] = ()  # empty: no authentication
-    cors_origins: tuple[str, ...] = ()  # origins allowed to call from a browser ("*" for any)
+    cors_origins: tuple[str, ...] = _opt((), "an origin browsers may call from (repeat; '*' for any)",
+                                         "--cors-origin")
     max_body_bytes: int | None = _opt(None, f"bigger request bodies get 413 before parsing (default: "
                                             f"{BODY_BYTES_PER_CHAR} bytes per allowed character of "
                                             f"--max-request-chars + {BODY_JSON_SLACK // 1024} KiB)")
@@ -45,7 +53,7 @@ class ServeConfig:
     train_dir: str | None = _opt(None, "as a Label Studio ML backend, retrain on the project's annotations (`train "
                                        "--init` this model) into DIR/round_K and serve the result; off by default")
     train_config: str | None = _opt(None, "run config for retraining (default: the built-in defaults)")
-    train_set: tuple[str, ...] = ()
+    train_set: tuple[str, ...] = _opt((), "a --set override for retraining (repeat)")
     train_timeout: float = _opt(3600.0, "seconds a retraining job may run; past it the job is stopped")
     train_threads: int | None = _opt(None, "CPU threads for a retraining job (default: torch's own choice; give "
                                            "fewer than the cores to keep serving responsive)")
@@ -72,6 +80,13 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] = ()  # Host headers accepted (set for loopback without keys: DNS rebinding)
 
     def __post_init__(self) -> None:
+        from ..inference.outputs import Thresholds
+        from ..inference.quantize import check_precision
+
+        if not self.model_dir:
+            raise UserError("a model dir is required (--model)")
+        check_precision(self.precision)
+        Thresholds(self.min_score)
         positive = ("max_text_chars", "max_batch", "max_batch_texts", "max_queue", "max_request_chars",
                     "max_queue_chars")
         for name in positive:
@@ -110,14 +125,3 @@ class ServeConfig:
         (its tasks as Label Studio sends them, with the predictions we drop), not a prediction request's size."""
         return {"/train": max(self.body_limit(), 2 * self.max_export_bytes + BODY_JSON_SLACK)} if self.train_dir \
             else {}
-
-
-def default(name: str):
-    """A setting's default, for the CLI's option."""
-    f = next(f for f in fields(ServeConfig) if f.name == name)
-    return None if f.default is MISSING else f.default
-
-
-def help_of(name: str) -> str:
-    """A setting's help text, for the CLI's option."""
-    return next(f for f in fields(ServeConfig) if f.name == name).metadata["help"]

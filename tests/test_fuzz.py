@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from tiny import ner_config
 
 from llm_ner.data import DataError, load_corpus
-from llm_ner.data.corpus import read_conll
+from llm_ner.data.readers import read_conll
 from llm_ner.data.words import split_words
 from llm_ner.inference.engine import NERModel
 from llm_ner.labels import LabelSet

@@ -196,3 +196,12 @@ def test_no_code_outside_inference_calls_a_private_method_of_nermodel():
            if p.relative_to(PKG).parts[0] != "inference"
            for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Attribute) and node.attr in private]
     assert not bad, bad
+
+
+def test_no_function_is_longer_than_a_screen():
+    """A function you can read in one screen: none in src/ is over 60 lines (a nested function counts in its
+    parent's lines too)."""
+    long = [(p.relative_to(PKG).as_posix(), n.name, n.end_lineno - n.lineno + 1) for p in PKG.rglob("*.py")
+            for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+            and n.end_lineno - n.lineno + 1 > 60]
+    assert not long, long

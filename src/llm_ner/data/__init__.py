@@ -1,26 +1,21 @@
-"""Data: tag schemes (schemes.py), annotation-tool layouts (annotation.py), the readers (corpus.py) and the format
-registry with detection and the entry points (formats.py). The names below are the public API, re-exported so that
-`from llm_ner.data import load_corpus` keeps working."""
+"""Data: tag schemes (schemes.py), annotation-tool layouts (annotation.py), the corpus in memory (corpus.py), its
+readers (readers.py) and the format registry with detection and the entry points (formats.py). The names below are
+the public API, re-exported so that `from llm_ner.data import load_corpus` keeps working."""
 
-from .corpus import (
+from .corpus import Sentence, entity_types, normalise, remap, stats, write_conll
+from .formats import FORMATS, check_format, detect_format, format_names, load_corpus, load_split, read_texts
+from .readers import (
     BUNDLED,
     MULTINERD_TAGS,
     MULTINERD_TYPES,
-    Sentence,
     bundled_names,
-    entity_types,
-    normalise,
     read_conll,
     read_jsonl_spans,
     read_jsonl_tokens,
     read_multinerd,
     read_predictions,
-    remap,
     spans_to_sentence,
-    stats,
-    write_conll,
 )
-from .formats import FORMATS, check_format, detect_format, format_names, load_corpus, load_split, read_texts
 from .schemes import DataError, detect_scheme, iob2_to_bioes, is_tag, spans, split_tag, to_iob2
 
 __all__ = [

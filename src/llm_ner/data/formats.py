@@ -18,29 +18,27 @@ from pathlib import Path
 
 from ..config import RunConfig
 from . import annotation as ann
-from .corpus import (
+from .corpus import Sentence, normalise, remap
+from .readers import (
     BUNDLED,
     SPLIT_ALIASES,
-    Sentence,
-    _bundled,
-    _columns,
-    _open_text,
-    _read_json,
-    _read_jsonl,
     bundled_names,
-    normalise,
+    bundled_split,
+    columns,
     open_lines,
+    open_text,
     read_conll,
     read_docbin,
     read_doccano,
     read_hf,
+    read_json,
+    read_jsonl_records,
     read_jsonl_spans,
     read_jsonl_tokens,
     read_label_studio,
     read_multinerd,
     read_multinerd_hf,
     read_tokens,
-    remap,
 )
 from .schemes import DataError, is_tag
 
@@ -57,7 +55,7 @@ def record_text(rec: dict, path: str | Path, lineno: int) -> str:
 
 
 def _jsonl_texts(path: Path) -> Texts:
-    return "text", [record_text(rec, path, lineno) for lineno, rec in _read_jsonl(path)]
+    return "text", [record_text(rec, path, lineno) for lineno, rec in read_jsonl_records(path)]
 
 
 def _sentence_texts(read: Callable[[Path], list[Sentence]]) -> Callable[[Path], Texts]:
@@ -83,14 +81,14 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            _jsonl_texts),
     Format("doccano", 'doccano JSONL {"text", "label": [[start, end, label]]}', read_doccano, _jsonl_texts),
     Format("label-studio", "a Label Studio JSON export (a list of tasks)", read_label_studio,
-           lambda path: ("text", [t for t, *_ in ann.label_studio_records(_read_json(path), path, need_labels=False)])),
+           lambda path: ("text", [t for t, *_ in ann.label_studio_records(read_json(path), path, need_labels=False)])),
     Format("spacy", "a spaCy DocBin (.spacy)", read_docbin,
            lambda path: ("text", [text for text, *_ in ann.docbin_records(path)])),
     Format("multinerd", 'MultiNERD JSON lines {"tokens", "ner_tags": [int], "lang"} (declared only: integer tags '
                         "mean nothing without their label list)", read_multinerd, _sentence_texts(read_multinerd),
            detected=False),
     Format("jsonl-text", 'JSON lines {"text": ...} (no labels)', None, _jsonl_texts),
-    Format("text", "a text per line (no labels)", None, lambda path: ("text", _open_text(path))),
+    Format("text", "a text per line (no labels)", None, lambda path: ("text", open_text(path))),
     Format("tokens", "a token per line, blank line between sentences (no tags)", None,
            lambda path: ("tokens", read_tokens(path))),
 ]}
@@ -126,14 +124,14 @@ def _first_lines(path: Path, n: int = 200) -> tuple[list[tuple[int, str]], bool]
                 if len(out) == n:
                     break
     except UnicodeDecodeError:
-        _open_text(path)  # raises the DataError that names the line
+        open_text(path)  # raises the DataError that names the line
     return out, blank
 
 
 def _detect_json(path: Path, numbered: list[tuple[int, str]]) -> str:
     lines = [ln for _, ln in numbered]
     if lines[0].lstrip().startswith("["):  # one JSON document: a Label Studio export is a list of tasks
-        tasks = _read_json(path)
+        tasks = read_json(path)
         if isinstance(tasks, list) and tasks and isinstance(tasks[0], dict) and "data" in tasks[0]:
             return "label-studio"
         raise DataError(f"{path}: a JSON list, but not a Label Studio export (a list of tasks with 'data'); "
@@ -180,7 +178,7 @@ def detect_format(path: str | Path, allow_text: bool = False) -> str:
         return _detect_json(path, numbered)
     body = [ln for ln in lines if ln.split()[0] != "-DOCSTART-"]
     tabs = bool(body) and all("\t" in ln for ln in body)
-    cols = [_columns(ln, tabs) for ln in body]
+    cols = [columns(ln, tabs) for ln in body]
     tagged = sum(len(c) >= 2 and is_tag(c[-1]) for c in cols)
     evidence = len(body) < len(lines) or any(len(c) >= 2 and c[-1] == "O" for c in cols)  # -DOCSTART- or an O
     # what makes text doubtful: evidence, or a bare `token TAG` line (a sentence rarely has two words, the last B-X)
@@ -253,7 +251,7 @@ def load_corpus(
         sents = read_multinerd_hf(SPLIT_ALIASES.get(src.split(":", 1)[1], src.split(":", 1)[1]).replace(
             "valid", "validation"))
     elif ":" in src and src.split(":", 1)[0] in BUNDLED and not Path(src).exists():
-        sents = _bundled(*src.split(":", 1))
+        sents = bundled_split(*src.split(":", 1))
     else:
         sents = _read_file(Path(src), fmt)
     if limit is not None:

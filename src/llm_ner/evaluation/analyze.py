@@ -71,73 +71,85 @@ def _prf(c: Counter) -> dict:
             "gold": c["gold"], "pred": c["pred"]}
 
 
-def analyze(sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]],
-            train: Sequence[Sentence] | None = None, worst: int = 10) -> dict:
-    """Everything the report shows about errors. `train` enables the seen/unseen split (entity surface form seen
-    with the same type in training)."""
-    seen = set()
-    if train is not None:
-        for s in train:
-            for t, a, b in spans(s.tags):
-                seen.add((" ".join(s.tokens[a : b + 1]), t))
+class _Tally:
+    """What `analyze` counts, one sentence at a time. `seen`: the (surface form, type) pairs of training (None: no
+    seen/unseen split)."""
 
-    taxonomy: dict[str, Counter] = defaultdict(Counter)
-    confusion: dict[str, Counter] = defaultdict(Counter)  # gold type (or O) -> predicted type (or O)
-    confused_forms: Counter = Counter()
-    by_len: dict[str, Counter] = defaultdict(Counter)
-    by_sent_len: dict[str, Counter] = defaultdict(Counter)
-    by_seen: dict[str, Counter] = defaultdict(Counter)
-    sentence_errors = []
-    for i, (s, pt) in enumerate(zip(sentences, pred_tags, strict=True)):
+    def __init__(self, seen: set | None):
+        self.seen = seen
+        self.taxonomy: dict[str, Counter] = defaultdict(Counter)
+        self.confusion: dict[str, Counter] = defaultdict(Counter)  # gold type (or O) -> predicted type (or O)
+        self.confused_forms: Counter = Counter()
+        self.by_len: dict[str, Counter] = defaultdict(Counter)
+        self.by_sent_len: dict[str, Counter] = defaultdict(Counter)
+        self.by_seen: dict[str, Counter] = defaultdict(Counter)
+        self.sentence_errors: list[tuple[int, int]] = []
+
+    def add(self, i: int, s: Sentence, pt: Sequence[str]) -> None:
         g_sp, p_sp = spans(s.tags), spans(pt)
         matched, spurious = classify(g_sp, p_sp)
-        n_err = 0
         sb = _bucket(len(s), [1, 10, 20, 30, 40])
-        p_set = set(p_sp)
+        n_err = self._gold(s, matched, set(p_sp), sb) + self._spurious(s, spurious)
+        for p in p_sp:
+            self.by_len[_bucket(p[2] - p[1] + 1, [1, 2, 3, 4])].update(pred=1)
+            self.by_sent_len[sb].update(pred=1)
+            if self.seen is not None:
+                surface = " ".join(s.tokens[p[1] : p[2] + 1])
+                self.by_seen["seen" if (surface, p[0]) in self.seen else "unseen"].update(pred=1)
+        if n_err:
+            self.sentence_errors.append((n_err, i))
+
+    def _gold(self, s: Sentence, matched, p_set: set, sb: str) -> int:
+        """Counts each gold entity's outcome; returns how many were errors."""
+        n_err = 0
         for g, cat, p in matched:
-            taxonomy[g[0]][cat] += 1
-            confusion[g[0]][p[0] if p is not None else "O"] += 1
+            self.taxonomy[g[0]][cat] += 1
+            self.confusion[g[0]][p[0] if p is not None else "O"] += 1
             surface = " ".join(s.tokens[g[1] : g[2] + 1])
             if cat != "correct":
                 n_err += 1
                 # the predicted span's own words, where they differ: a boundary error shows what was tagged instead
                 said = " ".join(s.tokens[p[1] : p[2] + 1]) if p is not None and p[1:] != g[1:] else ""
-                confused_forms[(surface, g[0], p[0] if p else "O", said)] += 1
+                self.confused_forms[(surface, g[0], p[0] if p else "O", said)] += 1
             tp = int(g in p_set)
-            by_len[_bucket(g[2] - g[1] + 1, [1, 2, 3, 4])].update(gold=1, tp=tp)
-            by_sent_len[sb].update(gold=1, tp=tp)
-            if train is not None:
-                by_seen["seen" if (surface, g[0]) in seen else "unseen"].update(gold=1, tp=tp)
-        for p in p_sp:
-            by_len[_bucket(p[2] - p[1] + 1, [1, 2, 3, 4])].update(pred=1)
-            by_sent_len[sb].update(pred=1)
-            if train is not None:
-                surface = " ".join(s.tokens[p[1] : p[2] + 1])
-                by_seen["seen" if (surface, p[0]) in seen else "unseen"].update(pred=1)
-        for p in spurious:
-            taxonomy[p[0]]["spurious"] += 1
-            confusion["O"][p[0]] += 1
-            n_err += 1
-            confused_forms[(" ".join(s.tokens[p[1] : p[2] + 1]), "O", p[0], "")] += 1
-        if n_err:
-            sentence_errors.append((n_err, i))
+            self.by_len[_bucket(g[2] - g[1] + 1, [1, 2, 3, 4])].update(gold=1, tp=tp)
+            self.by_sent_len[sb].update(gold=1, tp=tp)
+            if self.seen is not None:
+                self.by_seen["seen" if (surface, g[0]) in self.seen else "unseen"].update(gold=1, tp=tp)
+        return n_err
 
-    sentence_errors.sort(key=lambda x: (-x[0], x[1]))
+    def _spurious(self, s: Sentence, spurious) -> int:
+        for p in spurious:
+            self.taxonomy[p[0]]["spurious"] += 1
+            self.confusion["O"][p[0]] += 1
+            self.confused_forms[(" ".join(s.tokens[p[1] : p[2] + 1]), "O", p[0], "")] += 1
+        return len(spurious)
+
+
+def analyze(sentences: Sequence[Sentence], pred_tags: Sequence[Sequence[str]],
+            train: Sequence[Sentence] | None = None, worst: int = 10) -> dict:
+    """Everything the report shows about errors. `train` enables the seen/unseen split (entity surface form seen
+    with the same type in training)."""
+    seen = None if train is None else {(" ".join(s.tokens[a : b + 1]), t) for s in train for t, a, b in spans(s.tags)}
+    t = _Tally(seen)
+    for i, (s, pt) in enumerate(zip(sentences, pred_tags, strict=True)):
+        t.add(i, s, pt)
+    t.sentence_errors.sort(key=lambda x: (-x[0], x[1]))
     worst_list = [{"index": i, "errors": n, "origin": sentences[i].origin, "tokens": sentences[i].tokens,
-                   "gold": sentences[i].tags, "pred": list(pred_tags[i])} for n, i in sentence_errors[:worst]]
+                   "gold": sentences[i].tags, "pred": list(pred_tags[i])} for n, i in t.sentence_errors[:worst]]
     totals = Counter()
-    for c in taxonomy.values():
+    for c in t.taxonomy.values():
         totals.update(c)
     return {
-        "taxonomy": {t: dict(c) for t, c in sorted(taxonomy.items())},
+        "taxonomy": {k: dict(c) for k, c in sorted(t.taxonomy.items())},
         "taxonomy_total": dict(totals),
-        "confusion": {g: dict(c) for g, c in sorted(confusion.items())},
+        "confusion": {g: dict(c) for g, c in sorted(t.confusion.items())},
         "confused_forms": [{"text": k[0], "gold": k[1], "pred": k[2], "pred_text": k[3], "count": v}
-                           for k, v in confused_forms.most_common(25)],
-        "by_entity_length": {k: _prf(v) for k, v in sorted(by_len.items())},
-        "by_sentence_length": {k: _prf(v) for k, v in sorted(by_sent_len.items(), key=lambda kv: int(
+                           for k, v in t.confused_forms.most_common(25)],
+        "by_entity_length": {k: _prf(v) for k, v in sorted(t.by_len.items())},
+        "by_sentence_length": {k: _prf(v) for k, v in sorted(t.by_sent_len.items(), key=lambda kv: int(
             kv[0].split("-")[0].rstrip("+")))},
-        "seen_unseen": {k: _prf(v) for k, v in sorted(by_seen.items())} if train is not None else None,
+        "seen_unseen": {k: _prf(v) for k, v in sorted(t.by_seen.items())} if train is not None else None,
         "worst_sentences": worst_list,
     }
 

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 from ..data import DataError
-from ..data.corpus import iter_jsonl, open_lines
 from ..data.formats import FORMATS, format_names, record_text
+from ..data.readers import iter_jsonl, open_lines
 
 
 class NERBatchPredictor:

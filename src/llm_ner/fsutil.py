@@ -1,11 +1,13 @@
 """File-system helpers with one promise: a kill or a full disk at any moment never leaves a half-written file or
-directory behind. A leaf module: it imports nothing from llm_ner."""
+directory behind; and no command writes over its own input. A leaf module but for the error class."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+
+from .errors import UserError
 
 
 def atomic_write_text(path: str | Path, text: str, durable: bool = False) -> None:
@@ -43,3 +45,15 @@ def replace_dir(tmp: Path, final: Path) -> None:
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def refuse_overwrite(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]) -> None:
+    """No command overwrites its input: an output path that is an input file (the same path, a symlink or a hard
+    link to it) is a one-line error before any work — `evaluate --data dev.conll --output dev.json` once wrote its
+    predictions over dev.conll. Bundled names (conll2003:test) are not files and never match."""
+    for out_name, out in outputs.items():
+        for in_name, src in inputs.items():
+            if out and src and os.path.isfile(src) and (os.path.realpath(out) == os.path.realpath(src) or (
+                    os.path.exists(out) and os.path.samefile(out, src))):
+                raise UserError(f"{out_name} {out} is the input {in_name} {src}: it would be overwritten; write "
+                                "the output elsewhere")

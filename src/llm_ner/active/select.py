@@ -12,16 +12,18 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .. import rundir
-from ..data import DataError, load_corpus
+from ..data import DataError, load_corpus, read_texts
 from ..data.words import split_words
+from ..fsutil import atomic_write_text, refuse_overwrite
 from ..inference.engine import NERModel
-from ..inference.outputs import Predictions
+from ..inference.outputs import Predictions, check_output
 from ..modeling.processor import texts_and_offsets
 
 STRATEGIES = ("diverse", "uncertainty", "random")  # the first is the default: the simulation's best (3 seeds)
@@ -116,3 +118,20 @@ def select(ner: NERModel, pool: Sequence[str], n: int, strategy: str = STRATEGIE
     else:
         order = sorted(range(len(pool)), key=lambda i: scored.scores[i])[:n]  # least sure first
     return scored[order]
+
+
+def select_file(model: str, pool: str, n: int, output: str, strategy: str = STRATEGIES[0], to: str = "label-studio",
+                fmt: str = "auto", exclude: Sequence[str] = (), seed: int = 0, review: bool = False,
+                progress: bool = True, **load) -> tuple[int, int]:
+    """`llm-ner select`: choose `n` texts of `pool` (any format `predict` reads), never one the model was trained on
+    or one of `exclude`, and write them pre-annotated to `output` in the shape `to`. Returns (chosen, texts in the
+    pool). `load`: what NERModel.from_pretrained takes."""
+    out = check_output(to, False, review)
+    refuse_overwrite({"--output": output}, {"--pool": pool, **{f"--exclude {e}": e for e in exclude}})
+    kind, items = read_texts(pool, fmt)
+    texts = list(items) if kind == "text" else texts_and_offsets(items)[0]
+    chosen_from = candidates(texts, n, strategy, training_keys(model) | labelled_keys(exclude), pool)
+    chosen = select(NERModel.from_pretrained(model, **load), chosen_from, n, strategy, seed, progress=progress)
+    atomic_write_text(Path(output), replace(chosen, review=review).to(out.name,
+                                                                      model=rundir.model_tag(rundir.model_identity(model))))
+    return len(chosen.texts), len(texts)

@@ -142,18 +142,6 @@ def overrides(flags: dict, set_: list[str] | None) -> dict:
     return {**{k: v for k, v in flags.items() if v is not None}, **parse_set(set_)}
 
 
-def refuse_overwrite(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]) -> None:
-    """No command overwrites its input: an output path that is an input file (the same path, a symlink or a hard
-    link to it) is a one-line error before any work — `evaluate --data dev.conll --output dev.json` once wrote its
-    predictions over dev.conll. Bundled names (conll2003:test) are not files and never match."""
-    for out_name, out in outputs.items():
-        for in_name, src in inputs.items():
-            if out and src and os.path.isfile(src) and (os.path.realpath(out) == os.path.realpath(src) or (
-                    os.path.exists(out) and os.path.samefile(out, src))):
-                raise UserError(f"{out_name} {out} is the input {in_name} {src}: it would be overwritten; write "
-                                "the output elsewhere")
-
-
 def fetch(name: str, progress: bool = True, force: bool = False, find_links: str | None = None) -> Path:
     """`llm-ner download NAME` with a progress bar: the backbone's transformers dir."""
     from tqdm.auto import tqdm

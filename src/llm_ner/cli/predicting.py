@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,10 +19,7 @@ from .options import (
     TrustRemoteCode,
     Verbose,
     command,
-    fail,
-    load_model,
     outputs_help,
-    refuse_overwrite,
     setup_logging,
 )
 
@@ -48,29 +43,12 @@ def predict(
     """Entity spans (character offsets, label, text, confidence) for raw text; token input (CoNLL, a token per line)
     -> CoNLL, or any --to. --min-score, the calibrated thresholds and --review apply to every input and output."""
     setup_logging(verbose)
-    from ..data import DataError, read_texts
-    from ..fsutil import atomic_write_text
-    from ..inference.outputs import check_output
-    from ..rundir import model_identity, model_tag
+    from ..inference.files import predict_file
 
-    if not text and not input:
-        fail("give --text or --input")
-    kind, items = read_texts(input, format) if input else ("text", list(text))
-    tokens_in = kind in ("conll", "tokens")
-    to = to or ("conll" if tokens_in else "jsonl")
-    out = check_output(to, tokens_in, review)
-    if output and not input:
-        raise DataError("--output needs --input (--text prints its spans)")
-    if to == "conll" and not output and input:  # CoNLL goes beside its input unless told
-        output = str(Path(input).with_suffix(".pred.conll"))
-    refuse_overwrite({"--output": output}, {"--input": input})
-    ner = load_model(model, batch_size, trust_remote_code, precision, min_score)
-    # token input gets the same thresholds and outputs as raw text: entities per sentence, then the chosen shape
-    preds = ner(items, review=review, gold=kind == "conll", progress=tokens_in or bool(input))
-    body = preds.to(out.name, model=model_tag(model_identity(model)))
-    if output:
-        atomic_write_text(Path(output), body)
-        typer.echo(f"wrote {output}", err=True)
+    body, written = predict_file(model, text, input, format, output, to, review, batch_size=batch_size,
+                                 trust_remote_code=trust_remote_code, precision=precision, min_score=min_score)
+    if written:
+        typer.echo(f"wrote {written}", err=True)
     else:
         sys.stdout.write(body)
 
@@ -98,22 +76,12 @@ def select_texts(
 ) -> None:
     """Choose the texts to label next from a pool (active learning) and write them pre-annotated for correction."""
     setup_logging(verbose)
-    from ..active.select import candidates, labelled_keys, select, training_keys
-    from ..data import read_texts
-    from ..fsutil import atomic_write_text
-    from ..inference.outputs import check_output
-    from ..modeling.processor import texts_and_offsets
-    from ..rundir import model_identity, model_tag
+    from ..active.select import select_file
 
-    out = check_output(to, False, review)
-    refuse_overwrite({"--output": output}, {"--pool": pool, **{f"--exclude {e}": e for e in exclude or []}})
-    kind, items = read_texts(pool, format)
-    texts = list(items) if kind == "text" else texts_and_offsets(items)[0]
-    chosen_from = candidates(texts, n, strategy, training_keys(model) | labelled_keys(exclude or []), pool)
-    ner = load_model(model, batch_size, trust_remote_code, precision, min_score)
-    chosen = select(ner, chosen_from, n, strategy, seed, progress=True)
-    atomic_write_text(Path(output), replace(chosen, review=review).to(out.name, model=model_tag(model_identity(model))))
-    typer.echo(f"chose {len(chosen.texts)} of {len(texts)} texts ({strategy}) -> {output}", err=True)
+    chosen, of = select_file(model, pool, n, output, strategy, to, format, exclude or (), seed, review,
+                             batch_size=batch_size, trust_remote_code=trust_remote_code, precision=precision,
+                             min_score=min_score)
+    typer.echo(f"chose {chosen} of {of} texts ({strategy}) -> {output}", err=True)
 
 
 @command("batch-predict")

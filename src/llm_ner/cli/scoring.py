@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..fsutil import refuse_overwrite
 from .options import (
     BATCH_SIZE,
     BatchSize,
@@ -18,7 +19,6 @@ from .options import (
     Verbose,
     command,
     load_model,
-    refuse_overwrite,
     setup_logging,
 )
 

@@ -205,3 +205,17 @@ def test_no_function_is_longer_than_a_screen():
             for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
             and n.end_lineno - n.lineno + 1 > 60]
     assert not long, long
+
+
+def test_checking_a_model_dir_imports_no_torch(tmp_path):
+    """Issue 45: `read_model_config` (what serve, batch-predict and train --init check a model dir with before
+    anything loads) lives with the model dir's files, torch-free: a CLI check costs no torch import."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "llm_ner_config.json").write_text(json.dumps({"format_version": 2, "labels": {"types": ["PER"]}}))
+    code = ("import sys; from llm_ner.modeling.persistence import read_model_config; "
+            f"read_model_config({str(tmp_path)!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

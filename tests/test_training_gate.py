@@ -19,8 +19,8 @@ from test_serve import get_json, start_server
 
 from llm_ner.errors import UserError
 from llm_ner.serving.label_studio import ExportRefused, ExportTooLarge, fetch_export
+from llm_ner.serving.retraining import clean_export, split_holdout
 from llm_ner.serving.settings import ServeConfig
-from llm_ner.serving.training import clean_export, split_holdout
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
@@ -288,7 +288,7 @@ def test_basic_auth_scopes():
 
 def _gate_files(tmp_path, new_tags, served_tags, gold):
     from llm_ner.evaluation.evaluate import compute_metrics
-    from llm_ner.serving.training import GATE_NEW, GATE_SERVED, Job
+    from llm_ner.serving.retraining import GATE_NEW, GATE_SERVED, Job
 
     (tmp_path / "round_1").mkdir(exist_ok=True)
     for name, pred in ((GATE_NEW, new_tags), (GATE_SERVED, served_tags)):
@@ -307,7 +307,7 @@ MORE = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "O", "O"]] * 3  # 9 fou
     (HALF, MORE, 0.0, False), (HALF, MORE, -1.0, False),  # worse: never at 0, nor within a 1-point tolerance
 ])
 def test_the_gate_compares_real_scores_at_real_margins(tmp_path, new, served, margin, promoted):
-    from llm_ner.serving.training import TrainingQueue
+    from llm_ner.serving.retraining import TrainingQueue
 
     q = TrainingQueue(tmp_path, timeout=60, keep_rounds=3, threads=None)
     job = _gate_files(tmp_path, new, served, GOLD)
@@ -318,7 +318,7 @@ def test_the_gate_compares_real_scores_at_real_margins(tmp_path, new, served, ma
 def test_the_gate_does_not_judge_without_gold_entities_nor_round_a_loss_away(tmp_path):
     """Issue 43: with no gold entity both models score F1 0.0 and `0.0 >= 0.0 + 0` promoted a model that tags
     every word; and F1s rounded to 2 decimals before comparing let a slightly worse round through at margin 0."""
-    from llm_ner.serving.training import TrainingQueue
+    from llm_ner.serving.retraining import TrainingQueue
 
     q = TrainingQueue(tmp_path, timeout=60, keep_rounds=3, threads=None)
     none = [["O"] * 4] * 4
@@ -336,7 +336,7 @@ def test_a_failed_step_shows_no_path_of_the_servers_disk(tmp_path):
     import asyncio
     import sys
 
-    from llm_ner.serving.training import LOG_FILE, TrainingQueue
+    from llm_ner.serving.retraining import LOG_FILE, TrainingQueue
 
     async def go():
         q = TrainingQueue(tmp_path, timeout=60, keep_rounds=3, threads=None)

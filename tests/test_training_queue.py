@@ -1,4 +1,4 @@
-"""Retraining as a bounded, durable job queue (serving/training.py), with real processes: one job at a time, a time
+"""Retraining as a bounded, durable job queue (serving/retraining.py), with real processes: one job at a time, a time
 limit that stops the process, rounds numbered after the highest on disk and never reused, a restart that marks an
 unfinished job interrupted, no process outliving the server, and the rounds kept on disk capped (never the served)."""
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from llm_ner.serving.training import JOB_FILE, Busy, TrainingQueue
+from llm_ner.serving.retraining import JOB_FILE, Busy, TrainingQueue
 
 
 async def _done(job) -> str:
@@ -92,7 +92,7 @@ def test_the_server_stopping_ends_the_job_and_a_restart_marks_it_interrupted(tmp
 SERVER = """
 import asyncio, os, sys, time
 from pathlib import Path
-from llm_ner.serving.training import TrainingQueue
+from llm_ner.serving.retraining import TrainingQueue
 
 root = Path(sys.argv[1])
 
@@ -177,7 +177,7 @@ def test_rounds_kept_on_disk_are_capped_and_the_served_one_is_never_removed(tmp_
 
 
 def _round(root, k: int, status: str, promoted: bool | None, model: bool = True) -> None:
-    from llm_ner.serving.training import Job
+    from llm_ner.serving.retraining import Job
 
     (root / f"round_{k}").mkdir()
     if model:
@@ -268,3 +268,23 @@ def test_the_pointer_is_on_disk_when_it_is_written(tmp_path, monkeypatch):
     q.point("round_1")
     assert synced == ["file", "dir"] and q.current() == "round_1"
     q.close()
+
+
+def test_the_retraining_loop_calls_the_cli_as_it_is():
+    """Issue 45: the loop's argument lists (serving/commands.py) parse with the CLI's own option definitions: a
+    renamed or removed flag fails here, not in a user's retraining."""
+    import typer
+
+    from llm_ner.cli import app
+    from llm_ner.serving.commands import CLI, evaluate_command, train_command
+
+    cli = typer.main.get_command(app)
+    for args in (train_command("m", "e.json", "run", "cfg.yaml", ("training.epochs=1",)),
+                 train_command("m", "e.json", "run", None, ()), evaluate_command("m", "held.jsonl", "out.json")):
+        assert tuple(args[:3]) == CLI
+        ctx = cli.commands[args[3]].make_context(args[3], list(args[4:]))  # raises on an unknown flag or value
+        if args[3] == "train":
+            assert ctx.params["init"] == "m" and ctx.params["train_data"] == "e.json" and not ctx.params["progress"]
+            assert ctx.params["set_"][:2] == ["data.dev=null", "data.test=null"]
+        else:
+            assert ctx.params["precision"] == "fp32" and ctx.params["output"] == "out.json"

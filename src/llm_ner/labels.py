@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .data import DataError, Sentence, entity_types, spans
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class LabelSet:
         """(C, C) bool: allowed[i, j] is True if tag j may follow tag i in IOB2 (I-X only after B-X or I-X)."""
         tags = self.tags
         n = len(tags)
+        import torch  # here, not at the top: reading a model dir's labels needs no torch
+
         allowed = torch.ones(n, n, dtype=torch.bool)
         for j, tj in enumerate(tags):
             if tj.startswith("I-"):
@@ -74,6 +78,8 @@ class LabelSet:
 
     def allowed_starts(self) -> torch.Tensor:
         """(C,) bool: a sentence may not start with I-X."""
+        import torch
+
         return torch.tensor([not t.startswith("I-") for t in self.tags])
 
     # -- schema file I/O -----------------------------------------------------------------------------------------

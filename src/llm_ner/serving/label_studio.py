@@ -19,7 +19,7 @@ Label Studio (1.23, ml/api_connector.py) calls them — on the same app, the sam
 
 Retraining (only with `serve --train-dir DIR`: a server does not start CPU-heavy jobs unless told) runs `llm-ner
 train --init <the served model>` on the project's submitted annotations (never cancelled ones, never predictions)
-into DIR/round_K, in a separate process (training.py: one job at a time, a time limit); then the promotion gate
+into DIR/round_K, in a separate process (retraining.py: one job at a time, a time limit); then the promotion gate
 scores the new model and the served one on held-out data, and only a round at least as good (+ margin) is served —
 /setup and every prediction then name its version. GET /v1/training lists the jobs, what of the export each used, and
 its scores. Training, rollback and START_TRAINING need a training key when keys are set (serve.py's ApiKeys).
@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .batcher import TextFailed
 from .middleware import auth
-from .training_api import STARTED, training_off
+from .retraining_api import STARTED, training_off
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class Projects:
 
 def router(cfg) -> APIRouter:
     """The ML-backend endpoints, each with its auth scope. The served model is `app.state.served`; START_TRAINING
-    hands the fetched export to `app.state.retrainer` (training_api.py), which is None when training is off."""
+    hands the fetched export to `app.state.retrainer` (retraining_api.py), which is None when training is off."""
     r = APIRouter(tags=["label-studio"])
     r.add_api_route("/setup", setup, methods=["POST"], response_model=SetupResponse, responses=ERRORS,
                     **auth("predict"))

@@ -2,7 +2,7 @@
 
 Each route is declared once, in the router of its concern, with its auth scope (middleware.auth): entities.py (/ the
 demo page, POST /v1/entities, GET /v1/labels), ops.py (/health, /metrics), label_studio.py (Label Studio's ML-backend
-protocol: /setup, /predict, /webhook), training_api.py (/train, /v1/training, /v1/training/rollback); FastAPI adds
+protocol: /setup, /predict, /webhook), retraining_api.py (/train, /v1/training, /v1/training/rollback); FastAPI adds
 the OpenAPI UI at /docs (its files served from the package: works offline). What the routes declare is all the key
 check and the metrics know: a new route is one edit in its router. The parts, one concern a module: settings.py (every
 option and limit, declared once: `serve`'s options are generated from it), middleware.py (body cap, keys, metrics),
@@ -38,17 +38,17 @@ from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from . import entities, label_studio, ops, training_api
+from . import entities, label_studio, ops, retraining_api
 from .middleware import DOCS_ASSETS, ApiKeys, BodyLimit, Metrics, route_auth
+from .retraining import TrainingQueue
+from .retraining_api import Retrainer
 from .served import Served
 from .settings import ServeConfig
-from .training import TrainingQueue
-from .training_api import Retrainer
 
 log = logging.getLogger(__name__)
 
 
-ROUTERS = (entities, ops, label_studio, training_api)  # each module's router(cfg): its routes and their scopes
+ROUTERS = (entities, ops, label_studio, retraining_api)  # each module's router(cfg): its routes and their scopes
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")  # Host headers a loopback server without keys accepts
 
 

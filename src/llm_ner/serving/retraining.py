@@ -14,7 +14,7 @@ pruned; of the rest, failed rounds go first. No orphan: the training process die
 that finds the job unfinished, and one server at a time holds the training dir (a lock).
 
 What is served is the `current.json` pointer in the training dir (written atomically and fsynced), which a restarted
-server loads; a rollback is a pointer to another kept round. No FastAPI here: training_api.py turns refusals into
+server loads; a rollback is a pointer to another kept round. No FastAPI here: retraining_api.py turns refusals into
 HTTP answers."""
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from pathlib import Path
 from .. import rundir as R
 from ..errors import UserError
 from ..fsutil import atomic_write_text
+from .commands import evaluate_command
 
 log = logging.getLogger(__name__)
 ROUND = re.compile(r"round_(\d+)$")
@@ -269,8 +270,7 @@ class TrainingQueue:
         """Score the new model and the served one on the same held-out data (in processes of their own, under the
         job's time limit and threads)."""
         data = data or str(self.root / job.round / HOLDOUT_FILE)
-        return [[sys.executable, "-m", "llm_ner.cli", "evaluate", "--model", model, "--data", data, "--precision",
-                 "fp32", "--output", str(self.root / job.round / out)]
+        return [evaluate_command(model, data, str(self.root / job.round / out))
                 for model, out in ((str(self.model_dir(job)), GATE_NEW), (served_model, GATE_SERVED))]
 
 
@@ -414,8 +414,3 @@ def redact(line: str, root: Path) -> str:
     return _PATH.sub("<path>", line)[:500]
 
 
-def train_command(model_dir: str, job_dir: Path, config: str | None, sets: tuple[str, ...]) -> list[str]:
-    """`llm-ner train --init` of the served model on the round's export."""
-    return [sys.executable, "-m", "llm_ner.cli", "train", "--init", model_dir, "--train", str(job_dir / EXPORT_FILE),
-            "--output", str(job_dir), "--set", "data.dev=null", "--set", "data.test=null", "--no-progress",
-            *(["--config", config] if config else []), *(a for kv in sets for a in ("--set", kv))]

@@ -1,7 +1,7 @@
 """Retraining's routes: POST /train (the older protocol's call, and any client with a training key), GET
 /v1/training (the jobs, what of each export was used, the gate's scores, what is served), POST /v1/training/rollback;
 and the `Retrainer` on `app.state.retrainer` that Label Studio's START_TRAINING (label_studio.py) also goes through.
-The queue itself (one job, a time limit, the gate's files, the pointer) is training.py."""
+The queue itself (one job, a time limit, the gate's files, the pointer) is retraining.py."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from .commands import train_command
 from .middleware import auth
+from .retraining import EXPORT_FILE, ROUND, Busy, Job, TrainingQueue, clean_export, split_holdout
 from .served import Served
 from .settings import ServeConfig
-from .training import ROUND, Busy, Job, TrainingQueue, clean_export, split_holdout, train_command
 
 STARTED = {201: {"description": "acknowledged (a training job started, or why not)"}}
 def training_off() -> JSONResponse:
@@ -83,7 +84,9 @@ class Retrainer:
             raise HTTPException(409, str(Busy(queue.running)))
         job = queue.new_round(tasks, held, counts)
         served = str(self.served.model_dir)
-        queue.start(job, [train_command(served, queue.root / job.round, cfg.train_config, cfg.train_set),
+        run_dir = queue.root / job.round
+        queue.start(job, [train_command(served, str(run_dir / EXPORT_FILE), str(run_dir), cfg.train_config,
+                                        cfg.train_set),
                           *queue.gate_commands(job, served, cfg.promote_data)], self.judge)
         return JSONResponse({"status": "ok", "result": {"job": job.id, "round": job.round, "export": counts}}, 201)
 

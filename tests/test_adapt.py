@@ -119,3 +119,18 @@ def test_head_init_points_each_type_at_its_name(tiny_llama, tiny_tokenizer):
         assert torch.equal(w[t2i[f"B-{t}"]], w[t2i[f"I-{t}"]])
         assert torch.cosine_similarity(w[t2i[f"B-{t}"]], centred[k], dim=0) > 0.999
         assert w[t2i[f"B-{t}"]].norm() == pytest.approx(0.02 * w.size(1) ** 0.5, rel=1e-4)
+
+
+def test_compare_and_curve_reuse_one_adapted_backbone(pool, tmp_path, tiny_llama):
+    """`--adapt` adapts each backbone once, in OUTPUT/adapted/NAME, and every later run reuses it; a dir adapted
+    from another backbone or pool is refused, not silently reused."""
+    from llm_ner.training.adapt import AdaptError, adapted_backbone
+
+    out = tmp_path / "adapted" / tiny_llama.name
+    r = runner.invoke(app, adapt_args(tiny_llama, pool, out, "--max-steps", "2"))
+    assert r.exit_code == 0, r.output
+    stamp = (out / "llm_ner_adapt.json").stat().st_mtime_ns
+    assert adapted_backbone(str(tiny_llama), str(pool), tmp_path) == str(out)
+    assert (out / "llm_ner_adapt.json").stat().st_mtime_ns == stamp  # reused, not adapted again
+    with pytest.raises(AdaptError, match="not"):
+        adapted_backbone(str(tiny_llama), "conll2003:train", tmp_path)

@@ -203,7 +203,7 @@ PRECISIONS = {
 def check_precision(precision: str) -> str:
     """The one check of a precision name (NERModel.from_pretrained, ServeConfig, batch-predict before Ray starts)."""
     if precision not in PRECISIONS:
-        raise PrecisionError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        raise PrecisionError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     return precision
 
 

@@ -273,7 +273,9 @@ def convert_gguf(src_dir: Path, gguf_file: str, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s/%s to %s (one time, ~30 s)", src_dir, gguf_file, out)
-    tmp = out.with_name(out.name + ".tmp")
+    # A temp dir of this process's own: two processes converting at once (two test workers on an empty cache) once
+    # removed each other's half-written files. The first to finish installs its copy; a later one drops its own.
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_file)
     tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file)
@@ -283,7 +285,10 @@ def convert_gguf(src_dir: Path, gguf_file: str, out: Path) -> Path:
         del model.config.quantization_config
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    replace_dir(tmp, out)
+    if is_model_dir(out):  # another process converted it meanwhile: keep theirs (it may be in use)
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        replace_dir(tmp, out)
     return out
 
 

@@ -62,6 +62,7 @@ class Pass:
     logits: list[torch.Tensor]
     sentences: Sequence[Sentence] | None = None  # pre-tokenised input: results go back per sentence
     groups: list[list[int]] | None = None  # a document model: the sentences each text holds
+    paths: list[list[int]] | None = None  # each window's tag ids, set by the first decode (no temperature moves them)
 
 
 def load_tokenizer(path_or_name: str | Path, gguf_file: str | None = None):
@@ -209,6 +210,7 @@ class NERModel:
         t0 = time.perf_counter()
         res = self._decode_windows(p.logits, self.temperature if temperature is None else temperature)
         self.stats["decode_s"] += time.perf_counter() - t0
+        p.paths = [r[0] for r in res]
         n_words = [len(p.offsets[i]) for i in p.keep]
         merged_tags = merge_windows(p.windows, n_words, [r[0] for r in res])
         merged_conf = merge_windows(p.windows, n_words, [r[1] for r in res])
@@ -229,10 +231,10 @@ class NERModel:
         log-probability" of Shen et al. (2018): near 0 sure, very negative unsure. A text cut into windows takes its
         least sure window's; a text without words scores 0."""
         scores = [0.0] * len(p.texts)
+        paths = p.paths if p.paths is not None else [r[0] for r in self._decode_windows(p.logits, 1.0)]
         for i in range(0, len(p.logits), 256):
             lg, mask = _padded(p.logits[i : i + 256])
-            paths, _ = self.model.decoder.decode(lg, mask)
-            lp = self.model.decoder.path_logprob(lg, mask, paths) / mask.sum(1).clamp(min=1)
+            lp = self.model.decoder.path_logprob(lg, mask, paths[i : i + 256]) / mask.sum(1).clamp(min=1)
             for win, v in zip(p.windows[i : i + 256], lp.tolist(), strict=True):
                 scores[p.keep[win.item]] = min(scores[p.keep[win.item]], v)
         return scores

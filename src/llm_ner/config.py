@@ -256,7 +256,8 @@ class NERConfig(_Strict):
     mode: Mode = "full"  # TrainingConfig.mode
     context: Literal["sentence", "document"] = "sentence"  # DataConfig.context: how sentences are fed at prediction
     lora: LoraConfig = Field(default_factory=LoraConfig)  # TrainingConfig.lora
-    backbone_saved: Literal["full", "lora", "none"] = "none"  # what save_pretrained wrote: backbone/, adapter/, none
+    # what the dir holds: save_pretrained's backbone/, adapter/ or nothing; or an `llm-ner export`'s graph
+    backbone_saved: Literal["full", "lora", "none", "onnx", "openvino"] = "none"
     # transformers' Trainer sets `model.config.use_cache` on any model it trains; accepted, never saved.
     use_cache: bool | None = Field(default=None, exclude=True)
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .. import rundir
 from ..data import DataError, load_corpus, read_texts
 from ..data.words import split_words
+from ..errors import UserError
 from ..fsutil import atomic_write_text, refuse_overwrite
 from ..inference.engine import NERModel
 from ..inference.outputs import Predictions, check_output
@@ -74,6 +75,9 @@ def text_vectors(ner: NERModel, texts: Sequence[str]) -> torch.Tensor:
     """(N, D) unit vectors: each text's mean input embedding over its subword tokens — a bag of subwords from the
     backbone's own table, no forward pass — so texts of one template ("TOKYO 1996-08-23", "BEIJING 1996-08-27")
     land close."""
+    if ner.runtime != "torch":
+        raise UserError(f"--strategy diverse reads the backbone's embedding table, which an {ner.runtime} export does "
+                        "not hold: select with the PyTorch model dir it came from, or --strategy uncertainty")
     table = ner.model.backbone.get_input_embeddings().weight
     ids = ner.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     rows = [table[torch.tensor(i or [0], device=table.device)].float().mean(0) for i in ids]

@@ -28,6 +28,7 @@ from ..data.words import split_words
 from ..device import cpu_has_native_bf16
 from ..modeling import backbones
 from ..modeling.model import LLMForTokenClassification
+from ..modeling.persistence import read_model_config
 from ..modeling.processor import (
     Window,
     budget_batches,
@@ -45,6 +46,7 @@ from ..modeling.processor import (
 from . import quantize as q
 from .confidence import Logistic
 from .outputs import Entity, Predictions, Thresholds, tags_to_entities
+from .runtimes import ExportedNetwork, check_runtime
 
 log = logging.getLogger(__name__)
 AUTO_CHECK_TEXTS = 32  # news sentences run in fp32 and bf16 when precision is "auto"
@@ -98,6 +100,7 @@ class NERModel:
         self.pack = pack
         # running totals for benchmarks: real / padded tokens fed, seconds in tokenisation, forward, decoding
         self.stats: Counter = Counter()
+        self.runtime = "torch"  # what runs the network (runtimes.RUNTIMES): from_pretrained chooses
         self.precision = "fp32"  # what from_pretrained chose (quantize.PRECISIONS; "auto" resolves to fp32 or bf16)
         # Calibration (calibrate.py, calibration.json in the model dir): every logit and CRF potential is divided by
         # it before entity scores are computed; 1.0 = as trained. Tags never change with it.
@@ -112,17 +115,23 @@ class NERModel:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 16,
                         trust_remote_code: bool = False, precision: str | q.Int8Spec | None = "auto",
-                        max_batch_tokens: int | None = -1, min_score: float | None = None) -> NERModel:
+                        max_batch_tokens: int | None = -1, min_score: float | None = None,
+                        runtime: str = "auto") -> NERModel:
         """The one way every caller loads a model for prediction (predict, batch-predict, serve, the spaCy component,
-        evaluate): precision and thresholds are chosen and checked here, once. `precision` (quantize.PRECISIONS):
-        "auto" (bf16 where it is native and holds: `_auto_precision`), "fp32" (None), "bf16" (the backbone's weights
-        and activations; head and CRF stay fp32), "int8" (or a `quantize.Int8Spec`: SmoothQuant-calibrated int8
-        Linear layers, CPU only). `min_score`: entities below it (or their type's calibrated threshold) are for
-        review."""
+        evaluate): runtime, precision and thresholds are chosen and checked here, once. `precision`
+        (quantize.PRECISIONS): "auto" (bf16 where it is native and holds: `_auto_precision`), "fp32" (None), "bf16"
+        (the backbone's weights and activations; head and CRF stay fp32), "int8" (or a `quantize.Int8Spec`:
+        SmoothQuant-calibrated int8 Linear layers, CPU only). `runtime` (runtimes.RUNTIMES): "auto" = what the dir
+        holds — a PyTorch model, or an `llm-ner export` to ONNX / OpenVINO (run by its runtime; "auto" precision is
+        the one its export check chose). `min_score`: entities below it (or their type's calibrated threshold) are
+        for review."""
         Thresholds(min_score)  # checked before minutes of loading
         precision = "fp32" if precision is None else precision
         if isinstance(precision, str):
             q.check_precision(precision)
+        runtime = check_runtime(path, runtime)
+        if runtime != "torch":
+            return cls._exported(path, runtime, precision, batch_size, max_batch_tokens, min_score)
         spec = q.Int8Spec.parse(precision) if precision not in ("auto", "fp32", "bf16") else None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if spec and device != "cpu":
@@ -132,11 +141,7 @@ class NERModel:
         if precision == "bf16":
             model.backbone.to(torch.bfloat16)
         ner = cls(model, load_tokenizer(path), batch_size, device, max_batch_tokens=max_batch_tokens)
-        cal = Path(path) / rundir.CALIBRATION
-        if cal.is_file():
-            ner.calibration = json.loads(cal.read_text())
-            ner.use_calibration(ner.calibration)
-        ner.thresholds = Thresholds.of(min_score, ner.calibration.get("thresholds"))
+        ner._read_calibration(path, min_score)
         ner.precision = "int8" if spec else precision
         if precision == "auto":
             ner = ner._auto_precision(path, trust_remote_code)
@@ -144,6 +149,17 @@ class NERModel:
             texts = q.calibration_texts()
             q.quantize_int8(model, lambda: ner(texts), spec.alpha, spec.keep_fp32, spec.scheme)
             ner.stats.clear()
+        return ner
+
+    @classmethod
+    def _exported(cls, path: str | Path, runtime: str, precision: str, batch_size: int,
+                  max_batch_tokens: int | None, min_score: float | None) -> NERModel:
+        """An export's network (runtimes.ExportedNetwork) in the model's place; the rest of the pass is the same."""
+        net = ExportedNetwork(path, read_model_config(path), runtime, precision)
+        ner = cls(net, load_tokenizer(path), batch_size, "cpu", max_batch_tokens=max_batch_tokens)
+        ner.precision, ner.runtime = net.precision, runtime
+        ner._read_calibration(path, min_score)
+        log.info("runtime %s, precision %s", runtime, net.precision)
         return ner
 
     def _auto_precision(self, path: str | Path, trust_remote_code: bool) -> NERModel:
@@ -174,6 +190,14 @@ class NERModel:
                                                                trust_remote_code=trust_remote_code).eval()
         self.precision = "fp32"
         return self
+
+    def _read_calibration(self, path: str | Path, min_score: float | None) -> None:
+        """The model dir's calibration.json (if any) and the thresholds from it and `min_score`."""
+        cal = Path(path) / rundir.CALIBRATION
+        if cal.is_file():
+            self.calibration = json.loads(cal.read_text())
+            self.use_calibration(self.calibration)
+        self.thresholds = Thresholds.of(min_score, self.calibration.get("thresholds"))
 
     def use_calibration(self, cal: dict) -> None:
         """Apply a calibration.json's choice: its temperature, or its logistic (at T = 1)."""

@@ -140,6 +140,9 @@ def _from_saved(cls, path: Path, config: NERConfig, saved: NERConfig, dtype):
     from safetensors.torch import load_file
 
     m, trust = saved.model, config.model.trust_remote_code
+    if saved.backbone_saved in ("onnx", "openvino"):
+        raise ModelLoadError(f"{path}: an {saved.backbone_saved} export (no PyTorch network): predict with it "
+                             "(NERModel.from_pretrained, --runtime auto); train or export from the model it came from")
     try:
         if saved.backbone_saved == "full":
             backbone = backbones.load(str(path / "backbone"), None, m.attn_implementation, trust, dtype)

@@ -41,6 +41,8 @@ EncoderModel = Annotated[str | None, Opt(help=f"the encoder side (default: {DEFA
 BatchSize = Annotated[int, Opt(help="texts per batch (the token budget may grow it)")]
 TrustRemoteCode = Annotated[bool, Opt(help="allow the backbone's own Python code to run")]
 Precision = Annotated[str, Opt(help=" | ".join(f"{k}: {v}" for k, v in PRECISIONS.items()))]
+Runtime = Annotated[str, Opt(help="what runs the network: auto (what the model dir holds) | torch | onnx | openvino "
+                                  "(a dir written by `llm-ner export --format onnx | openvino`)")]
 MinScore = Annotated[float | None, Opt(help="entities scored below this (0-1), or below their type's threshold saved "
                                             "by `calibrate --target-precision`, are left out (returned as "
                                             "needs_review where asked)")]
@@ -127,12 +129,13 @@ def command(name: str | None = None, group: typer.Typer = app, help: str | None 
 
 
 def load_model(model: str, batch_size: int = BATCH_SIZE, trust_remote_code: bool = False, precision: str = "auto",
-               min_score: float | None = None):
-    """The model for prediction, at the chosen precision and score floor (NERModel checks both before loading)."""
+               min_score: float | None = None, runtime: str = "auto"):
+    """The model for prediction, at the chosen runtime, precision and score floor (NERModel checks them before
+    loading)."""
     from ..inference.engine import NERModel
 
     return NERModel.from_pretrained(model, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                    precision=precision, min_score=min_score)
+                                    precision=precision, min_score=min_score, runtime=runtime)
 
 
 def overrides(flags: dict, set_: list[str] | None) -> dict:

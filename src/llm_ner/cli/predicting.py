@@ -16,6 +16,7 @@ from .options import (
     Opt,
     Precision,
     Review,
+    Runtime,
     TrustRemoteCode,
     Verbose,
     command,
@@ -36,6 +37,7 @@ def predict(
     batch_size: BatchSize = BATCH_SIZE,
     trust_remote_code: TrustRemoteCode = False,
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
     min_score: MinScore = None,
     review: Review = False,
     verbose: Verbose = False,
@@ -46,7 +48,8 @@ def predict(
     from ..inference.files import predict_file
 
     body, written = predict_file(model, text, input, format, output, to, review, batch_size=batch_size,
-                                 trust_remote_code=trust_remote_code, precision=precision, min_score=min_score)
+                                 trust_remote_code=trust_remote_code, precision=precision, min_score=min_score,
+                                 runtime=runtime)
     if written:
         typer.echo(f"wrote {written}", err=True)
     else:
@@ -70,6 +73,7 @@ def select_texts(
     batch_size: BatchSize = BATCH_SIZE,
     trust_remote_code: TrustRemoteCode = False,
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
     min_score: MinScore = None,
     review: Review = False,
     verbose: Verbose = False,
@@ -80,7 +84,7 @@ def select_texts(
 
     chosen, of = select_file(model, pool, n, output, strategy, to, format, exclude or (), seed, review,
                              batch_size=batch_size, trust_remote_code=trust_remote_code, precision=precision,
-                             min_score=min_score)
+                             min_score=min_score, runtime=runtime)
     typer.echo(f"chose {chosen} of {of} texts ({strategy}) -> {output}", err=True)
 
 
@@ -94,20 +98,21 @@ def batch_predict(
     batch_size: BatchSize = BATCH_SIZE,
     threads: Annotated[int | None, Opt(help="torch threads per replica")] = None,
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
     min_score: MinScore = None,
     review: Review = False,
 ) -> None:
     """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
     from ..inference.outputs import Thresholds
     from ..inference.quantize import check_precision
-    from ..modeling.persistence import read_model_config
+    from ..modeling.persistence import check_runtime
     from ..serving.batch import ray_predict
 
     # fail here, not inside a Ray actor: the owners' own checks (NERModel runs them again in each actor)
     Thresholds(min_score)
-    read_model_config(model)
+    check_runtime(model, runtime)
     n = ray_predict(model, input, output, address, concurrency, batch_size, threads, check_precision(precision),
-                    min_score, review)
+                    min_score, review, runtime)
     typer.echo(f"{n} texts -> {output}")
 
 
@@ -127,8 +132,8 @@ def export(
 ) -> None:
     """Write a copy of a model dir to deploy: standalone safetensors (--merge-lora folds the adapters in: no peft at
     load), or the network as an ONNX / OpenVINO graph that `predict`, `serve` and `batch-predict` run with that
-    runtime (windows, Viterbi and scores stay llm-ner's). A graph is checked on --check before it is written: >= 99 %
-    of the PyTorch model's spans and F1 within 0.3, else nothing is written."""
+    runtime (windows, Viterbi and scores stay llm-ner's). A graph is checked against the PyTorch model on --check
+    before it is written (what it kept of the spans and F1: the dir's llm_ner_export.json); else nothing is written."""
     setup_logging(verbose)
     from ..modeling.persistence import read_model_config
 

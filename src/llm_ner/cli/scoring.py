@@ -15,6 +15,7 @@ from .options import (
     ModelDir,
     Opt,
     Precision,
+    Runtime,
     TrustRemoteCode,
     Verbose,
     command,
@@ -33,6 +34,7 @@ def evaluate(
     batch_size: BatchSize = BATCH_SIZE,
     trust_remote_code: TrustRemoteCode = False,
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
     verbose: Verbose = False,
 ) -> None:
     """Score a saved model on labelled data: token accuracy, entity P/R/F1 (micro, macro, per type)."""
@@ -43,7 +45,7 @@ def evaluate(
     preds = Path(output).with_suffix(".conll") if output else None
     refuse_overwrite({"--output": output, "its predictions": preds}, {"--data": data})
     sents = load_corpus(data, limit=limit)
-    ner = load_model(model, batch_size, trust_remote_code, precision)
+    ner = load_model(model, batch_size, trust_remote_code, precision, runtime=runtime)
     m, _ = evaluate_model(ner, sents, True, output, preds, data)
     typer.echo(format_table(m, f"{data}:"))
     if output:

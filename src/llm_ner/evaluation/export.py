@@ -24,9 +24,9 @@ from ..device import cpu_has_native_bf16
 from ..errors import UserError
 from ..fsutil import atomic_write_text, replace_dir
 from ..inference.engine import NERModel
-from ..inference.runtimes import EXPORT_RECORD, GRAPH_FILES, write_graph
+from ..inference.runtimes import write_graph
 from ..labels import LabelSet
-from ..modeling.persistence import CONFIG_NAME, HEAD_NAME, read_model_config
+from ..modeling.persistence import CONFIG_NAME, EXPORT_RECORD, GRAPH_FILES, HEAD_NAME, read_model_config
 from ..rundir import CALIBRATION
 from .evaluate import compute_metrics
 

@@ -28,7 +28,7 @@ from ..data.words import split_words
 from ..device import cpu_has_native_bf16
 from ..modeling import backbones
 from ..modeling.model import LLMForTokenClassification
-from ..modeling.persistence import read_model_config
+from ..modeling.persistence import check_runtime, read_model_config
 from ..modeling.processor import (
     Window,
     budget_batches,
@@ -46,7 +46,7 @@ from ..modeling.processor import (
 from . import quantize as q
 from .confidence import Logistic
 from .outputs import Entity, Predictions, Thresholds, tags_to_entities
-from .runtimes import ExportedNetwork, check_runtime
+from .runtimes import ExportedNetwork
 
 log = logging.getLogger(__name__)
 AUTO_CHECK_TEXTS = 32  # news sentences run in fp32 and bf16 when precision is "auto"

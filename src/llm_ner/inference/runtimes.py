@@ -28,29 +28,10 @@ from ..errors import UserError
 from ..labels import LabelSet
 from ..modeling.crf import CRF
 from ..modeling.decoding import Decoder
-from ..modeling.persistence import HEAD_NAME, read_model_config
+from ..modeling.persistence import EXPORT_RECORD, GRAPH_FILES, HEAD_NAME
 
 log = logging.getLogger(__name__)
-GRAPH_FILES = {"onnx": "model.onnx", "openvino": "openvino_model.xml"}  # the formats `llm-ner export` writes
-RUNTIMES = ("auto", "torch", *GRAPH_FILES)  # --runtime: auto = what the model dir holds
-EXPORT_RECORD = "llm_ner_export.json"  # how the export was made and what its check measured
 OPSET = 18
-
-
-def check_runtime(path: str | Path, runtime: str) -> str:
-    """`runtime` against what the model dir holds -> the runtime that loads it; a one-line UserError otherwise."""
-    if runtime not in RUNTIMES:
-        raise UserError(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
-    holds = read_model_config(path).backbone_saved
-    exported = holds if holds in GRAPH_FILES else None
-    if runtime == "auto":
-        return exported or "torch"
-    if exported and runtime != exported:
-        raise UserError(f"{path} holds an {exported} export: load it with --runtime {exported} (or auto)")
-    if not exported and runtime != "torch":
-        raise UserError(f"{path} is a PyTorch model dir: `llm-ner export {path} --format {runtime} --output DIR` "
-                        f"writes one that --runtime {runtime} loads")
-    return runtime
 
 
 class _Graph(torch.nn.Module):

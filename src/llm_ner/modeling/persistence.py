@@ -25,6 +25,11 @@ from . import backbones
 
 CONFIG_NAME = "llm_ner_config.json"
 HEAD_NAME = "head.safetensors"
+# `llm-ner export --format onnx | openvino` (inference/runtimes.py) writes the network as a graph instead of weights:
+# config.backbone_saved names the format, and the dir is loaded by that runtime
+GRAPH_FILES = {"onnx": "model.onnx", "openvino": "openvino_model.xml"}
+RUNTIMES = ("auto", "torch", *GRAPH_FILES)  # --runtime: auto = what the model dir holds
+EXPORT_RECORD = "llm_ner_export.json"  # how the export was made and what its check measured
 
 
 class ModelLoadError(UserError, RuntimeError):
@@ -47,6 +52,22 @@ def read_model_config(path: str | Path) -> NERConfig:
         return NERConfig.from_dict(raw)
     except (json.JSONDecodeError, ConfigError) as e:
         raise ModelLoadError(f"{cfg_file}: corrupt config ({e})") from None
+
+
+def check_runtime(path: str | Path, runtime: str) -> str:
+    """`runtime` against what the model dir holds -> the runtime that loads it; a one-line UserError otherwise."""
+    if runtime not in RUNTIMES:
+        raise UserError(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    holds = read_model_config(path).backbone_saved
+    exported = holds if holds in GRAPH_FILES else None
+    if runtime == "auto":
+        return exported or "torch"
+    if exported and runtime != exported:
+        raise ModelLoadError(f"{path} holds an {exported} export: load it with --runtime {exported} (or auto)")
+    if not exported and runtime != "torch":
+        raise ModelLoadError(f"{path} is a PyTorch model dir: `llm-ner export {path} --format {runtime} --output "
+                             f"DIR` writes one that --runtime {runtime} loads")
+    return runtime
 
 
 def save(model, path: str | Path, tokenizer=None, merge_lora: bool = False) -> None:
@@ -140,7 +161,7 @@ def _from_saved(cls, path: Path, config: NERConfig, saved: NERConfig, dtype):
     from safetensors.torch import load_file
 
     m, trust = saved.model, config.model.trust_remote_code
-    if saved.backbone_saved in ("onnx", "openvino"):
+    if saved.backbone_saved in GRAPH_FILES:
         raise ModelLoadError(f"{path}: an {saved.backbone_saved} export (no PyTorch network): predict with it "
                              "(NERModel.from_pretrained, --runtime auto); train or export from the model it came from")
     try:

@@ -23,7 +23,7 @@ class NERBatchPredictor:
     """For `ray.data.Dataset.map_batches` (batch_format="numpy"): {"text": array} -> adds "entities" (JSON strings)."""
 
     def __init__(self, model_dir: str, batch_size: int = 32, threads: int | None = None, precision: str = "auto",
-                 min_score: float | None = None, review: bool = False):
+                 min_score: float | None = None, review: bool = False, runtime: str = "auto"):
         import torch
 
         from ..inference.engine import NERModel
@@ -31,7 +31,7 @@ class NERBatchPredictor:
         if threads:
             torch.set_num_threads(threads)
         self.ner = NERModel.from_pretrained(model_dir, batch_size=batch_size, device="cpu", precision=precision,
-                                            min_score=min_score)
+                                            min_score=min_score, runtime=runtime)
         self.review = review
 
     def __call__(self, batch: dict) -> dict:
@@ -62,15 +62,15 @@ def check_jsonl_texts(path: str) -> None:
 
 
 def predictor_args(model_dir: str, batch_size: int, threads: int | None, precision: str, min_score: float | None,
-                   review: bool) -> dict:
+                   review: bool, runtime: str = "auto") -> dict:
     """What each Ray actor builds its NERBatchPredictor from: the command's own options, --batch-size included."""
     return {"model_dir": str(Path(model_dir).resolve()), "batch_size": batch_size, "threads": threads,
-            "precision": precision, "min_score": min_score, "review": review}
+            "precision": precision, "min_score": min_score, "review": review, "runtime": runtime}
 
 
 def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str | None = None, concurrency: int = 1,
                 batch_size: int = 64, threads: int | None = None, precision: str = "auto",
-                min_score: float | None = None, review: bool = False) -> int:
+                min_score: float | None = None, review: bool = False, runtime: str = "auto") -> int:
     """Read {"text": ...} JSON lines or plain text (a text per line; the format is detected from the content),
     predict, write JSON lines to output_dir."""
     import ray
@@ -95,7 +95,7 @@ def ray_predict(model_dir: str, input_path: str, output_dir: str, address: str |
         # text: one row per line, column "text"; JSON lines: one row per record, other fields kept
         ds = ray.data.read_text(input_path) if fmt == "text" else ray.data.read_json(input_path, lines=True)
         ds = ds.map_batches(NERBatchPredictor, fn_constructor_kwargs=predictor_args(
-            model_dir, batch_size, threads, precision, min_score, review),
+            model_dir, batch_size, threads, precision, min_score, review, runtime),
             batch_size=batch_size, batch_format="numpy", concurrency=concurrency)
         ds.write_json(output_dir)
         return sum(_count_lines(f) for f in out.glob("*.json"))

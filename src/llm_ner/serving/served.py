@@ -28,7 +28,8 @@ class Served:
         from ..inference.engine import NERModel
 
         return NERModel.from_pretrained(model_dir, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code,
-                                        precision=self.cfg.precision, min_score=self.cfg.min_score)
+                                        precision=self.cfg.precision, min_score=self.cfg.min_score,
+                                        runtime=self.cfg.runtime)
 
     def start(self, ner=None) -> None:
         """Load the model (or take the one handed in: tests, an embedding app) and start the batcher."""

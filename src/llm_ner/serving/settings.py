@@ -34,6 +34,7 @@ class ServeConfig:
     device: str | None = None
     trust_remote_code: bool = _shared(False, "TrustRemoteCode")  # the backbone's own code runs only if asked
     precision: str = _shared("auto", "Precision")  # quantize.PRECISIONS
+    runtime: str = _shared("auto", "Runtime")  # persistence.RUNTIMES: what runs the network
     min_score: float | None = _shared(None, "MinScore")  # entities scored below it (or their type's threshold): review
     api_keys: tuple[str, ...] = ()  # empty: no authentication
     cors_origins: tuple[str, ...] = _opt((), "an origin browsers may call from (repeat; '*' for any)",
@@ -82,10 +83,17 @@ class ServeConfig:
     def __post_init__(self) -> None:
         from ..inference.outputs import Thresholds
         from ..inference.quantize import check_precision
+        from ..modeling.persistence import RUNTIMES, check_runtime
 
         if not self.model_dir:
             raise UserError("a model dir is required (--model)")
         check_precision(self.precision)
+        if self.runtime not in RUNTIMES:
+            raise UserError(f"--runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)}")
+        runtime = check_runtime(self.model_dir, self.runtime) if self.runtime != "auto" or self.train_dir else "auto"
+        if runtime not in ("torch", "auto") and self.train_dir:
+            raise UserError(f"--train-dir retrains the served model with `train --init`, which needs its PyTorch "
+                            f"weights: serve the model dir {self.model_dir} came from, not its {runtime} export")
         Thresholds(self.min_score)
         positive = ("max_text_chars", "max_batch", "max_batch_texts", "max_queue", "max_request_chars",
                     "max_queue_chars")

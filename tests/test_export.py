@@ -2,6 +2,7 @@
 loaded by NERModel / predict / serve with its runtime (tiny models built in code)."""
 
 import json
+import shutil
 
 import pytest
 from tiny import CORPUS, ner_config
@@ -17,19 +18,23 @@ CHECK = "50"
 
 
 @pytest.fixture(scope="module")
-def conll_model(tiny_llama, tiny_tokenizer, tmp_path_factory):
+def conll_model(tmp_path_factory):
+    """A 2-layer tiny Llama (exporting costs seconds a layer) with CoNLL's types, saved."""
     import torch
+    from tiny import make_llama
 
+    from llm_ner.inference.engine import load_tokenizer
     from llm_ner.labels import LabelSet
     from llm_ner.modeling.model import LLMForTokenClassification
 
+    backbone = make_llama(tmp_path_factory.mktemp("llama2"), layers=2)
     torch.manual_seed(0)
-    model = LLMForTokenClassification.from_backbone(ner_config(LabelSet.from_types(TYPES), str(tiny_llama),
+    model = LLMForTokenClassification.from_backbone(ner_config(LabelSet.from_types(TYPES), str(backbone),
                                                                mode="frozen"))
     with torch.no_grad():
         model.classifier.weight.normal_(std=2.0)  # so that it predicts entities
     d = tmp_path_factory.mktemp("export") / "model"
-    model.save_pretrained(d, tokenizer=tiny_tokenizer)
+    model.save_pretrained(d, tokenizer=load_tokenizer(str(backbone)))
     return d
 
 
@@ -93,8 +98,11 @@ def test_what_an_export_refuses(conll_model, exported, tmp_path, monkeypatch):
         assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, (args, r.output)
     with pytest.raises(ModelLoadError, match="an onnx export"):
         LLMForTokenClassification.from_pretrained(exported["onnx"])
-    # a check that does not hold: nothing is written, and int8 is refused by name
+    # a check that does not hold: nothing is written, and int8 is refused by name (the graph: the onnx export's
+    # files, copied in place of a second export)
     monkeypatch.setattr(E, "AGREEMENT", 1.01)
+    monkeypatch.setattr(E, "write_graph", lambda model, folder, fmt, int8: [
+        shutil.copy(f, folder / f.name) for f in exported["onnx"].glob("model.onnx*")])
     with pytest.raises(UserError, match="int8 is refused"):
         E.export_model(conll_model, tmp_path / "int8", "onnx", int8=True, check_sentences=int(CHECK))
     assert not (tmp_path / "int8").exists() and not list(tmp_path.glob(".int8*"))

@@ -154,3 +154,13 @@ def test_select_diverse_needs_the_pytorch_model(exported, tmp_path):
     r = CliRunner().invoke(app, ["select", "--model", str(exported["onnx"]), "--pool", str(pool), "--n", "2",
                                  "--output", str(tmp_path / "out.json"), "--strategy", "uncertainty"])
     assert r.exit_code == 0, r.output
+
+
+def test_batch_predict_actors_load_an_export(exported):
+    """What each Ray actor builds (batch-predict's own options), on an export: its runtime, --batch-size kept."""
+    from llm_ner.serving.batch import NERBatchPredictor, predictor_args
+
+    actor = NERBatchPredictor(**predictor_args(str(exported["onnx"]), 3, 1, "auto", None, False))
+    assert (actor.ner.runtime, actor.ner.batch_size) == ("onnx", 3)
+    out = actor({"text": CORPUS[:2]})
+    assert len(out["entities"]) == 2

@@ -2,7 +2,10 @@
 docs/runs): a column per system (test F1, mean ± sample sd over seeds, and the seeds' mean minutes of training), a row
 per training-set size, and the difference of two columns paired by seed (mean ± sd, range).
 
-    python scripts/curve_table.py "NAME=RESULTS.json:SYSTEM" ... [--paired "NAME A" "NAME B"]
+    python scripts/curve_table.py "NAME=RESULTS.json:SYSTEM" ... [--paired "NAME A" "NAME B"] [--merged OUT.json]
+
+--merged writes the chosen points as one results.json, each under its NAME as its system, for `llm-ner report
+--curve` (which reads "llm" and "encoder" as the two sides it compares, and plots and tabulates every system).
 
 e.g. issue 44's table in README.md / docs/results.md:
     python scripts/curve_table.py "decoder (Gemma 3 270M, unmasked)=docs/runs/curve_eg.results.json:llm" \
@@ -17,6 +20,14 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+
+def merged(specs: list[str], out: Path) -> None:
+    from llm_ner.active.curve import summarise
+
+    rows = [{**r, "system": name} for spec in specs for name, by_size in [points(spec)]
+            for by_seed in by_size.values() for r in by_seed.values()]
+    out.write_text(json.dumps({"config": "quickstart", "rows": rows, "summary": summarise(rows)}, indent=2) + "\n")
 
 
 def points(spec: str) -> tuple[str, dict[int, dict[int, dict]]]:
@@ -50,7 +61,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("curves", nargs="+")
     ap.add_argument("--paired", nargs=2, metavar=("A", "B"))
+    ap.add_argument("--merged", type=Path)
     a = ap.parse_args()
+    if a.merged:
+        merged(a.curves, a.merged)
     cols = dict(points(s) for s in a.curves)
     sizes = sorted({n for c in cols.values() for n in c})
     head = ["training sentences", *[f"{n}: test F1 (seeds; train min)" for n in cols]]

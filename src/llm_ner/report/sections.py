@@ -239,6 +239,15 @@ def _pm(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def _against_encoder(by: dict, named: dict) -> list[dict]:
+    """Each system but the two compared (a variant: an adapted decoder, ...), its mean minus the encoder's per size."""
+    others = sorted({s for s, _ in by} - {"llm", "encoder"})
+    return [{"system": s, "named": named.get(s, s),
+             "diffs": [(n, by[(s, n)]["test_f1"] - by[("encoder", n)]["test_f1"])
+                       for t, n in sorted(by, key=lambda k: k[1]) if t == s and ("encoder", n) in by]}
+            for s in others]
+
+
 def learning_curve_text(curve: dict) -> str:
     """The curve's table, and where the LLM's lead over the encoder is largest and lowest (from active/curve.py's
     summary)."""
@@ -259,7 +268,7 @@ def learning_curve_text(curve: dict) -> str:
         "lead": hi[0], "lead_at": hi[1], "lowest": lo[0],
         "lowest_at": lo[1], "small": [d for d, m in leads if m <= 1000],
         "ten": sorted(m for d, m in leads if d >= 10),  # "does the LLM pay off for my few hundred sentences?"
-        "turns": turns, "ahead": ahead})
+        "turns": turns, "ahead": ahead, "others": _against_encoder(by, named)})
     return text + "\n\n" + table(curve["rows"]).rstrip("\n")
 
 

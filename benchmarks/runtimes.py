@@ -11,6 +11,7 @@ Runtime, OpenVINO; fp32, bf16 where the export's check chose it, int8) — measu
 Usage (after `llm-ner quickstart` and the exports it compares):
     python benchmarks/runtimes.py --model runs/quickstart/model --arm torch:fp32 --arm torch:auto \
         --arm runs/quickstart/onnx:auto --arm runs/quickstart/openvino:auto --output benchmarks/results/runtimes.json
+    python benchmarks/runtimes.py --table benchmarks/results/runtimes.json     # the table in docs/scaling.md
 An arm is MODEL_DIR:PRECISION, or torch:PRECISION for --model itself. Arms run one after another (never two
 processes at once on 2 cores). Not a test: nothing here asserts a speed.
 """
@@ -86,6 +87,19 @@ def spacy_anchor(texts_file: Path) -> dict:
     return {"whole_process_s": round(time.perf_counter() - t, 1)}
 
 
+def table(path: str) -> str:
+    """The results file as docs/scaling.md's table."""
+    d = json.loads(Path(path).read_text())
+    lines = ["| runtime | precision | words/s, whole process | words/s, warm | p50 / p95 ms: 1 text | 8 texts | "
+             "32 texts | spans kept vs the first row | test F1 | peak RSS MB |", "|" + "---|" * 10]
+    for r in d["arms"]:
+        lines.append(f"| {r['runtime']} | {r['precision']} | {r['whole_process_words_per_s']:,.0f} | "
+                     f"{r['warm_words_per_s']:,.0f} | " + " | ".join(f"{r[f'p50_ms_{n}']:.0f} / {r[f'p95_ms_{n}']:.0f}"
+                                                                   for n in SIZES)
+                     + f" | {r['span_agreement_vs_first']:.2f} % | {r['test_f1']:.2f} | {r['peak_rss_mb']:,.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -93,6 +107,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--output", default="benchmarks/results/runtimes.json")
     ap.add_argument("--warm-worker", nargs=2, help=argparse.SUPPRESS)
+    if sys.argv[1:2] == ["--table"]:  # python benchmarks/runtimes.py --table RESULTS.json
+        print(table(sys.argv[2]))
+        return
     a = ap.parse_args()
     if a.warm_worker:
         print(json.dumps(warm(*a.warm_worker, a.requests)))

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..config import NERConfig
 from ..data import Sentence
 from ..data.formats import load_corpus
 from ..data.schemes import spans
@@ -58,7 +59,7 @@ def export_model(model_dir: str | Path, output: str | Path, fmt: str, int8: bool
     try:
         log.info("writing the %s graph%s", fmt, " (int8 weights)" if int8 else "")
         write_graph(ref.model, tmp, fmt, int8)
-        _copy_model_files(model_dir, tmp, ref, fmt)
+        _copy_model_files(model_dir, tmp, ref, cfg.model_copy(update={"backbone_saved": fmt}))
         record = {"format": fmt, "int8": int8, "packed": ref.model.packable, "precision": None,
                   "source": str(model_dir), "check_set": check or "conll2003:dev", "check_sentences": len(sentences)}
         atomic_write_text(tmp / EXPORT_RECORD, json.dumps(record, indent=2))
@@ -132,13 +133,11 @@ def _failure(fmt: str, int8: bool, check: dict) -> str:
             f"the spans / {F1_DROP} F1 ({worst}); {what}; nothing was written")
 
 
-def _copy_model_files(model_dir: Path, folder: Path, ref: NERModel, fmt: str) -> None:
+def _copy_model_files(model_dir: Path, folder: Path, ref: NERModel, cfg: NERConfig) -> None:
     """What prediction reads besides the graph: the head and CRF, the tokenizer, the calibration, the config (last,
     saying what the dir holds)."""
     shutil.copy2(model_dir / HEAD_NAME, folder / HEAD_NAME)
     ref.tokenizer.save_pretrained(folder)
     if (model_dir / CALIBRATION).is_file():
         shutil.copy2(model_dir / CALIBRATION, folder / CALIBRATION)
-    cfg = read_model_config(model_dir)
-    cfg.backbone_saved = fmt
     atomic_write_text(folder / CONFIG_NAME, cfg.to_json())

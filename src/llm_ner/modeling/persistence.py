@@ -54,10 +54,14 @@ def read_model_config(path: str | Path) -> NERConfig:
         raise ModelLoadError(f"{cfg_file}: corrupt config ({e})") from None
 
 
-def check_runtime(path: str | Path, runtime: str) -> str:
-    """`runtime` against what the model dir holds -> the runtime that loads it; a one-line UserError otherwise."""
+def check_runtime_name(runtime: str) -> None:
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+
+
+def check_runtime(path: str | Path, runtime: str) -> str:
+    """`runtime` against what the model dir holds -> the runtime that loads it; a one-line UserError otherwise."""
+    check_runtime_name(runtime)
     holds = read_model_config(path).backbone_saved
     exported = holds if holds in GRAPH_FILES else None
     if runtime == "auto":

@@ -83,13 +83,12 @@ class ServeConfig:
     def __post_init__(self) -> None:
         from ..inference.outputs import Thresholds
         from ..inference.quantize import check_precision
-        from ..modeling.persistence import RUNTIMES, check_runtime
+        from ..modeling.persistence import check_runtime, check_runtime_name
 
         if not self.model_dir:
             raise UserError("a model dir is required (--model)")
         check_precision(self.precision)
-        if self.runtime not in RUNTIMES:
-            raise UserError(f"--runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)}")
+        check_runtime_name(self.runtime)  # the dir itself is read only where it matters (below)
         runtime = check_runtime(self.model_dir, self.runtime) if self.runtime != "auto" or self.train_dir else "auto"
         if runtime not in ("torch", "auto") and self.train_dir:
             raise UserError(f"--train-dir retrains the served model with `train --init`, which needs its PyTorch "

@@ -32,14 +32,14 @@ def _train_setup(a, config: str = "quickstart", overrides: dict | None = None):
 
     from llm_ner.config import load_config
     from llm_ner.data import load_corpus
-    from llm_ner.modeling.processor import collate
+    from llm_ner.modeling.processor import collate, to_tensors
 
     # SmolLM2-135M unless told otherwise: the benchmark rows were measured with it (the quickstart now uses Gemma)
     cfg = load_config(config, {"training.mode": a.mode, "model.backbone": "smollm2-135m", **(overrides or {})})
     model, opt, tok, feats = _built(cfg, load_corpus("conll2003:train",
                                                      limit=max(400, a.batch * (a.steps * a.rounds * 4 + 2))))
     feats.sort(key=lambda f: len(f["input_ids"]))
-    batches = [collate(feats[i : i + a.batch], tok.pad_token_id) for i in range(0, len(feats), a.batch)]
+    batches = [to_tensors(collate(feats[i : i + a.batch], tok.pad_token_id)) for i in range(0, len(feats), a.batch)]
     order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(0)).tolist()
     return model, opt, [batches[i] for i in order]
 
@@ -226,13 +226,13 @@ def _full_batches(config: str):
 
     from llm_ner.config import load_config
     from llm_ner.data import load_corpus
-    from llm_ner.modeling.processor import collate
+    from llm_ner.modeling.processor import collate, to_tensors
 
     cfg = load_config(config)
     model, opt, tok, feats = _built(cfg, load_corpus("conll2003:train"))
     feats.sort(key=lambda f: -len(f["input_ids"]))
     bs = cfg.training.batch_size
-    batches = [collate(feats[i : i + bs], tok.pad_token_id) for i in range(0, len(feats), bs)]
+    batches = [to_tensors(collate(feats[i : i + bs], tok.pad_token_id)) for i in range(0, len(feats), bs)]
     rest = torch.randperm(len(batches) - 1, generator=torch.Generator().manual_seed(0)).add(1).tolist()
     return model, opt, [batches[0], *(batches[i] for i in rest)]
 
@@ -325,7 +325,7 @@ def w_backbone_paired(a) -> dict:
     from llm_ner.data import load_corpus
     from llm_ner.inference.engine import load_tokenizer
     from llm_ner.labels import label_set_for
-    from llm_ner.modeling.processor import collate, encode_sentences, window_feature
+    from llm_ner.modeling.processor import collate, encode_sentences, to_tensors, window_feature
     from llm_ner.training.train import build_model, make_optimizer
 
     q = load_config("quickstart")
@@ -343,7 +343,7 @@ def w_backbone_paired(a) -> dict:
     def batches(tok, chunk):
         feats = [window_feature(w) for w in encode_sentences(tok, chunk, labels.encode, 256, 32)]
         feats.sort(key=lambda f: len(f["input_ids"]))
-        return [collate(feats[i : i + q.training.batch_size], tok.pad_token_id)
+        return [to_tensors(collate(feats[i : i + q.training.batch_size], tok.pad_token_id))
                 for i in range(0, len(feats), q.training.batch_size)]
 
     for model, opt, tok in models.values():  # warm-up: allocations, AdamW state

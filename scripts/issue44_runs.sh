@@ -14,6 +14,12 @@ qs() {  # qs NAME BACKBONE SEED [--set ...]
   llm-ner train --config quickstart --model "$backbone" --seed "$seed" --output "$R/$name" --no-progress "$@" \
     $( [ -d "$R/$name/checkpoints" ] && echo --resume ) && keep "$R/$name"
 }
+full() {  # full NAME CONFIG SEED [args...]: a whole-split run
+  local name=$1 config=$2 seed=$3; shift 3
+  [ -f "$R/$name/summary.json" ] && [ -f docs/runs/$name/summary.json ] && return 0
+  llm-ner train --config "$config" --seed "$seed" --output "$R/$name" --no-progress "$@" \
+    $( [ -d "$R/$name/checkpoints" ] && echo --resume ) && keep "$R/$name"
+}
 adapt() {  # adapt BACKBONE
   local out="$R/adapted/$1"
   [ -f "$out/llm_ner_adapt.json" ] && return 0
@@ -38,6 +44,11 @@ for step in "$@"; do
     curve-adapted) llm-ner learning-curve --config quickstart --sizes 250,500,1000,2000,4000 --seeds 1,2,3 \
                      --systems llm --llm-model "$R/adapted/gemma3-270m" --output "$R/curve_adapted" --no-progress \
                    && cp "$R/curve_adapted/results.json" docs/runs/curve_adapted.results.json ;;
+    # item 5, the whole split: the decoder's full-data document recipe (gemma_doc_f6) on the adapted backbone, every
+    # layer unmasked as it was adapted; the document-context encoder at 2 epochs
+    full-adapted-gemma-*) full "gemma_doc_adapted_${step##*-}" conll2003_full_gemma_doc "${step##*-}" \
+                            --model "$R/adapted/gemma3-270m" --set model.unmask=all ;;
+    eg-doc-e2-*) full "eg_doc_e2_${step##*-}" conll2003_full_embeddinggemma_doc "${step##*-}" --set training.epochs=2 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -6,6 +6,7 @@ import torch
 
 from llm_ner.labels import LabelSet
 from llm_ner.modeling.crf import CRF
+from llm_ner.modeling.decoding import Decoder
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
@@ -34,6 +35,11 @@ def make_crf(seed=0):
     return crf, ls
 
 
+def decoder(crf, ls):
+    """Prediction decodes the trained CRF's scores in NumPy (decoding.py)."""
+    return Decoder(ls, crf.tables())
+
+
 def test_log_likelihood_and_viterbi_match_brute_force():
     crf, ls = make_crf()
     lengths = [4, 2, 1, 3]
@@ -42,11 +48,16 @@ def test_log_likelihood_and_viterbi_match_brute_force():
     tags = torch.randint(0, len(ls), (len(lengths), 4))
     tags[:, 0] = 0  # a start the constraints allow
     ll = crf.log_likelihood(em, tags, mask)
-    paths = crf.decode(em, mask)
+    dec = decoder(crf, ls)
+    paths, _ = dec.decode(em.numpy(), mask.numpy())
+    gold_paths = [tags[b, :n].tolist() for b, n in enumerate(lengths)]
+    # the NumPy forward algorithm (prediction: path_logprob) gives the trained torch one's likelihood
+    lp = dec.path_logprob(em.numpy(), mask.numpy(), gold_paths)
     for b, n in enumerate(lengths):
         log_z, scores, best = brute_force(crf, em[b], n)
-        gold = tuple(tags[b, :n].tolist())
+        gold = tuple(gold_paths[b])
         torch.testing.assert_close(ll[b], scores[gold] - log_z, rtol=1e-4, atol=1e-3)
+        assert lp[b] == pytest.approx(float(ll[b]), abs=1e-3)
         assert tuple(paths[b]) == best
 
 
@@ -54,7 +65,7 @@ def test_decoding_never_breaks_iob2():
     crf, ls = make_crf(1)
     em = torch.randn(64, 7, len(ls)) * 5
     em[..., 2] += 3  # push hard towards I-A everywhere
-    for path in crf.decode(em, torch.ones(64, 7, dtype=torch.bool)):
+    for path in decoder(crf, ls).decode(em.numpy(), torch.ones(64, 7, dtype=torch.bool).numpy())[0]:
         tags = ls.decode(path)
         assert not tags[0].startswith("I-")
         for prev, cur in zip(tags, tags[1:], strict=False):
@@ -82,8 +93,9 @@ def test_span_probabilities_match_enumeration_with_temperature():
     B, I_ = ls.tag2id["B-A"], ls.tag2id["I-A"]
     cases = [(0, 1, 2, [B, I_], I_), (0, 0, 0, [B], I_), (0, 4, 4, [B], I_), (0, 2, 4, [B, I_, I_], I_),
              (1, 1, 2, [B, I_], I_), (2, 0, 0, [B], I_)]
+    dec = decoder(crf, ls)
     for temp in (1.0, 2.5):
-        got = crf.span_probs(em, mask, cases, temperature=temp)
+        got = dec.span_scores(em.double().numpy(), mask.numpy(), [c[:4] for c in cases], None, temp)
         for (b, s, e, path, not_next), p in zip(cases, got, strict=True):
             n = lengths[b]
             trans, start = crf._scores()  # enumerate every path, each potential divided by the temperature

@@ -2,11 +2,16 @@
 loaded by NERModel / predict / serve with its runtime (tiny models built in code)."""
 
 import json
+import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
+from test_serve import post, start_server
 from tiny import CORPUS, ner_config
 from typer.testing import CliRunner
+from venvs import locked_venv
 
 from llm_ner.cli import app
 from llm_ner.errors import UserError
@@ -164,3 +169,35 @@ def test_batch_predict_actors_load_an_export(exported):
     assert (actor.ner.runtime, actor.ner.batch_size) == ("onnx", 3)
     out = actor({"text": CORPUS[:2]})
     assert len(out["entities"]) == 2
+
+
+def test_an_export_predicts_and_serves_without_pytorch(conll_model, exported, tmp_path):
+    """The serving image for exports (Dockerfile.export) installs locks/serve-export.txt — no PyTorch in it — and the
+    project with --no-deps: the same install as a venv (the project from this checkout), then `predict` on the ONNX
+    export and `serve` of the OpenVINO one, over HTTP, answer what the PyTorch model answers."""
+    venv = locked_venv("serve-export")
+    python = str(venv / "bin" / "python")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    assert subprocess.run([python, "-c", "import torch"], capture_output=True).returncode != 0  # truly absent
+    want = [[(e.start, e.end, e.label) for e in x] for x in NERModel.from_pretrained(conll_model, precision="fp32")(
+        CORPUS).entities]
+    (tmp_path / "in.txt").write_text("\n".join(CORPUS) + "\n")
+    r = subprocess.run([python, "-m", "llm_ner.cli", "predict", "--model", str(exported["onnx"]), "--input",
+                        str(tmp_path / "in.txt"), "--output", str(tmp_path / "out.jsonl")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [[(e["start"], e["end"], e["label"]) for e in x["entities"]] for x in rows] == want
+    r = subprocess.run([python, "-m", "llm_ner.cli", "predict", "--model", str(conll_model), "--text", "x"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "has no PyTorch" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    docker = (Path(__file__).resolve().parent.parent / "Dockerfile.export").read_text()
+    assert "pip install --require-hashes -r serve-export.txt" in docker and "pip install --no-deps ." in docker
+    proc, url = start_server(exported["openvino"], python=python, env=env)
+    try:
+        status, body = post(url, {"texts": CORPUS})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert status == 200, body
+    assert [[(e["start"], e["end"], e["label"]) for e in x["entities"]] for x in body["results"]] == want

@@ -8,7 +8,7 @@ from llm_ner.data import Sentence
 from llm_ner.labels import LabelSet
 from llm_ner.modeling.model import LLMForTokenClassification, resolve_layers
 from llm_ner.modeling.persistence import ModelLoadError
-from llm_ner.modeling.processor import collate, encode_sentences, window_feature
+from llm_ner.modeling.processor import collate, encode_sentences, to_tensors, window_feature
 
 pytestmark = pytest.mark.outputs  # runs a model: CI runs it again on forced-down CPU kernels
 
@@ -25,7 +25,7 @@ def build(tiny_llama, **kw) -> LLMForTokenClassification:
 def batch_for(tok, sentences, with_labels=False):
     sents = [Sentence(s.split(), ["O"] * len(s.split())) for s in sentences]
     wins = encode_sentences(tok, sents, LABELS.encode if with_labels else None, 128, 16)
-    return collate([window_feature(w) for w in wins], tok.pad_token_id)
+    return to_tensors(collate([window_feature(w) for w in wins], tok.pad_token_id))
 
 
 def head_input(model, batch):
@@ -100,7 +100,7 @@ def test_resolve_layers():
 def test_compound_loss_components(tiny_llama, tiny_tokenizer):
     sents = [Sentence(["Peter", "visited", "London"], ["B-PER", "O", "B-LOC"])]
     feats = [window_feature(w) for w in encode_sentences(tiny_tokenizer, sents, LABELS.encode, 64, 8)]
-    batch = collate(feats, tiny_tokenizer.pad_token_id)
+    batch = to_tensors(collate(feats, tiny_tokenizer.pad_token_id))
     losses = {}
     for name, kw in {"ce": dict(crf_weight=0.0), "crf": dict(ce_weight=0.0), "both": {},
                      "smooth": dict(crf_weight=0.0, label_smoothing=0.2)}.items():
@@ -257,7 +257,7 @@ def test_a_batch_in_passes_has_the_batchs_loss_and_gradient(tiny_llama, tiny_tok
     words = ["Peter", "visited", "London", "and", "met", "Anna", "in", "Paris", "last", "week"]
     sents = [Sentence(words[:n], (["B-PER", "O", "B-LOC"] + ["O"] * 7)[:n]) for n in (10, 3, 7, 2, 9, 5)]
     feats = [window_feature(w) for w in encode_sentences(tiny_tokenizer, sents, LABELS.encode, 64, 8)]
-    batch = collate(feats, tiny_tokenizer.pad_token_id)
+    batch = to_tensors(collate(feats, tiny_tokenizer.pad_token_id))
     m = build(tiny_llama, label_smoothing=0.1, head_dropout=0.0)
     with torch.no_grad():
         m.ce_weights.copy_(torch.linspace(0.5, 2.0, len(m.ce_weights)))
@@ -285,7 +285,7 @@ def test_split_batch_bounds_each_pass_and_keeps_every_row_once(tiny_tokenizer):
 
     sents = [Sentence(["w"] * n, ["O"] * n) for n in (1, 12, 4, 30, 7, 7, 2)]
     feats = [window_feature(w) for w in encode_sentences(tiny_tokenizer, sents, LABELS.encode, 64, 8)]
-    batch = collate(feats, tiny_tokenizer.pad_token_id)
+    batch = to_tensors(collate(feats, tiny_tokenizer.pad_token_id))
     lengths = sorted(batch["attention_mask"].sum(1).tolist())
     longest = lengths[-1]
     for budget in (1, longest, 2 * longest, 10**6):

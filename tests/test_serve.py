@@ -32,10 +32,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir, *args, attempts: int = 3, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir, *args, attempts: int = 3, env: dict | None = None,
+                 python: str = sys.executable) -> tuple[subprocess.Popen, str]:
     for _ in range(attempts):  # a probed-then-freed port can be taken by someone else before uvicorn binds it: retry
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "llm_ner.cli", "serve", "--model", str(model_dir), "--port",
+        proc = subprocess.Popen([python, "-m", "llm_ner.cli", "serve", "--model", str(model_dir), "--port",
                                  str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})
         url = f"http://127.0.0.1:{port}"

@@ -17,7 +17,7 @@ import typer
 
 from ..data.formats import format_names
 from ..errors import UserError
-from ..inference.quantize import PRECISIONS
+from ..inference.precision import PRECISIONS
 from ..modeling.backbones import BACKBONES, DEFAULT_DECODER, DEFAULT_ENCODER, downloaded_dir, is_model_dir
 
 app = typer.Typer(help="Turn a decoder LLM into a named-entity recogniser: train, evaluate, predict.",

@@ -104,7 +104,7 @@ def batch_predict(
 ) -> None:
     """Predict a large corpus with Ray Data (pip install -e ".[scale]"): locally, or on a cluster with --address."""
     from ..inference.outputs import Thresholds
-    from ..inference.quantize import check_precision
+    from ..inference.precision import check_precision
     from ..modeling.persistence import check_runtime
     from ..serving.batch import ray_predict
 

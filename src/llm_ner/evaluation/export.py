@@ -25,8 +25,8 @@ from ..device import cpu_has_native_bf16
 from ..errors import UserError
 from ..fsutil import atomic_write_text, replace_dir
 from ..inference.engine import NERModel
-from ..inference.runtimes import write_graph
 from ..labels import LabelSet
+from ..modeling.graph import write_graph
 from ..modeling.persistence import CONFIG_NAME, EXPORT_RECORD, GRAPH_FILES, HEAD_NAME, read_model_config
 from ..rundir import CALIBRATION
 from .evaluate import compute_metrics

@@ -18,16 +18,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from tqdm.auto import tqdm
 
 from .. import rundir
 from ..data import Sentence
 from ..data.words import split_words
 from ..device import cpu_has_native_bf16
+from ..errors import UserError
 from ..modeling import backbones
-from ..modeling.model import LLMForTokenClassification
 from ..modeling.persistence import check_runtime, read_model_config
 from ..modeling.processor import (
     Window,
@@ -40,13 +41,17 @@ from ..modeling.processor import (
     packed_inputs,
     split_documents,
     texts_and_offsets,
+    to_tensors,
     unpack_word_logits,
     window_feature,
 )
-from . import quantize as q
+from . import precision as q
 from .confidence import Logistic
 from .outputs import Entity, Predictions, Thresholds, tags_to_entities
 from .runtimes import ExportedNetwork
+
+if TYPE_CHECKING:  # PyTorch is imported where a PyTorch model is loaded: an export predicts without it
+    from ..modeling.model import LLMForTokenClassification
 
 log = logging.getLogger(__name__)
 AUTO_CHECK_TEXTS = 32  # news sentences run in fp32 and bf16 when precision is "auto"
@@ -61,7 +66,7 @@ class Pass:
     offsets: list  # per text: (start, end) of each word
     keep: list[int]  # the texts that have words (the others predict nothing)
     windows: list[Window]
-    logits: list[torch.Tensor]
+    logits: list[np.ndarray]
     sentences: Sequence[Sentence] | None = None  # pre-tokenised input: results go back per sentence
     groups: list[list[int]] | None = None  # a document model: the sentences each text holds
     paths: list[list[int]] | None = None  # each window's tag ids, set by the first decode (no temperature moves them)
@@ -79,8 +84,9 @@ def load_tokenizer(path_or_name: str | Path, gguf_file: str | None = None):
 
 
 class NERModel:
-    def __init__(self, model: LLMForTokenClassification, tokenizer, batch_size: int = 16, device: str | None = None,
-                 sort_by_length: bool = True, max_batch_tokens: int | None = -1, pack: bool = True):
+    def __init__(self, model: LLMForTokenClassification | ExportedNetwork, tokenizer, batch_size: int = 16,
+                 device: str | None = None, sort_by_length: bool = True, max_batch_tokens: int | None = -1,
+                 pack: bool = True):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -132,6 +138,14 @@ class NERModel:
         runtime = check_runtime(path, runtime)
         if runtime != "torch":
             return cls._exported(path, runtime, precision, batch_size, max_batch_tokens, min_score)
+        try:
+            import torch
+        except ImportError:  # the serving image for exports (Dockerfile.export) has none
+            raise UserError(f"{path}: a PyTorch model dir, and this environment has no PyTorch: run its `llm-ner "
+                            "export --format onnx | openvino` where PyTorch is installed and load that") from None
+
+        from ..modeling.model import LLMForTokenClassification
+
         spec = q.Int8Spec.parse(precision) if precision not in ("auto", "fp32", "bf16") else None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if spec and device != "cpu":
@@ -146,8 +160,10 @@ class NERModel:
         if precision == "auto":
             ner = ner._auto_precision(path, trust_remote_code)
         if spec:
+            from .quantize import quantize_int8
+
             texts = q.calibration_texts()
-            q.quantize_int8(model, lambda: ner(texts), spec.alpha, spec.keep_fp32, spec.scheme)
+            quantize_int8(model, lambda: ner(texts), spec.alpha, spec.keep_fp32, spec.scheme)
             ner.stats.clear()
         return ner
 
@@ -167,6 +183,10 @@ class NERModel:
         the model's spans on AUTO_CHECK_TEXTS news sentences agree with fp32's (>= AUTO_AGREEMENT, Jaccard over
         (text, start, end, label)); else fp32, reloaded. Reported in issue 35 for the document-context model (AMD
         EPYC, native bf16): 2.5x the words/s, 99.3 % of spans identical, test F1 within 0.1."""
+        import torch
+
+        from ..modeling.model import LLMForTokenClassification
+
         cuda = str(self.device).startswith("cuda")
         native = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
         if not native:
@@ -258,7 +278,7 @@ class NERModel:
         paths = p.paths if p.paths is not None else [r[0] for r in self._decode_windows(p.logits, 1.0)]
         for i in range(0, len(p.logits), 256):
             lg, mask = _padded(p.logits[i : i + 256])
-            lp = self.model.decoder.path_logprob(lg, mask, paths[i : i + 256]) / mask.sum(1).clamp(min=1)
+            lp = self.model.decoder.path_logprob(lg, mask, paths[i : i + 256]) / np.maximum(mask.sum(1), 1)
             for win, v in zip(p.windows[i : i + 256], lp.tolist(), strict=True):
                 scores[p.keep[win.item]] = min(scores[p.keep[win.item]], v)
         return scores
@@ -276,8 +296,7 @@ class NERModel:
         self.stats["tokenize_s"] += time.perf_counter() - t0
         return keep, windows
 
-    @torch.no_grad()
-    def _forward(self, windows: list[Window], progress: bool = False) -> list[torch.Tensor]:
+    def _forward(self, windows: list[Window], progress: bool = False) -> list[np.ndarray]:
         """Every window's word logits (W,C) on the CPU, in the windows' order; computed longest first, in batches
         under a token budget or packed rows."""
         lengths = [len(w.input_ids) * self.model.length_factor for w in windows]  # what the backbone sees
@@ -295,21 +314,29 @@ class NERModel:
                 idx = [i for i, *_ in where]
             else:
                 batch, idx = collate([window_feature(windows[i]) for i in item], self.tokenizer.pad_token_id), item
-            batch = {k: v.to(self.device) for k, v in batch.items()}
             t0 = time.perf_counter()
-            logits = self.model(**batch).logits  # (B,W,C); packed: every window's words side by side in its row
+            logits = self._network(batch)  # (B,W,C); packed: every window's words side by side in its row
             st["forward_s"] += time.perf_counter() - t0
             logits, word_mask = unpack_word_logits(logits, where) if packed else (logits, batch["word_mask"])
             st["tokens"] += int(batch["attention_mask"].sum())
-            st["padded_tokens"] += batch["input_ids"].numel()
+            st["padded_tokens"] += batch["input_ids"].size
             st["batches"] += 1
             n_words = word_mask.sum(1).tolist()
             for j, i in enumerate(idx):
-                results[i] = logits[j, : int(n_words[j])].float().cpu()
+                results[i] = logits[j, : int(n_words[j])]
         return results
 
-    @torch.no_grad()
-    def _decode_windows(self, logits: Sequence[torch.Tensor], temperature: float, batch: int = 256) -> list[tuple]:
+    def _network(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """A batch of arrays through the network -> (B,W,C) float32 word logits on the CPU: an export's runtime
+        takes the arrays; a PyTorch model takes them as tensors on its device."""
+        if self.runtime != "torch":
+            return self.model(**batch).logits
+        import torch
+
+        with torch.no_grad():
+            return self.model(**to_tensors(batch, self.device)).logits.float().cpu().numpy()
+
+    def _decode_windows(self, logits: Sequence[np.ndarray], temperature: float, batch: int = 256) -> list[tuple]:
         """(tag ids, confidences) of each window, in order; decoded in batches of similar length (little padding)."""
         order = sorted(range(len(logits)), key=lambda i: -len(logits[i]))
         out: list = [None] * len(logits)
@@ -358,11 +385,11 @@ def _span_set(p: Predictions) -> set[tuple]:
     return {(i, e.start, e.end, e.label) for i, (kept, low) in enumerate(p.results) for e in kept + low}
 
 
-def _padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Word logits of several windows, (W_i, C) each -> (B, max W, C) zero-padded, and the (B, max W) word mask."""
     W, C = max(len(x) for x in rows), rows[0].shape[-1]
-    lg = torch.zeros(len(rows), max(W, 1), C)
-    mask = torch.zeros(len(rows), max(W, 1), dtype=torch.bool)
+    lg = np.zeros((len(rows), max(W, 1), C), dtype=np.float32)
+    mask = np.zeros((len(rows), max(W, 1)), dtype=bool)
     for b, x in enumerate(rows):
         lg[b, : len(x)], mask[b, : len(x)] = x, True
     return lg, mask

@@ -1,5 +1,6 @@
-"""A linear-chain CRF with hard IOB2 constraints: forward algorithm (log-likelihood), Viterbi decoding, and
-forward-backward for the marginal probability of a decoded span (an entity's confidence).
+"""A linear-chain CRF with hard IOB2 constraints, as trained: its scores and the log-likelihood (forward algorithm) the
+loss needs. Decoding them — Viterbi, forward-backward for the marginal probability of a decoded span (an entity's
+confidence) — is decoding.py's, in NumPy (`CRF.tables`), so that any runtime's logits decode the same way.
 
 Why our own: ~100 lines, vectorised over the batch, and the constraints are part of the model (a forbidden transition
 gets a score of -10_000 in training *and* decoding, so Viterbi can never output `O -> I-X` or `B-X -> I-Y`).
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .decoding import Transitions
 
 NEG = -10_000.0  # "impossible", but finite so that log-sum-exp stays NaN-free
 
@@ -62,89 +65,7 @@ class CRF(nn.Module):
         return torch.where(has, score - log_z, torch.zeros_like(score))
 
     @torch.no_grad()
-    def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-        """Viterbi: the best allowed tag path for each sequence, as lists of length mask.sum(1)."""
-        emissions = emissions.float()
-        mask = mask.bool()
-        trans, start = self._scores()
-        B, L, C = emissions.shape
-        lengths = mask.sum(1).tolist()
-        score = start + emissions[:, 0]  # (B,C)
-        history = []
-        for t in range(1, L):
-            cand = score.unsqueeze(2) + trans.unsqueeze(0)  # (B, C_from, C_to)
-            best, idx = cand.max(dim=1)  # (B,C)
-            nxt = best + emissions[:, t]
-            m = mask[:, t].unsqueeze(1)
-            score = torch.where(m, nxt, score)
-            # Where masked, point each tag to itself so back-tracking passes through unchanged.
-            history.append(torch.where(m, idx, torch.arange(C, device=idx.device).expand(B, C)))
-        score = score + self.end
-        paths = []
-        best_last = score.argmax(1)
-        for b in range(B):
-            n = lengths[b]
-            if n == 0:
-                paths.append([])
-                continue
-            tag = best_last[b].item()
-            path = [tag]
-            for t in range(n - 1, 0, -1):
-                tag = history[t - 1][b, tag].item()
-                path.append(tag)
-            paths.append(path[::-1])
-        return paths
-
-    def forward_backward(self, emissions: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0):
-        """Log forward and backward scores. alpha[b,t,c]: log-sum of the scores of tag prefixes ending in c at t
-        (emission at t included); beta[b,t,c]: log-sum of the scores of the rest of the sequence after tag c at t
-        (end score included). Every potential is divided by `temperature` (temperature scaling). -> alpha (B,L,C),
-        beta (B,L,C), log_z (B,)."""
-        emissions = emissions.float() / temperature
-        mask = mask.bool()
-        trans, start = self._scores()
-        trans, start, end = trans / temperature, start / temperature, self.end / temperature
-        B, L, C = emissions.shape
-        alphas = [start + emissions[:, 0]]
-        for t in range(1, L):
-            nxt = torch.logsumexp(alphas[-1].unsqueeze(2) + trans.unsqueeze(0), dim=1) + emissions[:, t]
-            alphas.append(torch.where(mask[:, t].unsqueeze(1), nxt, alphas[-1]))
-        alpha = torch.stack(alphas, 1)  # (B,L,C)
-        betas = [end.expand(B, C)]  # at the last position of the longest row; shorter rows: see below
-        for t in range(L - 2, -1, -1):
-            nxt = torch.logsumexp(trans.unsqueeze(0) + (emissions[:, t + 1] + betas[-1]).unsqueeze(1), dim=2)
-            # past a row's end (mask[t+1] False), position t is its last: beta = end score
-            betas.append(torch.where(mask[:, t + 1].unsqueeze(1), nxt, end.expand(B, C)))
-        beta = torch.stack(betas[::-1], 1)  # (B,L,C)
-        lengths = mask.sum(1).clamp(min=1)
-        log_z = torch.logsumexp(alpha[torch.arange(B), lengths - 1] + end, dim=1)
-        return alpha, beta, log_z
-
-    @torch.no_grad()
-    def span_probs(self, emissions: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int, int, list[int], int]],
-                   temperature: float = 1.0) -> list[float]:
-        """P(tags[s..e] = path and tag[e+1] != not_next | emissions) for each (b, s, e, path, not_next): the marginal
-        probability that the model's distribution puts exactly this entity here (path B-X I-X ..., not followed by
-        not_next = I-X). Exact, by forward-backward; tested against enumeration."""
-        if not spans:
-            return []
-        alpha, beta, log_z = self.forward_backward(emissions, mask, temperature)
-        em = emissions.float() / temperature
-        trans, start = self._scores()
-        trans, start = trans / temperature, start / temperature
-        lengths = mask.sum(1).tolist()
-        out = []
-        for b, s, e, path, not_next in spans:
-            tags = torch.tensor(path, device=em.device)
-            inner = em[b, torch.arange(s, e + 1, device=em.device), tags].sum()
-            inner = inner + trans[tags[:-1], tags[1:]].sum()
-            into = start[path[0]] if s == 0 else torch.logsumexp(alpha[b, s - 1] + trans[:, path[0]], 0)
-            if e == lengths[b] - 1:
-                out_of = self.end[path[-1]] / temperature
-            else:
-                nxt = trans[path[-1]] + em[b, e + 1] + beta[b, e + 1]  # (C,) over the next tag
-                nxt = nxt.clone()
-                nxt[not_next] = float("-inf")
-                out_of = torch.logsumexp(nxt, 0)
-            out.append(float(torch.exp(into + inner + out_of - log_z[b]).clamp(max=1.0)))
-        return out
+    def tables(self) -> Transitions:
+        """The scores decoding reads (decoding.py, NumPy on the CPU): the same numbers an export's head.safetensors
+        holds."""
+        return Transitions.from_state({k: v.detach().float().cpu().numpy() for k, v in self.state_dict().items()})

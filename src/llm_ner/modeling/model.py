@@ -371,7 +371,7 @@ class LLMForTokenClassification(nn.Module):
     @property
     def decoder(self) -> Decoder:
         """Word logits -> tags and scores (decoding.py), over this model's labels and CRF."""
-        return Decoder(self.labels, self.crf)
+        return Decoder(self.labels, self.crf.tables() if self.crf is not None else None)
 
     # save / load: persistence.py (the files of a model dir)
     def save_pretrained(self, path: str | Path, tokenizer=None, merge_lora: bool = False) -> None:

@@ -32,6 +32,12 @@ RUNTIMES = ("auto", "torch", *GRAPH_FILES)  # --runtime: auto = what the model d
 EXPORT_RECORD = "llm_ner_export.json"  # how the export was made and what its check measured
 
 
+def graph_inputs(packable: bool) -> list[str]:
+    """An exported graph's inputs (modeling/graph.py writes them, inference/runtimes.py feeds them)."""
+    return (["input_ids", "segment_ids", "position_ids", "word_positions"] if packable
+            else ["input_ids", "attention_mask", "word_positions"])
+
+
 class ModelLoadError(UserError, RuntimeError):
     """A model directory that cannot be loaded (missing/corrupt files); the message says which file."""
 

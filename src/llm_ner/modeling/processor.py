@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 if TYPE_CHECKING:  # annotations only: the processor never imports data at run time
     from ..data import Sentence
@@ -250,44 +250,54 @@ def window_feature(win: Window, continuation: Sequence[int] | None = None) -> di
     return feat
 
 
-def collate(batch: Sequence[dict], pad_id: int) -> dict:
-    """Right-pad a list of features into tensors (dynamic padding: to the longest in the batch)."""
+def collate(batch: Sequence[dict], pad_id: int) -> dict[str, np.ndarray]:
+    """Right-pad a list of features into arrays (dynamic padding: to the longest in the batch). NumPy, so that an
+    exported model predicts without PyTorch; `to_tensors` hands a batch to a PyTorch model."""
     T = max(len(f["input_ids"]) for f in batch)
     W = max(max(len(f["word_positions"]) for f in batch), 1)
     B = len(batch)
     out = {
-        "input_ids": torch.full((B, T), pad_id, dtype=torch.long),
-        "attention_mask": torch.zeros(B, T, dtype=torch.long),
-        "word_positions": torch.zeros(B, W, dtype=torch.long),
-        "word_mask": torch.zeros(B, W, dtype=torch.bool),
+        "input_ids": np.full((B, T), pad_id, dtype=np.int64),
+        "attention_mask": np.zeros((B, T), dtype=np.int64),
+        "word_positions": np.zeros((B, W), dtype=np.int64),
+        "word_mask": np.zeros((B, W), dtype=bool),
     }
     if "labels" in batch[0]:
-        out["labels"] = torch.full((B, W), -100, dtype=torch.long)
+        out["labels"] = np.full((B, W), -100, dtype=np.int64)
     if "token_labels" in batch[0]:
-        out["token_labels"] = torch.full((B, T), -100, dtype=torch.long)
+        out["token_labels"] = np.full((B, T), -100, dtype=np.int64)
     for b, f in enumerate(batch):
         n, w = len(f["input_ids"]), len(f["word_positions"])
-        out["input_ids"][b, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
+        out["input_ids"][b, :n] = f["input_ids"]
         out["attention_mask"][b, :n] = 1
         if w:
-            out["word_positions"][b, :w] = torch.tensor(f["word_positions"], dtype=torch.long)
+            out["word_positions"][b, :w] = f["word_positions"]
             out["word_mask"][b, :w] = True
         if "labels" in out:
-            out["labels"][b, :w] = torch.tensor(f["labels"], dtype=torch.long)
+            out["labels"][b, :w] = f["labels"]
         if "token_labels" in out:
-            out["token_labels"][b, :n] = torch.tensor(f["token_labels"], dtype=torch.long)
+            out["token_labels"][b, :n] = f["token_labels"]
     return out
+
+
+def to_tensors(batch: dict[str, np.ndarray], device=None) -> dict:
+    """A collated batch as PyTorch tensors (on `device`), for a PyTorch model."""
+    import torch
+
+    return {k: torch.from_numpy(v).to(device) if device is not None else torch.from_numpy(v) for k, v in batch.items()}
 
 
 T_KEYS = ("input_ids", "attention_mask", "token_labels", "segment_ids", "position_ids")  # (B,T) in a collated batch
 W_KEYS = ("word_positions", "word_mask", "labels")  # (B,W)
 
 
-def split_batch(batch: dict, max_tokens: int) -> list[dict]:
+def split_batch(batch: dict, max_tokens: int) -> list[dict]:  # training: a batch of tensors
     """A collated batch as passes of at most `max_tokens` padded tokens each (rows x longest row), rows sorted by
     length so each pass pads little, every pass trimmed to its own longest row. A row longer than `max_tokens` is a
     pass of its own. Memory for activations is bounded by the pass, not the batch (issue 22: 32 sentences of up to
     200 tokens held 13-17 GB)."""
+    import torch
+
     lengths = batch["attention_mask"].sum(1)
     if batch["attention_mask"].numel() <= max_tokens:
         return [batch]
@@ -359,40 +369,40 @@ def pack_rows(order: Sequence[int], lengths: Sequence[int], max_batch_tokens: in
     return batches
 
 
-def packed_inputs(windows: Sequence[Window], rows: Sequence[Sequence[int]], pad_id: int) -> tuple[dict, list[tuple]]:
+def packed_inputs(windows: Sequence[Window], rows: Sequence[Sequence[int]], pad_id: int
+                  ) -> tuple[dict[str, np.ndarray], list[tuple]]:
     """Rows of windows -> model inputs (R,T) with segment and position ids, and where each window's words went:
     (window index, row, first word slot in the row, number of words)."""
     R = len(rows)
     T = max(sum(len(windows[i].input_ids) for i in row) for row in rows)
     W = max(sum(windows[i].n_words for i in row) for row in rows) or 1
-    input_ids = torch.full((R, T), pad_id, dtype=torch.long)
-    segment_ids = torch.zeros(R, T, dtype=torch.long)
-    position_ids = torch.zeros(R, T, dtype=torch.long)
-    word_positions = torch.zeros(R, W, dtype=torch.long)
+    input_ids = np.full((R, T), pad_id, dtype=np.int64)
+    segment_ids = np.zeros((R, T), dtype=np.int64)
+    position_ids = np.zeros((R, T), dtype=np.int64)
+    word_positions = np.zeros((R, W), dtype=np.int64)
     where = []
     for r, row in enumerate(rows):
         t = w = 0
         for seg, i in enumerate(row, 1):
             win = windows[i]
             n, nw = len(win.input_ids), win.n_words
-            input_ids[r, t : t + n] = torch.tensor(win.input_ids)
+            input_ids[r, t : t + n] = win.input_ids
             segment_ids[r, t : t + n] = seg
-            position_ids[r, t : t + n] = torch.arange(n)
+            position_ids[r, t : t + n] = np.arange(n)
             if nw:
-                word_positions[r, w : w + nw] = torch.tensor(win.word_positions) + t
+                word_positions[r, w : w + nw] = np.asarray(win.word_positions) + t
             where.append((i, r, w, nw))
             t, w = t + n, w + nw
-    batch = {"input_ids": input_ids, "attention_mask": (segment_ids > 0).long(), "segment_ids": segment_ids,
-             "position_ids": position_ids, "word_positions": word_positions,
-             "word_mask": torch.ones(R, W, dtype=torch.bool)}
+    batch = {"input_ids": input_ids, "attention_mask": (segment_ids > 0).astype(np.int64), "segment_ids": segment_ids,
+             "position_ids": position_ids, "word_positions": word_positions, "word_mask": np.ones((R, W), dtype=bool)}
     return batch, where
 
 
-def unpack_word_logits(logits: torch.Tensor, where: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+def unpack_word_logits(logits: np.ndarray, where: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
     """(R,W,C) packed word logits -> (N,Wmax,C) one row per window, and its word mask, for the CRF."""
     Wmax = max(max(nw for *_, nw in where), 1)
-    per_window = logits.new_zeros(len(where), Wmax, logits.size(-1))
-    word_mask = torch.zeros(len(where), Wmax, dtype=torch.bool, device=logits.device)
+    per_window = np.zeros((len(where), Wmax, logits.shape[-1]), dtype=logits.dtype)
+    word_mask = np.zeros((len(where), Wmax), dtype=bool)
     for j, (_, r, w, nw) in enumerate(where):
         per_window[j, :nw] = logits[r, w : w + nw]
         word_mask[j, :nw] = True

@@ -82,7 +82,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         from ..inference.outputs import Thresholds
-        from ..inference.quantize import check_precision
+        from ..inference.precision import check_precision
         from ..modeling.persistence import check_runtime, check_runtime_name
 
         if not self.model_dir:

@@ -46,7 +46,7 @@ from ..labels import LabelSet, label_set_for
 from ..modeling import backbones
 from ..modeling.model import LLMForTokenClassification
 from ..modeling.persistence import read_model_config
-from ..modeling.processor import collate, encode_sentences, split_batch, window_feature
+from ..modeling.processor import collate, encode_sentences, split_batch, to_tensors, window_feature
 from .head_init import init_head
 
 log = logging.getLogger(__name__)
@@ -422,7 +422,8 @@ def make_trainer(cfg: RunConfig, model, tokenizer, features: list[dict], dev: li
     )
     return NERTrainer(
         model=model, args=args, train_dataset=features, eval_dataset=features[:1] if dev else None,
-        data_collator=lambda b: collate(b, tokenizer.pad_token_id), optimizers=(make_optimizer(model, cfg), None),
+        data_collator=lambda b: to_tensors(collate(b, tokenizer.pad_token_id)),
+        optimizers=(make_optimizer(model, cfg), None),
         callbacks=[MetricsLogger(run_dir / R.METRICS), *tracking_callbacks(t.report_to, run_dir), *(callbacks or [])],
         dev=dev, ner_tokenizer=tokenizer, run_dir=run_dir, patience=t.early_stopping_patience,
         eval_batch_size=t.eval_batch_size, max_tokens_per_pass=t.max_tokens_per_pass,

@@ -201,3 +201,39 @@ def test_an_export_predicts_and_serves_without_pytorch(conll_model, exported, tm
         proc.wait(timeout=30)
     assert status == 200, body
     assert [[(e["start"], e["end"], e["label"]) for e in x["entities"]] for x in body["results"]] == want
+
+
+def test_runtime_auto_runs_the_fastest_export_inside_a_model_dir(conll_model, exported, tmp_path, monkeypatch):
+    """`llm-ner export` without --output writes into the model dir (MODEL/onnx, as HF repos carry onnx/), with the
+    check's words/s beside PyTorch's; from then on auto runs the fastest export that held and beat PyTorch."""
+    from llm_ner.evaluation import export as E
+    from llm_ner.modeling.persistence import EXPORT_RECORD
+
+    model = tmp_path / "model"
+    shutil.copytree(conll_model, model)
+    assert NERModel.from_pretrained(model).runtime == "torch"  # nothing inside yet
+    monkeypatch.setattr(E, "write_graph", lambda m, folder, fmt, int8: [  # the graph: the onnx export's, copied
+        shutil.copy(f, folder / f.name) for f in exported["onnx"].glob("model.onnx*")])
+    r = CliRunner().invoke(app, ["export", "--model", str(model), "--format", "onnx", "--check-sentences", CHECK])
+    assert r.exit_code == 0 and f"wrote {model / 'onnx'}" in r.output and "words/s against PyTorch's" in r.output
+    rec = json.loads((model / "onnx" / EXPORT_RECORD).read_text())
+    assert rec["check"]["fp32"]["words_per_second"] > 0 and rec["torch_words_per_second"]["fp32"] > 0
+    shutil.copytree(exported["openvino"], model / "openvino")
+
+    def speeds(fmt, wps, torch_wps):  # what each export's check measured, set to each case in turn
+        f = model / fmt / EXPORT_RECORD
+        rec = json.loads(f.read_text())
+        rec["check"][rec["precision"]]["words_per_second"], rec["torch_words_per_second"] = wps, {"fp32": torch_wps}
+        f.write_text(json.dumps(rec))
+
+    speeds("onnx", 900.0, 500.0)
+    speeds("openvino", 1500.0, 500.0)
+    ner = NERModel.from_pretrained(model)
+    assert (ner.runtime, ner.precision) == ("openvino", "fp32")
+    assert ner(CORPUS).tags == NERModel.from_pretrained(model, precision="fp32")(CORPUS).tags
+    assert NERModel.from_pretrained(model, precision="fp32").runtime == "torch"  # a precision asked for: PyTorch's
+    assert NERModel.from_pretrained(model, runtime="torch").runtime == "torch"
+    speeds("openvino", 400.0, 500.0)  # slower than PyTorch in its check: the next fastest
+    assert NERModel.from_pretrained(model).runtime == "onnx"
+    speeds("onnx", 450.0, 500.0)
+    assert NERModel.from_pretrained(model).runtime == "torch"

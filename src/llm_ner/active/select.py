@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..fsutil import atomic_write_text, refuse_overwrite
 from ..inference.engine import NERModel
 from ..inference.outputs import Predictions, check_output
+from ..modeling.persistence import check_runtime
 from ..modeling.processor import texts_and_offsets
 
 STRATEGIES = ("diverse", "uncertainty", "random")  # the first is the default: the simulation's best (3 seeds)
@@ -135,6 +136,8 @@ def select_file(model: str, pool: str, n: int, output: str, strategy: str = STRA
     kind, items = read_texts(pool, fmt)
     texts = list(items) if kind == "text" else texts_and_offsets(items)[0]
     chosen_from = candidates(texts, n, strategy, training_keys(model) | labelled_keys(exclude), pool)
+    if strategy == "diverse" and load.get("runtime", "auto") == "auto" and check_runtime(model, "auto") == "torch":
+        load = {**load, "runtime": "torch"}  # it reads the PyTorch backbone's embeddings: not an export inside
     chosen = select(NERModel.from_pretrained(model, **load), chosen_from, n, strategy, seed, progress=progress)
     atomic_write_text(Path(output), replace(chosen, review=review).to(out.name,
                                                                       model=rundir.model_tag(rundir.model_identity(model))))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import UserError
 from .options import (
     BATCH_SIZE,
     BatchSize,
@@ -119,7 +120,8 @@ def batch_predict(
 @command()
 def export(
     model: ModelDir,
-    output: Annotated[str, Opt(help="new model dir")],
+    output: Annotated[str | None, Opt(help="new model dir (onnx / openvino: default MODEL/FORMAT[-int8], where "
+                                           "--runtime auto finds it)")] = None,
     format: Annotated[str, Opt(help="safetensors (a standalone PyTorch model dir) | onnx (ONNX Runtime) | openvino "
                                     "(OpenVINO IR): the network as a graph, loaded by --runtime auto")] = "safetensors",
     int8: Annotated[bool, Opt("--int8", help="onnx / openvino: 8-bit weights, kept only if the check holds")] = False,
@@ -133,18 +135,25 @@ def export(
     """Write a copy of a model dir to deploy: standalone safetensors (--merge-lora folds the adapters in: no peft at
     load), or the network as an ONNX / OpenVINO graph that `predict`, `serve` and `batch-predict` run with that
     runtime (windows, Viterbi and scores stay llm-ner's). A graph is checked against the PyTorch model on --check
-    before it is written (what it kept of the spans and F1: the dir's llm_ner_export.json); else nothing is written."""
+    before it is written (what it kept of the spans and F1, and its speed against PyTorch's: the dir's
+    llm_ner_export.json); else nothing is written. By default it goes inside the model dir, and from then on
+    `--runtime auto` runs the model with the fastest export that held its check."""
     setup_logging(verbose)
     from ..modeling.persistence import read_model_config
 
     if format != "safetensors":
-        from ..evaluation.export import export_model
+        from ..evaluation.export import default_output, export_model
 
+        output = output or str(default_output(model, format, int8))
         rec = export_model(model, output, format, int8, check, check_sentences or None, progress=True)
         m = rec["check"][rec["precision"]]
+        torch_wps = max(rec["torch_words_per_second"].values())
         typer.echo(f"wrote {output} ({format}, runs at {rec['precision']}: {m['span_agreement']} % of PyTorch's "
-                   f"spans, F1 {m['f1']} vs {m['torch_fp32_f1']} on {rec['check_sentences']} check sentences)")
+                   f"spans, F1 {m['f1']} vs {m['torch_fp32_f1']} on {rec['check_sentences']} check sentences; "
+                   f"{m['words_per_second']:.0f} words/s against PyTorch's {torch_wps:.0f})")
         return
+    if output is None:
+        raise UserError("--output: a safetensors export is a new model dir; name it")
     from ..inference.engine import load_tokenizer
     from ..modeling.model import LLMForTokenClassification
 

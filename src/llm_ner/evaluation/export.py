@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,10 +38,18 @@ F1_DROP = 0.3  # and its F1 on the check set may be at most this lower
 CONLL_TYPES = ["LOC", "MISC", "ORG", "PER"]
 
 
-def export_model(model_dir: str | Path, output: str | Path, fmt: str, int8: bool = False, check: str | None = None,
-                 check_sentences: int | None = 1000, progress: bool = False) -> dict:
-    """Export, check, write `output` (atomically; an existing non-empty dir is refused). -> the export's record."""
-    model_dir, output = Path(model_dir), Path(output)
+def default_output(model_dir: str | Path, fmt: str, int8: bool = False) -> Path:
+    """Where an export goes unless told: inside the model dir (MODEL/openvino, MODEL/onnx-int8, ...), where
+    `--runtime auto` finds it (persistence.fastest_export)."""
+    return Path(model_dir) / (fmt + ("-int8" if int8 else ""))
+
+
+def export_model(model_dir: str | Path, output: str | Path | None, fmt: str, int8: bool = False,
+                 check: str | None = None, check_sentences: int | None = 1000, progress: bool = False) -> dict:
+    """Export, check, write `output` (default: `default_output`; atomically; an existing non-empty dir is refused).
+    -> the export's record."""
+    model_dir = Path(model_dir)
+    output = Path(output) if output is not None else default_output(model_dir, fmt, int8)
     if fmt not in GRAPH_FILES:
         raise UserError(f"--format {fmt!r}: use one of safetensors, {', '.join(GRAPH_FILES)}")
     cfg = read_model_config(model_dir)
@@ -63,7 +72,8 @@ def export_model(model_dir: str | Path, output: str | Path, fmt: str, int8: bool
         record = {"format": fmt, "int8": int8, "packed": ref.model.packable, "precision": None,
                   "source": str(model_dir), "check_set": check or "conll2003:dev", "check_sentences": len(sentences)}
         atomic_write_text(tmp / EXPORT_RECORD, json.dumps(record, indent=2))
-        record["check"] = _check(ref, tmp, sentences, _candidates(fmt, int8), progress)
+        record["check"], record["torch_words_per_second"] = _check(model_dir, ref, tmp, sentences,
+                                                                   _candidates(fmt, int8), progress)
         chosen = [p for p, m in record["check"].items() if m["holds"]]
         if not chosen:
             raise UserError(_failure(fmt, int8, record["check"]))
@@ -99,25 +109,42 @@ def _candidates(fmt: str, int8: bool) -> list[str]:
     return ["fp32"]
 
 
-def _check(ref: NERModel, folder: Path, sentences: list[Sentence], precisions: list[str], progress: bool) -> dict:
-    """Per precision tried (stopping at the first that holds): span agreement with fp32 PyTorch, both F1s."""
+def _check(model_dir: Path, ref: NERModel, folder: Path, sentences: list[Sentence], precisions: list[str],
+           progress: bool) -> tuple[dict, dict]:
+    """Per precision tried (stopping at the first that holds): span agreement with fp32 PyTorch, both F1s, and the
+    words a second each predicted the check set at; and PyTorch's own words a second on it (fp32, and the precision
+    its "auto" chooses here) — what `--runtime auto` compares."""
     gold = [s.tags for s in sentences]
-    want = ref(sentences, progress=progress).tags
+    want, torch_wps = _timed(ref, sentences, progress), {}
+    torch_wps["fp32"] = want[1]
+    want = want[0]
+    auto = NERModel.from_pretrained(model_dir, device="cpu", runtime="torch")
+    if auto.precision != "fp32":
+        torch_wps[auto.precision] = _timed(auto, sentences, progress)[1]
+    del auto
     ref_f1 = float(compute_metrics(gold, want)["f1"])
     out = {}
     for precision in precisions:
-        got = NERModel.from_pretrained(folder, precision=precision)(sentences, progress=progress).tags
+        got, wps = _timed(NERModel.from_pretrained(folder, precision=precision), sentences, progress)
         a, b = _span_set(want), _span_set(got)
         agree = len(a & b) / max(len(a | b), 1)
         f1 = float(compute_metrics(gold, got)["f1"])
         holds = bool(agree >= AGREEMENT and f1 >= ref_f1 - F1_DROP)
         out[precision] = {"span_agreement": round(100 * agree, 2), "f1": round(f1, 2),
-                          "torch_fp32_f1": round(ref_f1, 2), "holds": holds}
-        log.info("export check at %s: %.2f %% of fp32 PyTorch's spans, F1 %.2f (PyTorch fp32 %.2f)%s", precision,
-                 100 * agree, f1, ref_f1, "" if holds else ": does not hold")
+                          "torch_fp32_f1": round(ref_f1, 2), "holds": holds, "words_per_second": wps}
+        log.info("export check at %s: %.2f %% of fp32 PyTorch's spans, F1 %.2f (PyTorch fp32 %.2f), %.0f words/s "
+                 "(PyTorch %s)%s", precision, 100 * agree, f1, ref_f1, wps,
+                 ", ".join(f"{k} {v:.0f}" for k, v in torch_wps.items()), "" if holds else ": does not hold")
         if holds:
             break
-    return out
+    return out, torch_wps
+
+
+def _timed(ner: NERModel, sentences: list[Sentence], progress: bool) -> tuple[list[list[str]], float]:
+    """Tags of the check set, and the words a second the pass ran at (load and checks excluded)."""
+    t0 = time.perf_counter()
+    tags = ner(sentences, progress=progress).tags
+    return tags, round(sum(len(s.tokens) for s in sentences) / (time.perf_counter() - t0), 1)
 
 
 def _span_set(tags: Sequence[Sequence[str]]) -> set[tuple]:

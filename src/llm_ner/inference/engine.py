@@ -29,7 +29,7 @@ from ..data.words import split_words
 from ..device import cpu_has_native_bf16
 from ..errors import UserError
 from ..modeling import backbones
-from ..modeling.persistence import check_runtime, read_model_config
+from ..modeling.persistence import check_runtime, fastest_export, read_model_config
 from ..modeling.processor import (
     Window,
     budget_batches,
@@ -129,15 +129,24 @@ class NERModel:
         (the backbone's weights and activations; head and CRF stay fp32), "int8" (or a `quantize.Int8Spec`:
         SmoothQuant-calibrated int8 Linear layers, CPU only). `runtime` (runtimes.RUNTIMES): "auto" = what the dir
         holds — a PyTorch model, or an `llm-ner export` to ONNX / OpenVINO (run by its runtime; "auto" precision is
-        the one its export check chose). `min_score`: entities below it (or their type's calibrated threshold) are
-        for review."""
+        the one its export check chose); for a PyTorch dir with exports inside (MODEL/openvino, ...), at "auto"
+        precision on the CPU, the fastest that held its check and beat PyTorch there (`persistence.fastest_export`).
+        `min_score`: entities below it (or their type's calibrated threshold) are for review."""
         Thresholds(min_score)  # checked before minutes of loading
         precision = "fp32" if precision is None else precision
         if isinstance(precision, str):
             q.check_precision(precision)
-        runtime = check_runtime(path, runtime)
-        if runtime != "torch":
-            return cls._exported(path, runtime, precision, batch_size, max_batch_tokens, min_score)
+        chosen = check_runtime(path, runtime)
+        if chosen != "torch":
+            return cls._exported(path, chosen, precision, batch_size, max_batch_tokens, min_score)
+        if runtime == "auto" and precision == "auto" and device in (None, "cpu"):
+            found = fastest_export(path)
+            if found:  # the default follows what the export's check measured on this model
+                folder, rec, wps, torch_wps = found
+                log.info("runtime auto: the %s export in %s (%s; %.0f words/s in its check against PyTorch's %.0f; "
+                         "--runtime torch runs the PyTorch model)", rec["format"], folder, rec["precision"], wps,
+                         torch_wps)
+                return cls._exported(folder, rec["format"], "auto", batch_size, max_batch_tokens, min_score)
         try:
             import torch
         except ImportError:  # the serving image for exports (Dockerfile.export) has none

@@ -65,6 +65,33 @@ def check_runtime_name(runtime: str) -> None:
         raise UserError(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
 
 
+def exports_in(path: str | Path) -> list[tuple[Path, dict]]:
+    """The checked exports inside a PyTorch model dir — `llm-ner export` writes them to MODEL/onnx, MODEL/openvino,
+    MODEL/openvino-int8 by default, as Hugging Face model repos carry onnx/ and openvino/ — with their records."""
+    out = []
+    for d in sorted(p for p in Path(path).iterdir() if p.is_dir()) if Path(path).is_dir() else []:
+        try:
+            record = json.loads((d / EXPORT_RECORD).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("precision") and record.get("format") in GRAPH_FILES:
+            out.append((d, record))
+    return out
+
+
+def fastest_export(path: str | Path) -> tuple[Path, dict, float, float] | None:
+    """What `--runtime auto` runs for a PyTorch model dir: the export inside it that predicted its check set fastest
+    at the precision its check chose (spans and F1 held there), if that was faster than PyTorch in the same check —
+    (dir, record, its words/s, PyTorch's best words/s); else None (PyTorch runs it)."""
+    best = None
+    for d, rec in exports_in(path):
+        wps = rec["check"][rec["precision"]].get("words_per_second")
+        torch_wps = max((rec.get("torch_words_per_second") or {}).values(), default=None)
+        if wps and torch_wps and wps > torch_wps and (best is None or wps > best[2]):
+            best = (d, rec, wps, torch_wps)
+    return best
+
+
 def check_runtime(path: str | Path, runtime: str) -> str:
     """`runtime` against what the model dir holds -> the runtime that loads it; a one-line UserError otherwise."""
     check_runtime_name(runtime)
@@ -75,8 +102,8 @@ def check_runtime(path: str | Path, runtime: str) -> str:
     if exported and runtime != exported:
         raise ModelLoadError(f"{path} holds an {exported} export: load it with --runtime {exported} (or auto)")
     if not exported and runtime != "torch":
-        raise ModelLoadError(f"{path} is a PyTorch model dir: `llm-ner export {path} --format {runtime} --output "
-                             f"DIR` writes one that --runtime {runtime} loads")
+        raise ModelLoadError(f"{path} is a PyTorch model dir: `llm-ner export --model {path} --format {runtime}` "
+                             f"writes an export that --runtime {runtime} loads")
     return runtime
 
 

@@ -7,13 +7,18 @@ Runtime, OpenVINO; fp32, bf16 where the export's check chose it, int8) — measu
   warm            in one loaded process: words/s over the same texts, latency per request of 1, 8 and 32 texts
                   (p50 / p95 over --requests requests), test F1 (CoNLL-2003 test, pre-tokenised)
   anchor          spaCy's en_core_web_sm on the same raw texts (its own labels: speed only), if installed
+  hardware limit  FLOPs a word (2 x the parameters of the layers run, up to the exit, x tokens a word) over this
+                  CPU's measured matmul peak at the arm's compute precision (a 2048^3 torch matmul, bf16 or fp32):
+                  the words/s no runtime can beat here, and the share of it each arm reaches warm
 
 Usage (after `llm-ner quickstart` and the exports it compares):
     python benchmarks/runtimes.py --model runs/quickstart/model --arm torch:fp32 --arm torch:auto \
         --arm runs/quickstart/onnx:auto --arm runs/quickstart/openvino:auto --output benchmarks/results/runtimes.json
     python benchmarks/runtimes.py --table benchmarks/results/runtimes.json     # the table in docs/scaling.md
-An arm is MODEL_DIR:PRECISION, or torch:PRECISION for --model itself. Arms run one after another (never two
-processes at once on 2 cores). Not a test: nothing here asserts a speed.
+An arm is MODEL_DIR:PRECISION (run as `--runtime auto` runs it), torch:PRECISION (--model on PyTorch,
+`--runtime torch`), or default:auto (--model as a user runs it: `--runtime auto`, which takes the fastest export
+inside it). Arms run one after another (never two processes at once on 2 cores). Not a test: nothing here asserts a
+speed.
 """
 
 from __future__ import annotations
@@ -33,10 +38,10 @@ from common import n_words, peak_mb, test_texts  # noqa: E402
 SIZES = (1, 8, 32)
 
 
-def whole_process(model: str, precision: str, texts_file: Path, out: Path) -> float:
+def whole_process(model: str, precision: str, runtime: str, texts_file: Path, out: Path) -> float:
     t = time.perf_counter()
     r = subprocess.run(["llm-ner", "predict", "--model", model, "--input", str(texts_file), "--output", str(out),
-                        "--precision", precision], capture_output=True, text=True)
+                        "--precision", precision, "--runtime", runtime], capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(r.stderr.strip().splitlines()[-1])
     return time.perf_counter() - t
@@ -47,7 +52,7 @@ def spans_of(path: Path) -> set:
             for e in json.loads(line)["entities"]}
 
 
-def warm(model: str, precision: str, requests: int) -> dict:
+def warm(model: str, precision: str, runtime: str, requests: int) -> dict:
     """In this process: load, warm up, words/s over the test texts, latency per request size, test F1."""
     import statistics
 
@@ -56,12 +61,14 @@ def warm(model: str, precision: str, requests: int) -> dict:
 
     sents, texts = test_texts()
     t = time.perf_counter()
-    ner = NERModel.from_pretrained(model, precision=precision)
+    ner = NERModel.from_pretrained(model, precision=precision, runtime=runtime)
     out = {"runtime": ner.runtime, "precision": ner.precision, "load_s": round(time.perf_counter() - t, 1)}
     ner(texts[:64])
+    ner.stats.clear()
     t = time.perf_counter()
     ner(texts)
     out["warm_words_per_s"] = round(n_words(texts) / (time.perf_counter() - t), 1)
+    out["tokens_per_word"] = round(ner.stats["tokens"] / n_words(texts), 3)
     for size in SIZES:
         times = []
         for k in range(requests):
@@ -87,16 +94,56 @@ def spacy_anchor(texts_file: Path) -> dict:
     return {"whole_process_s": round(time.perf_counter() - t, 1)}
 
 
+def hardware(model: str) -> dict:
+    """GFLOP a token of --model at its exit (2 x parameters of the layers run + head), and this CPU's measured matmul
+    peak in GFLOP/s per compute precision."""
+    import torch
+
+    from llm_ner.modeling.model import LLMForTokenClassification, decoder_layers
+
+    m = LLMForTokenClassification.from_pretrained(model, device="cpu")
+    layers = decoder_layers(m.backbone)
+    run = layers[: m.config.model.exit_layer or len(layers)]
+    n = sum(p.numel() for layer in run for p in layer.parameters()) + sum(
+        p.numel() for k, p in m.named_parameters() if not k.startswith("backbone."))
+    out = {"layers_run": len(run), "params_run": n, "gflop_per_token": round(2 * n / 1e9, 4)}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a = torch.randn(2048, 2048, dtype=dtype)
+        a @ a
+        t = time.perf_counter()
+        for _ in range(8):
+            a @ a
+        out[f"peak_gflops_{name}"] = round(8 * 2 * 2048**3 / (time.perf_counter() - t) / 1e9, 1)
+    return out
+
+
+def limit(row: dict, hw: dict) -> float:
+    """The words/s this CPU's matmul peak allows the arm (bf16 compute for bf16 arms, else fp32)."""
+    peak = hw["peak_gflops_bf16"] if row["precision"] == "bf16" else hw["peak_gflops_fp32"]
+    return peak / (hw["gflop_per_token"] * row["tokens_per_word"])
+
+
 def table(path: str) -> str:
     """The results file as docs/scaling.md's table."""
     d = json.loads(Path(path).read_text())
-    lines = ["| runtime | precision | words/s, whole process | words/s, warm | p50 / p95 ms: 1 text | 8 texts | "
-             "32 texts | spans kept vs the first row | test F1 | peak RSS MB |", "|" + "---|" * 10]
+    hw = d.get("hardware")
+    lines = ["| arm | runtime | precision | words/s, whole process | words/s, warm | p50 / p95 ms: 1 text | 8 texts | "
+             "32 texts | spans kept vs the first row | test F1 | peak RSS MB |"
+             + (" hardware limit words/s (warm's share) |" if hw else ""), "|" + "---|" * (12 if hw else 11)]
     for r in d["arms"]:
-        lines.append(f"| {r['runtime']} | {r['precision']} | {r['whole_process_words_per_s']:,.0f} | "
+        lines.append(f"| {r['arm'].split(':')[0] if r['arm'].split(':')[0] in ('torch', 'default') else 'export'} | "
+                     f"{r['runtime']} | {r['precision']} | {r['whole_process_words_per_s']:,.0f} | "
                      f"{r['warm_words_per_s']:,.0f} | " + " | ".join(f"{r[f'p50_ms_{n}']:.0f} / {r[f'p95_ms_{n}']:.0f}"
                                                                    for n in SIZES)
-                     + f" | {r['span_agreement_vs_first']:.2f} % | {r['test_f1']:.2f} | {r['peak_rss_mb']:,.0f} |")
+                     + f" | {r['span_agreement_vs_first']:.2f} % | {r['test_f1']:.2f} | {r['peak_rss_mb']:,.0f} |"
+                     + (f" {limit(r, hw):,.0f} ({100 * r['warm_words_per_s'] / limit(r, hw):.0f} %) |" if hw else ""))
+    anchor = d.get("spacy_en_core_web_sm") or {}
+    if "whole_process_words_per_s" in anchor:
+        lines.append(f"\nspaCy en_core_web_sm on the same texts (its own labels, speed only): "
+                     f"{anchor['whole_process_words_per_s']:,.0f} words/s whole process.")
+    if hw:
+        lines.append(f"\nHardware: {hw['gflop_per_token']} GFLOP a token ({hw['layers_run']} layers run); matmul peak "
+                     f"{hw['peak_gflops_bf16']:,.0f} GFLOP/s bf16, {hw['peak_gflops_fp32']:,.0f} fp32.")
     return "\n".join(lines)
 
 
@@ -106,7 +153,7 @@ def main() -> None:
     ap.add_argument("--arm", action="append", required=True, help="MODEL_DIR:PRECISION or torch:PRECISION")
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--output", default="benchmarks/results/runtimes.json")
-    ap.add_argument("--warm-worker", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--warm-worker", nargs=3, help=argparse.SUPPRESS)
     if sys.argv[1:2] == ["--table"]:  # python benchmarks/runtimes.py --table RESULTS.json
         print(table(sys.argv[2]))
         return
@@ -114,6 +161,7 @@ def main() -> None:
     if a.warm_worker:
         print(json.dumps(warm(*a.warm_worker, a.requests)))
         return
+    hw = hardware(a.model)
     _, texts = test_texts()
     words = n_words(texts)
     tmp = Path(tempfile.mkdtemp())
@@ -122,16 +170,18 @@ def main() -> None:
     rows, ref = [], None
     for arm in a.arm:
         where, precision = arm.rsplit(":", 1)
-        model = a.model if where == "torch" else where
+        model = a.model if where in ("torch", "default") else where
+        runtime = "torch" if where == "torch" else "auto"
         print(f"[runtimes] {arm}", flush=True)
         out = tmp / f"{len(rows)}.jsonl"
         row = {"arm": arm, "model": model, "whole_process_words_per_s": round(words / whole_process(
-            model, precision, texts_file, out), 1)}
+            model, precision, runtime, texts_file, out), 1)}
         got = spans_of(out)
         ref = ref if ref is not None else got  # the first arm is the reference (give torch:fp32 first)
         row["span_agreement_vs_first"] = round(100 * len(ref & got) / max(len(ref | got), 1), 2)
         r = subprocess.run([sys.executable, __file__, "--model", a.model, "--arm", arm, "--requests",
-                            str(a.requests), "--warm-worker", model, precision], capture_output=True, text=True,
+                            str(a.requests), "--warm-worker", model, precision, runtime], capture_output=True,
+                           text=True,
                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         if r.returncode:
             raise RuntimeError(r.stderr.strip().splitlines()[-1])
@@ -142,6 +192,7 @@ def main() -> None:
     if "whole_process_s" in anchor:
         anchor["whole_process_words_per_s"] = round(words / anchor["whole_process_s"], 1)
     result = {"words": words, "texts": len(texts), "cpu": os.cpu_count(), "arms": rows, "spacy_en_core_web_sm": anchor,
+              "hardware": hw,
               "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
     Path(a.output).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.output}")

@@ -17,8 +17,10 @@ SEEDS = (42, 1, 2)
 
 # (system, training sentences, recipe, record-name pattern) — one row per recipe, in the order the README reads.
 RECORDED = [
-    ("**EmbeddingGemma-300M (encoder) → CRF** (`llm-ner quickstart`)", "2,000", "lr 2e-5, head 3e-3, 8 a step",
-     "qs_embeddinggemma-300m_{seed}"),
+    ("**EmbeddingGemma-300M (encoder), exit after layer 12 of 24 → CRF** (`llm-ner quickstart`)", "2,000",
+     "lr 2e-5, head 3e-3, 8 a step; exit chosen on dev", "qs_exit12_embeddinggemma-300m_{seed}"),
+    ("EmbeddingGemma-300M (encoder), all 24 layers → CRF (issue 33's quickstart)", "2,000",
+     "lr 2e-5, head 3e-3, 8 a step", "qs_embeddinggemma-300m_{seed}"),
     ("EmbeddingGemma-300M → linear (the encoder baseline)", "2,000", "the same",
      "qs_embeddinggemma-300m_linear_{seed}"),
     ("Gemma 3 270M (decoder, unmasked) → CRF (`--model gemma3-270m`)", "2,000", "lr 5e-5, head 3e-4, 8 a step",

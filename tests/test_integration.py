@@ -72,3 +72,37 @@ def test_int8_per_token_tracks_fp32_on_the_real_model():
     quantize_int8(m, lambda: m(**calib), scheme="per_token")
     err = ((head_input(m, batch) - ref).norm(dim=-1) / ref.norm(dim=-1)).median().item()
     assert err < 0.12, err  # measured 0.078
+
+
+def test_real_weights_export_to_openvino_and_predict_what_pytorch_predicts(tmp_path):
+    """The export on real weights and a real tokenizer (SmolLM2-135M, what the test command installs; the quickstart's
+    EmbeddingGemma is fetched by the quickstart, not here), its first 4 layers unmasked under a CRF head: `llm-ner
+    export --format openvino` checks it against PyTorch and writes it into the model dir, where `--runtime auto` and a
+    plain `predict` find it."""
+    import torch
+    from tiny import ner_config
+    from typer.testing import CliRunner
+
+    from llm_ner.cli import app
+    from llm_ner.data import load_corpus
+    from llm_ner.inference.engine import load_tokenizer
+    from llm_ner.labels import LabelSet
+    from llm_ner.modeling.model import LLMForTokenClassification
+
+    torch.manual_seed(0)
+    m = LLMForTokenClassification.from_backbone(ner_config(
+        LabelSet.from_types(["LOC", "MISC", "ORG", "PER"]), "smollm2-135m", mode="frozen", exit_layer=4))
+    with torch.no_grad():
+        m.classifier.weight.normal_(std=0.5)  # so that it predicts entities
+    m.save_pretrained(tmp_path / "model", tokenizer=load_tokenizer("smollm2-135m"))
+    r = CliRunner().invoke(app, ["export", "--model", str(tmp_path / "model"), "--format", "openvino",
+                                 "--check-sentences", "50"])
+    assert r.exit_code == 0 and f"wrote {tmp_path / 'model' / 'openvino'}" in r.output, r.output
+    texts = [" ".join(s.tokens) for s in load_corpus("conll2003:test", limit=40)]
+    want = NERModel.from_pretrained(tmp_path / "model", precision="fp32")(texts)
+    ner = NERModel.from_pretrained(tmp_path / "model" / "openvino")
+    assert ner.runtime == "openvino"
+    got = ner(texts)
+    assert sum(map(len, want.entities)) > 10
+    same = sum(a == b for a, b in zip(got.tags, want.tags, strict=True))
+    assert same >= 0.95 * len(texts), (same, len(texts))  # at bf16 where it is native a word may tip

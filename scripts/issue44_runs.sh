@@ -35,6 +35,11 @@ for step in "$@"; do
     qs-eg-*) qs "qsa_embeddinggemma-300m_${step##*-}" "$R/adapted/embeddinggemma-300m" "${step##*-}" ;;
     qsn-gemma-*) qs "qsa_names_gemma3-270m_${step##*-}" "$R/adapted/gemma3-270m" "${step##*-}" \
                     --set model.head_init=names ;;
+    # item 2b: an instruction naming the types, read before every window's words (model.instruction: names)
+    qsi-gemma-*) qs "qsa_instr_gemma3-270m_${step##*-}" "$R/adapted/gemma3-270m" "${step##*-}" \
+                    --set model.instruction=names ;;
+    qsi-eg-*) qs "qs_instr_exit12_embeddinggemma-300m_${step##*-}" embeddinggemma-300m "${step##*-}" \
+                 --set model.instruction=names ;;
     qsn-raw-gemma-*) qs "qs_names_gemma3-270m_${step##*-}" gemma3-270m "${step##*-}" --set model.head_init=names ;;
     # the adapted decoder's learning rates on dev at 1,000 sentences (its base recipe, one rate either side)
     lr-*) qs "qsa_lr${step#lr-}_gemma3-270m_42" "$R/adapted/gemma3-270m" 42 --set data.max_train_sentences=1000 \

@@ -259,3 +259,29 @@ def test_jsonl_records_carry_their_document(tmp_path):
         assert document_groups(load_corpus(str(f))) == [[0, 1], [2]], f
     texts, offsets, _ = document_texts(load_corpus(str(spans)))
     assert texts[0] == "Peter flew to Paris.\nHe liked it." and texts[0][offsets[0][-2][0]:offsets[0][-2][1]] == "it"
+
+
+def test_an_instruction_is_read_first_and_never_tagged(tiny_llama, tiny_tokenizer, tmp_path):
+    """model.instruction: the types in words, in every window before its words (after BOS), inside max_length; the
+    words keep their own tokens, and a trained model predicts through it (training and prediction alike)."""
+    from llm_ner.data.words import split_words
+    from llm_ner.labels import LabelSet, instruction
+    from llm_ner.modeling.processor import encode_texts
+
+    ls = LabelSet.from_types(["LOC", "PER"])
+    prefix = instruction(ls, "names")
+    assert prefix == "Entity types: location; person." and instruction(ls, "none") == ""
+    text = "Peter Blackburn visited Paris on Monday ."
+    plain = encode_texts(tiny_tokenizer, [text], [split_words(text)], 64, 8)[0]
+    inst = encode_texts(tiny_tokenizer, [text], [split_words(text)], 64, 8, prefix=prefix)[0]
+    n = len(inst.input_ids) - len(plain.input_ids)
+    assert n > 3 and inst.token_word.count(-1) == plain.token_word.count(-1) + n  # its tokens belong to no word
+    assert [inst.input_ids[p] for p in inst.word_positions] == [plain.input_ids[p] for p in plain.word_positions]
+    long = " ".join([text] * 30)
+    wins = encode_texts(tiny_tokenizer, [long], [split_words(long)], 48, 8, prefix=prefix)
+    assert len(wins) > 2 and all(len(w.input_ids) <= 48 and w.input_ids[:n] == inst.input_ids[:n] for w in wins)
+    assert {w.first_word + k for w in wins for k in range(w.n_words)} == set(range(len(split_words(long))))
+    summary = train(tiny_cfg(tiny_llama, tmp_path / "run", **{"model.instruction": "names"}), progress=False)
+    ner = NERModel.from_pretrained(tmp_path / "run" / "model")
+    assert ner.model.config.model.instruction == "names" and summary["global_step"] == 8
+    assert len(ner([text]).tags[0]) == len(split_words(text))

@@ -68,6 +68,10 @@ class ModelConfig(_Strict):
     # backbone puts the type's name ("person" for PER: labels.TYPE_WORDS); descriptions: the label schema's one-line
     # description where there is one, else the name (training/head_init.py).
     head_init: Literal["random", "names", "descriptions"] = "random"
+    # An instruction naming the types, read before every window's words and attended to (never tagged, never scored):
+    # "Entity types: person, organisation, ..." from the names (labels.TYPE_WORDS) or the schema's descriptions
+    # (labels.instruction). It costs its tokens in every window, at training and prediction alike.
+    instruction: Literal["none", "names", "descriptions"] = "none"
     crf: bool = True
     label_all_subtokens: bool = False
     max_length: int = 256

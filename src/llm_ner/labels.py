@@ -133,6 +133,13 @@ def type_phrase(labels: LabelSet, type_: str, describe: bool = False) -> str:
     return TYPE_WORDS.get(type_.upper(), type_.replace("_", " ").replace("-", " ").lower())
 
 
+def instruction(labels: LabelSet, how: str) -> str:
+    """model.instruction's text for these labels ("" for "none"): the types in words, one line the words attend to."""
+    if how == "none":
+        return ""
+    return "Entity types: " + "; ".join(type_phrase(labels, t, how == "descriptions") for t in labels.types) + "."
+
+
 def label_set_for(train: Sequence[Sentence], schema: str | Path | None = None, train_name: str = "train") -> LabelSet:
     """A model's labels: the schema file's types if one is given (every training type must be in it), else the types
     found in the training data. The check `llm-ner validate --schema` runs too."""

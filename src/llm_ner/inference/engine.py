@@ -28,6 +28,7 @@ from ..data import Sentence
 from ..data.words import split_words
 from ..device import cpu_has_native_bf16
 from ..errors import UserError
+from ..labels import instruction
 from ..modeling import backbones
 from ..modeling.persistence import check_runtime, fastest_export, read_model_config
 from ..modeling.processor import (
@@ -301,7 +302,7 @@ class NERModel:
         cfg = self.model.config.model
         t0 = time.perf_counter()
         windows = encode_texts(self.tokenizer, [texts[i] for i in keep], [word_offsets[i] for i in keep],
-                               cfg.max_length, cfg.stride)
+                               cfg.max_length, cfg.stride, prefix=instruction(self.labels, cfg.instruction))
         self.stats["tokenize_s"] += time.perf_counter() - t0
         return keep, windows
 

@@ -149,10 +149,22 @@ def encode_texts(
     stride: int,
     labels: Sequence[Sequence[int]] | None = None,
     no_start: frozenset[int] = frozenset(),
+    prefix: str = "",
 ) -> list[Window]:
     """Tokenise texts and cut each into windows of at most `max_length` tokens at word boundaries; consecutive
     windows share about `stride` tokens of words so every word is seen with context on both sides in some window.
-    `no_start`: label ids a labelled window may not begin with (I-X: a window cut inside an entity)."""
+    `no_start`: label ids a labelled window may not begin with (I-X: a window cut inside an entity). `prefix`: a text
+    every window reads first, after its leading special tokens (model.instruction), inside the max_length."""
+    if not prefix:
+        return _encode(tokenizer, texts, word_offsets, max_length, stride, labels, no_start)
+    ids = tokenizer(prefix + "\n", add_special_tokens=False)["input_ids"]
+    windows = _encode(tokenizer, texts, word_offsets, max_length - len(ids), stride, labels, no_start)
+    return [_with_prefix(w, ids, _n_leading_specials(tokenizer)) for w in windows]
+
+
+def _encode(tokenizer, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]], max_length: int,
+            stride: int, labels: Sequence[Sequence[int]] | None, no_start: frozenset[int]) -> list[Window]:
+    """encode_texts without a prefix."""
     if max_length < 8:
         raise ValueError("max_length must be at least 8 tokens")
     windows: list[Window] = []
@@ -180,8 +192,8 @@ def encode_texts(
             end_w = max(end_w, start_w + 1)  # a single over-long word still makes progress
             cs, ce = offs[start_w][0], offs[end_w - 1][1]
             sub_offs = [(s - cs, e - cs) for s, e in offs[start_w:end_w]]
-            sub = encode_texts(tokenizer, [text[cs:ce]], [sub_offs], 10**9, 0,
-                               [labels[i][start_w:end_w]] if labels is not None else None)[0]
+            sub = _encode(tokenizer, [text[cs:ce]], [sub_offs], 10**9, 0,
+                          [labels[i][start_w:end_w]] if labels is not None else None, frozenset())[0]
             sub.item, sub.first_word = i, start_w
             if len(sub.input_ids) > max_length:  # one pathological word longer than the window: truncate it
                 sub.input_ids = sub.input_ids[:max_length]
@@ -203,11 +215,27 @@ def encode_texts(
     return windows
 
 
+def _n_leading_specials(tokenizer) -> int:
+    """How many special tokens the tokenizer puts before a text's own (BOS: 1 for Gemma and Llama; 0 for none)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return tokenizer("a", add_special_tokens=True)["input_ids"].index(plain[0])
+
+
+def _with_prefix(win: Window, ids: list[int], at: int) -> Window:
+    """`ids` inserted into a window after its `at` leading special tokens; its words' positions move past them."""
+    n = len(ids)
+    win.input_ids = win.input_ids[:at] + list(ids) + win.input_ids[at:]
+    win.token_word = win.token_word[:at] + [-1] * n + win.token_word[at:]
+    win.word_positions = [p + n if p >= at else p for p in win.word_positions]
+    return win
+
+
 def encode_sentences(tokenizer, sentences: Sequence[Sentence], label_ids, max_length: int, stride: int,
-                     context: str = "sentence", no_start: frozenset[int] = frozenset()) -> list[Window]:
+                     context: str = "sentence", no_start: frozenset[int] = frozenset(), prefix: str = ""
+                     ) -> list[Window]:
     """Training/evaluation data: pre-tokenised sentences -> windows with word-level label ids. context "document":
     the windows run over whole documents (`document_texts`), so a window holds a sentence and its neighbours.
-    `no_start`: as encode_texts'."""
+    `no_start`, `prefix`: as encode_texts'."""
     if context == "document":
         texts, offsets, groups = document_texts(sentences)
         labels = ([[t for i in g for t in label_ids(sentences[i].tags)] for g in groups]
@@ -215,7 +243,7 @@ def encode_sentences(tokenizer, sentences: Sequence[Sentence], label_ids, max_le
     else:
         texts, offsets = texts_and_offsets(sentences)
         labels = [label_ids(s.tags) for s in sentences] if label_ids is not None else None
-    return encode_texts(tokenizer, texts, offsets, max_length, stride, labels, no_start)
+    return encode_texts(tokenizer, texts, offsets, max_length, stride, labels, no_start, prefix)
 
 
 def merge_windows(windows: Sequence[Window], n_words: Sequence[int], per_window: Sequence[Sequence]) -> list[list]:

@@ -42,7 +42,7 @@ from ..evaluation.evaluate import evaluate_model, format_table
 from ..fsutil import atomic_write_text, replace_dir
 from ..inference.confidence import seen_forms
 from ..inference.engine import NERModel, load_tokenizer
-from ..labels import LabelSet, label_set_for
+from ..labels import LabelSet, instruction, label_set_for
 from ..modeling import backbones
 from ..modeling.model import LLMForTokenClassification
 from ..modeling.persistence import read_model_config
@@ -375,7 +375,7 @@ def make_features(cfg: RunConfig, tokenizer, model: LLMForTokenClassification, s
     labels = model.labels
     no_start = frozenset(i for i, ok in enumerate(labels.allowed_starts().tolist()) if not ok)
     windows = encode_sentences(tokenizer, sents, labels.encode, cfg.model.max_length, cfg.model.stride,
-                               cfg.data.context, no_start)
+                               cfg.data.context, no_start, instruction(labels, cfg.model.instruction))
     features = [window_feature(w, labels.continuation if cfg.model.label_all_subtokens else None) for w in windows]
     if cfg.loss.class_weights == "balanced":
         counts = Counter(lab for f in features for lab in f["labels"])

@@ -80,6 +80,18 @@ def test_an_export_predicts_what_the_pytorch_model_predicts(conll_model, exporte
     record = json.loads((exported[fmt] / "llm_ner_export.json").read_text())
     assert record["precision"] == "fp32" and record["check"]["fp32"]["span_agreement"] >= 99
     assert record["check_sentences"] == int(CHECK) and record["packed"] is True
+    # its tokenizer.json gave transformers' ids and offsets on the check set: run by `tokenizers` alone
+    from llm_ner.inference.runtimes import BareTokenizer
+
+    assert record["bare_tokenizer"] is True and isinstance(ner.tokenizer, BareTokenizer)
+    record["bare_tokenizer"] = False  # else transformers' tokenizer: the same spans
+    (exported[fmt] / "llm_ner_export.json").write_text(json.dumps(record))
+    try:
+        hf = NERModel.from_pretrained(exported[fmt])
+        assert not isinstance(hf.tokenizer, BareTokenizer) and spans(hf(texts).entities) == spans(got)
+    finally:
+        record["bare_tokenizer"] = True
+        (exported[fmt] / "llm_ner_export.json").write_text(json.dumps(record))
 
 
 def test_what_an_export_refuses(conll_model, exported, tmp_path, monkeypatch):

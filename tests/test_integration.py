@@ -102,6 +102,8 @@ def test_real_weights_export_to_openvino_and_predict_what_pytorch_predicts(tmp_p
     want = NERModel.from_pretrained(tmp_path / "model", precision="fp32")(texts)
     ner = NERModel.from_pretrained(tmp_path / "model" / "openvino")
     assert ner.runtime == "openvino"
+    rec = json.loads((tmp_path / "model" / "openvino" / "llm_ner_export.json").read_text())
+    assert rec["bare_tokenizer"] is True  # SmolLM2's tokenizer.json alone gives transformers' ids and offsets
     got = ner(texts)
     assert sum(map(len, want.entities)) > 10
     same = sum(a == b for a, b in zip(got.tags, want.tags, strict=True))

@@ -26,6 +26,7 @@ from ..device import cpu_has_native_bf16
 from ..errors import UserError
 from ..fsutil import atomic_write_text, replace_dir
 from ..inference.engine import NERModel
+from ..inference.runtimes import BareTokenizer
 from ..labels import LabelSet
 from ..modeling.graph import write_graph
 from ..modeling.persistence import CONFIG_NAME, EXPORT_RECORD, GRAPH_FILES, HEAD_NAME, read_model_config
@@ -70,7 +71,8 @@ def export_model(model_dir: str | Path, output: str | Path | None, fmt: str, int
         write_graph(ref.model, tmp, fmt, int8)
         _copy_model_files(model_dir, tmp, ref, cfg.model_copy(update={"backbone_saved": fmt}))
         record = {"format": fmt, "int8": int8, "packed": ref.model.packable, "precision": None,
-                  "source": str(model_dir), "check_set": check or "conll2003:dev", "check_sentences": len(sentences)}
+                  "source": str(model_dir), "check_set": check or "conll2003:dev", "check_sentences": len(sentences),
+                  "bare_tokenizer": _bare_tokenizer_matches(tmp, ref.tokenizer, sentences)}
         atomic_write_text(tmp / EXPORT_RECORD, json.dumps(record, indent=2))
         record["check"], record["torch_words_per_second"] = _check(model_dir, ref, tmp, sentences,
                                                                    _candidates(fmt, int8), progress)
@@ -145,6 +147,15 @@ def _timed(ner: NERModel, sentences: list[Sentence], progress: bool) -> tuple[li
     t0 = time.perf_counter()
     tags = ner(sentences, progress=progress).tags
     return tags, round(sum(len(s.tokens) for s in sentences) / (time.perf_counter() - t0), 1)
+
+
+def _bare_tokenizer_matches(folder: Path, tokenizer, sentences: list[Sentence]) -> bool:
+    """Whether the export may tokenize without transformers (runtimes.BareTokenizer): the same ids and offsets as the
+    model's tokenizer on the check sentences' text."""
+    if not (folder / "tokenizer.json").is_file():
+        return False
+    texts = [" ".join(s.tokens) for s in sentences[:200]] + ["Ünïcödé  spaces\ttab 😀 ok", ""]
+    return BareTokenizer(folder).matches(tokenizer, texts)
 
 
 def _span_set(tags: Sequence[Sequence[str]]) -> set[tuple]:

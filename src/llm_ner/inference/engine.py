@@ -49,7 +49,7 @@ from ..modeling.processor import (
 from . import precision as q
 from .confidence import Logistic
 from .outputs import Entity, Predictions, Thresholds, tags_to_entities
-from .runtimes import ExportedNetwork
+from .runtimes import BareTokenizer, ExportedNetwork
 
 if TYPE_CHECKING:  # PyTorch is imported where a PyTorch model is loaded: an export predicts without it
     from ..modeling.model import LLMForTokenClassification
@@ -182,7 +182,8 @@ class NERModel:
                   max_batch_tokens: int | None, min_score: float | None) -> NERModel:
         """An export's network (runtimes.ExportedNetwork) in the model's place; the rest of the pass is the same."""
         net = ExportedNetwork(path, read_model_config(path), runtime, precision)
-        ner = cls(net, load_tokenizer(path), batch_size, "cpu", max_batch_tokens=max_batch_tokens)
+        tokenizer = BareTokenizer(path) if net.record.get("bare_tokenizer") else load_tokenizer(path)
+        ner = cls(net, tokenizer, batch_size, "cpu", max_batch_tokens=max_batch_tokens)
         ner.precision, ner.runtime = net.precision, runtime
         ner._read_calibration(path, min_score)
         log.info("runtime %s, precision %s", runtime, net.precision)

@@ -21,6 +21,42 @@ from ..modeling.persistence import EXPORT_RECORD, GRAPH_FILES, HEAD_NAME, graph_
 log = logging.getLogger(__name__)
 
 
+class BareTokenizer:
+    """An export's tokenizer.json run by the `tokenizers` library alone, with the calls NERModel makes of a
+    transformers fast tokenizer (ids, offsets, special tokens, the pad id). transformers imports PyTorch wherever it
+    is installed — seconds of every process start (docs/scaling.md) — and a fast tokenizer is this same Rust object
+    underneath. Used only when the export's check found it gives transformers' ids and offsets (`matches`)."""
+
+    def __init__(self, folder: str | Path):
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        self._tk = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        cfg_file = folder / "tokenizer_config.json"
+        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        ids = [self._tk.token_to_id(t["content"] if isinstance(t, dict) else t)
+               for t in (cfg.get("pad_token"), cfg.get("eos_token"), cfg.get("unk_token")) if t]
+        self.pad_token_id = next((i for i in ids if i is not None), 0)  # as load_tokenizer: pad, else eos, else unk
+
+    def __call__(self, text, add_special_tokens: bool = True, return_offsets_mapping: bool = False) -> dict:
+        single = isinstance(text, str)
+        enc = self._tk.encode_batch([text] if single else list(text), add_special_tokens=add_special_tokens)
+        out = {"input_ids": [e.ids for e in enc]}
+        if return_offsets_mapping:
+            out["offset_mapping"] = [e.offsets for e in enc]
+        return {k: v[0] for k, v in out.items()} if single else out
+
+    def matches(self, tokenizer, texts: list[str]) -> bool:
+        """The same ids, offsets and pad id as `tokenizer` (transformers') on `texts`, with and without specials."""
+        for specials in (True, False):
+            a = tokenizer(texts, add_special_tokens=specials, return_offsets_mapping=True)
+            b = self(texts, add_special_tokens=specials, return_offsets_mapping=True)
+            if a["input_ids"] != b["input_ids"] or [[tuple(o) for o in x] for x in a["offset_mapping"]] != [
+                    [tuple(o) for o in x] for x in b["offset_mapping"]]:
+                return False
+        return self.pad_token_id == tokenizer.pad_token_id
+
+
 class ExportedNetwork:
     """An export's network, called as LLMForTokenClassification is at prediction (`net(**batch).logits`), with the
     attributes NERModel reads (config, labels, packable, length_factor, decoder)."""

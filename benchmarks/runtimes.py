@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import n_words, peak_mb, test_texts  # noqa: E402
 
-SIZES = (1, 8, 32)
+from llm_ner.report.sections import SPEED_SIZES  # noqa: E402
 
 
 def whole_process(model: str, precision: str, runtime: str, texts_file: Path, out: Path) -> float:
@@ -69,7 +69,7 @@ def warm(model: str, precision: str, runtime: str, requests: int) -> dict:
     ner(texts)
     out["warm_words_per_s"] = round(n_words(texts) / (time.perf_counter() - t), 1)
     out["tokens_per_word"] = round(ner.stats["tokens"] / n_words(texts), 3)
-    for size in SIZES:
+    for size in SPEED_SIZES:
         times = []
         for k in range(requests):
             batch = [texts[(k * size + j) % len(texts)] for j in range(size)]
@@ -117,34 +117,11 @@ def hardware(model: str) -> dict:
     return out
 
 
-def limit(row: dict, hw: dict) -> float:
-    """The words/s this CPU's matmul peak allows the arm (bf16 compute for bf16 arms, else fp32)."""
-    peak = hw["peak_gflops_bf16"] if row["precision"] == "bf16" else hw["peak_gflops_fp32"]
-    return peak / (hw["gflop_per_token"] * row["tokens_per_word"])
-
-
 def table(path: str) -> str:
-    """The results file as docs/scaling.md's table."""
-    d = json.loads(Path(path).read_text())
-    hw = d.get("hardware")
-    lines = ["| arm | runtime | precision | words/s, whole process | words/s, warm | p50 / p95 ms: 1 text | 8 texts | "
-             "32 texts | spans kept vs the first row | test F1 | peak RSS MB |"
-             + (" hardware limit words/s (warm's share) |" if hw else ""), "|" + "---|" * (12 if hw else 11)]
-    for r in d["arms"]:
-        lines.append(f"| {r['arm'].split(':')[0] if r['arm'].split(':')[0] in ('torch', 'default') else 'export'} | "
-                     f"{r['runtime']} | {r['precision']} | {r['whole_process_words_per_s']:,.0f} | "
-                     f"{r['warm_words_per_s']:,.0f} | " + " | ".join(f"{r[f'p50_ms_{n}']:.0f} / {r[f'p95_ms_{n}']:.0f}"
-                                                                   for n in SIZES)
-                     + f" | {r['span_agreement_vs_first']:.2f} % | {r['test_f1']:.2f} | {r['peak_rss_mb']:,.0f} |"
-                     + (f" {limit(r, hw):,.0f} ({100 * r['warm_words_per_s'] / limit(r, hw):.0f} %) |" if hw else ""))
-    anchor = d.get("spacy_en_core_web_sm") or {}
-    if "whole_process_words_per_s" in anchor:
-        lines.append(f"\nspaCy en_core_web_sm on the same texts (its own labels, speed only): "
-                     f"{anchor['whole_process_words_per_s']:,.0f} words/s whole process.")
-    if hw:
-        lines.append(f"\nHardware: {hw['gflop_per_token']} GFLOP a token ({hw['layers_run']} layers run); matmul peak "
-                     f"{hw['peak_gflops_bf16']:,.0f} GFLOP/s bf16, {hw['peak_gflops_fp32']:,.0f} fp32.")
-    return "\n".join(lines)
+    """The results file as docs/scaling.md's table (the report's Speed section renders the same)."""
+    from llm_ner.report.sections import runtimes_table
+
+    return runtimes_table(json.loads(Path(path).read_text()))
 
 
 def main() -> None:

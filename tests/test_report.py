@@ -277,3 +277,22 @@ def test_the_curve_says_where_the_lead_turns():
     text = learning_curve_text(curve([(250, 70.0, 80.0), (2000, 84.0, 87.0)]))
     assert "The encoder is ahead at every size measured: by 10.00 F1 at 250 sentences, by 3.00 at 2,000." in text
     assert "takes the lead" not in text and "The LLM's lead is largest" not in text
+
+
+def test_the_speed_section_renders_a_runtimes_file():
+    """`llm-ner report --speed` and `benchmarks/runtimes.py --table` render one table from one function; its hardware
+    column is the arm's share of the words/s the measured matmul peak allows."""
+    from llm_ner.report.sections import runtimes_table, speed_text
+
+    arm = {"arm": "torch:fp32", "model": "m", "runtime": "torch", "precision": "fp32",
+           "whole_process_words_per_s": 300.0, "warm_words_per_s": 400.0, "span_agreement_vs_first": 100.0,
+           "test_f1": 87.0, "peak_rss_mb": 1500.0, "tokens_per_word": 1.25,
+           **{f"p{q}_ms_{n}": 10.0 * n for q in (50, 95) for n in (1, 8, 32)}}
+    d = {"words": 1000, "texts": 10, "cpu": 2, "command": "benchmarks/runtimes.py --model m",
+         "arms": [arm, {**arm, "arm": "default:auto", "runtime": "openvino", "precision": "bf16"}],
+         "hardware": {"gflop_per_token": 0.4, "layers_run": 12, "peak_gflops_bf16": 1000.0, "peak_gflops_fp32": 500.0},
+         "spacy_en_core_web_sm": {"whole_process_words_per_s": 9000.0}}
+    t = runtimes_table(d)
+    assert "| torch | torch | fp32 | 300 | 400 |" in t and "| 1,000 (40 %) |" in t  # 500 / (0.4 x 1.25)
+    assert "| default | openvino | bf16 |" in t and "| 2,000 (20 %) |" in t and "9,000 words/s" in t
+    assert speed_text(d).endswith(t) and "benchmarks/runtimes.py --model m" in speed_text(d)

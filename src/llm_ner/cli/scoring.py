@@ -131,9 +131,10 @@ def report(
     curve: Annotated[str | None, Opt(help="learning curve results.json (llm-ner learning-curve)")] = None,
     al: Annotated[str | None, Opt("--al", help="active-learning simulation results.json (scripts/simulate_al.py)")
                   ] = None,
+    speed: Annotated[str | None, Opt(help="runtimes results .json (benchmarks/runtimes.py)")] = None,
 ) -> None:
     """Markdown + self-contained HTML report with plots from finished runs."""
     from ..report.build import write_report
 
-    md, html = write_report(runs, output, study, curve, al)
+    md, html = write_report(runs, output, study, curve, al, speed)
     typer.echo(f"wrote {md} and {html}")

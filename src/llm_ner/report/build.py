@@ -95,14 +95,14 @@ def _examples_html(run: dict, types: list[str], n: int = 6) -> str:
 
 
 def write_report(paths: list[str], output: str | Path, study_path: str | None = None, curve_path: str | None = None,
-                 al_path: str | None = None) -> tuple[Path, Path]:
+                 al_path: str | None = None, speed_path: str | None = None) -> tuple[Path, Path]:
     """Extra results (each a results.json): `study_path` scripts/study.py's, `curve_path` `llm-ner learning-curve`'s,
-    `al_path` scripts/simulate_al.py's."""
+    `al_path` scripts/simulate_al.py's, `speed_path` benchmarks/runtimes.py's."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     runs = [_load(p) for p in _expand(paths)]
     extras = {k: json.loads(Path(p).read_text()) for k, p in (("study", study_path), ("curve", curve_path),
-                                                              ("al", al_path)) if p}
+                                                              ("al", al_path), ("speed", speed_path)) if p}
     files = draw(runs, out, extras)
     sections = section_list(runs, extras)
     subset = runs[[r["kind"] for r in runs].index("prompt")]["metrics"]["sentences"] if any(

@@ -334,6 +334,48 @@ def active_learning_text(al: dict) -> str:
     return text + "\n\n" + "\n".join(lines)
 
 
+SPEED_SIZES = (1, 8, 32)  # texts a request in benchmarks/runtimes.py's latency columns
+
+
+def _arm_limit(row: dict, hw: dict) -> float:
+    """The words/s the CPU's measured matmul peak allows an arm (bf16 compute for bf16 arms, else fp32)."""
+    peak = hw["peak_gflops_bf16"] if row["precision"] == "bf16" else hw["peak_gflops_fp32"]
+    return peak / (hw["gflop_per_token"] * row["tokens_per_word"])
+
+
+def runtimes_table(d: dict) -> str:
+    """benchmarks/runtimes.py's results as a table (docs/scaling.md, and the report's Speed section)."""
+    hw = d.get("hardware")
+    lines = ["| arm | runtime | precision | words/s, whole process | words/s, warm | p50 / p95 ms: 1 text | 8 texts | "
+             "32 texts | spans kept vs the first row | test F1 | peak RSS MB |"
+             + (" hardware limit words/s (warm's share) |" if hw else ""), "|" + "---|" * (12 if hw else 11)]
+    for r in d["arms"]:
+        where = r["arm"].rsplit(":", 1)[0]
+        lines.append(f"| {where if where in ('torch', 'default') else 'export'} | {r['runtime']} | {r['precision']} | "
+                     f"{r['whole_process_words_per_s']:,.0f} | {r['warm_words_per_s']:,.0f} | "
+                     + " | ".join(f"{r[f'p50_ms_{n}']:.0f} / {r[f'p95_ms_{n}']:.0f}" for n in SPEED_SIZES)
+                     + f" | {r['span_agreement_vs_first']:.2f} % | {r['test_f1']:.2f} | {r['peak_rss_mb']:,.0f} |"
+                     + (f" {_arm_limit(r, hw):,.0f} ({100 * r['warm_words_per_s'] / _arm_limit(r, hw):.0f} %) |"
+                        if hw else ""))
+    anchor = d.get("spacy_en_core_web_sm") or {}
+    if "whole_process_words_per_s" in anchor:
+        lines.append(f"\nspaCy en_core_web_sm on the same texts (its own labels, speed only): "
+                     f"{anchor['whole_process_words_per_s']:,.0f} words/s whole process.")
+    if hw:
+        lines.append(f"\nHardware limit: {hw['gflop_per_token']} GFLOP a token ({hw['layers_run']} layers run), over "
+                     f"the CPU's measured matmul peak: {hw['peak_gflops_bf16']:,.0f} GFLOP/s bf16, "
+                     f"{hw['peak_gflops_fp32']:,.0f} fp32.")
+    return "\n".join(lines)
+
+
+def speed_text(d: dict) -> str:
+    """The Speed section: what was measured, how, and the table."""
+    return (f"Prediction speed of {d['arms'][0]['model']}, each way it runs, over CoNLL-2003 test as raw text "
+            f"({d['words']:,} words, {d['texts']:,} texts; {d.get('cpu', '?')} CPUs): whole process = `llm-ner "
+            "predict` in a new process, warm = in a loaded one; `default` is what `--runtime auto` ran. Command: "
+            f"`{d.get('command', 'benchmarks/runtimes.py')}`.\n\n" + runtimes_table(d))
+
+
 def sections(runs: list[dict], extras: dict[str, dict]) -> list[tuple[str, str]]:
     """The report's sections in order; a section without facts to show is left out."""
     from .study import study_text
@@ -353,5 +395,6 @@ def sections(runs: list[dict], extras: dict[str, dict]) -> list[tuple[str, str]]
            ("Limitations and improvements", render("limitations.md.j2", f)),
            ("Decoder study", study_text(study) if study else None),
            ("How much labelled data", learning_curve_text(curve) if curve else None),
-           ("Active learning", active_learning_text(al) if al else None)]
+           ("Active learning", active_learning_text(al) if al else None),
+           ("Speed", speed_text(extras["speed"]) if extras.get("speed") else None)]
     return [(t, body) for t, body in out if body]

@@ -33,6 +33,8 @@ RECORDED = [
      "lr 5e-5, head 3e-3, 16 a step", "qs_qwen2.5-0.5b_{seed}"),
     ("**Gemma 3 270M → CRF, document context**", "14,041", "`--config conll2003_full_gemma_doc`",
      "gemma_doc_f6_{seed}"),
+    ("Gemma 3 270M adapted first (the same adaptation) → CRF, document context", "14,041",
+     "`--config conll2003_full_gemma_doc --model runs/adapted/gemma3-270m`", "gemma_doc_adapted_{seed}"),
     ("EmbeddingGemma-300M → CRF, document context", "14,041", "`--config conll2003_full_embeddinggemma_doc`",
      "conll2003_full_embeddinggemma_doc_{seed}"),
     ("Gemma 3 270M → CRF, sentence level", "14,041", "`--config conll2003_full_gemma`", "gemma_full_f6_{seed}"),

@@ -144,10 +144,9 @@ class NERModel:
             found = fastest_export(path)
             if found:  # the default follows what the export's check measured on this model
                 folder, rec, wps, torch_wps = found
-                log.info("runtime auto: the %s export in %s (%s; %.0f words/s in its check against PyTorch's %.0f; "
-                         "--runtime torch runs the PyTorch model)", rec["format"], folder, rec["precision"], wps,
-                         torch_wps)
-                return cls._exported(folder, rec["format"], "auto", batch_size, max_batch_tokens, min_score)
+                why = (f"runtime auto: the {rec['format']} export in {folder} ({rec['precision']}; {wps:.0f} words/s "
+                       f"in its check against PyTorch's {torch_wps:.0f}; --runtime torch runs the PyTorch model)")
+                return cls._exported(folder, rec["format"], "auto", batch_size, max_batch_tokens, min_score, why)
         try:
             import torch
         except ImportError:  # the serving image for exports (Dockerfile.export) has none
@@ -179,14 +178,14 @@ class NERModel:
 
     @classmethod
     def _exported(cls, path: str | Path, runtime: str, precision: str, batch_size: int,
-                  max_batch_tokens: int | None, min_score: float | None) -> NERModel:
+                  max_batch_tokens: int | None, min_score: float | None, why: str | None = None) -> NERModel:
         """An export's network (runtimes.ExportedNetwork) in the model's place; the rest of the pass is the same."""
         net = ExportedNetwork(path, read_model_config(path), runtime, precision)
         tokenizer = BareTokenizer(path) if net.record.get("bare_tokenizer") else load_tokenizer(path)
         ner = cls(net, tokenizer, batch_size, "cpu", max_batch_tokens=max_batch_tokens)
         ner.precision, ner.runtime = net.precision, runtime
         ner._read_calibration(path, min_score)
-        log.info("runtime %s, precision %s", runtime, net.precision)
+        log.info("%s", why or f"runtime {runtime}, precision {net.precision}")  # once: why auto chose it, if it did
         return ner
 
     def _auto_precision(self, path: str | Path, trust_remote_code: bool) -> NERModel:

@@ -44,6 +44,10 @@ for step in "$@"; do
     # the adapted decoder's learning rates on dev at 1,000 sentences (its base recipe, one rate either side)
     lr-*) qs "qsa_lr${step#lr-}_gemma3-270m_42" "$R/adapted/gemma3-270m" 42 --set data.max_train_sentences=1000 \
              --set training.learning_rate="${step#lr-}" ;;
+    # sequence repetition's learning rates on dev at 1,000 sentences (r = 2, causal; the decoder's base recipe and
+    # one rate either side), before it goes on the curve
+    rep-lr-*) qs "qsr_lr${step#rep-lr-}_gemma3-270m_42" gemma3-270m 42 --set data.max_train_sentences=1000 \
+                 --set model.transform=repeat --set training.learning_rate="${step#rep-lr-}" ;;
     # the learning curve of the adapted decoder, on issue 33's subsets and seeds (its encoder side is
     # docs/runs/curve_eg.results.json): one adapted backbone reused at every size
     curve-adapted) llm-ner learning-curve --config quickstart --sizes 250,500,1000,2000,4000 --seeds 1,2,3 \

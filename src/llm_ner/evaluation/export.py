@@ -117,9 +117,8 @@ def _check(model_dir: Path, ref: NERModel, folder: Path, sentences: list[Sentenc
     words a second each predicted the check set at; and PyTorch's own words a second on it (fp32, and the precision
     its "auto" chooses here) — what `--runtime auto` compares."""
     gold = [s.tags for s in sentences]
-    want, torch_wps = _timed(ref, sentences, progress), {}
-    torch_wps["fp32"] = want[1]
-    want = want[0]
+    want, fp32_wps = _timed(ref, sentences, progress)
+    torch_wps = {"fp32": fp32_wps}
     auto = NERModel.from_pretrained(model_dir, device="cpu", runtime="torch")
     if auto.precision != "fp32":
         torch_wps[auto.precision] = _timed(auto, sentences, progress)[1]

@@ -159,7 +159,8 @@ def encode_texts(
         return _encode(tokenizer, texts, word_offsets, max_length, stride, labels, no_start)
     ids = tokenizer(prefix + "\n", add_special_tokens=False)["input_ids"]
     windows = _encode(tokenizer, texts, word_offsets, max_length - len(ids), stride, labels, no_start)
-    return [_with_prefix(w, ids, _n_leading_specials(tokenizer)) for w in windows]
+    at = _n_leading_specials(tokenizer)
+    return [_with_prefix(w, ids, at) for w in windows]
 
 
 def _encode(tokenizer, texts: Sequence[str], word_offsets: Sequence[Sequence[tuple[int, int]]], max_length: int,
